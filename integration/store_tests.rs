@@ -1,0 +1,714 @@
+//! The storage engine in-process: appends, segment reads, clean and unclean reopening,
+//! crash damage of every kind, key lookups and retention.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+use commitfs::store::{
+    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, TopicSettings,
+};
+
+fn small_config() -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 64 * 1024,
+        segment_messages: 10,
+        max_message_bytes: 4096,
+        flush: FlushPolicy::Async { interval_ms: 1000 },
+        checkpoint_interval_ms: 3_600_000,
+        retention_check_interval_ms: 3_600_000,
+        max_disk_bytes: None,
+        index_slots: 64,
+        index_entries: 1000,
+        warm_mapped_files: false,
+    }
+}
+
+fn settings(partitions: u32) -> TopicSettings {
+    TopicSettings {
+        partitions,
+        framing: Framing::Lines,
+        key_separator: Some(b":".to_vec()),
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    }
+}
+
+fn message(i: usize) -> Vec<u8> {
+    format!("key-{}:message number {i} {}\n", i % 7, "x".repeat(i % 50)).into_bytes()
+}
+
+fn append_keyed(store: &Store, partition: &Partition, payload: &[u8]) -> u64 {
+    let key_len = payload.iter().position(|&b| b == b':');
+    store
+        .append(partition, payload, key_len)
+        .expect("append")
+        .first_offset
+}
+
+/// Every byte of every segment of a partition, in order.
+fn partition_bytes(store: &Store, partition: &Arc<Partition>) -> Vec<u8> {
+    let mut all = Vec::new();
+    for segment in partition.segments() {
+        let reader = store
+            .open_segment(partition, segment.base_offset)
+            .expect("open segment");
+        let mut bytes = vec![0u8; segment.bytes as usize];
+        assert_eq!(reader.read_at(0, &mut bytes).expect("read"), bytes.len());
+        let mut extra = [0u8; 16];
+        assert_eq!(
+            reader
+                .read_at(segment.bytes, &mut extra)
+                .expect("read at end"),
+            0
+        );
+        all.extend_from_slice(&bytes);
+    }
+    all
+}
+
+fn open(dir: &Path) -> Arc<Store> {
+    Store::open(dir, small_config()).expect("open store")
+}
+
+#[test]
+fn appended_messages_read_back_in_order_across_segments_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("orders", settings(3)).unwrap();
+    let mut expected: Vec<Vec<u8>> = vec![Vec::new(); 3];
+    for i in 0..1000 {
+        let p = (i % 3) as u32;
+        let payload = message(i);
+        let offset = append_keyed(&store, &topic.partition(p).unwrap(), &payload);
+        assert_eq!(
+            offset,
+            (i / 3) as u64,
+            "offsets are consecutive per partition"
+        );
+        expected[p as usize].extend_from_slice(&payload);
+    }
+    assert!(
+        dir.path().join("commitlog").read_dir().unwrap().count() > 1,
+        "the log rolled"
+    );
+    for (p, expected) in expected.iter().enumerate() {
+        let partition = topic.partition(p as u32).unwrap();
+        assert_eq!(partition.end_offset(), if p == 0 { 334 } else { 333 });
+        let segments = partition.segments();
+        assert_eq!(segments.len(), 34);
+        assert!(segments[..33].iter().all(|s| s.sealed && s.messages == 10));
+        assert!(!segments[33].sealed);
+        assert_eq!(&partition_bytes(&store, &partition), expected);
+    }
+}
+
+#[test]
+fn reads_at_any_byte_position_return_the_right_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = store
+        .create_topic("t", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let payload = message(i * 13);
+        append_keyed(&store, &partition, &payload);
+        expected.extend_from_slice(&payload);
+    }
+    let reader = store.open_segment(&partition, 0).unwrap();
+    assert!(reader.info().sealed);
+    for position in 0..expected.len() {
+        for len in [1, 3, 17, 200] {
+            let mut buf = vec![0u8; len];
+            let n = reader.read_at(position as u64, &mut buf).unwrap();
+            let want = &expected[position..(position + len).min(expected.len())];
+            assert_eq!(&buf[..n], want, "position {position} length {len}");
+        }
+    }
+}
+
+#[test]
+fn locate_time_and_key_lookups_find_the_right_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", settings(2)).unwrap();
+    let mut positions = Vec::new();
+    let before = commitfs_now();
+    for i in 0..60 {
+        let partition = topic.partition((i % 2) as u32).unwrap();
+        let payload = message(i);
+        let offset = append_keyed(&store, &partition, &payload);
+        positions.push(((i % 2) as u32, offset, payload));
+    }
+    for (p, offset, payload) in &positions {
+        let partition = topic.partition(*p).unwrap();
+        let location = store.locate(&partition, *offset).unwrap();
+        let reader = store
+            .open_segment(&partition, location.segment_base)
+            .unwrap();
+        let mut buf = vec![0u8; location.len as usize];
+        reader.read_at(location.position, &mut buf).unwrap();
+        assert_eq!(&buf, payload);
+        assert_eq!(&store.read_message(&partition, *offset).unwrap(), payload);
+    }
+    let partition = topic.partition(0).unwrap();
+    assert_eq!(store.offset_for_time(&partition, before).unwrap(), Some(0));
+    assert_eq!(store.offset_for_time(&partition, i64::MAX).unwrap(), None);
+    // key-3 is the key of messages 3, 10, 17, ... (i % 7 == 3).
+    let mut found = Vec::new();
+    store
+        .for_each_key_match(&topic, None, b"key-3", |m| {
+            found.push((m.partition, m.offset, m.payload.clone()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let mut expected: Vec<_> = positions
+        .iter()
+        .filter(|(_, _, m)| m.starts_with(b"key-3:"))
+        .cloned()
+        .collect();
+    expected.reverse();
+    assert_eq!(found, expected, "newest first, every occurrence");
+    let mut in_partition_1 = Vec::new();
+    store
+        .for_each_key_match(&topic, Some(1), b"key-3", |m| {
+            in_partition_1.push(m.offset);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(in_partition_1
+        .iter()
+        .all(|o| positions.iter().any(|(p, off, _)| *p == 1 && off == o)));
+    assert!(!in_partition_1.is_empty());
+    let mut none = 0;
+    store
+        .for_each_key_match(&topic, None, b"key-30", |_| {
+            none += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(none, 0, "a key never written has no match");
+}
+
+fn commitfs_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn a_key_is_found_although_the_index_hash_collides() {
+    // One slot: every key hashes into the same chain, so only the key bytes tell them apart.
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        index_slots: 1,
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    append_keyed(&store, &partition, b"a:first\n");
+    append_keyed(&store, &partition, b"b:second\n");
+    let mut newest = None;
+    store
+        .for_each_key_match(&topic, None, b"a", |m| {
+            newest = Some(m.payload.clone());
+            ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(newest.as_deref(), Some(&b"a:first\n"[..]));
+}
+
+#[test]
+fn a_clean_reopen_keeps_everything_without_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    {
+        let store = open(dir.path());
+        let partition = store
+            .create_topic("t", settings(1))
+            .unwrap()
+            .partition(0)
+            .unwrap();
+        for i in 0..25 {
+            let payload = message(i);
+            append_keyed(&store, &partition, &payload);
+            expected.extend_from_slice(&payload);
+        }
+        store.close().unwrap();
+    }
+    assert!(
+        !dir.path().join("abort").exists(),
+        "a clean stop removes the abort marker"
+    );
+    // Damage a record that the checkpoint covers: a clean open does not scan, so the store
+    // opens with every offset; the damaged message is refused when read, never served.
+    let log = dir.path().join("commitlog").join("00000000000000000000");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[48 + 3] ^= 0x20; // inside the first message's payload
+    std::fs::write(&log, &bytes).unwrap();
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 25);
+    let error = store.read_message(&partition, 0).unwrap_err();
+    assert_eq!(error.errno(), libc::EIO);
+    assert_eq!(store.read_message(&partition, 1).unwrap(), message(1));
+    let reader = store.open_segment(&partition, 10).unwrap();
+    let mut buf = vec![0u8; reader.info().bytes as usize];
+    reader.read_at(0, &mut buf).unwrap();
+    let first_segment_len: usize = (0..10).map(|i| message(i).len()).sum();
+    assert_eq!(
+        buf,
+        expected[first_segment_len..first_segment_len + buf.len()]
+    );
+}
+
+/// Writes `count` messages to one partition, then stops as a crashed process would.
+/// Returns the messages and each record's (start, end) byte range in the commit log.
+fn crashed_store(dir: &Path, count: usize) -> (Vec<Vec<u8>>, Vec<(usize, usize)>) {
+    let store = open(dir);
+    let partition = store
+        .create_topic("t", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut ranges = Vec::new();
+    let mut position = 0;
+    for i in 0..count {
+        let payload = message(i);
+        append_keyed(&store, &partition, &payload);
+        ranges.push((position, position + 48 + payload.len()));
+        position += 48 + payload.len();
+        messages.push(payload);
+    }
+    store.halt_without_cleanup();
+    (messages, ranges)
+}
+
+fn assert_holds_exactly(dir: &Path, messages: &[Vec<u8>]) {
+    let store = open(dir);
+    let topic = store.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    assert_eq!(partition.end_offset(), messages.len() as u64);
+    for (offset, payload) in messages.iter().enumerate() {
+        assert_eq!(
+            &store.read_message(&partition, offset as u64).unwrap(),
+            payload
+        );
+    }
+    assert_eq!(partition_bytes(&store, &partition), messages.concat());
+    // The store takes new messages right after the recovered ones.
+    let next = append_keyed(&store, &partition, b"k:after recovery\n");
+    assert_eq!(next, messages.len() as u64);
+    let mut latest = None;
+    store
+        .for_each_key_match(&topic, None, b"k", |m| {
+            latest = Some(m.offset);
+            ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(latest, Some(next), "the index works after recovery");
+}
+
+#[test]
+fn an_unclean_stop_loses_nothing_that_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, _) = crashed_store(dir.path(), 40);
+    assert!(dir.path().join("abort").exists());
+    assert_holds_exactly(dir.path(), &messages);
+}
+
+#[test]
+fn a_torn_last_record_is_cut_at_every_byte_position() {
+    let template = tempfile::tempdir().unwrap();
+    let (messages, ranges) = crashed_store(template.path(), 12);
+    let (start, end) = *ranges.last().unwrap();
+    for cut in start..end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let log = dir.path().join("commitlog").join("00000000000000000000");
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[cut..end].fill(0);
+        std::fs::write(&log, &bytes).unwrap();
+        assert_holds_exactly(dir.path(), &messages[..messages.len() - 1]);
+    }
+}
+
+#[test]
+fn a_flipped_bit_cuts_the_log_at_the_damaged_record() {
+    let template = tempfile::tempdir().unwrap();
+    let (messages, ranges) = crashed_store(template.path(), 12);
+    for damaged in [3, 11] {
+        let (start, end) = ranges[damaged];
+        for bit in [0, 37, 8 * (end - start) - 1] {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(template.path(), dir.path());
+            let log = dir.path().join("commitlog").join("00000000000000000000");
+            let mut bytes = std::fs::read(&log).unwrap();
+            bytes[start + bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&log, &bytes).unwrap();
+            assert_holds_exactly(dir.path(), &messages[..damaged]);
+        }
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, ranges) = crashed_store(dir.path(), 5);
+    let log = dir.path().join("commitlog").join("00000000000000000000");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let end = ranges.last().unwrap().1;
+    for (i, byte) in bytes[end..end + 500].iter_mut().enumerate() {
+        *byte = (i * 31 + 7) as u8;
+    }
+    std::fs::write(&log, &bytes).unwrap();
+    assert_holds_exactly(dir.path(), &messages);
+}
+
+#[test]
+fn deleted_consume_queues_and_index_are_rebuilt() {
+    for unclean in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (messages, _) = crashed_store(dir.path(), 35);
+        if !unclean {
+            open(dir.path()).close().unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("queues")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        assert_holds_exactly(dir.path(), &messages);
+    }
+}
+
+#[test]
+fn a_left_abort_marker_after_a_clean_stop_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, _) = crashed_store(dir.path(), 8);
+    open(dir.path()).close().unwrap();
+    std::fs::write(dir.path().join("abort"), b"1\n").unwrap();
+    assert_holds_exactly(dir.path(), &messages);
+}
+
+#[test]
+fn a_second_process_cannot_open_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("second open refused");
+    assert_eq!(error.errno(), libc::EBUSY);
+}
+
+#[test]
+fn oversize_messages_and_bad_names_are_refused_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = store
+        .create_topic("t", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let big = vec![b'x'; 4097];
+    assert_eq!(
+        store.append(&partition, &big, None).unwrap_err().errno(),
+        libc::EFBIG
+    );
+    let batch = [
+        NewMessage {
+            payload: b"ok\n",
+            key_len: None,
+        },
+        NewMessage {
+            payload: &big,
+            key_len: None,
+        },
+    ];
+    assert_eq!(
+        store.append_batch(&partition, &batch).unwrap_err().errno(),
+        libc::EFBIG
+    );
+    assert_eq!(partition.end_offset(), 0);
+    assert_eq!(
+        store.create_topic("t", settings(1)).unwrap_err().errno(),
+        libc::EEXIST
+    );
+    assert_eq!(
+        store
+            .create_topic("bad/name", settings(1))
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+    assert_eq!(
+        store.create_topic("z", settings(0)).unwrap_err().errno(),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn topic_settings_persist_and_partitions_only_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let topic = store.create_topic("t", settings(2)).unwrap();
+        append_keyed(&store, &topic.partition(1).unwrap(), b"a:1\n");
+        let mut grown = topic.settings();
+        grown.partitions = 5;
+        grown.framing = Framing::Raw;
+        grown.retention_ms = Some(60_000);
+        store.update_topic(&topic, grown.clone()).unwrap();
+        assert_eq!(topic.partitions().len(), 5);
+        let mut shrunk = grown;
+        shrunk.partitions = 4;
+        assert_eq!(
+            store.update_topic(&topic, shrunk).unwrap_err().errno(),
+            libc::EINVAL
+        );
+        append_keyed(&store, &topic.partition(4).unwrap(), b"b:2\n");
+    }
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    let settings = topic.settings();
+    assert_eq!(
+        (settings.partitions, settings.framing, settings.retention_ms),
+        (5, Framing::Raw, Some(60_000))
+    );
+    assert_eq!(topic.partition(1).unwrap().end_offset(), 1);
+    assert_eq!(topic.partition(4).unwrap().end_offset(), 1);
+}
+
+#[test]
+fn a_deleted_topic_is_gone_and_its_name_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let old_partition = topic.partition(0).unwrap();
+    append_keyed(&store, &old_partition, b"k:old\n");
+    store.delete_topic("t").unwrap();
+    assert!(store.topic("t").is_none());
+    assert_eq!(
+        store
+            .append(&old_partition, b"late\n", None)
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    assert_eq!(topic.partition(0).unwrap().end_offset(), 0);
+    let mut found = 0;
+    store
+        .for_each_key_match(&topic, None, b"k", |_| {
+            found += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(
+        found, 0,
+        "the old topic's keys do not leak into the new one"
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
+        0
+    );
+}
+
+#[test]
+fn retention_by_bytes_and_time_moves_the_start_in_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut by_bytes = settings(1);
+    by_bytes.retention_bytes = Some(200);
+    let topic = store.create_topic("t", by_bytes).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for i in 0..45 {
+        append_keyed(&store, &partition, format!("k:{i:08}\n").as_bytes()); // 11 bytes each
+    }
+    let reader_of_oldest = store.open_segment(&partition, 0).unwrap();
+    store.enforce_retention().unwrap();
+    // Segments of 110 bytes; 495 in all; removing 0 and 10 keeps 275 >= 200, removing 20 would
+    // keep 165 < 200.
+    assert_eq!(partition.start_offset(), 20);
+    assert_eq!(partition.segments().first().unwrap().base_offset, 20);
+    assert!(store.read_message(&partition, 19).is_err());
+    let mut kept = vec![0u8; 110];
+    assert_eq!(
+        reader_of_oldest.read_at(0, &mut kept).unwrap(),
+        110,
+        "an open reader keeps its segment"
+    );
+    assert!(kept.starts_with(b"k:00000000\n"));
+
+    let mut by_time = settings(1);
+    by_time.retention_ms = Some(1);
+    let timed = store
+        .create_topic("timed", by_time)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for i in 0..25 {
+        append_keyed(&store, &timed, format!("k:{i}\n").as_bytes());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store.enforce_retention().unwrap();
+    assert_eq!(
+        timed.start_offset(),
+        20,
+        "both sealed segments expired; the active one stays"
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store
+            .topic("timed")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .start_offset(),
+        20
+    );
+    assert_eq!(
+        store
+            .topic("t")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .start_offset(),
+        20
+    );
+}
+
+#[test]
+fn commit_log_files_go_when_no_partition_needs_them_or_the_disk_ceiling_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_disk_bytes: Some(400 * 1024),
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let mut short = settings(1);
+    short.retention_bytes = Some(1);
+    let kept = store
+        .create_topic("kept", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let trimmed = store
+        .create_topic("trimmed", short)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let payload = vec![b'y'; 1000];
+    for _ in 0..600 {
+        store.append(&kept, &payload, None).unwrap();
+        store.append(&trimmed, &payload, None).unwrap();
+    }
+    let files_before = dir.path().join("commitlog").read_dir().unwrap().count();
+    store.enforce_retention().unwrap();
+    let files_after = dir.path().join("commitlog").read_dir().unwrap().count();
+    assert!(
+        files_after < files_before,
+        "{files_before} -> {files_after}"
+    );
+    assert!(
+        store.disk_usage() <= 400 * 1024,
+        "disk usage {}",
+        store.disk_usage()
+    );
+    let start = kept.start_offset();
+    assert!(
+        start > 0 && start % 10 == 0,
+        "the ceiling removed whole sealed segments: start {start}"
+    );
+    for offset in start..kept.end_offset() {
+        assert_eq!(
+            store.read_message(&kept, offset).unwrap(),
+            payload,
+            "offset {offset}"
+        );
+    }
+}
+
+#[test]
+fn appends_from_many_threads_keep_every_partition_gapless() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", settings(4)).unwrap();
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let (store, topic) = (&store, &topic);
+            scope.spawn(move || {
+                for i in 0..500 {
+                    let partition = topic.partition((i % 4) as u32).unwrap();
+                    store
+                        .append(&partition, format!("t{thread}-{i}\n").as_bytes(), None)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let mut lines = Vec::new();
+    for partition in topic.partitions() {
+        assert_eq!(partition.end_offset(), 1000);
+        let bytes = partition_bytes(&store, &partition);
+        lines.extend(String::from_utf8(bytes).unwrap().lines().map(str::to_owned));
+    }
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 4000, "every message exactly once");
+    store.halt_without_cleanup();
+    drop(store);
+    let store = open(dir.path());
+    for partition in store.topic("t").unwrap().partitions() {
+        assert_eq!(partition.end_offset(), 1000);
+    }
+}
+
+#[test]
+fn sync_flush_policy_appends_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        flush: FlushPolicy::Sync,
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let partition = store
+        .create_topic("t", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for i in 0..30 {
+        store.append(&partition, &message(i), None).unwrap();
+    }
+    store.sync().unwrap();
+    store.halt_without_cleanup();
+    drop(store);
+    let store = Store::open(dir.path(), config).unwrap();
+    assert_eq!(
+        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
+        30
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! commitfs: Kafka-style topics, partitions and segment files through FUSE, stored
+//! RocketMQ-style in one memory-mapped commit log.
+
+pub mod store;

@@ -1,0 +1,466 @@
+//! The commit log: fixed-size, fully allocated, memory-mapped files named by the byte offset
+//! of their start. Every message of every topic is appended here, so the disk sees a single
+//! sequential write stream however many partitions exist.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::error::{Result, StoreError};
+use super::format::{self, RecordHeader, BLANK_BYTES, BLANK_MAGIC, RECORD_HEADER_BYTES};
+use super::mapped::MappedFile;
+
+pub struct LogFile {
+    pub base: u64,
+    pub data: MappedFile,
+}
+
+/// A record found in the log, holding its file so the bytes stay mapped while it is used.
+pub struct RecordRef {
+    file: Arc<LogFile>,
+    position: u64,
+    pub header: RecordHeader,
+}
+
+impl RecordRef {
+    pub fn payload(&self) -> &[u8] {
+        self.file.data.bytes(
+            self.position + RECORD_HEADER_BYTES as u64,
+            self.header.payload_len(),
+        )
+    }
+
+    pub fn stored_crc(&self) -> u32 {
+        format::le_u32(self.file.data.bytes(self.position, RECORD_HEADER_BYTES), 8)
+    }
+
+    /// The commit-log file holding the record, and the record's byte offset in it.
+    pub fn path(&self) -> PathBuf {
+        self.file.data.path().to_owned()
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        let key_len = self.header.key_len? as usize;
+        Some(&self.payload()[..key_len])
+    }
+}
+
+/// Where the next record goes; guarded by the append lock.
+struct Writer {
+    file: Arc<LogFile>,
+    /// Global byte offset of the next record.
+    position: u64,
+}
+
+/// The next file, made ahead of need by a background thread so a roll does not stall.
+struct Preparer {
+    slot: Mutex<PreparedSlot>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PreparedSlot {
+    wanted: Option<u64>,
+    ready: Option<Arc<LogFile>>,
+    stop: bool,
+}
+
+pub struct CommitLog {
+    dir: PathBuf,
+    file_bytes: u64,
+    warm: bool,
+    /// Oldest first; contiguous.
+    files: RwLock<Vec<Arc<LogFile>>>,
+    writer: Mutex<Writer>,
+    /// Everything below this offset is completely written.
+    written_end: AtomicU64,
+    flushed_end: AtomicU64,
+    flush_lock: Mutex<()>,
+    preparer: Arc<Preparer>,
+    preparer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl CommitLog {
+    /// Opens the log whose valid records end at `end` (decided by the caller's recovery):
+    /// files past the one holding `end` are deleted, and the bytes after `end` in it are
+    /// zeroed when `zero_tail` is set.
+    pub fn open(
+        dir: &Path,
+        file_bytes: u64,
+        warm: bool,
+        end: u64,
+        zero_tail: bool,
+    ) -> Result<CommitLog> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let bases = list_files(dir)?;
+        let write_base = end - end % file_bytes;
+        let mut files = Vec::new();
+        for base in bases {
+            let path = dir.join(format::file_name(base));
+            if base > write_base {
+                tracing::info!("removing unused commit-log file {}", path.display());
+                std::fs::remove_file(&path)
+                    .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+                continue;
+            }
+            if base % file_bytes != 0 {
+                return Err(StoreError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!("name is not a multiple of the file size {file_bytes}"),
+                });
+            }
+            let data = MappedFile::open(&path, file_bytes)?;
+            if data.allocated() != file_bytes {
+                return Err(StoreError::Corrupt {
+                    path,
+                    offset: data.allocated(),
+                    reason: format!("commit-log file is not {file_bytes} bytes long"),
+                });
+            }
+            files.push(Arc::new(LogFile { base, data }));
+        }
+        for pair in files.windows(2) {
+            if pair[1].base != pair[0].base + file_bytes {
+                return Err(StoreError::Corrupt {
+                    path: dir.join(format::file_name(pair[0].base + file_bytes)),
+                    offset: 0,
+                    reason: "commit-log file missing in the middle of the log".into(),
+                });
+            }
+        }
+        let current = match files.last() {
+            Some(last) if last.base == write_base => last.clone(),
+            // The log ends exactly where its last file does.
+            Some(last) if last.base + file_bytes == write_base => {
+                let file = Arc::new(create_file(dir, write_base, file_bytes, warm)?);
+                files.push(file.clone());
+                file
+            }
+            Some(last) => {
+                return Err(StoreError::Corrupt {
+                    path: last.data.path().to_owned(),
+                    offset: end,
+                    reason: "the log's end lies past its last file".into(),
+                })
+            }
+            None => {
+                let file = Arc::new(create_file(dir, write_base, file_bytes, warm)?);
+                files.push(file.clone());
+                file
+            }
+        };
+        if zero_tail {
+            current.data.zero_from(end - write_base)?;
+        }
+        let preparer = Arc::new(Preparer {
+            slot: Mutex::new(PreparedSlot::default()),
+            wake: Condvar::new(),
+        });
+        let log = CommitLog {
+            dir: dir.to_owned(),
+            file_bytes,
+            warm,
+            files: RwLock::new(files),
+            writer: Mutex::new(Writer {
+                file: current,
+                position: end,
+            }),
+            written_end: AtomicU64::new(end),
+            flushed_end: AtomicU64::new(end),
+            flush_lock: Mutex::new(()),
+            preparer: preparer.clone(),
+            preparer_thread: Mutex::new(None),
+        };
+        let (dir, warm) = (log.dir.clone(), log.warm);
+        let thread = std::thread::Builder::new()
+            .name("commitlog-prepare".into())
+            .spawn(move || prepare_files(&preparer, &dir, file_bytes, warm))
+            .map_err(|e| StoreError::io("starting the file preparer", e))?;
+        *log.preparer_thread.lock() = Some(thread);
+        log.request_next(write_base + file_bytes);
+        Ok(log)
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+
+    pub fn written_end(&self) -> u64 {
+        self.written_end.load(Ordering::Acquire)
+    }
+
+    /// Offset of the oldest byte still stored.
+    pub fn min_offset(&self) -> u64 {
+        self.files.read().first().map_or(0, |f| f.base)
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.read().len()
+    }
+
+    /// Exclusive access for appending; holding it is the only serial part of an append.
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            log: self,
+            writer: self.writer.lock(),
+        }
+    }
+
+    pub fn file_at(&self, offset: u64) -> Option<Arc<LogFile>> {
+        let files = self.files.read();
+        let first = files.first()?.base;
+        let index = offset.checked_sub(first)? / self.file_bytes;
+        files.get(index as usize).cloned()
+    }
+
+    /// The files holding `[from, to)` that are still stored.
+    pub fn files_between(&self, from: u64, to: u64) -> Vec<Arc<LogFile>> {
+        self.files
+            .read()
+            .iter()
+            .filter(|f| f.base + self.file_bytes > from && f.base < to)
+            .cloned()
+            .collect()
+    }
+
+    /// The record at `offset`, if its file is still stored.
+    pub fn record_at(&self, offset: u64) -> Option<RecordRef> {
+        let file = self.file_at(offset)?;
+        Some(record_in(file, offset))
+    }
+
+    /// Makes everything written before the call durable. Concurrent callers share one
+    /// flush (group commit): whoever holds the lock flushes for everyone queued behind it.
+    pub fn flush(&self) -> Result<()> {
+        let target = self.written_end();
+        if self.flushed_end.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _guard = self.flush_lock.lock();
+        let from = self.flushed_end.load(Ordering::Acquire);
+        if from >= target {
+            return Ok(());
+        }
+        let to = self.written_end();
+        for file in self.files_between(from, to) {
+            let start = from.max(file.base) - file.base;
+            let end = to.min(file.base + self.file_bytes) - file.base;
+            file.data.flush(start, end - start)?;
+        }
+        self.flushed_end.store(to, Ordering::Release);
+        Ok(())
+    }
+
+    /// Deletes whole files that end at or before `needed_from`, never the one being written.
+    /// Returns the number deleted. Readers holding a file keep its mapping until they drop it.
+    pub fn delete_files_before(&self, needed_from: u64) -> Result<Vec<u64>> {
+        let write_base = self.writer.lock().file.base;
+        let mut files = self.files.write();
+        let mut deleted = Vec::new();
+        while let Some(first) = files.first() {
+            if first.base + self.file_bytes > needed_from || first.base >= write_base {
+                break;
+            }
+            std::fs::remove_file(first.data.path()).map_err(|e| {
+                StoreError::io(format!("removing {}", first.data.path().display()), e)
+            })?;
+            tracing::info!("removed commit-log file {}", first.data.path().display());
+            deleted.push(first.base);
+            files.remove(0);
+        }
+        Ok(deleted)
+    }
+
+    /// The oldest file, if it is not the one being written.
+    pub fn oldest_sealed_file(&self) -> Option<u64> {
+        let write_base = self.writer.lock().file.base;
+        let first = self.files.read().first()?.base;
+        (first < write_base).then_some(first)
+    }
+
+    fn request_next(&self, base: u64) {
+        let mut slot = self.preparer.slot.lock();
+        slot.wanted = Some(base);
+        self.preparer.wake.notify_one();
+    }
+
+    fn next_file(&self, base: u64) -> Result<Arc<LogFile>> {
+        // Obtained earlier for a batch that then failed: still the next file.
+        if let Some(file) = self.files.read().last().filter(|f| f.base == base) {
+            return Ok(file.clone());
+        }
+        let prepared = {
+            let mut slot = self.preparer.slot.lock();
+            // Wait for a preparation in progress rather than racing it for the same file.
+            while slot.wanted == Some(base) && slot.ready.is_none() && !slot.stop {
+                self.preparer.wake.wait(&mut slot);
+            }
+            slot.ready.take()
+        };
+        let file = match prepared {
+            Some(file) if file.base == base => file,
+            _ => Arc::new(create_file(&self.dir, base, self.file_bytes, self.warm)?),
+        };
+        self.files.write().push(file.clone());
+        self.request_next(base + self.file_bytes);
+        Ok(file)
+    }
+
+    pub fn stop(&self) {
+        {
+            let mut slot = self.preparer.slot.lock();
+            slot.stop = true;
+            self.preparer.wake.notify_all();
+        }
+        if let Some(thread) = self.preparer_thread.lock().take() {
+            let _ = thread.join();
+        }
+        // A prepared file nobody used would look like a log past its end: remove it.
+        if let Some(file) = self.preparer.slot.lock().ready.take() {
+            let _ = std::fs::remove_file(file.data.path());
+        }
+    }
+}
+
+pub(super) fn record_in(file: Arc<LogFile>, offset: u64) -> RecordRef {
+    let position = offset - file.base;
+    let header = RecordHeader::decode(file.data.bytes(position, RECORD_HEADER_BYTES));
+    RecordRef {
+        file,
+        position,
+        header,
+    }
+}
+
+/// Holds the append lock. Records are copied into the map while it is held, so the log has
+/// no holes: recovery may cut only at the first invalid record.
+pub struct Appender<'a> {
+    log: &'a CommitLog,
+    writer: parking_lot::MutexGuard<'a, Writer>,
+}
+
+impl Appender<'_> {
+    /// Copies encoded records (header with its CRC, then the payload) one after another and
+    /// returns their global offsets. Every file the records need is obtained before the first
+    /// byte is copied, so a full disk fails the whole batch and leaves no partial records.
+    pub fn append<'p>(
+        &mut self,
+        records: impl Iterator<Item = (&'p [u8; RECORD_HEADER_BYTES], &'p [u8])> + Clone,
+    ) -> Result<Vec<u64>> {
+        let file_bytes = self.log.file_bytes;
+        let fits = |local: u64, size: u64| local + size + BLANK_BYTES as u64 <= file_bytes;
+        let mut local = self.writer.position - self.writer.file.base;
+        let mut rolls = 0;
+        for (_, payload) in records.clone() {
+            let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
+            if !fits(local, size) {
+                rolls += 1;
+                local = 0;
+            }
+            local += size;
+        }
+        let mut next_files = Vec::with_capacity(rolls);
+        for roll in 1..=rolls as u64 {
+            next_files.push(
+                self.log
+                    .next_file(self.writer.file.base + roll * file_bytes)?,
+            );
+        }
+        let mut next_files = next_files.into_iter();
+        let mut offsets = Vec::new();
+        for (header, payload) in records {
+            let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
+            let mut local = self.writer.position - self.writer.file.base;
+            if !fits(local, size) {
+                let mut blank = [0u8; BLANK_BYTES];
+                blank[0..4].copy_from_slice(&((file_bytes - local) as u32).to_le_bytes());
+                blank[4..8].copy_from_slice(&BLANK_MAGIC.to_le_bytes());
+                self.writer.file.data.write(local, &blank);
+                let next = next_files.next().expect("planned roll");
+                self.writer.position = next.base;
+                self.writer.file = next;
+                local = 0;
+            }
+            let data = &self.writer.file.data;
+            data.write(local + RECORD_HEADER_BYTES as u64, payload);
+            data.write(local, header);
+            offsets.push(self.writer.position);
+            self.writer.position += size;
+        }
+        Ok(offsets)
+    }
+
+    /// Makes the records appended so far visible to readers and to flushes.
+    pub fn publish(&self) {
+        self.log
+            .written_end
+            .store(self.writer.position, Ordering::Release);
+    }
+}
+
+fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<LogFile> {
+    let path = dir.join(format::file_name(base));
+    let started = std::time::Instant::now();
+    let data = MappedFile::create(&path, file_bytes, file_bytes)?;
+    if warm {
+        data.warm();
+    }
+    let took = started.elapsed();
+    if took > std::time::Duration::from_millis(10) {
+        tracing::debug!("creating {} took {:?}", path.display(), took);
+    }
+    Ok(LogFile { base, data })
+}
+
+fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64, warm: bool) {
+    let mut slot = preparer.slot.lock();
+    loop {
+        if slot.stop {
+            return;
+        }
+        let wanted = match slot.wanted {
+            Some(base) if slot.ready.as_ref().is_none_or(|f| f.base != base) => base,
+            _ => {
+                preparer.wake.wait(&mut slot);
+                continue;
+            }
+        };
+        if let Some(stale) = slot.ready.take() {
+            let _ = std::fs::remove_file(stale.data.path());
+        }
+        let made = parking_lot::MutexGuard::unlocked(&mut slot, || {
+            create_file(dir, wanted, file_bytes, warm)
+        });
+        match made {
+            Ok(file) => slot.ready = Some(Arc::new(file)),
+            Err(error) => {
+                tracing::warn!("preparing the next commit-log file failed: {error}");
+                slot.wanted = None;
+            }
+        }
+        preparer.wake.notify_all();
+    }
+}
+
+pub fn list_files(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(format::parse_file_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}

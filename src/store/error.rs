@@ -1,0 +1,77 @@
+//! Typed store errors, each mapped to the errno the mount returns for it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "topic name {0:?} is invalid: 1-249 characters of [A-Za-z0-9._-], not starting with '.'"
+    )]
+    InvalidTopicName(String),
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("no topic {0:?}")]
+    NoSuchTopic(String),
+    #[error("topic {topic:?} has no partition {partition}")]
+    NoSuchPartition { topic: String, partition: u32 },
+    #[error("topic {topic:?} has no segment starting at offset {base}")]
+    NoSuchSegment { topic: String, base: u64 },
+    #[error("offset {offset} is not stored (start {start}, end {end})")]
+    OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("message of {size} bytes exceeds max_message_bytes ({max})")]
+    MessageTooLarge { size: usize, max: usize },
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    #[error("corrupt store: {path}: byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store at {0} is already open in another process")]
+    Locked(PathBuf),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// The errno a shell user sees for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::InvalidTopicName(_) | StoreError::InvalidSetting(_) => libc::EINVAL,
+            StoreError::TopicExists(_) => libc::EEXIST,
+            StoreError::NoSuchTopic(_)
+            | StoreError::NoSuchPartition { .. }
+            | StoreError::NoSuchSegment { .. } => libc::ENOENT,
+            StoreError::OffsetOutOfRange { .. } => libc::ENODATA,
+            StoreError::MessageTooLarge { .. } => libc::EFBIG,
+            StoreError::DiskFull(_) => libc::ENOSPC,
+            StoreError::Io { source, .. } => match source.raw_os_error() {
+                Some(code) => code,
+                None => libc::EIO,
+            },
+            StoreError::Corrupt { .. } | StoreError::Closed => libc::EIO,
+            StoreError::Locked(_) => libc::EBUSY,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            return StoreError::DiskFull(context.into());
+        }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

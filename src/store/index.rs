@@ -1,0 +1,355 @@
+//! The key index: RocketMQ-style on-disk hash tables. Each file has a header, a table of
+//! hash slots and fixed-size entries; a slot holds the number of the newest entry whose key
+//! hash falls in it, and each entry links to the previous entry of its slot, so the newest
+//! occurrence of a key is found first. When a file is full the next one starts.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::error::{Result, StoreError};
+use super::format::{self, le_u32, le_u64};
+use super::mapped::{remove_file, MappedFile};
+
+const MAGIC: u32 = 0xC0F5_1DC5;
+const VERSION: u32 = 1;
+pub const HEADER_BYTES: u64 = 64;
+pub const ENTRY_BYTES: u64 = 20;
+const ENTRY_CHUNK: u64 = 65_536;
+const COUNT_AT: u64 = 16;
+
+pub struct IndexFile {
+    /// Commit-log offset of the first message indexed here (also the file's name).
+    pub base: u64,
+    data: MappedFile,
+    slots: u32,
+    capacity: u32,
+}
+
+impl IndexFile {
+    fn create(dir: &Path, base: u64, slots: u32, capacity: u32) -> Result<IndexFile> {
+        let path = dir.join(format::file_name(base));
+        let entries_at = HEADER_BYTES + u64::from(slots) * 4;
+        let total = entries_at + u64::from(capacity) * ENTRY_BYTES;
+        let data = MappedFile::create(
+            &path,
+            total,
+            entries_at + ENTRY_CHUNK.min(u64::from(capacity)) * ENTRY_BYTES,
+        )?;
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        header[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&slots.to_le_bytes());
+        header[12..16].copy_from_slice(&capacity.to_le_bytes());
+        header[16..20].copy_from_slice(&1u32.to_le_bytes());
+        header[24..32].copy_from_slice(&base.to_le_bytes());
+        header[32..40].copy_from_slice(&base.to_le_bytes());
+        data.write(0, &header);
+        Ok(IndexFile {
+            base,
+            data,
+            slots,
+            capacity,
+        })
+    }
+
+    fn open(path: &Path, base: u64) -> Result<IndexFile> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            reason: reason.to_owned(),
+        };
+        let mut header = [0u8; HEADER_BYTES as usize];
+        {
+            use std::io::Read;
+            let mut file = std::fs::File::open(path)
+                .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+            file.read_exact(&mut header)
+                .map_err(|_| corrupt("index file shorter than its header"))?;
+        }
+        let header = &header[..];
+        if le_u32(header, 0) != MAGIC || le_u32(header, 4) != VERSION {
+            return Err(corrupt("not an index file of this version"));
+        }
+        let (slots, capacity) = (le_u32(header, 8), le_u32(header, 12));
+        let total = HEADER_BYTES + u64::from(slots) * 4 + u64::from(capacity) * ENTRY_BYTES;
+        if slots == 0 || capacity < 2 {
+            return Err(corrupt("index header sizes do not match the file"));
+        }
+        // Map the whole table's address space so the entry area can keep growing.
+        let data = MappedFile::open(path, total)?;
+        if data.allocated() > total {
+            return Err(corrupt("index file longer than its header says"));
+        }
+        let file = IndexFile {
+            base,
+            data,
+            slots,
+            capacity,
+        };
+        if file.data.allocated() < file.entries_at() {
+            return Err(corrupt("index slot table not allocated"));
+        }
+        let count = file.count().min(file.allocated_entries());
+        file.count_cell().store(count.max(1), Ordering::Release);
+        Ok(file)
+    }
+
+    fn entries_at(&self) -> u64 {
+        HEADER_BYTES + u64::from(self.slots) * 4
+    }
+
+    fn count_cell(&self) -> &std::sync::atomic::AtomicU32 {
+        self.data.atomic_u32(COUNT_AT)
+    }
+
+    /// Entries in use, counting the null entry 0.
+    pub fn count(&self) -> u32 {
+        self.count_cell().load(Ordering::Acquire)
+    }
+
+    fn allocated_entries(&self) -> u32 {
+        ((self.data.allocated() - self.entries_at()) / ENTRY_BYTES) as u32
+    }
+
+    fn slot(&self, hash: u64) -> &std::sync::atomic::AtomicU32 {
+        self.data
+            .atomic_u32(HEADER_BYTES + (hash % u64::from(self.slots)) * 4)
+    }
+
+    fn entry(&self, number: u32) -> (u64, u64, u32) {
+        let bytes = self.data.bytes(
+            self.entries_at() + u64::from(number) * ENTRY_BYTES,
+            ENTRY_BYTES as usize,
+        );
+        (le_u64(bytes, 0), le_u64(bytes, 8), le_u32(bytes, 16))
+    }
+
+    /// Commit-log offset of the newest message indexed here.
+    pub fn end_offset(&self) -> u64 {
+        le_u64(self.data.bytes(32, 8), 0)
+    }
+
+    fn reserve(&self, count: u32) -> Result<()> {
+        let entry_end =
+            self.entries_at() + (u64::from(self.count()) + u64::from(count)) * ENTRY_BYTES;
+        if entry_end > self.data.allocated() {
+            self.data
+                .allocate(entry_end.max(self.data.allocated() + ENTRY_CHUNK * ENTRY_BYTES))?;
+        }
+        Ok(())
+    }
+
+    fn insert(&self, hash: u64, commit_log_offset: u64) {
+        let number = self.count();
+        let slot = self.slot(hash);
+        let mut entry = [0u8; ENTRY_BYTES as usize];
+        entry[0..8].copy_from_slice(&hash.to_le_bytes());
+        entry[8..16].copy_from_slice(&commit_log_offset.to_le_bytes());
+        entry[16..20].copy_from_slice(&slot.load(Ordering::Acquire).to_le_bytes());
+        self.data
+            .write(self.entries_at() + u64::from(number) * ENTRY_BYTES, &entry);
+        self.data.write(32, &commit_log_offset.to_le_bytes());
+        // The count first, then the slot: a reader that sees the slot sees a valid entry.
+        self.count_cell().store(number + 1, Ordering::Release);
+        slot.store(number, Ordering::Release);
+    }
+
+    /// Calls `f` with the commit-log offset of every entry whose hash is `hash`, newest first.
+    fn walk(&self, hash: u64, f: &mut impl FnMut(u64) -> ControlFlow<()>) -> ControlFlow<()> {
+        let count = self.count();
+        let mut number = self.slot(hash).load(Ordering::Acquire);
+        while number != 0 && number < count {
+            let (entry_hash, offset, previous) = self.entry(number);
+            if entry_hash == hash {
+                f(offset)?;
+            }
+            // Links only point backwards; anything else is damage, so stop.
+            if previous >= number {
+                break;
+            }
+            number = previous;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Cuts the file back to `count` entries and rebuilds the slot table from them, since
+    /// slots written after the last checkpoint may point at entries that were lost.
+    fn truncate(&self, count: u32) -> Result<()> {
+        let count = count.clamp(1, self.allocated_entries().max(1));
+        let zeroes = vec![0u8; (u64::from(self.slots) * 4) as usize];
+        self.data.write(HEADER_BYTES, &zeroes);
+        let mut last = self.base;
+        for number in 1..count {
+            let (hash, offset, _) = self.entry(number);
+            self.slot(hash).store(number, Ordering::Relaxed);
+            last = offset;
+        }
+        self.data.write(32, &last.to_le_bytes());
+        self.count_cell().store(count, Ordering::Release);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.data.flush(0, self.data.allocated())
+    }
+}
+
+/// Where the index stood at a checkpoint: the newest file and its entry count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexMark {
+    pub file_base: u64,
+    pub count: u32,
+}
+
+pub struct KeyIndex {
+    dir: PathBuf,
+    slots: u32,
+    capacity: u32,
+    /// Oldest first.
+    files: RwLock<Vec<Arc<IndexFile>>>,
+    writer: Mutex<()>,
+}
+
+impl KeyIndex {
+    pub fn open(dir: &Path, slots: u32, capacity: u32) -> Result<KeyIndex> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let mut files = Vec::new();
+        for base in super::commitlog::list_files(dir)? {
+            files.push(Arc::new(IndexFile::open(
+                &dir.join(format::file_name(base)),
+                base,
+            )?));
+        }
+        Ok(KeyIndex {
+            dir: dir.to_owned(),
+            slots,
+            capacity,
+            files: RwLock::new(files),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Makes room for `count` more entries ahead of an append (in the current file if they
+    /// fit, else in a new one starting at `next_offset`), so that a full disk fails the
+    /// append before anything is written.
+    pub fn reserve(&self, count: u32, next_offset: u64) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let _writer = self.writer.lock();
+        let file = self.writable_file(count, next_offset)?;
+        file.reserve(count.min(file.capacity - file.count()))
+    }
+
+    fn writable_file(&self, count: u32, next_offset: u64) -> Result<Arc<IndexFile>> {
+        let current = self.files.read().last().cloned();
+        match current {
+            Some(file)
+                if u64::from(file.count()) + u64::from(count.min(self.capacity - 1))
+                    <= u64::from(file.capacity) =>
+            {
+                Ok(file)
+            }
+            _ => {
+                let file = Arc::new(IndexFile::create(
+                    &self.dir,
+                    next_offset,
+                    self.slots,
+                    self.capacity,
+                )?);
+                self.files.write().push(file.clone());
+                Ok(file)
+            }
+        }
+    }
+
+    /// Adds an entry. Room was reserved before the message was appended; should concurrent
+    /// appends have used it up and the disk be full, the entry is skipped with an error
+    /// logged rather than failing a message that is already stored.
+    pub fn insert(&self, hash: u64, commit_log_offset: u64) {
+        let _writer = self.writer.lock();
+        let inserted = self.writable_file(1, commit_log_offset).and_then(|file| {
+            file.reserve(1)
+                .map(|()| file.insert(hash, commit_log_offset))
+        });
+        if let Err(error) = inserted {
+            tracing::error!(
+                "key index entry for commit-log offset {commit_log_offset} not written: {error}"
+            );
+        }
+    }
+
+    /// Commit-log offsets of entries with this hash, newest first, until `f` breaks.
+    pub fn lookup(&self, hash: u64, mut f: impl FnMut(u64) -> ControlFlow<()>) {
+        let files = self.files.read().clone();
+        for file in files.iter().rev() {
+            if file.walk(hash, &mut f).is_break() {
+                return;
+            }
+        }
+    }
+
+    pub fn mark(&self) -> Option<IndexMark> {
+        let _writer = self.writer.lock();
+        let files = self.files.read();
+        files.last().map(|f| IndexMark {
+            file_base: f.base,
+            count: f.count(),
+        })
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        let files = self.files.read().clone();
+        files.iter().try_for_each(|f| f.flush())
+    }
+
+    /// Returns the index to where it stood at `mark` (after an unclean stop); `None` means it
+    /// was empty.
+    pub fn truncate_to(&self, mark: Option<IndexMark>) -> Result<()> {
+        let _writer = self.writer.lock();
+        let mut files = self.files.write();
+        while let Some(last) = files.last() {
+            if mark.is_some_and(|m| last.base <= m.file_base) {
+                break;
+            }
+            remove_file(last.data.path())?;
+            files.pop();
+        }
+        if let (Some(mark), Some(last)) = (mark, files.last()) {
+            if last.base == mark.file_base {
+                last.truncate(mark.count)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove_all(&self) -> Result<()> {
+        let _writer = self.writer.lock();
+        let mut files = self.files.write();
+        for file in files.drain(..) {
+            remove_file(file.data.path())?;
+        }
+        Ok(())
+    }
+
+    /// Removes files whose every entry points below `min_offset` (data no longer stored).
+    /// The newest file stays, as the one being filled.
+    pub fn remove_before(&self, min_offset: u64) -> Result<()> {
+        let _writer = self.writer.lock();
+        let mut files = self.files.write();
+        while files.len() > 1 && files[0].end_offset() < min_offset {
+            remove_file(files[0].data.path())?;
+            files.remove(0);
+        }
+        Ok(())
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.files.read().iter().map(|f| f.data.allocated()).sum()
+    }
+}

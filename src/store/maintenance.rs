@@ -1,0 +1,284 @@
+//! The store's background work, on one thread: flushing the log (async policy), writing
+//! checkpoints, and enforcing retention.
+
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::checkpoint::{Checkpoint, PartitionMark};
+use super::error::Result;
+use super::partition::Partition;
+use super::{now_ms, FlushPolicy, Store};
+
+#[derive(Default)]
+pub struct Handle {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Handle {
+    pub fn start(&self, store: Weak<Store>) {
+        let stop = self.stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("store-maintenance".into())
+            .spawn(move || run(&store, &stop));
+        match spawned {
+            Ok(thread) => *self.thread.lock() = Some(thread),
+            Err(error) => tracing::error!("cannot start the store's maintenance thread: {error}"),
+        }
+    }
+
+    pub fn stop(&self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        let thread = self.thread.lock().take();
+        // The thread itself may drop the last handle to the store.
+        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar)) {
+    let Some(config) = store.upgrade().map(|s| s.config.clone()) else {
+        return;
+    };
+    let flush_every = match config.flush {
+        FlushPolicy::Async { interval_ms } => Some(Duration::from_millis(interval_ms.max(1))),
+        FlushPolicy::Sync => None,
+    };
+    let checkpoint_every = Duration::from_millis(config.checkpoint_interval_ms.max(1));
+    let retention_every = Duration::from_millis(config.retention_check_interval_ms.max(1));
+    let tick = flush_every
+        .unwrap_or(Duration::MAX)
+        .min(checkpoint_every)
+        .min(retention_every);
+    let started = Instant::now();
+    let (mut next_checkpoint, mut next_retention) =
+        (started + checkpoint_every, started + retention_every);
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if !*stopped {
+                stop.1.wait_for(&mut stopped, tick);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(store) = store.upgrade() else { return };
+        let now = Instant::now();
+        if flush_every.is_some() {
+            if let Err(error) = store.log.flush() {
+                tracing::error!("flushing the commit log: {error}");
+            }
+        }
+        if now >= next_retention {
+            next_retention = now + retention_every;
+            if let Err(error) = store.enforce_retention() {
+                tracing::error!("enforcing retention: {error}");
+            }
+        }
+        if now >= next_checkpoint {
+            next_checkpoint = now + checkpoint_every;
+            if let Err(error) = store.checkpoint() {
+                tracing::error!("writing a checkpoint: {error}");
+            }
+        }
+    }
+}
+
+impl Store {
+    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics().iter().flat_map(|t| t.partitions()).collect()
+    }
+
+    /// Writes a checkpoint now (the background thread does so every
+    /// `checkpoint_interval_ms`). Records a consistent point: the log's end, every partition's offsets and the index's
+    /// size there, after writing out everything below it.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        let (commit_log_end, index, partitions) = {
+            let _quiet = self.quiesce.write();
+            let partitions: Vec<(Arc<Partition>, u64, u64)> = self
+                .all_partitions()
+                .into_iter()
+                .map(|p| {
+                    let (start, end) = (p.start_offset(), p.end_offset());
+                    (p, start, end)
+                })
+                .collect();
+            (self.log.written_end(), self.index.mark(), partitions)
+        };
+        self.log.flush()?;
+        let mut marks = Vec::with_capacity(partitions.len());
+        for (partition, start, end) in partitions {
+            let flushed = partition.flushed.load(std::sync::atomic::Ordering::Acquire);
+            partition.queue.flush(flushed.max(start), end)?;
+            partition
+                .flushed
+                .store(end, std::sync::atomic::Ordering::Release);
+            marks.push(PartitionMark {
+                topic_id: partition.topic_id,
+                partition: partition.index,
+                end,
+                start,
+            });
+        }
+        self.index.flush()?;
+        Checkpoint {
+            commit_log_end,
+            index,
+            partitions: marks,
+        }
+        .save(&self.dir)
+    }
+
+    /// Runs retention now (the background thread does so every
+    /// `retention_check_interval_ms`). Applies every topic's retention, removes commit-log files no partition needs any
+    /// more, and enforces the store-wide disk ceiling.
+    pub fn enforce_retention(&self) -> Result<()> {
+        let now = now_ms();
+        let mut changed = false;
+        for topic in self.topics() {
+            let settings = topic.settings();
+            if settings.retention_ms.is_none() && settings.retention_bytes.is_none() {
+                continue;
+            }
+            for partition in topic.partitions() {
+                changed |= partition.apply_retention(
+                    now,
+                    settings.retention_ms,
+                    settings.retention_bytes,
+                )?;
+            }
+        }
+        changed |= !self
+            .log
+            .delete_files_before(self.needed_log_offset())?
+            .is_empty();
+        if let Some(ceiling) = self.config.max_disk_bytes {
+            while self.disk_usage() > ceiling {
+                let Some(oldest) = self.log.oldest_sealed_file() else {
+                    tracing::warn!(
+                        "the store uses {} bytes, over max_disk_bytes {ceiling}, but only the file being written is left",
+                        self.disk_usage()
+                    );
+                    break;
+                };
+                let file_end = oldest + self.log.file_bytes();
+                for topic in self.topics() {
+                    for partition in topic.partitions() {
+                        if let Some((from, to)) = partition.drop_messages_before(file_end)? {
+                            tracing::warn!(
+                                "max_disk_bytes: topic {} partition {} lost offsets {from}..{to} early",
+                                topic.name(),
+                                partition.index()
+                            );
+                        }
+                    }
+                }
+                self.log.delete_files_before(file_end)?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.index.remove_before(self.log.min_offset())?;
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// The oldest commit-log offset some partition still needs.
+    fn needed_log_offset(&self) -> u64 {
+        let written_end = self.log.written_end();
+        self.all_partitions()
+            .iter()
+            .filter(|p| p.start_offset() < p.end_offset())
+            .filter_map(|p| p.entry(p.start_offset()))
+            .map(|e| e.commit_log_offset)
+            .min()
+            .unwrap_or(written_end)
+            .min(written_end)
+    }
+}
+
+impl Partition {
+    /// Moves the start past whole sealed segments that are older than `retention_ms` (by their
+    /// newest message) or not needed to keep `retention_bytes`, as Kafka does: it deletes a
+    /// segment only if what remains is still at least `retention_bytes`.
+    pub(super) fn apply_retention(
+        &self,
+        now: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<bool> {
+        let segments = self.segments();
+        let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+        let start = self.start_offset();
+        let mut new_start = start;
+        for segment in segments.iter().take_while(|s| s.sealed) {
+            let expired = retention_ms.is_some_and(|ms| {
+                segment
+                    .last_timestamp
+                    .is_some_and(|t| t < now.saturating_sub(ms as i64))
+            });
+            let surplus = retention_bytes.is_some_and(|limit| total - segment.bytes >= limit);
+            if !(expired || surplus) {
+                break;
+            }
+            total -= segment.bytes;
+            new_start = segment.base_offset + self.segment_messages;
+        }
+        if new_start == start {
+            return Ok(false);
+        }
+        self.move_start(new_start)?;
+        tracing::info!(
+            "retention: topic id {} partition {} now starts at offset {new_start} (was {start})",
+            self.topic_id,
+            self.index
+        );
+        Ok(true)
+    }
+
+    /// Drops the messages stored in commit-log files ending at or before `log_offset` (the
+    /// disk ceiling is removing them): sealed segments go whole; the active one may lose its
+    /// oldest messages. Returns the offsets lost.
+    pub(super) fn drop_messages_before(&self, log_offset: u64) -> Result<Option<(u64, u64)>> {
+        let (start, end) = (self.start_offset(), self.end_offset());
+        let in_file = |offset: u64| {
+            self.entry(offset)
+                .is_some_and(|e| e.commit_log_offset < log_offset)
+        };
+        if start >= end || !in_file(start) {
+            return Ok(None);
+        }
+        // Commit-log positions grow with offsets: find the first message after the file.
+        let (mut low, mut high) = (start, end);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if in_file(middle) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        let base = self.segment_base(low);
+        let new_start = if low > base && base + self.segment_messages <= end {
+            base + self.segment_messages
+        } else {
+            low
+        };
+        self.move_start(new_start)?;
+        Ok(Some((start, new_start)))
+    }
+
+    fn move_start(&self, new_start: u64) -> Result<()> {
+        self.start
+            .store(new_start, std::sync::atomic::Ordering::Release);
+        self.queue.remove_before(new_start)
+    }
+}

@@ -1,0 +1,218 @@
+//! A file mapped into memory whose blocks are allocated before any store into the map, so
+//! a full disk is an `ENOSPC` from `fallocate` and never a `SIGBUS` inside the daemon.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::error::{Result, StoreError};
+
+pub struct MappedFile {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    /// Bytes at the start of the file whose blocks are allocated (and so may be stored into).
+    allocated: AtomicU64,
+}
+
+impl MappedFile {
+    /// Creates a file whose first `allocate` bytes are allocated, mapping `capacity` bytes of
+    /// address space so that later growth needs no new mapping.
+    pub fn create(path: &Path, capacity: u64, allocate: u64) -> Result<MappedFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        let mapped = Self::map(path, file, capacity, 0)?;
+        if let Err(error) = mapped.allocate(allocate) {
+            drop(mapped);
+            let _ = std::fs::remove_file(path);
+            return Err(error);
+        }
+        Ok(mapped)
+    }
+
+    /// Opens an existing file; its current length counts as allocated.
+    pub fn open(path: &Path, capacity: u64) -> Result<MappedFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io(format!("reading the size of {}", path.display()), e))?
+            .len();
+        Self::map(path, file, capacity.max(len), len)
+    }
+
+    fn map(path: &Path, file: File, capacity: u64, allocated: u64) -> Result<MappedFile> {
+        let len = usize::try_from(capacity).map_err(|_| {
+            StoreError::InvalidSetting(format!("{} is too large to map", path.display()))
+        })?;
+        // Mapping past the end of the file reserves address space; only the allocated
+        // prefix is ever touched.
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(&file)
+            .map_err(|e| StoreError::io(format!("mapping {}", path.display()), e))?;
+        Ok(MappedFile {
+            path: path.to_owned(),
+            file,
+            map,
+            allocated: AtomicU64::new(allocated),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Acquire)
+    }
+
+    /// Makes sure the first `len` bytes (at most the capacity) have blocks on disk.
+    /// Callers that grow a file are serialised by the file's owner.
+    pub fn allocate(&self, len: u64) -> Result<()> {
+        let len = len.min(self.capacity());
+        let have = self.allocated();
+        if len <= have {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                have as libc::off_t,
+                (len - have) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(StoreError::io(
+                    format!("allocating {} bytes of {}", len, self.path.display()),
+                    error,
+                ));
+            }
+            // A file system without fallocate (rare): write zeroes so the blocks exist.
+            use std::os::unix::fs::FileExt;
+            let zeroes = vec![0u8; (len - have) as usize];
+            self.file.write_all_at(&zeroes, have).map_err(|e| {
+                StoreError::io(
+                    format!("allocating {} bytes of {}", len, self.path.display()),
+                    e,
+                )
+            })?;
+        }
+        self.allocated.store(len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Bytes `[at, at + len)`. The caller guarantees the range is allocated and not being
+    /// written concurrently (it was published before this read).
+    pub fn bytes(&self, at: u64, len: usize) -> &[u8] {
+        assert!(at + len as u64 <= self.capacity(), "read past the mapping");
+        // SAFETY: in bounds of the mapping (checked above); see the caller's guarantee.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len) }
+    }
+
+    /// Stores `data` at `at`. The caller owns this range (no concurrent reader or writer
+    /// until it publishes it) and has allocated it.
+    pub fn write(&self, at: u64, data: &[u8]) {
+        assert!(
+            at + data.len() as u64 <= self.allocated(),
+            "store past the allocated blocks"
+        );
+        // SAFETY: in bounds and allocated (checked above); exclusive by the caller's guarantee.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(at as usize),
+                data.len(),
+            )
+        }
+    }
+
+    /// A 32-bit atomic cell inside the mapping (used by the index's slot table and header).
+    pub fn atomic_u32(&self, at: u64) -> &std::sync::atomic::AtomicU32 {
+        assert!(
+            at % 4 == 0 && at + 4 <= self.allocated(),
+            "misplaced atomic"
+        );
+        // SAFETY: aligned (mapping is page-aligned, `at` is a multiple of 4), in bounds and
+        // allocated; all accesses to this cell go through atomics.
+        unsafe { &*(self.map.as_mut_ptr().add(at as usize) as *const std::sync::atomic::AtomicU32) }
+    }
+
+    /// Writes `[at, at + len)` back to disk and waits for it.
+    pub fn flush(&self, at: u64, len: u64) -> Result<()> {
+        let end = (at + len).min(self.allocated());
+        if end <= at {
+            return Ok(());
+        }
+        self.map
+            .flush_range(at as usize, (end - at) as usize)
+            .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))
+    }
+
+    /// Zeroes `[at, allocated)` while keeping the blocks allocated: used to cut a torn tail so
+    /// that stale bytes can never pass as records later.
+    pub fn zero_from(&self, at: u64) -> Result<()> {
+        let end = self.allocated();
+        if at >= end {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_ZERO_RANGE,
+                at as libc::off_t,
+                (end - at) as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let zeroes = vec![0u8; 1 << 20];
+        let mut position = at;
+        while position < end {
+            let n = ((end - position) as usize).min(zeroes.len());
+            self.write(position, &zeroes[..n]);
+            position += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to fault the allocated pages in ahead of use (RocketMQ's warm-up).
+    pub fn warm(&self) {
+        let len = self.allocated() as usize;
+        if let Err(error) = self
+            .map
+            .advise_range(memmap2::Advice::PopulateWrite, 0, len)
+        {
+            tracing::debug!("warming {} skipped: {error}", self.path.display());
+        }
+    }
+}
+
+/// Removes a file; one already gone is fine.
+pub fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+    }
+}

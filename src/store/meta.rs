@@ -1,0 +1,163 @@
+//! Persistent metadata: the store's layout and its topics, in `store.toml`, replaced
+//! atomically (temporary file, fsync, rename, fsync of the directory).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Result, StoreError};
+use super::{Framing, TopicSettings};
+
+pub const META_FILE: &str = "store.toml";
+const FORMAT_VERSION: u32 = 1;
+
+/// Settings that decide the layout of files on disk, fixed when the store is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub commit_log_file_bytes: u64,
+    pub segment_messages: u32,
+    pub index_slots: u32,
+    pub index_entries: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: u32,
+    pub created_ms: i64,
+    pub partitions: u32,
+    pub framing: Framing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_separator: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<u64>,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub mode: u32,
+}
+
+impl TopicRecord {
+    pub fn settings(&self) -> TopicSettings {
+        TopicSettings {
+            partitions: self.partitions,
+            framing: self.framing,
+            key_separator: self.key_separator.clone(),
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            owner_uid: self.owner_uid,
+            owner_gid: self.owner_gid,
+            mode: self.mode,
+        }
+    }
+
+    pub fn new(name: &str, id: u32, created_ms: i64, settings: &TopicSettings) -> TopicRecord {
+        TopicRecord {
+            name: name.to_owned(),
+            id,
+            created_ms,
+            partitions: settings.partitions,
+            framing: settings.framing,
+            key_separator: settings.key_separator.clone(),
+            retention_ms: settings.retention_ms,
+            retention_bytes: settings.retention_bytes,
+            owner_uid: settings.owner_uid,
+            owner_gid: settings.owner_gid,
+            mode: settings.mode,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub format_version: u32,
+    pub layout: Layout,
+    pub next_topic_id: u32,
+    #[serde(default)]
+    pub topics: Vec<TopicRecord>,
+}
+
+impl Meta {
+    pub fn new(layout: Layout) -> Meta {
+        Meta {
+            format_version: FORMAT_VERSION,
+            layout,
+            next_topic_id: 1,
+            topics: Vec::new(),
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<Option<Meta>> {
+        let path = dir.join(META_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+        };
+        let meta: Meta = toml::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!(
+                    "format version {} is not {FORMAT_VERSION}",
+                    meta.format_version
+                ),
+            });
+        }
+        Ok(Some(meta))
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = toml::to_string(self)
+            .map_err(|e| StoreError::InvalidSetting(format!("cannot encode the metadata: {e}")))?;
+        write_atomically(dir, META_FILE, text.as_bytes())
+    }
+}
+
+/// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new file.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let io = |what: &str, e| StoreError::io(format!("{what} {}", path.display()), e);
+    let mut file = std::fs::File::create(&temporary).map_err(|e| io("writing", e))?;
+    file.write_all(bytes).map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("syncing", e))?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(|e| io("replacing", e))?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Exists while the store is open; found at open, it means the last stop was unclean.
+pub const ABORT_MARKER: &str = "abort";
+
+pub fn abort_marker_exists(dir: &Path) -> bool {
+    dir.join(ABORT_MARKER).exists()
+}
+
+pub fn create_abort_marker(dir: &Path) -> Result<()> {
+    write_atomically(
+        dir,
+        ABORT_MARKER,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )
+}
+
+pub fn remove_abort_marker(dir: &Path) -> Result<()> {
+    super::mapped::remove_file(&dir.join(ABORT_MARKER))?;
+    sync_dir(dir)
+}

@@ -1,0 +1,678 @@
+//! The storage engine: one memory-mapped commit log shared by every topic, a consume queue
+//! per partition, an on-disk hash index of keys, recovery and retention. Nothing here knows
+//! about FUSE; the mount is a thin layer over [`Store`].
+
+mod checkpoint;
+mod commitlog;
+mod error;
+mod format;
+mod index;
+mod maintenance;
+mod mapped;
+mod meta;
+mod partition;
+mod queue;
+mod recovery;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+pub use error::{Result, StoreError};
+pub use partition::{MessageLocation, Partition, SegmentInfo, SegmentReader, Topic};
+
+use commitlog::CommitLog;
+use format::{QueueEntry, RecordHeader, RECORD_HEADER_BYTES};
+use index::KeyIndex;
+use meta::{Layout, Meta, TopicRecord};
+
+/// Store-wide settings. The layout-defining ones (`commit_log_file_bytes`,
+/// `segment_messages`, `index_slots`, `index_entries`) are fixed when the store is created;
+/// different values later are ignored with a warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub commit_log_file_bytes: u64,
+    pub segment_messages: u32,
+    pub max_message_bytes: usize,
+    pub flush: FlushPolicy,
+    pub checkpoint_interval_ms: u64,
+    pub retention_check_interval_ms: u64,
+    pub max_disk_bytes: Option<u64>,
+    pub index_slots: u32,
+    pub index_entries: u32,
+    pub warm_mapped_files: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            commit_log_file_bytes: 1 << 30,
+            segment_messages: 300_000,
+            max_message_bytes: 1 << 20,
+            flush: FlushPolicy::Async { interval_ms: 500 },
+            checkpoint_interval_ms: 10_000,
+            retention_check_interval_ms: 10_000,
+            max_disk_bytes: None,
+            index_slots: 5_000_000,
+            index_entries: 20_000_000,
+            warm_mapped_files: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// A background thread writes the log back every `interval_ms`.
+    Async { interval_ms: u64 },
+    /// Every append returns after a flush that covers it (group commit).
+    Sync,
+}
+
+/// How the bytes written to a topic become messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// Every `\n`-terminated line is one message.
+    Lines,
+    /// Every `write(2)` is one message.
+    Raw,
+}
+
+impl std::fmt::Display for Framing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Framing::Lines => "lines",
+            Framing::Raw => "raw",
+        })
+    }
+}
+
+impl std::str::FromStr for Framing {
+    type Err = StoreError;
+    fn from_str(text: &str) -> Result<Framing> {
+        match text {
+            "lines" => Ok(Framing::Lines),
+            "raw" => Ok(Framing::Raw),
+            other => Err(StoreError::InvalidSetting(format!(
+                "framing {other:?} is not \"lines\" or \"raw\""
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub partitions: u32,
+    pub framing: Framing,
+    pub key_separator: Option<Vec<u8>>,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// Permission bits of the topic directory.
+    pub mode: u32,
+}
+
+/// One message to append: its bytes, and how many leading bytes are its key.
+#[derive(Clone, Copy, Debug)]
+pub struct NewMessage<'a> {
+    pub payload: &'a [u8],
+    pub key_len: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub first_offset: u64,
+    pub count: u64,
+    pub timestamp: i64,
+}
+
+/// A message found by its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyMatch {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub payload: Vec<u8>,
+}
+
+const MAX_PARTITIONS: u32 = 100_000;
+
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let valid = (1..=249).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidTopicName(name.to_owned()))
+    }
+}
+
+fn validate_settings(settings: &TopicSettings) -> Result<()> {
+    if settings.partitions == 0 || settings.partitions > MAX_PARTITIONS {
+        return Err(StoreError::InvalidSetting(format!(
+            "partitions must be 1 to {MAX_PARTITIONS}, not {}",
+            settings.partitions
+        )));
+    }
+    if settings
+        .key_separator
+        .as_ref()
+        .is_some_and(|s| s.is_empty())
+    {
+        return Err(StoreError::InvalidSetting(
+            "key_separator cannot be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Kafka's murmur2 (32-bit MurmurHash2, seed 0x9747b28c), as its Java client computes it for
+/// choosing a key's partition.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut blocks = data.chunks_exact(4);
+    for block in &mut blocks {
+        let mut k = u32::from_le_bytes(block.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = blocks.remainder();
+    if !tail.is_empty() {
+        for (i, &byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    layout: Layout,
+    log: Arc<CommitLog>,
+    index: KeyIndex,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    meta: Mutex<Meta>,
+    /// Appends hold it shared; a checkpoint takes it exclusively for an instant, to see the
+    /// log, the queues and the index at one consistent point.
+    quiesce: RwLock<()>,
+    closed: AtomicBool,
+    maintenance: maintenance::Handle,
+    /// One checkpoint at a time.
+    checkpoint_lock: Mutex<()>,
+    /// Held (flock) while the store is open, so two processes never share it.
+    lock: Mutex<Option<File>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering from an unclean stop if needed, and
+    /// starts its background flush, checkpoint and retention thread.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Store>> {
+        recovery::open(dir, config)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The settings in force (layout values as persisted when the store was created).
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    pub fn create_topic(&self, name: &str, settings: TopicSettings) -> Result<Arc<Topic>> {
+        validate_topic_name(name)?;
+        validate_settings(&settings)?;
+        self.check_open()?;
+        let mut meta = self.meta.lock();
+        if self.topics.read().contains_key(name) {
+            return Err(StoreError::TopicExists(name.to_owned()));
+        }
+        let id = meta.next_topic_id;
+        let record = TopicRecord::new(name, id, now_ms(), &settings);
+        let topic = Arc::new(self.build_topic(&record, &HashMap::new())?);
+        meta.next_topic_id += 1;
+        meta.topics.push(record);
+        if let Err(error) = meta.save(&self.dir) {
+            meta.topics.pop();
+            meta.next_topic_id -= 1;
+            let _ = std::fs::remove_dir_all(&topic.queue_dir);
+            return Err(error);
+        }
+        self.topics.write().insert(name.to_owned(), topic.clone());
+        tracing::info!(
+            "created topic {name} (id {id}, {} partitions)",
+            settings.partitions
+        );
+        Ok(topic)
+    }
+
+    /// The in-memory topic for `record`, its partitions at the offsets recovery found.
+    fn build_topic(
+        &self,
+        record: &TopicRecord,
+        marks: &HashMap<(u32, u32), (u64, u64)>,
+    ) -> Result<Topic> {
+        let topic = Topic {
+            name: record.name.clone(),
+            id: record.id,
+            created_ms: record.created_ms,
+            settings: RwLock::new(record.settings()),
+            partitions: RwLock::new(Vec::new()),
+            deleted: Arc::new(AtomicBool::new(false)),
+            next_keyless: AtomicU32::new(0),
+            queue_dir: recovery::queue_dir(&self.dir, record.id),
+        };
+        self.add_partitions(&topic, record.partitions, marks)?;
+        Ok(topic)
+    }
+
+    /// Grows `topic` to `count` partitions; `marks` gives recovered (start, end) offsets.
+    fn add_partitions(
+        &self,
+        topic: &Topic,
+        count: u32,
+        marks: &HashMap<(u32, u32), (u64, u64)>,
+    ) -> Result<()> {
+        let mut partitions = topic.partitions.write();
+        for index in partitions.len() as u32..count {
+            let queue = queue::ConsumeQueue::open(
+                &topic.queue_dir.join(index.to_string()),
+                u64::from(self.layout.segment_messages),
+            )?;
+            let (start, end) = marks.get(&(topic.id, index)).copied().unwrap_or((0, 0));
+            partitions.push(Arc::new(Partition::new(
+                topic,
+                index,
+                self.log.clone(),
+                queue,
+                start,
+                end,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes a topic and all its messages. Its commit-log records go when retention
+    /// removes their files.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let mut meta = self.meta.lock();
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| StoreError::NoSuchTopic(name.to_owned()))?;
+        let _quiet = self.quiesce.write();
+        let position = meta
+            .topics
+            .iter()
+            .position(|t| t.id == topic.id)
+            .expect("topic in metadata");
+        let record = meta.topics.remove(position);
+        if let Err(error) = meta.save(&self.dir) {
+            meta.topics.insert(position, record);
+            return Err(error);
+        }
+        topic.deleted.store(true, Ordering::Release);
+        self.topics.write().remove(name);
+        if let Err(error) = std::fs::remove_dir_all(&topic.queue_dir) {
+            tracing::warn!("removing {}: {error}", topic.queue_dir.display());
+        }
+        tracing::info!("deleted topic {name} (id {})", topic.id);
+        Ok(())
+    }
+
+    /// Changes a topic's settings; partitions only grow. Persisted before it returns.
+    pub fn update_topic(&self, topic: &Topic, settings: TopicSettings) -> Result<()> {
+        validate_settings(&settings)?;
+        self.check_open()?;
+        let mut meta = self.meta.lock();
+        if topic.is_deleted() {
+            return Err(StoreError::NoSuchTopic(topic.name.clone()));
+        }
+        let old = topic.settings();
+        if settings.partitions < old.partitions {
+            return Err(StoreError::InvalidSetting(format!(
+                "topic {} has {} partitions; partitions only grow",
+                topic.name, old.partitions
+            )));
+        }
+        let position = meta
+            .topics
+            .iter()
+            .position(|t| t.id == topic.id)
+            .expect("topic in metadata");
+        let previous = std::mem::replace(
+            &mut meta.topics[position],
+            TopicRecord::new(&topic.name, topic.id, topic.created_ms, &settings),
+        );
+        if let Err(error) = meta.save(&self.dir) {
+            meta.topics[position] = previous;
+            return Err(error);
+        }
+        self.add_partitions(topic, settings.partitions, &HashMap::new())?;
+        *topic.settings.write() = settings;
+        Ok(())
+    }
+
+    pub fn append(
+        &self,
+        partition: &Partition,
+        payload: &[u8],
+        key_len: Option<usize>,
+    ) -> Result<AppendOutcome> {
+        self.append_batch(partition, &[NewMessage { payload, key_len }])
+    }
+
+    /// Appends messages to one partition, in order, with consecutive offsets: all of them
+    /// or, on error, none.
+    pub fn append_batch(
+        &self,
+        partition: &Partition,
+        messages: &[NewMessage<'_>],
+    ) -> Result<AppendOutcome> {
+        for message in messages {
+            if message.payload.len() > self.config.max_message_bytes {
+                return Err(StoreError::MessageTooLarge {
+                    size: message.payload.len(),
+                    max: self.config.max_message_bytes,
+                });
+            }
+            if message.key_len.is_some_and(|k| k > message.payload.len()) {
+                return Err(StoreError::InvalidSetting(
+                    "key longer than the message".into(),
+                ));
+            }
+        }
+        let _quiet = self.quiesce.read();
+        self.check_open()?;
+        let mut state = partition.writer.lock();
+        if partition.topic_deleted.load(Ordering::Acquire) {
+            return Err(StoreError::NoSuchTopic(format!(
+                "topic id {}",
+                partition.topic_id
+            )));
+        }
+        let timestamp = now_ms().max(state.last_timestamp);
+        let first_offset = state.next;
+        let segment_messages = partition.segment_messages;
+        // Encode outside the append lock: only the copy is serial.
+        let mut headers = Vec::with_capacity(messages.len());
+        let mut segment_bytes = state.segment_bytes;
+        for (i, message) in messages.iter().enumerate() {
+            let offset = first_offset + i as u64;
+            if offset % segment_messages == 0 {
+                segment_bytes = 0;
+            }
+            let header = RecordHeader {
+                size: (RECORD_HEADER_BYTES + message.payload.len()) as u32,
+                topic_id: partition.topic_id,
+                partition: partition.index,
+                key_len: message.key_len.map(|k| k as u32),
+                offset,
+                timestamp,
+                segment_position: segment_bytes,
+            };
+            let mut bytes = [0u8; RECORD_HEADER_BYTES];
+            header.encode(&mut bytes);
+            let crc = format::record_crc(&bytes, message.payload);
+            bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+            headers.push(bytes);
+            segment_bytes += message.payload.len() as u64;
+        }
+        // Room in the queue and the index first: once records are in the log, nothing may fail.
+        partition
+            .queue
+            .reserve(first_offset, first_offset + messages.len() as u64)?;
+        let keyed = messages.iter().filter(|m| m.key_len.is_some()).count() as u32;
+        self.index.reserve(keyed, self.log.written_end())?;
+        let positions = {
+            let mut appender = self.log.appender();
+            let positions =
+                appender.append(headers.iter().zip(messages.iter().map(|m| m.payload)))?;
+            appender.publish();
+            positions
+        };
+        for (i, (position, message)) in positions.iter().zip(messages).enumerate() {
+            let key_hash = message.key_len.map_or(0, |k| {
+                format::key_hash(partition.topic_id, &message.payload[..k])
+            });
+            if key_hash != 0 {
+                self.index.insert(key_hash, *position);
+            }
+            let size = (RECORD_HEADER_BYTES + message.payload.len()) as u32;
+            let entry = QueueEntry {
+                commit_log_offset: *position,
+                size,
+                key_hash,
+            };
+            partition.queue.put(first_offset + i as u64, &entry);
+        }
+        state.next = first_offset + messages.len() as u64;
+        state.segment_bytes = segment_bytes;
+        state.last_timestamp = timestamp;
+        partition.last_timestamp.store(timestamp, Ordering::Release);
+        partition.end.store(state.next, Ordering::Release);
+        drop(state);
+        if self.config.flush == FlushPolicy::Sync {
+            self.log.flush()?;
+        }
+        Ok(AppendOutcome {
+            first_offset,
+            count: messages.len() as u64,
+            timestamp,
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Everything appended before the call is durable when it returns.
+    pub fn sync(&self) -> Result<()> {
+        self.log.flush()
+    }
+
+    pub fn open_segment(
+        &self,
+        partition: &Arc<Partition>,
+        base_offset: u64,
+    ) -> Result<SegmentReader> {
+        partition.open_segment(base_offset)
+    }
+
+    pub fn locate(&self, partition: &Partition, offset: u64) -> Result<MessageLocation> {
+        partition.locate(offset)
+    }
+
+    pub fn offset_for_time(&self, partition: &Partition, timestamp_ms: i64) -> Result<Option<u64>> {
+        partition.offset_for_time(timestamp_ms)
+    }
+
+    pub fn read_message(&self, partition: &Partition, offset: u64) -> Result<Vec<u8>> {
+        partition.read_message(offset)
+    }
+
+    /// Calls `f` for every stored message of `topic` (of one partition, if given) whose key
+    /// is `key`, newest first, until it breaks. Candidates from the index are checked against
+    /// the stored key bytes, so a hash collision never matches.
+    pub fn for_each_key_match(
+        &self,
+        topic: &Topic,
+        partition: Option<u32>,
+        key: &[u8],
+        mut f: impl FnMut(&KeyMatch) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let hash = format::key_hash(topic.id, key);
+        let partitions = topic.partitions();
+        let mut failure = None;
+        let mut candidates = Vec::new();
+        self.index.lookup(hash, |position| {
+            candidates.push(position);
+            ControlFlow::Continue(())
+        });
+        // Index chains run newest first per file; concurrent appenders may interleave, so
+        // order by commit-log position.
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.dedup();
+        for position in candidates {
+            let Some(record) = self.log.record_at(position) else {
+                continue;
+            };
+            let header = record.header;
+            if header.topic_id != topic.id || partition.is_some_and(|p| p != header.partition) {
+                continue;
+            }
+            if record.key() != Some(key) {
+                continue;
+            }
+            let Some(owner) = partitions.get(header.partition as usize) else {
+                continue;
+            };
+            if header.offset < owner.start_offset() || header.offset >= owner.end_offset() {
+                continue;
+            }
+            let found = KeyMatch {
+                partition: header.partition,
+                offset: header.offset,
+                timestamp: header.timestamp,
+                payload: record.payload().to_vec(),
+            };
+            if let Err(error) = partition::verify(&record) {
+                failure = Some(error);
+                break;
+            }
+            if f(&found).is_break() {
+                break;
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn disk_usage(&self) -> u64 {
+        let queues: u64 = self
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.queue.disk_bytes())
+            .sum();
+        self.log.file_count() as u64 * self.log.file_bytes() + queues + self.index.disk_bytes()
+    }
+
+    /// Stops cleanly: flushes everything, writes a checkpoint and removes the abort marker,
+    /// so the next open need not scan the log. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.maintenance.stop();
+        let _quiet = self.quiesce.write();
+        self.log.stop();
+        drop(_quiet);
+        self.checkpoint()?;
+        meta::remove_abort_marker(&self.dir)?;
+        self.lock.lock().take();
+        tracing::info!("store at {} closed cleanly", self.dir.display());
+        Ok(())
+    }
+
+    /// Stops the way a killed process does: no flush, no checkpoint, the abort marker left
+    /// behind; what was stored into the mapped files stays in the page cache. The next open
+    /// recovers. For crash tests and tools that must not write anything more.
+    pub fn halt_without_cleanup(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.maintenance.stop();
+        let _quiet = self.quiesce.write();
+        self.log.stop();
+        self.lock.lock().take();
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            tracing::error!("closing the store at {}: {error}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_reference_vectors() {
+        let vectors: [(&[u8], i32); 7] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+            (b"", 275_646_681),
+        ];
+        for (key, expected) in vectors {
+            assert_eq!(
+                murmur2(key) as i32,
+                expected,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        for good in ["orders", "a", "A.b_c-9", &"x".repeat(249)] {
+            assert!(validate_topic_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "has space", "slash/", &"x".repeat(250), "é"] {
+            assert_eq!(
+                validate_topic_name(bad).unwrap_err().errno(),
+                libc::EINVAL,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! A partition's consume queue: 20-byte entries, one per message, in files of a fixed number
+//! of entries, so the entry of offset N is found by arithmetic. Files grow in allocated
+//! chunks, so a partition with few messages costs a few KiB of disk, not a whole file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::error::{Result, StoreError};
+use super::format::{self, QueueEntry, QUEUE_ENTRY_BYTES};
+use super::mapped::{remove_file, MappedFile};
+
+const FIRST_CHUNK_BYTES: u64 = 4096;
+const MAX_CHUNK_BYTES: u64 = 1 << 20;
+
+pub struct QueueFile {
+    pub base: u64,
+    data: MappedFile,
+}
+
+impl QueueFile {
+    pub fn entry(&self, offset: u64) -> QueueEntry {
+        let at = (offset - self.base) * QUEUE_ENTRY_BYTES as u64;
+        QueueEntry::decode(self.data.bytes(at, QUEUE_ENTRY_BYTES))
+    }
+
+    /// How many entries from the file's start fit in its allocated bytes.
+    pub fn allocated_entries(&self) -> u64 {
+        self.data.allocated() / QUEUE_ENTRY_BYTES as u64
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.data.allocated()
+    }
+}
+
+pub struct ConsumeQueue {
+    dir: PathBuf,
+    entries_per_file: u64,
+    files: RwLock<BTreeMap<u64, Arc<QueueFile>>>,
+}
+
+impl ConsumeQueue {
+    /// Opens the queue in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path, entries_per_file: u64) -> Result<ConsumeQueue> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let capacity = entries_per_file * QUEUE_ENTRY_BYTES as u64;
+        let mut files = BTreeMap::new();
+        for base in super::commitlog::list_files(dir)? {
+            let path = dir.join(format::file_name(base));
+            if base % entries_per_file != 0 {
+                return Err(StoreError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "name is not a multiple of segment_messages {entries_per_file}"
+                    ),
+                });
+            }
+            let data = MappedFile::open(&path, capacity)?;
+            files.insert(base, Arc::new(QueueFile { base, data }));
+        }
+        Ok(ConsumeQueue {
+            dir: dir.to_owned(),
+            entries_per_file,
+            files: RwLock::new(files),
+        })
+    }
+
+    pub fn entries_per_file(&self) -> u64 {
+        self.entries_per_file
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn segment_base(&self, offset: u64) -> u64 {
+        offset - offset % self.entries_per_file
+    }
+
+    pub fn file(&self, base: u64) -> Option<Arc<QueueFile>> {
+        self.files.read().get(&base).cloned()
+    }
+
+    pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
+        let file = self.file(self.segment_base(offset))?;
+        (offset - file.base < file.allocated_entries()).then(|| file.entry(offset))
+    }
+
+    /// Bases of the files on disk, oldest first.
+    pub fn file_bases(&self) -> Vec<u64> {
+        self.files.read().keys().copied().collect()
+    }
+
+    /// Whether entries `[from, to)` all lie in allocated parts of existing files.
+    pub fn covers(&self, from: u64, to: u64) -> bool {
+        let mut offset = from;
+        while offset < to {
+            let base = self.segment_base(offset);
+            let Some(file) = self.file(base) else {
+                return false;
+            };
+            let file_end = base + self.entries_per_file;
+            if base + file.allocated_entries() < to.min(file_end) {
+                return false;
+            }
+            offset = file_end;
+        }
+        true
+    }
+
+    /// Allocates room for the entries `[from, to)`, so that writing them cannot fail. Only
+    /// the partition's single writer calls this.
+    pub fn reserve(&self, from: u64, to: u64) -> Result<()> {
+        let mut offset = from;
+        while offset < to {
+            let base = self.segment_base(offset);
+            let file = match self.file(base) {
+                Some(file) => file,
+                None => self.create_file(base)?,
+            };
+            let file_end = (base + self.entries_per_file).min(to);
+            let needed = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
+            if needed > file.data.allocated() {
+                // Double the allocation each time, up to 1 MiB chunks: small queues stay
+                // small, big ones grow in few system calls.
+                let have = file.data.allocated();
+                let grow = have.clamp(FIRST_CHUNK_BYTES, MAX_CHUNK_BYTES);
+                let target =
+                    (have + grow).max(needed).div_ceil(FIRST_CHUNK_BYTES) * FIRST_CHUNK_BYTES;
+                file.data.allocate(target)?;
+            }
+            offset = file_end;
+        }
+        Ok(())
+    }
+
+    /// Writes the entry of `offset`, whose room [`reserve`](Self::reserve) made.
+    pub fn put(&self, offset: u64, entry: &QueueEntry) {
+        let base = self.segment_base(offset);
+        let file = self
+            .file(base)
+            .expect("entry reserved before it is written");
+        file.data
+            .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode());
+    }
+
+    fn create_file(&self, base: u64) -> Result<Arc<QueueFile>> {
+        let path = self.dir.join(format::file_name(base));
+        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+        let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
+        let file = Arc::new(QueueFile { base, data });
+        self.files.write().insert(base, file.clone());
+        Ok(file)
+    }
+
+    /// Flushes the entries `[from, to)` to disk.
+    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+        let mut offset = from;
+        while offset < to {
+            let base = self.segment_base(offset);
+            let file_end = (base + self.entries_per_file).min(to);
+            if let Some(file) = self.file(base) {
+                let start = (offset - base) * QUEUE_ENTRY_BYTES as u64;
+                let end = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
+                file.data.flush(start, end - start)?;
+            }
+            offset = file_end;
+        }
+        Ok(())
+    }
+
+    /// Removes the files of segments that end at or before `offset`. Open readers keep their
+    /// mapping of a removed file.
+    pub fn remove_before(&self, offset: u64) -> Result<()> {
+        let mut files = self.files.write();
+        while let Some((&base, file)) = files.first_key_value() {
+            if base + self.entries_per_file > offset {
+                break;
+            }
+            remove_file(file.data.path())?;
+            files.remove(&base);
+        }
+        Ok(())
+    }
+
+    /// Removes every file (before a rebuild from the commit log).
+    pub fn remove_all(&self) -> Result<()> {
+        let mut files = self.files.write();
+        for file in files.values() {
+            remove_file(file.data.path())?;
+        }
+        files.clear();
+        Ok(())
+    }
+
+    /// Removes files past the segment holding `end` (left by an unclean stop).
+    pub fn remove_from(&self, end: u64) -> Result<()> {
+        let keep_through = self.segment_base(end);
+        let mut files = self.files.write();
+        let stale: Vec<u64> = files
+            .range(keep_through + 1..)
+            .map(|(&base, _)| base)
+            .collect();
+        for base in stale {
+            if let Some(file) = files.remove(&base) {
+                remove_file(file.data.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.files.read().values().map(|f| f.disk_bytes()).sum()
+    }
+}
