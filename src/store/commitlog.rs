@@ -141,7 +141,8 @@ impl CommitLog {
             Some(last) if last.base == write_base => last.clone(),
             // The log ends exactly where its last file does.
             Some(last) if last.base + file_bytes == write_base => {
-                let file = Arc::new(create_file(dir, write_base, file_bytes, warm)?);
+                // Warmed by the preparer thread, not here: opening must not wait for it.
+                let file = Arc::new(create_file(dir, write_base, file_bytes, false)?);
                 files.push(file.clone());
                 file
             }
@@ -153,7 +154,8 @@ impl CommitLog {
                 })
             }
             None => {
-                let file = Arc::new(create_file(dir, write_base, file_bytes, warm)?);
+                // Warmed by the preparer thread, not here: opening must not wait for it.
+                let file = Arc::new(create_file(dir, write_base, file_bytes, false)?);
                 files.push(file.clone());
                 file
             }
@@ -181,9 +183,16 @@ impl CommitLog {
             preparer_thread: Mutex::new(None),
         };
         let (dir, warm) = (log.dir.clone(), log.warm);
+        let current = log.writer.lock().file.clone();
         let thread = std::thread::Builder::new()
             .name("commitlog-prepare".into())
-            .spawn(move || prepare_files(&preparer, &dir, file_bytes, warm))
+            .spawn(move || {
+                if warm {
+                    current.data.warm(end - current.base);
+                }
+                drop(current);
+                prepare_files(&preparer, &dir, file_bytes, warm)
+            })
             .map_err(|e| StoreError::io("starting the file preparer", e))?;
         *log.preparer_thread.lock() = Some(thread);
         log.request_next(write_base + file_bytes);
@@ -234,8 +243,7 @@ impl CommitLog {
 
     /// The record at `offset`, if its file is still stored.
     pub fn record_at(&self, offset: u64) -> Option<RecordRef> {
-        let file = self.file_at(offset)?;
-        Some(record_in(file, offset))
+        record_in(self.file_at(offset)?, offset)
     }
 
     /// Makes everything written before the call durable. Concurrent callers share one
@@ -331,14 +339,35 @@ impl CommitLog {
     }
 }
 
-pub(super) fn record_in(file: Arc<LogFile>, offset: u64) -> RecordRef {
-    let position = offset - file.base;
-    let header = RecordHeader::decode(file.data.bytes(position, RECORD_HEADER_BYTES));
-    RecordRef {
+/// The record at global `offset` of `file`, if something that looks like a record is
+/// there: a damaged queue or index entry must not make a reader run off the mapping. Its
+/// CRC is checked where its bytes are served.
+pub(super) fn record_in(file: Arc<LogFile>, offset: u64) -> Option<RecordRef> {
+    let position = offset.checked_sub(file.base)?;
+    let file_bytes = file.data.capacity();
+    if position + RECORD_HEADER_BYTES as u64 > file_bytes {
+        return None;
+    }
+    let bytes = file.data.bytes(position, RECORD_HEADER_BYTES);
+    let size = u64::from(format::le_u32(bytes, 0));
+    let sane = format::le_u32(bytes, 4) == format::RECORD_MAGIC
+        && size >= RECORD_HEADER_BYTES as u64
+        && position + size <= file_bytes;
+    if !sane {
+        return None;
+    }
+    let header = RecordHeader::decode(bytes);
+    if header
+        .key_len
+        .is_some_and(|k| k as usize > header.payload_len())
+    {
+        return None;
+    }
+    Some(RecordRef {
         file,
         position,
         header,
-    }
+    })
 }
 
 /// Holds the append lock. Records are copied into the map while it is held, so the log has
@@ -350,12 +379,14 @@ pub struct Appender<'a> {
 
 impl Appender<'_> {
     /// Copies encoded records (header with its CRC, then the payload) one after another and
-    /// returns their global offsets. Every file the records need is obtained before the first
-    /// byte is copied, so a full disk fails the whole batch and leaves no partial records.
+    /// stores their global offsets in `offsets`. Every file the records need is obtained
+    /// before the first byte is copied, so a full disk fails the whole batch and leaves no
+    /// partial records.
     pub fn append<'p>(
         &mut self,
         records: impl Iterator<Item = (&'p [u8; RECORD_HEADER_BYTES], &'p [u8])> + Clone,
-    ) -> Result<Vec<u64>> {
+        offsets: &mut [u64],
+    ) -> Result<()> {
         let file_bytes = self.log.file_bytes;
         let fits = |local: u64, size: u64| local + size + BLANK_BYTES as u64 <= file_bytes;
         let mut local = self.writer.position - self.writer.file.base;
@@ -376,8 +407,7 @@ impl Appender<'_> {
             );
         }
         let mut next_files = next_files.into_iter();
-        let mut offsets = Vec::new();
-        for (header, payload) in records {
+        for ((header, payload), offset) in records.zip(offsets) {
             let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
             let mut local = self.writer.position - self.writer.file.base;
             if !fits(local, size) {
@@ -393,10 +423,10 @@ impl Appender<'_> {
             let data = &self.writer.file.data;
             data.write(local + RECORD_HEADER_BYTES as u64, payload);
             data.write(local, header);
-            offsets.push(self.writer.position);
+            *offset = self.writer.position;
             self.writer.position += size;
         }
-        Ok(offsets)
+        Ok(())
     }
 
     /// Makes the records appended so far visible to readers and to flushes.
@@ -412,7 +442,7 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<Log
     let started = std::time::Instant::now();
     let data = MappedFile::create(&path, file_bytes, file_bytes)?;
     if warm {
-        data.warm();
+        data.warm(0);
     }
     let took = started.elapsed();
     if took > std::time::Duration::from_millis(10) {

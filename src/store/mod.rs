@@ -61,7 +61,7 @@ impl Default for StoreConfig {
             max_disk_bytes: None,
             index_slots: 5_000_000,
             index_entries: 20_000_000,
-            warm_mapped_files: false,
+            warm_mapped_files: true,
         }
     }
 }
@@ -392,7 +392,11 @@ impl Store {
         payload: &[u8],
         key_len: Option<usize>,
     ) -> Result<AppendOutcome> {
-        self.append_batch(partition, &[NewMessage { payload, key_len }])
+        // One message: its header and position live on the stack, not the heap.
+        let mut headers = [[0u8; RECORD_HEADER_BYTES]; 1];
+        let mut positions = [0u64; 1];
+        let message = [NewMessage { payload, key_len }];
+        self.append_encoded(partition, &message, &mut headers, &mut positions)
     }
 
     /// Appends messages to one partition, in order, with consecutive offsets: all of them
@@ -401,6 +405,19 @@ impl Store {
         &self,
         partition: &Partition,
         messages: &[NewMessage<'_>],
+    ) -> Result<AppendOutcome> {
+        let mut headers = vec![[0u8; RECORD_HEADER_BYTES]; messages.len()];
+        let mut positions = vec![0u64; messages.len()];
+        self.append_encoded(partition, messages, &mut headers, &mut positions)
+    }
+
+    /// Appends `messages`, with `headers` and `positions` (a slot per message) as room.
+    fn append_encoded(
+        &self,
+        partition: &Partition,
+        messages: &[NewMessage<'_>],
+        headers: &mut [[u8; RECORD_HEADER_BYTES]],
+        positions: &mut [u64],
     ) -> Result<AppendOutcome> {
         for message in messages {
             if message.payload.len() > self.config.max_message_bytes {
@@ -417,22 +434,19 @@ impl Store {
         }
         let _quiet = self.quiesce.read();
         self.check_open()?;
-        let mut state = partition.writer.lock();
+        let mut guard = partition.writer.lock();
+        let state = &mut *guard;
         if partition.topic_deleted.load(Ordering::Acquire) {
-            return Err(StoreError::NoSuchTopic(format!(
-                "topic id {}",
-                partition.topic_id
-            )));
+            let topic = format!("topic id {}", partition.topic_id);
+            return Err(StoreError::NoSuchTopic(topic));
         }
         let timestamp = now_ms().max(state.last_timestamp);
         let first_offset = state.next;
-        let segment_messages = partition.segment_messages;
+        let end_offset = first_offset + messages.len() as u64;
         // Encode outside the append lock: only the copy is serial.
-        let mut headers = Vec::with_capacity(messages.len());
         let mut segment_bytes = state.segment_bytes;
-        for (i, message) in messages.iter().enumerate() {
-            let offset = first_offset + i as u64;
-            if offset % segment_messages == 0 {
+        for ((offset, message), bytes) in (first_offset..).zip(messages).zip(headers.iter_mut()) {
+            if offset % partition.segment_messages == 0 {
                 segment_bytes = 0;
             }
             let header = RecordHeader {
@@ -444,47 +458,43 @@ impl Store {
                 timestamp,
                 segment_position: segment_bytes,
             };
-            let mut bytes = [0u8; RECORD_HEADER_BYTES];
-            header.encode(&mut bytes);
-            let crc = format::record_crc(&bytes, message.payload);
+            header.encode(bytes);
+            let crc = format::record_crc(bytes, message.payload);
             bytes[8..12].copy_from_slice(&crc.to_le_bytes());
-            headers.push(bytes);
             segment_bytes += message.payload.len() as u64;
         }
         // Room in the queue and the index first: once records are in the log, nothing may fail.
-        partition
-            .queue
-            .reserve(first_offset, first_offset + messages.len() as u64)?;
+        let queue = &partition.queue;
+        queue.reserve(&mut state.queue_file, first_offset, end_offset)?;
         let keyed = messages.iter().filter(|m| m.key_len.is_some()).count() as u32;
         self.index.reserve(keyed, self.log.written_end())?;
-        let positions = {
+        {
             let mut appender = self.log.appender();
-            let positions =
-                appender.append(headers.iter().zip(messages.iter().map(|m| m.payload)))?;
+            let payloads = messages.iter().map(|m| m.payload);
+            appender.append(headers.iter().zip(payloads), positions)?;
             appender.publish();
-            positions
-        };
-        for (i, (position, message)) in positions.iter().zip(messages).enumerate() {
+        }
+        for ((offset, message), &position) in (first_offset..).zip(messages).zip(positions.iter()) {
             let key_hash = message.key_len.map_or(0, |k| {
                 format::key_hash(partition.topic_id, &message.payload[..k])
             });
             if key_hash != 0 {
-                self.index.insert(key_hash, *position);
+                self.index.insert(key_hash, position);
             }
             let size = (RECORD_HEADER_BYTES + message.payload.len()) as u32;
             let entry = QueueEntry {
-                commit_log_offset: *position,
+                commit_log_offset: position,
                 size,
                 key_hash,
             };
-            partition.queue.put(first_offset + i as u64, &entry);
+            queue.put(&mut state.queue_file, offset, &entry);
         }
-        state.next = first_offset + messages.len() as u64;
+        state.next = end_offset;
         state.segment_bytes = segment_bytes;
         state.last_timestamp = timestamp;
         partition.last_timestamp.store(timestamp, Ordering::Release);
-        partition.end.store(state.next, Ordering::Release);
-        drop(state);
+        partition.end.store(end_offset, Ordering::Release);
+        drop(guard);
         if self.config.flush == FlushPolicy::Sync {
             self.log.flush()?;
         }

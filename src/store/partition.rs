@@ -92,6 +92,8 @@ pub(super) struct WriteState {
     /// Bytes of the active segment so far: the position of the next message in it.
     pub segment_bytes: u64,
     pub last_timestamp: i64,
+    /// The consume-queue file appends go to.
+    pub queue_file: Option<Arc<QueueFile>>,
 }
 
 pub struct Partition {
@@ -132,6 +134,7 @@ impl Partition {
                 next: end,
                 segment_bytes: 0,
                 last_timestamp: 0,
+                queue_file: None,
             }),
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),
@@ -412,7 +415,7 @@ impl SegmentReader {
             .find(|f| f.base <= at && at < f.base + self.partition.log.file_bytes())
             .cloned()
             .or_else(|| self.partition.log.file_at(at))?;
-        Some(super::commitlog::record_in(file, at))
+        super::commitlog::record_in(file, at)
     }
 
     /// Fills `buf` from byte `position` of the segment; returns 0 at its end. Each message

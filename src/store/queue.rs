@@ -114,15 +114,19 @@ impl ConsumeQueue {
     }
 
     /// Allocates room for the entries `[from, to)`, so that writing them cannot fail. Only
-    /// the partition's single writer calls this.
-    pub fn reserve(&self, from: u64, to: u64) -> Result<()> {
+    /// the partition's single writer calls this; `active` caches the file it writes to, so an
+    /// append skips the lookup of the file map.
+    pub fn reserve(&self, active: &mut Option<Arc<QueueFile>>, from: u64, to: u64) -> Result<()> {
         let mut offset = from;
         while offset < to {
             let base = self.segment_base(offset);
-            let file = match self.file(base) {
-                Some(file) => file,
-                None => self.create_file(base)?,
-            };
+            if active.as_ref().is_none_or(|f| f.base != base) {
+                *active = Some(match self.file(base) {
+                    Some(file) => file,
+                    None => self.create_file(base)?,
+                });
+            }
+            let file = active.as_ref().expect("set above");
             let file_end = (base + self.entries_per_file).min(to);
             let needed = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
             if needed > file.data.allocated() {
@@ -140,10 +144,13 @@ impl ConsumeQueue {
     }
 
     /// Writes the entry of `offset`, whose room [`reserve`](Self::reserve) made.
-    pub fn put(&self, offset: u64, entry: &QueueEntry) {
+    pub fn put(&self, active: &mut Option<Arc<QueueFile>>, offset: u64, entry: &QueueEntry) {
         let base = self.segment_base(offset);
-        let file = self
-            .file(base)
+        if active.as_ref().is_none_or(|f| f.base != base) {
+            *active = self.file(base);
+        }
+        let file = active
+            .as_ref()
             .expect("entry reserved before it is written");
         file.data
             .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode());

@@ -18,7 +18,7 @@ use super::format::{self, QueueEntry, Scanned, RECORD_HEADER_BYTES};
 use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
-use super::queue::ConsumeQueue;
+use super::queue::{ConsumeQueue, QueueFile};
 use super::{maintenance, Store, StoreConfig};
 
 const LOG_DIR: &str = "commitlog";
@@ -81,6 +81,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
                 (topic.id, index),
                 Recovering {
                     queue,
+                    active_file: None,
                     start,
                     end,
                     next: Some(end),
@@ -113,6 +114,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         index.remove_all()?;
         for partition in partitions.values_mut() {
             partition.queue.remove_all()?;
+            partition.active_file = None;
             partition.next = None;
         }
         let durable = checkpoint.as_ref().map_or(0, |c| c.commit_log_end);
@@ -201,6 +203,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
 /// A partition while recovery rebuilds it.
 struct Recovering {
     queue: ConsumeQueue,
+    active_file: Option<Arc<QueueFile>>,
     start: u64,
     /// End offset at the checkpoint.
     end: u64,
@@ -243,8 +246,10 @@ impl Recovering {
             Some(_) => {}
         }
         let key_hash = key.map_or(0, |k| format::key_hash(header.topic_id, k));
-        self.queue.reserve(offset, offset + 1)?;
+        self.queue
+            .reserve(&mut self.active_file, offset, offset + 1)?;
         self.queue.put(
+            &mut self.active_file,
             offset,
             &QueueEntry {
                 commit_log_offset: position,
