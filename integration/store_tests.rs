@@ -712,3 +712,80 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_appends_with_enospc_and_keeps_what_was_stored() {
+    let disk = SmallDisk::new(2 * 1024 * 1024);
+    let data = disk.dir.path().join("data");
+    let config = StoreConfig {
+        commit_log_file_bytes: 256 * 1024,
+        ..small_config()
+    };
+    let store = Store::open(&data, config.clone()).unwrap();
+    let partition = store
+        .create_topic("t", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let payload = vec![b'z'; 3000];
+    let mut stored = 0u64;
+    let error = loop {
+        match store.append(&partition, &payload, None) {
+            Ok(outcome) => {
+                assert_eq!(outcome.first_offset, stored);
+                stored += 1;
+            }
+            Err(error) => break error,
+        }
+        assert!(stored < 10_000, "a 2 MiB disk cannot hold this much");
+    };
+    assert_eq!(error.errno(), libc::ENOSPC, "{error}");
+    assert_eq!(
+        partition.end_offset(),
+        stored,
+        "the refused message left nothing behind"
+    );
+    for offset in 0..stored {
+        assert_eq!(store.read_message(&partition, offset).unwrap(), payload);
+    }
+    // Still refused, still readable; after a crash everything stored is recovered.
+    assert_eq!(
+        store
+            .append(&partition, &payload, None)
+            .unwrap_err()
+            .errno(),
+        libc::ENOSPC
+    );
+    store.halt_without_cleanup();
+    drop(store);
+    let store = Store::open(&data, config).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), stored);
+    assert_eq!(store.read_message(&partition, stored - 1).unwrap(), payload);
+}

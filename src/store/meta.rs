@@ -149,12 +149,12 @@ pub fn abort_marker_exists(dir: &Path) -> bool {
     dir.join(ABORT_MARKER).exists()
 }
 
+/// An empty file: it needs no data block, so it can be made even on a full disk.
 pub fn create_abort_marker(dir: &Path) -> Result<()> {
-    write_atomically(
-        dir,
-        ABORT_MARKER,
-        format!("{}\n", std::process::id()).as_bytes(),
-    )
+    let path = dir.join(ABORT_MARKER);
+    std::fs::File::create(&path)
+        .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+    sync_dir(dir)
 }
 
 pub fn remove_abort_marker(dir: &Path) -> Result<()> {

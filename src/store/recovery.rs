@@ -189,8 +189,14 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
             .write()
             .insert(record.name.clone(), Arc::new(topic));
     }
-    // The recovered state is the new starting point for the next recovery.
-    store.checkpoint()?;
+    // The recovered state is the new starting point for the next recovery. On a full disk
+    // the previous checkpoint still describes a valid starting point, so serve reads anyway.
+    match store.checkpoint() {
+        Err(error @ StoreError::DiskFull(_)) => {
+            tracing::warn!("{error}; keeping the previous checkpoint")
+        }
+        other => other?,
+    }
     store.maintenance.start(Arc::downgrade(&store));
     tracing::info!(
         "store at {} open: {} topics, commit log ends at {log_end}",
