@@ -30,16 +30,28 @@ impl QueueFile {
     pub fn allocated_entries(&self) -> u64 {
         self.data.allocated() / QUEUE_ENTRY_BYTES as u64
     }
+}
 
-    pub fn disk_bytes(&self) -> u64 {
-        self.data.allocated()
+/// A queue file is mapped on first use, not at open: a store with many partitions and old
+/// segments must not spend a mapping per file it never reads (`vm.max_map_count`).
+enum Slot {
+    OnDisk { len: u64 },
+    Mapped(Arc<QueueFile>),
+}
+
+impl Slot {
+    fn allocated(&self) -> u64 {
+        match self {
+            Slot::OnDisk { len } => *len,
+            Slot::Mapped(file) => file.data.allocated(),
+        }
     }
 }
 
 pub struct ConsumeQueue {
     dir: PathBuf,
     entries_per_file: u64,
-    files: RwLock<BTreeMap<u64, Arc<QueueFile>>>,
+    files: RwLock<BTreeMap<u64, Slot>>,
 }
 
 impl ConsumeQueue {
@@ -47,7 +59,6 @@ impl ConsumeQueue {
     pub fn open(dir: &Path, entries_per_file: u64) -> Result<ConsumeQueue> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        let capacity = entries_per_file * QUEUE_ENTRY_BYTES as u64;
         let mut files = BTreeMap::new();
         for base in super::commitlog::list_files(dir)? {
             let path = dir.join(format::file_name(base));
@@ -60,8 +71,10 @@ impl ConsumeQueue {
                     ),
                 });
             }
-            let data = MappedFile::open(&path, capacity)?;
-            files.insert(base, Arc::new(QueueFile { base, data }));
+            let len = std::fs::metadata(&path)
+                .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
+                .len();
+            files.insert(base, Slot::OnDisk { len });
         }
         Ok(ConsumeQueue {
             dir: dir.to_owned(),
@@ -83,7 +96,25 @@ impl ConsumeQueue {
     }
 
     pub fn file(&self, base: u64) -> Option<Arc<QueueFile>> {
-        self.files.read().get(&base).cloned()
+        if let Slot::Mapped(file) = self.files.read().get(&base)? {
+            return Some(file.clone());
+        }
+        let mut files = self.files.write();
+        let slot = files.get_mut(&base)?;
+        if let Slot::OnDisk { .. } = slot {
+            let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+            match MappedFile::open(&self.path(base), capacity) {
+                Ok(data) => *slot = Slot::Mapped(Arc::new(QueueFile { base, data })),
+                Err(error) => {
+                    tracing::error!("consume queue unreadable: {error}");
+                    return None;
+                }
+            }
+        }
+        match slot {
+            Slot::Mapped(file) => Some(file.clone()),
+            Slot::OnDisk { .. } => None,
+        }
     }
 
     pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
@@ -101,11 +132,11 @@ impl ConsumeQueue {
         let mut offset = from;
         while offset < to {
             let base = self.segment_base(offset);
-            let Some(file) = self.file(base) else {
+            let Some(allocated) = self.files.read().get(&base).map(Slot::allocated) else {
                 return false;
             };
             let file_end = base + self.entries_per_file;
-            if base + file.allocated_entries() < to.min(file_end) {
+            if base + allocated / (QUEUE_ENTRY_BYTES as u64) < to.min(file_end) {
                 return false;
             }
             offset = file_end;
@@ -157,11 +188,11 @@ impl ConsumeQueue {
     }
 
     fn create_file(&self, base: u64) -> Result<Arc<QueueFile>> {
-        let path = self.dir.join(format::file_name(base));
+        let path = self.path(base);
         let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
         let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
         let file = Arc::new(QueueFile { base, data });
-        self.files.write().insert(base, file.clone());
+        self.files.write().insert(base, Slot::Mapped(file.clone()));
         Ok(file)
     }
 
@@ -185,11 +216,11 @@ impl ConsumeQueue {
     /// mapping of a removed file.
     pub fn remove_before(&self, offset: u64) -> Result<()> {
         let mut files = self.files.write();
-        while let Some((&base, file)) = files.first_key_value() {
+        while let Some((&base, _)) = files.first_key_value() {
             if base + self.entries_per_file > offset {
                 break;
             }
-            remove_file(file.data.path())?;
+            remove_file(&self.path(base))?;
             files.remove(&base);
         }
         Ok(())
@@ -198,8 +229,8 @@ impl ConsumeQueue {
     /// Removes every file (before a rebuild from the commit log).
     pub fn remove_all(&self) -> Result<()> {
         let mut files = self.files.write();
-        for file in files.values() {
-            remove_file(file.data.path())?;
+        for &base in files.keys() {
+            remove_file(&self.path(base))?;
         }
         files.clear();
         Ok(())
@@ -214,14 +245,17 @@ impl ConsumeQueue {
             .map(|(&base, _)| base)
             .collect();
         for base in stale {
-            if let Some(file) = files.remove(&base) {
-                remove_file(file.data.path())?;
-            }
+            files.remove(&base);
+            remove_file(&self.path(base))?;
         }
         Ok(())
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.files.read().values().map(|f| f.disk_bytes()).sum()
+        self.files.read().values().map(Slot::allocated).sum()
+    }
+
+    fn path(&self, base: u64) -> PathBuf {
+        self.dir.join(format::file_name(base))
     }
 }
