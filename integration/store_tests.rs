@@ -754,34 +754,35 @@ fn a_full_disk_refuses_appends_with_enospc_and_keeps_what_was_stored() {
         .partition(0)
         .unwrap();
     let payload = vec![b'z'; 3000];
+    // Append until the disk refuses three times in a row. A refusal may be transient while the
+    // preparer thread's allocation of the next file holds the last free blocks, so refusals
+    // and successes may alternate for a while; every success gets the next offset.
     let mut stored = 0u64;
-    let error = loop {
+    let mut refusals_in_a_row = 0;
+    while refusals_in_a_row < 3 {
         match store.append(&partition, &payload, None) {
             Ok(outcome) => {
                 assert_eq!(outcome.first_offset, stored);
                 stored += 1;
+                refusals_in_a_row = 0;
             }
-            Err(error) => break error,
+            Err(error) => {
+                assert_eq!(error.errno(), libc::ENOSPC, "{error}");
+                refusals_in_a_row += 1;
+            }
         }
         assert!(stored < 10_000, "a 2 MiB disk cannot hold this much");
-    };
-    assert_eq!(error.errno(), libc::ENOSPC, "{error}");
+    }
+    assert!(stored > 0);
     assert_eq!(
         partition.end_offset(),
         stored,
-        "the refused message left nothing behind"
+        "refused messages left nothing behind"
     );
     for offset in 0..stored {
         assert_eq!(store.read_message(&partition, offset).unwrap(), payload);
     }
-    // Still refused, still readable; after a crash everything stored is recovered.
-    assert_eq!(
-        store
-            .append(&partition, &payload, None)
-            .unwrap_err()
-            .errno(),
-        libc::ENOSPC
-    );
+    // After a crash everything stored is recovered.
     store.halt_without_cleanup();
     drop(store);
     let store = Store::open(&data, config).unwrap();
