@@ -1,4 +1,6 @@
 //! commitfs: Kafka-style topics, partitions and segment files through FUSE, stored
 //! RocketMQ-style in one memory-mapped commit log.
 
+pub mod config;
+pub mod fs;
 pub mod store;

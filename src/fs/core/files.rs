@@ -1,0 +1,365 @@
+//! Files: open, read, write, flush, release and fsync, and the `active` link's READLINK
+//! (which an append through `active` depends on).
+//!
+//! A segment opened for reading holds a [`SegmentReader`], which keeps the
+//! segment readable even after retention removes it. A file opened for writing (the active
+//! segment, or `append`) holds a [`Writer`] bound to the partition (or, for `append`, to the
+//! topic), never to a segment: every write goes to the partition's true end, whatever offset
+//! the kernel sends, and carries on across segment rolls. With `lines` framing the writer
+//! holds the open file's unfinished last line. It is committed, with a `\n` added, on the
+//! FLUSH sent by the `close()` of the process that opened the file, or else at RELEASE
+//! (the last close, which the kernel sends asynchronously and whose errors reach nobody).
+//! `fsync` makes the complete lines durable and leaves the partial line waiting.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::FopenFlags;
+use parking_lot::Mutex;
+
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::framing::{key_len, LineError, PartialLine};
+use crate::fs::inode::Inode;
+use crate::store::{Framing, NewMessage, Partition, SegmentReader, Topic};
+
+use super::{segment_file_name, Attr, CommitFs, Node, Opened};
+
+/// A read is served from a per-thread buffer; the kernel never asks for more than
+/// `max_pages` (1 MiB here), and this bound keeps a malformed request from allocating more.
+const MAX_READ_BYTES: usize = 16 << 20;
+
+/// How soon after a thread's READLINK of `active` its OPEN of the segment named counts as
+/// the same path walk (the kernel does both within one `open()` call).
+const LINK_TO_OPEN: Duration = Duration::from_secs(1);
+
+/// Where an open file's messages go.
+enum Destination {
+    /// A segment file opened for appending: its partition, whichever segment is active.
+    Partition(Arc<Partition>),
+    /// The topic's `append` file: each message's key picks the partition.
+    ByKey,
+}
+
+struct Writer {
+    destination: Destination,
+    opener_pid: u32,
+    partial: Mutex<PartialLine>,
+}
+
+pub(super) struct OpenFile {
+    ino: u64,
+    topic: Arc<Topic>,
+    reader: Option<SegmentReader>,
+    writer: Option<Writer>,
+}
+
+/// The segment a thread's last READLINK of an `active` link named, and when.
+pub(super) struct FollowedLink {
+    segment: u64,
+    at: Instant,
+}
+
+thread_local! {
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl CommitFs {
+    /// The active segment's name. Which segment it was is remembered for the calling thread:
+    /// see [`CommitFs::open`].
+    pub fn readlink(&self, ino: u64, pid: u32) -> FsResult<Vec<u8>> {
+        match self.resolve(ino)? {
+            Node::ActiveLink(topic, partition) => {
+                let base = partition.active_base();
+                let number = base / self.segment_messages;
+                let segment = Inode::segment(topic.id(), partition.index(), number).encode();
+                let mut links = self.followed_links.lock();
+                if links.len() >= 1024 {
+                    links.retain(|_, link| link.at.elapsed() < LINK_TO_OPEN);
+                }
+                links.insert(
+                    pid,
+                    FollowedLink {
+                        segment,
+                        at: Instant::now(),
+                    },
+                );
+                Ok(segment_file_name(base).into_bytes())
+            }
+            node => Err(FsError::refused(
+                libc::EINVAL,
+                format!("{} is not a symlink", node.path()),
+            )),
+        }
+    }
+
+    /// Opens a file. Opening a sealed segment for writing is refused — except when this
+    /// thread just read `active` and it named this segment: then the open comes through
+    /// `active` and another writer sealed the segment in between (a roll), and since writes
+    /// go to the partition's end anyway, the append goes on.
+    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<Opened> {
+        let through_active = self
+            .followed_links
+            .lock()
+            .remove(&pid)
+            .is_some_and(|link| link.segment == ino && link.at.elapsed() < LINK_TO_OPEN);
+        let node = self.resolve(ino)?;
+        let path = node.path();
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        let writer = |destination| Writer {
+            destination,
+            opener_pid: pid,
+            partial: Mutex::new(PartialLine::default()),
+        };
+        let (file, fopen) = match node {
+            // Any open mode works (`echo x > append` truncates first, which is a no-op); reads
+            // find it empty.
+            Node::Append(topic) => {
+                let file = OpenFile {
+                    ino,
+                    topic,
+                    reader: None,
+                    writer: writes.then(|| writer(Destination::ByKey)),
+                };
+                (file, FopenFlags::FOPEN_DIRECT_IO)
+            }
+            Node::Segment(topic, partition, info) => {
+                let mut fopen = FopenFlags::empty();
+                let mut file = OpenFile {
+                    ino,
+                    topic,
+                    reader: None,
+                    writer: None,
+                };
+                if writes {
+                    if info.sealed && !through_active {
+                        return Err(FsError::refused(
+                            libc::EPERM,
+                            format!("{path}: sealed segments are immutable"),
+                        ));
+                    }
+                    if flags & libc::O_APPEND == 0 || flags & libc::O_TRUNC != 0 {
+                        return Err(FsError::refused(
+                            libc::EPERM,
+                            format!("{path}: the active segment is append-only: open it with O_APPEND (>>) and without O_TRUNC"),
+                        ));
+                    }
+                    // One write(2) stays one request, and written bytes stay out of the page
+                    // cache, where they would sit at the kernel's guess of the offset.
+                    fopen |= FopenFlags::FOPEN_DIRECT_IO;
+                    file.writer = Some(writer(Destination::Partition(partition.clone())));
+                }
+                if reads {
+                    file.reader = Some(self.store.open_segment(&partition, info.base_offset)?);
+                    if flags & libc::O_DIRECT != 0 {
+                        fopen |= FopenFlags::FOPEN_DIRECT_IO;
+                    } else if info.sealed {
+                        // A sealed segment never changes: its cached pages stay valid across opens.
+                        fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                }
+                (file, fopen)
+            }
+            Node::Root | Node::Topic(_) | Node::Partition(..) => {
+                return Err(FsError::refused(
+                    libc::EISDIR,
+                    format!("{path} is a directory"),
+                ))
+            }
+            Node::ActiveLink(..) => {
+                return Err(FsError::refused(
+                    libc::ELOOP,
+                    format!("{path} is a symlink"),
+                ))
+            }
+        };
+        Ok(Opened {
+            fh: self.files.insert(file),
+            flags: fopen,
+        })
+    }
+
+    /// Serves one READ: `deliver` gets the bytes (fewer than `size` only at the end).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        deliver: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
+        self.read_requests.fetch_add(1, Ordering::Relaxed);
+        let file = self.files.get(fh)?;
+        let Some(reader) = &file.reader else {
+            return Ok(deliver(&[]));
+        };
+        let size = (size as usize).min(MAX_READ_BYTES);
+        READ_BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            if buffer.len() < size {
+                buffer.resize(size, 0);
+            }
+            let filled = reader.read_at(offset, &mut buffer[..size])?;
+            Ok(deliver(&buffer[..filled]))
+        })
+    }
+
+    /// Stores what one write(2) carries, at the partition's end whatever `_offset` says.
+    pub fn write(&self, fh: u64, data: &[u8]) -> FsResult<u32> {
+        let file = self.files.get(fh)?;
+        let writer = file
+            .writer
+            .as_ref()
+            .ok_or_else(|| FsError::refused(libc::EBADF, "the file was not opened for writing"))?;
+        let settings = file.topic.settings();
+        let separator = settings.key_separator.as_deref();
+        let mut partial = writer.partial.lock();
+        match settings.framing {
+            Framing::Raw => {
+                // A line left from before the topic switched to raw goes first, as written.
+                partial.close(|line| {
+                    self.append(&file.topic, &writer.destination, &[line], separator)
+                })?;
+                self.append(&file.topic, &writer.destination, &[data], separator)?;
+            }
+            Framing::Lines => {
+                let max = self.store.config().max_message_bytes;
+                partial
+                    .write(data, max, |lines| self.append(&file.topic, &writer.destination, lines, separator))
+                    .map_err(|error| match error {
+                        LineError::LineTooLong { size, max } => FsError::refused(
+                            libc::EFBIG,
+                            format!(
+                                "{}: a line of {size} bytes or more exceeds max_message_bytes ({max}); \
+                                 nothing of it is stored",
+                                file.topic.name()
+                            ),
+                        ),
+                        LineError::DroppedLine => FsError::refused(
+                            libc::EFBIG,
+                            format!("{}: more of a line already refused as too long; dropped", file.topic.name()),
+                        ),
+                        LineError::Commit(error) => error,
+                    })?;
+            }
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Appends `messages` in one batch per partition. A message over `max_message_bytes`
+    /// refuses the whole write before anything is stored.
+    fn append(
+        &self,
+        topic: &Topic,
+        destination: &Destination,
+        messages: &[&[u8]],
+        separator: Option<&[u8]>,
+    ) -> FsResult<()> {
+        let max = self.store.config().max_message_bytes;
+        if let Some(oversize) = messages.iter().find(|message| message.len() > max) {
+            return Err(FsError::refused(
+                libc::EFBIG,
+                format!(
+                    "{}: a message of {} bytes exceeds max_message_bytes ({max}); nothing of this write was stored",
+                    topic.name(),
+                    oversize.len()
+                ),
+            ));
+        }
+        let batch = messages.iter().map(|&payload| NewMessage {
+            payload,
+            key_len: key_len(payload, separator),
+        });
+        match destination {
+            Destination::Partition(partition) => {
+                self.store
+                    .append_batch(partition, &batch.collect::<Vec<_>>())?;
+            }
+            Destination::ByKey => {
+                let mut groups: Vec<(u32, Vec<NewMessage<'_>>)> = Vec::new();
+                let mut group_of: HashMap<u32, usize> = HashMap::new();
+                for message in batch {
+                    let index =
+                        topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
+                    let group = *group_of.entry(index).or_insert_with(|| {
+                        groups.push((index, Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[group].1.push(message);
+                }
+                let mut stored = 0;
+                for (index, group) in &groups {
+                    let outcome = topic
+                        .partition(*index)
+                        .ok_or_else(|| {
+                            FsError::internal(format!(
+                                "{}: partition {index} vanished",
+                                topic.name()
+                            ))
+                        })
+                        .and_then(|partition| Ok(self.store.append_batch(&partition, group)?));
+                    if let Err(error) = outcome {
+                        if stored > 0 {
+                            tracing::warn!(
+                                "{}: {stored} messages of a failed write were already stored in other partitions",
+                                topic.name()
+                            );
+                        }
+                        return Err(error);
+                    }
+                    stored += group.len();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// FLUSH comes with every close() of every copy of the descriptor; only the opening
+    /// process's close commits the partial line.
+    pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let file = self.files.get(fh)?;
+        match &file.writer {
+            Some(writer) if writer.opener_pid == pid => self.commit_partial_line(&file, writer),
+            _ => Ok(()),
+        }
+    }
+
+    /// RELEASE: the last close. Commits a partial line still waiting and drops the reader.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let file = self.files.remove(fh)?;
+        match &file.writer {
+            Some(writer) => self.commit_partial_line(&file, writer),
+            None => Ok(()),
+        }
+    }
+
+    fn commit_partial_line(&self, file: &OpenFile, writer: &Writer) -> FsResult<()> {
+        let settings = file.topic.settings();
+        let separator = settings.key_separator.as_deref();
+        writer
+            .partial
+            .lock()
+            .close(|line| self.append(&file.topic, &writer.destination, &[line], separator))
+    }
+
+    /// Complete lines are stored as they arrive, so fsync only has to make them durable.
+    pub fn fsync(&self) -> FsResult<()> {
+        Ok(self.store.sync()?)
+    }
+
+    /// The attributes of a segment that retention or `rmdir` removed while it is open: the
+    /// data its descriptors still read, with no links, like an unlinked file. `fstat` comes
+    /// without a file handle, so any open reader of the inode serves.
+    pub(super) fn removed_segment_attr(&self, ino: u64, fh: Option<u64>) -> Option<Attr> {
+        let open = match fh {
+            Some(fh) => self.files.get(fh).ok(),
+            None => self
+                .files
+                .find(|file| file.ino == ino && file.reader.is_some()),
+        }?;
+        let reader = open.reader.as_ref()?;
+        Some(self.segment_attr(ino, &open.topic, &reader.info(), None, 0))
+    }
+}

@@ -1,0 +1,850 @@
+//! The filesystem core: every operation as a plain method that returns a plain struct or an
+//! [`FsError`]. It never sees FUSE reply objects; `fuse.rs` adapts it to fuser.
+//!
+//! The tree: the root holds one directory per topic; a topic directory holds its `append`
+//! file and one directory per partition; a partition directory holds its segment files
+//! (`<20-digit base offset>.log`) and the `active` symlink. Nodes are resolved from their
+//! inode numbers on every request (see `inode.rs`), so the store is the only state.
+//!
+//! `files.rs` serves open files (and the `active` link), `dirs.rs` directory listings and
+//! `xattrs.rs` extended attributes.
+
+mod dirs;
+mod files;
+mod xattrs;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{FileAttr, FileType, FopenFlags, INodeNo, TimeOrNow};
+use parking_lot::{Mutex, RwLock};
+
+use crate::store::{Framing, Partition, SegmentInfo, Store, Topic, TopicSettings};
+
+use self::dirs::DirStream;
+use self::files::{FollowedLink, OpenFile};
+use super::error::{FsError, FsResult};
+use super::handles::HandleTable;
+use super::inode::{self, Inode, ROOT, SEGMENT_NUMBER_BITS, SEGMENT_TOPIC_BITS};
+use super::time::system_time;
+use super::xattr::XattrHolder;
+
+/// `st_blksize`: `cat` and `cp` size their buffers from it, and one FUSE request carries at
+/// most 1 MiB, so 1 MiB makes one `cat >> active` write one request.
+const PREFERRED_IO_BYTES: u32 = 1 << 20;
+
+const ACTIVE_LINK: &str = "active";
+const APPEND_FILE: &str = "append";
+
+/// How the mount presents the store: cache lifetimes and what `mkdir` gives a new topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsSettings {
+    /// How long the kernel may trust a name → inode answer.
+    pub entry_ttl: Duration,
+    /// How long the kernel may trust the attributes of directories, `append` and `active`.
+    pub attr_ttl: Duration,
+    /// How long the kernel may trust a sealed segment's attributes (it never changes). The
+    /// active segment's attributes are never cached: its size grows with every message.
+    pub sealed_segment_ttl: Duration,
+    pub topic_defaults: TopicDefaults,
+}
+
+/// The settings `mkdir` gives a new topic (its owner and mode come from the caller).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicDefaults {
+    pub partitions: u32,
+    pub framing: Framing,
+    pub key_separator: Option<Vec<u8>>,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+}
+
+pub struct Entry {
+    pub attr: FileAttr,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+pub struct Attr {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+pub struct Opened {
+    pub fh: u64,
+    pub flags: FopenFlags,
+}
+
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Attribute changes a `setattr` asks for (the ones commitfs looks at).
+pub struct AttrChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+/// Where readdir puts its entries; `add` returns true once the reply buffer is full.
+pub trait DirectoryReplier {
+    fn add(&mut self, ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool;
+}
+
+/// A node of the tree, resolved from an inode number or a name.
+enum Node {
+    Root,
+    Topic(Arc<Topic>),
+    Append(Arc<Topic>),
+    Partition(Arc<Topic>, Arc<Partition>),
+    ActiveLink(Arc<Topic>, Arc<Partition>),
+    Segment(Arc<Topic>, Arc<Partition>, SegmentInfo),
+}
+
+impl Node {
+    fn xattr_holder(&self) -> XattrHolder {
+        match self {
+            Node::Root => XattrHolder::Root,
+            Node::Topic(_) => XattrHolder::Topic,
+            Node::Partition(..) => XattrHolder::Partition,
+            Node::Segment(..) => XattrHolder::Segment,
+            Node::Append(_) | Node::ActiveLink(..) => XattrHolder::Plain,
+        }
+    }
+
+    /// The node's path inside the mount, for log lines.
+    fn path(&self) -> String {
+        match self {
+            Node::Root => "/".to_owned(),
+            Node::Topic(topic) => topic.name().to_owned(),
+            Node::Append(topic) => format!("{}/{APPEND_FILE}", topic.name()),
+            Node::Partition(topic, partition) => format!("{}/{}", topic.name(), partition.index()),
+            Node::ActiveLink(topic, partition) => {
+                format!("{}/{}/{ACTIVE_LINK}", topic.name(), partition.index())
+            }
+            Node::Segment(topic, partition, info) => {
+                format!(
+                    "{}/{}/{}",
+                    topic.name(),
+                    partition.index(),
+                    segment_file_name(info.base_offset)
+                )
+            }
+        }
+    }
+}
+
+/// The path of `name` in directory `parent`, for log lines.
+fn path_in(parent: &Node, name: &OsStr) -> String {
+    match parent {
+        Node::Root => name.to_string_lossy().into_owned(),
+        _ => format!("{}/{}", parent.path(), name.to_string_lossy()),
+    }
+}
+
+pub fn segment_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+/// A segment file name's base offset: exactly 20 digits and `.log`.
+fn parse_segment_file_name(name: &[u8]) -> Option<u64> {
+    let digits = name.strip_suffix(b".log")?;
+    if digits.len() != 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// A partition directory name's index: decimal, without leading zeros.
+fn parse_partition_name(name: &[u8]) -> Option<u32> {
+    let canonical = !name.is_empty()
+        && name.iter().all(u8::is_ascii_digit)
+        && (name == b"0" || name[0] != b'0');
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// Topics by id, for resolving inode numbers (the store looks topics up by name).
+struct TopicTable {
+    by_id: HashMap<u32, Arc<Topic>>,
+    max_id: u32,
+}
+
+impl TopicTable {
+    fn insert(&mut self, topic: Arc<Topic>) {
+        self.max_id = self.max_id.max(topic.id());
+        self.by_id.insert(topic.id(), topic);
+    }
+}
+
+pub struct CommitFs {
+    store: Arc<Store>,
+    settings: FsSettings,
+    segment_messages: u64,
+    topics: RwLock<TopicTable>,
+    files: HandleTable<OpenFile>,
+    dirs: HandleTable<DirStream>,
+    /// Held while a topic's settings are read, changed and written back.
+    settings_update: Mutex<()>,
+    /// By thread id: lets an append through `active` that raced a roll go through.
+    followed_links: Mutex<HashMap<u32, FollowedLink>>,
+    read_requests: AtomicU64,
+    root_mtime_ms: AtomicI64,
+    /// Owner of the root directory: the user who mounted.
+    root_owner: (u32, u32),
+}
+
+impl CommitFs {
+    pub fn new(store: Arc<Store>, settings: FsSettings) -> CommitFs {
+        let mut table = TopicTable {
+            by_id: HashMap::new(),
+            max_id: 0,
+        };
+        for topic in store.topics() {
+            table.insert(topic);
+        }
+        let segment_messages = u64::from(store.config().segment_messages.max(1));
+        // SAFETY: getuid and getgid cannot fail and touch no memory.
+        let root_owner = unsafe { (libc::getuid(), libc::getgid()) };
+        CommitFs {
+            store,
+            settings,
+            segment_messages,
+            topics: RwLock::new(table),
+            files: HandleTable::new(),
+            dirs: HandleTable::new(),
+            settings_update: Mutex::new(()),
+            followed_links: Mutex::new(HashMap::new()),
+            read_requests: AtomicU64::new(0),
+            root_mtime_ms: AtomicI64::new(now_ms()),
+            root_owner,
+        }
+    }
+
+    /// READ requests served since the mount (root attribute `user.stats.read_requests`).
+    pub fn read_requests(&self) -> u64 {
+        self.read_requests.load(Ordering::Relaxed)
+    }
+
+    // ---- resolving nodes ----
+
+    fn resolve(&self, ino: u64) -> FsResult<Node> {
+        let gone = || FsError::missing(libc::ENOENT, format!("inode {ino:#x} no longer exists"));
+        let node = match Inode::decode(ino).ok_or_else(gone)? {
+            Inode::Root => Node::Root,
+            Inode::Topic { topic } => Node::Topic(self.topic_by_id(topic).ok_or_else(gone)?),
+            Inode::Append { topic } => Node::Append(self.topic_by_id(topic).ok_or_else(gone)?),
+            Inode::Partition { topic, partition } => {
+                let topic = self.topic_by_id(topic).ok_or_else(gone)?;
+                let partition = topic.partition(partition).ok_or_else(gone)?;
+                Node::Partition(topic, partition)
+            }
+            Inode::ActiveLink { topic, partition } => {
+                let topic = self.topic_by_id(topic).ok_or_else(gone)?;
+                let partition = topic.partition(partition).ok_or_else(gone)?;
+                Node::ActiveLink(topic, partition)
+            }
+            Inode::Segment {
+                topic_bits,
+                partition_bits,
+                number_bits,
+            } => {
+                let topic = self.topic_by_low_bits(topic_bits).ok_or_else(gone)?;
+                let partition = topic.partition(partition_bits).ok_or_else(gone)?;
+                let newest = partition.active_base() / self.segment_messages;
+                let info = inode::candidates(number_bits, SEGMENT_NUMBER_BITS, newest)
+                    .find_map(|number| partition.segment(number * self.segment_messages))
+                    .ok_or_else(gone)?;
+                Node::Segment(topic, partition, info)
+            }
+        };
+        Ok(node)
+    }
+
+    fn topic_by_id(&self, id: u32) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .by_id
+            .get(&id)
+            .filter(|topic| !topic.is_deleted())
+            .cloned()
+    }
+
+    /// The newest live topic whose id ends in `bits` (segment inodes keep only those).
+    fn topic_by_low_bits(&self, bits: u32) -> Option<Arc<Topic>> {
+        let table = self.topics.read();
+        inode::candidates(bits, SEGMENT_TOPIC_BITS, u64::from(table.max_id))
+            .filter_map(|id| table.by_id.get(&(id as u32)))
+            .find(|topic| !topic.is_deleted())
+            .cloned()
+    }
+
+    fn inode_of(&self, node: &Node) -> u64 {
+        match node {
+            Node::Root => ROOT,
+            Node::Topic(topic) => Inode::Topic { topic: topic.id() }.encode(),
+            Node::Append(topic) => Inode::Append { topic: topic.id() }.encode(),
+            Node::Partition(topic, partition) => Inode::Partition {
+                topic: topic.id(),
+                partition: partition.index(),
+            }
+            .encode(),
+            Node::ActiveLink(topic, partition) => Inode::ActiveLink {
+                topic: topic.id(),
+                partition: partition.index(),
+            }
+            .encode(),
+            Node::Segment(topic, partition, info) => Inode::segment(
+                topic.id(),
+                partition.index(),
+                info.base_offset / self.segment_messages,
+            )
+            .encode(),
+        }
+    }
+
+    /// The node called `name` in directory `parent`.
+    fn child(&self, parent: &Node, name: &OsStr) -> FsResult<Node> {
+        let bytes = name.as_bytes();
+        let missing = || FsError::missing(libc::ENOENT, format!("no {}", path_in(parent, name)));
+        match parent {
+            Node::Root => {
+                let topic = name
+                    .to_str()
+                    .and_then(|name| self.store.topic(name))
+                    .ok_or_else(missing)?;
+                if topic.is_deleted() {
+                    return Err(missing());
+                }
+                Ok(Node::Topic(topic))
+            }
+            Node::Topic(topic) => {
+                if bytes == APPEND_FILE.as_bytes() {
+                    return Ok(Node::Append(topic.clone()));
+                }
+                let partition = parse_partition_name(bytes)
+                    .and_then(|i| topic.partition(i))
+                    .ok_or_else(missing)?;
+                Ok(Node::Partition(topic.clone(), partition))
+            }
+            Node::Partition(topic, partition) => {
+                if bytes == ACTIVE_LINK.as_bytes() {
+                    return Ok(Node::ActiveLink(topic.clone(), partition.clone()));
+                }
+                let info = parse_segment_file_name(bytes)
+                    .and_then(|base| partition.segment(base))
+                    .ok_or_else(missing)?;
+                Ok(Node::Segment(topic.clone(), partition.clone(), info))
+            }
+            Node::Append(_) | Node::ActiveLink(..) | Node::Segment(..) => Err(FsError::refused(
+                libc::ENOTDIR,
+                format!("{} is not a directory", parent.path()),
+            )),
+        }
+    }
+
+    // ---- attributes ----
+
+    fn topic_mtime_ms(topic: &Topic) -> i64 {
+        topic
+            .partitions()
+            .iter()
+            .filter_map(|p| p.last_timestamp())
+            .max()
+            .unwrap_or(topic.created_ms())
+    }
+
+    fn attr(&self, node: &Node) -> Attr {
+        let ino = self.inode_of(node);
+        let dir = |perm: u32, nlink: u32, owner: (u32, u32), mtime_ms: i64, crtime_ms: i64| {
+            file_attr(
+                ino,
+                FileType::Directory,
+                perm,
+                0,
+                nlink,
+                owner,
+                mtime_ms,
+                crtime_ms,
+            )
+        };
+        let topic_owner = |topic: &Topic| {
+            let settings = topic.settings();
+            (
+                settings.mode & 0o777,
+                (settings.owner_uid, settings.owner_gid),
+            )
+        };
+        let (attr, ttl) = match node {
+            Node::Root => {
+                let topics = self.topics.read().by_id.len() as u32;
+                let mtime = self.root_mtime_ms.load(Ordering::Relaxed);
+                // Sticky and world-writable like /tmp: anyone may create a topic, only its
+                // owner may delete it. Without allow_other only the mounting user gets in.
+                (
+                    dir(0o1777, 2 + topics, self.root_owner, mtime, mtime),
+                    self.settings.attr_ttl,
+                )
+            }
+            Node::Topic(topic) => {
+                let (mode, owner) = topic_owner(topic);
+                let nlink = 2 + topic.settings().partitions;
+                let attr = dir(
+                    mode,
+                    nlink,
+                    owner,
+                    Self::topic_mtime_ms(topic),
+                    topic.created_ms(),
+                );
+                (attr, self.settings.attr_ttl)
+            }
+            Node::Append(topic) => {
+                let (mode, owner) = topic_owner(topic);
+                let mtime = Self::topic_mtime_ms(topic);
+                let attr = file_attr(
+                    ino,
+                    FileType::RegularFile,
+                    mode & 0o222,
+                    0,
+                    1,
+                    owner,
+                    mtime,
+                    topic.created_ms(),
+                );
+                (attr, self.settings.attr_ttl)
+            }
+            Node::Partition(topic, partition) => {
+                let (mode, owner) = topic_owner(topic);
+                let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
+                (
+                    dir(mode, 2, owner, mtime, topic.created_ms()),
+                    self.settings.attr_ttl,
+                )
+            }
+            Node::ActiveLink(topic, partition) => {
+                let (_, owner) = topic_owner(topic);
+                let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
+                let target_len = segment_file_name(partition.active_base()).len() as u64;
+                let attr = file_attr(
+                    ino,
+                    FileType::Symlink,
+                    0o777,
+                    target_len,
+                    1,
+                    owner,
+                    mtime,
+                    topic.created_ms(),
+                );
+                (attr, self.settings.attr_ttl)
+            }
+            Node::Segment(topic, partition, info) => {
+                return self.segment_attr(ino, topic, info, partition.last_timestamp(), 1);
+            }
+        };
+        Attr { attr, ttl }
+    }
+
+    fn segment_attr(
+        &self,
+        ino: u64,
+        topic: &Topic,
+        info: &SegmentInfo,
+        partition_mtime: Option<i64>,
+        nlink: u32,
+    ) -> Attr {
+        let settings = topic.settings();
+        let owner = (settings.owner_uid, settings.owner_gid);
+        // Sealed segments are immutable (read-only); the active one is append-only.
+        let (perm, ttl) = if info.sealed {
+            (settings.mode & 0o444, self.settings.sealed_segment_ttl)
+        } else {
+            (settings.mode & 0o666, Duration::ZERO)
+        };
+        let mtime = info
+            .last_timestamp
+            .or(partition_mtime)
+            .unwrap_or(topic.created_ms());
+        let crtime = info.first_timestamp.unwrap_or(mtime);
+        let mut attr = file_attr(
+            ino,
+            FileType::RegularFile,
+            perm,
+            info.bytes,
+            nlink,
+            owner,
+            mtime,
+            crtime,
+        );
+        attr.blocks = info.bytes.div_ceil(512);
+        Attr { attr, ttl }
+    }
+
+    fn entry(&self, node: &Node) -> Entry {
+        let Attr { attr, ttl } = self.attr(node);
+        Entry {
+            attr,
+            attr_ttl: ttl,
+            entry_ttl: self.settings.entry_ttl,
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let parent = self.resolve(parent)?;
+        let node = self.child(&parent, name)?;
+        Ok(self.entry(&node))
+    }
+
+    /// Attributes of `ino`, or of a segment removed while open, as its descriptors see it.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<Attr> {
+        match self.resolve(ino) {
+            Ok(node) => Ok(self.attr(&node)),
+            Err(error) => self.removed_segment_attr(ino, fh).ok_or(error),
+        }
+    }
+
+    pub fn setattr(&self, ino: u64, changes: &AttrChanges) -> FsResult<Attr> {
+        let node = self.resolve(ino)?;
+        let path = node.path();
+        let ownership = changes.mode.is_some() || changes.uid.is_some() || changes.gid.is_some();
+        let explicit_time = [changes.atime, changes.mtime]
+            .iter()
+            .any(|t| matches!(t, Some(TimeOrNow::SpecificTime(_))));
+        let times = changes.atime.is_some() || changes.mtime.is_some();
+        let refuse = |why: &str| Err(FsError::refused(libc::EPERM, format!("{path}: {why}")));
+        match &node {
+            Node::Topic(topic) => {
+                if changes.size.is_some() {
+                    return Err(FsError::refused(
+                        libc::EISDIR,
+                        format!("{path} is a directory"),
+                    ));
+                }
+                if ownership {
+                    self.change_topic(topic, |settings| {
+                        if let Some(mode) = changes.mode {
+                            settings.mode = mode & 0o777;
+                        }
+                        settings.owner_uid = changes.uid.unwrap_or(settings.owner_uid);
+                        settings.owner_gid = changes.gid.unwrap_or(settings.owner_gid);
+                        Ok(())
+                    })?;
+                }
+            }
+            Node::Root | Node::Partition(..) | Node::ActiveLink(..) if ownership => {
+                return refuse("permissions and owner are those of the topic directory");
+            }
+            Node::Root | Node::Partition(..) if changes.size.is_some() => {
+                return Err(FsError::refused(
+                    libc::EISDIR,
+                    format!("{path} is a directory"),
+                ));
+            }
+            Node::Root | Node::Partition(..) | Node::ActiveLink(..) => {}
+            Node::Append(_) => {
+                if ownership {
+                    return refuse("permissions and owner are those of the topic directory");
+                }
+                // `echo x > append` truncates first; there is nothing to cut.
+                if changes.size.is_some_and(|size| size != 0) {
+                    return refuse("append is write-only and has no bytes to truncate");
+                }
+            }
+            Node::Segment(_, _, info) if info.sealed => {
+                if ownership || changes.size.is_some() || times {
+                    return refuse("sealed segments are immutable");
+                }
+            }
+            Node::Segment(..) => {
+                if changes.size.is_some() {
+                    return refuse("the active segment is append-only and cannot be truncated");
+                }
+                if ownership {
+                    return refuse("permissions and owner are those of the topic directory");
+                }
+                if explicit_time {
+                    return refuse("the active segment's times are those of its messages");
+                }
+            }
+        }
+        Ok(self.attr(&self.resolve(ino)?))
+    }
+
+    /// Reads, changes and writes back a topic's settings (persisted by the store).
+    fn change_topic(
+        &self,
+        topic: &Topic,
+        change: impl FnOnce(&mut TopicSettings) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let _serialized = self.settings_update.lock();
+        let mut settings = topic.settings();
+        change(&mut settings)?;
+        Ok(self.store.update_topic(topic, settings)?)
+    }
+
+    // ---- topics: mkdir and rmdir ----
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Entry> {
+        let parent = self.resolve(parent)?;
+        match &parent {
+            Node::Root => {}
+            Node::Topic(topic) => {
+                return Err(FsError::refused(
+                    libc::EPERM,
+                    format!(
+                        "{}: partitions are added by raising user.partitions, not by mkdir",
+                        topic.name()
+                    ),
+                ))
+            }
+            _ => {
+                return Err(FsError::refused(
+                    libc::EPERM,
+                    format!(
+                        "{}: directories are topics, made at the top of the mount",
+                        parent.path()
+                    ),
+                ))
+            }
+        }
+        let name = name.to_str().ok_or_else(|| {
+            FsError::refused(
+                libc::EINVAL,
+                format!(
+                    "topic name {:?} is not 1-249 characters of [A-Za-z0-9._-]",
+                    name.to_string_lossy()
+                ),
+            )
+        })?;
+        let defaults = &self.settings.topic_defaults;
+        let settings = TopicSettings {
+            partitions: defaults.partitions,
+            framing: defaults.framing,
+            key_separator: defaults.key_separator.clone(),
+            retention_ms: defaults.retention_ms,
+            retention_bytes: defaults.retention_bytes,
+            owner_uid: uid,
+            owner_gid: gid,
+            mode: mode & !umask & 0o777,
+        };
+        let topic = self.store.create_topic(name, settings)?;
+        self.topics.write().insert(topic.clone());
+        self.root_mtime_ms.store(now_ms(), Ordering::Relaxed);
+        Ok(self.entry(&Node::Topic(topic)))
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr, uid: u32) -> FsResult<()> {
+        let parent = self.resolve(parent)?;
+        match self.child(&parent, name)? {
+            Node::Topic(topic) => {
+                let owner = topic.settings().owner_uid;
+                if uid != 0 && uid != owner {
+                    return Err(FsError::refused(
+                        libc::EPERM,
+                        format!(
+                            "topic {} belongs to uid {owner}; uid {uid} may not delete it",
+                            topic.name()
+                        ),
+                    ));
+                }
+                self.store.delete_topic(topic.name())?;
+                self.topics.write().by_id.remove(&topic.id());
+                self.root_mtime_ms.store(now_ms(), Ordering::Relaxed);
+                Ok(())
+            }
+            Node::Partition(topic, partition) => Err(FsError::refused(
+                libc::EPERM,
+                format!(
+                    "{}/{}: partitions cannot be removed one by one; rmdir the topic",
+                    topic.name(),
+                    partition.index()
+                ),
+            )),
+            node => Err(FsError::refused(
+                libc::ENOTDIR,
+                format!("{} is not a directory", node.path()),
+            )),
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let parent = self.resolve(parent)?;
+        let node = self.child(&parent, name)?;
+        let why = match node {
+            Node::Segment(..) => {
+                "segments cannot be removed one by one; retention removes old segments"
+            }
+            Node::Append(_) | Node::ActiveLink(..) => {
+                "it is part of the topic and goes with it (rmdir the topic)"
+            }
+            Node::Root | Node::Topic(_) | Node::Partition(..) => {
+                return Err(FsError::refused(
+                    libc::EISDIR,
+                    format!("{} is a directory", node.path()),
+                ))
+            }
+        };
+        Err(FsError::refused(
+            libc::EPERM,
+            format!("{}: {why}", node.path()),
+        ))
+    }
+
+    /// mknod, create, symlink and link: commitfs makes every file itself.
+    pub fn refuse_new_name(&self, parent: u64, name: &OsStr) -> FsResult<Infallible> {
+        let parent = self.resolve(parent)?;
+        Err(FsError::refused(
+            libc::EPERM,
+            format!(
+                "{}: files cannot be created; messages are appended to an active segment or a topic's append file",
+                path_in(&parent, name)
+            ),
+        ))
+    }
+
+    pub fn rename(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let parent = self.resolve(parent)?;
+        let node = self.child(&parent, name)?;
+        Err(FsError::refused(
+            libc::EPERM,
+            format!("{}: nothing is renamed in commitfs: segments are immutable and topics keep their names", node.path()),
+        ))
+    }
+
+    // ---- the file system as a whole ----
+
+    /// The space of the file system that holds the data directory.
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let dir = self.store.dir();
+        let path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+            FsError::internal(format!("data directory {} holds a NUL byte", dir.display()))
+        })?;
+        // SAFETY: statvfs is plain old data; zeroes are a valid value for it.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `stats` is a valid, writable statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            let error = std::io::Error::last_os_error();
+            return Err(FsError::internal(format!(
+                "statvfs {}: {error}",
+                dir.display()
+            )));
+        }
+        Ok(StatFs {
+            blocks: stats.f_blocks,
+            bfree: stats.f_bfree,
+            bavail: stats.f_bavail,
+            files: stats.f_files,
+            ffree: stats.f_ffree,
+            bsize: stats.f_bsize as u32,
+            namelen: 255,
+            frsize: stats.f_frsize as u32,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn file_attr(
+    ino: u64,
+    kind: FileType,
+    perm: u32,
+    size: u64,
+    nlink: u32,
+    (uid, gid): (u32, u32),
+    mtime_ms: i64,
+    crtime_ms: i64,
+) -> FileAttr {
+    let mtime = system_time(mtime_ms);
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: 0,
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: system_time(crtime_ms),
+        kind,
+        perm: perm as u16,
+        nlink,
+        uid,
+        gid,
+        rdev: 0,
+        blksize: PREFERRED_IO_BYTES,
+        flags: 0,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_file_names_round_trip() {
+        assert_eq!(segment_file_name(0), "00000000000000000000.log");
+        assert_eq!(segment_file_name(300_000), "00000000000000300000.log");
+        assert_eq!(
+            parse_segment_file_name(b"00000000000000300000.log"),
+            Some(300_000)
+        );
+        assert_eq!(
+            parse_segment_file_name(segment_file_name(u64::MAX).as_bytes()),
+            Some(u64::MAX)
+        );
+        for bad in [
+            &b"300000.log"[..],
+            b"00000000000000300000",
+            b"0000000000000030000x.log",
+            b"99999999999999999999.log",
+        ] {
+            assert_eq!(
+                parse_segment_file_name(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn partition_names_are_canonical_decimals() {
+        assert_eq!(parse_partition_name(b"0"), Some(0));
+        assert_eq!(parse_partition_name(b"12"), Some(12));
+        for bad in [&b""[..], b"01", b"-1", b"1a", b"99999999999"] {
+            assert_eq!(
+                parse_partition_name(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

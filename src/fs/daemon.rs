@@ -1,0 +1,135 @@
+//! Turning `commitfs mount` into a daemon: fork before any thread exists, let the child
+//! mount, and have the parent wait on a pipe until the child says the mount is ready (or
+//! why it is not), so `commitfs mount d m && ls m` never races the mount.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+
+const READY: &[u8] = b"ready";
+
+pub enum Forked {
+    /// In the parent: wait for the child's word.
+    Parent(Child),
+    /// In the child: go on to mount, then report through this.
+    Daemon(Readiness),
+}
+
+/// Forks. Call it while the process has one thread: a forked child gets only the caller's.
+pub fn fork() -> io::Result<Forked> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just opened both descriptors and nothing else owns them.
+    let (read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: the process is single-threaded here, so the child may go on running Rust code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Daemon(Readiness {
+            pipe: Some(write_end),
+        })),
+        pid => Ok(Forked::Parent(Child {
+            pid,
+            pipe: read_end,
+        })),
+    }
+}
+
+/// The parent's view of the daemon it forked.
+pub struct Child {
+    pid: libc::pid_t,
+    pipe: File,
+}
+
+impl Child {
+    /// Waits until the daemon reports. `Ok` once the mount is ready; otherwise the reason
+    /// it gave, or how it died without giving one.
+    pub fn wait_until_ready(mut self, log: &Path) -> Result<(), String> {
+        let mut report = Vec::new();
+        if let Err(error) = self.pipe.read_to_end(&mut report) {
+            return Err(format!("waiting for the daemon: {error}"));
+        }
+        if report == READY {
+            return Ok(());
+        }
+        if !report.is_empty() {
+            return Err(String::from_utf8_lossy(&report).into_owned());
+        }
+        let mut status = 0;
+        // SAFETY: `status` is a valid place for waitpid to write.
+        let died = unsafe { libc::waitpid(self.pid, &mut status, 0) } == self.pid;
+        let how = if !died {
+            "exited".to_owned()
+        } else if libc::WIFSIGNALED(status) {
+            format!("was killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exited with status {}", libc::WEXITSTATUS(status))
+        };
+        Err(format!(
+            "the daemon {how} before the mount was ready; see {}",
+            log.display()
+        ))
+    }
+}
+
+/// The daemon's end of the pipe: one report, then it is closed.
+pub struct Readiness {
+    pipe: Option<File>,
+}
+
+impl Readiness {
+    pub fn ready(&mut self) {
+        self.report(READY);
+    }
+
+    /// Reports why the mount failed, unless it was already reported ready.
+    pub fn fail(&mut self, reason: &str) {
+        self.report(reason.as_bytes());
+    }
+
+    fn report(&mut self, message: &[u8]) {
+        if let Some(mut pipe) = self.pipe.take() {
+            // The parent may have been killed; then nobody is waiting for the word.
+            let _ = pipe.write_all(message);
+        }
+    }
+}
+
+/// Detaches the daemon from the terminal: a new session, the working directory at `/` (so
+/// it holds no mount busy), stdin and stdout on /dev/null, and stderr — where the log and
+/// any panic go — appended to `log`.
+pub fn detach(log: &Path) -> io::Result<()> {
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("opening the log {}: {error}", log.display()),
+            )
+        })?;
+    for (from, to) in [
+        (&null, libc::STDIN_FILENO),
+        (&null, libc::STDOUT_FILENO),
+        (&log_file, libc::STDERR_FILENO),
+    ] {
+        // SAFETY: both descriptors are open; dup2 replaces `to` atomically.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: setsid has no memory effects; it fails only if already a group leader, which a
+    // freshly forked child is not.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    std::env::set_current_dir("/")
+}

@@ -1,0 +1,249 @@
+//! How written bytes become messages: splitting `lines` writes into complete lines, holding
+//! the trailing partial line of an open file, and finding a message's key.
+
+use memchr::{memchr, memchr_iter, memrchr};
+
+/// The complete lines of `data`, each with its `\n`. `data` must end with `\n`.
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr_iter(b'\n', data).map(move |end| {
+        let line = &data[start..=end];
+        start = end + 1;
+        line
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineError<E> {
+    /// The line being written outgrew `max_message_bytes` (counting the `\n` it gets at
+    /// close): it is dropped, with the rest of it still to come.
+    LineTooLong { size: usize, max: usize },
+    /// The write carries only more of a line already dropped as too long.
+    DroppedLine,
+    /// `commit` failed; nothing was stored and the partial line is as it was.
+    Commit(E),
+}
+
+/// The unfinished last line of one open file (`lines` framing).
+#[derive(Debug, Default)]
+pub struct PartialLine {
+    bytes: Vec<u8>,
+    /// Inside a line dropped as too long: its bytes are refused up to its `\n`.
+    dropping: bool,
+}
+
+impl PartialLine {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Turns one write into messages: the held partial line completed by the write's first
+    /// line, then every further complete line. `commit` gets them all in one call (so one
+    /// `cat` write of thousands of lines is one batch); only if it succeeds does the write's
+    /// unfinished tail become the new partial line, so a refused write changes nothing.
+    /// `max_message_bytes` bounds the partial line, counting the `\n` it gets when
+    /// committed at close; a line that outgrows it is dropped whole, never stored in part.
+    pub fn write<E>(
+        &mut self,
+        mut data: &[u8],
+        max_message_bytes: usize,
+        commit: impl FnOnce(&[&[u8]]) -> Result<(), E>,
+    ) -> Result<(), LineError<E>> {
+        if self.dropping {
+            let Some(end) = memchr(b'\n', data) else {
+                return Err(LineError::DroppedLine);
+            };
+            self.dropping = false;
+            data = &data[end + 1..];
+        }
+        let Some(last_newline) = memrchr(b'\n', data) else {
+            let size = self.bytes.len() + data.len() + 1;
+            if size > max_message_bytes {
+                self.bytes.clear();
+                self.dropping = true;
+                return Err(LineError::LineTooLong {
+                    size,
+                    max: max_message_bytes,
+                });
+            }
+            self.bytes.extend_from_slice(data);
+            return Ok(());
+        };
+        let (complete, tail) = data.split_at(last_newline + 1);
+        if !tail.is_empty() && tail.len() + 1 > max_message_bytes {
+            return Err(LineError::LineTooLong {
+                size: tail.len() + 1,
+                max: max_message_bytes,
+            });
+        }
+        let joined;
+        let mut messages: Vec<&[u8]> = Vec::new();
+        let rest = if self.bytes.is_empty() {
+            complete
+        } else {
+            let first_end = memchr(b'\n', complete).unwrap_or(last_newline) + 1;
+            joined = [self.bytes.as_slice(), &complete[..first_end]].concat();
+            messages.push(&joined);
+            &complete[first_end..]
+        };
+        messages.extend(lines(rest));
+        commit(&messages).map_err(LineError::Commit)?;
+        self.bytes.clear();
+        self.bytes.extend_from_slice(tail);
+        Ok(())
+    }
+
+    /// The file is closed: commits the partial line with a `\n` added, if there is one (on
+    /// error it is kept, so a later close can try again), and ends a dropped line.
+    pub fn close<E>(&mut self, commit: impl FnOnce(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        self.dropping = false;
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        self.bytes.push(b'\n');
+        let committed = commit(&self.bytes);
+        match committed {
+            Ok(()) => self.bytes.clear(),
+            Err(_) => {
+                self.bytes.pop();
+            }
+        }
+        committed
+    }
+}
+
+/// How many leading bytes of `message` are its key: those before the first `separator`.
+pub fn key_len(message: &[u8], separator: Option<&[u8]>) -> Option<usize> {
+    match separator? {
+        [] => None,
+        [byte] => memchr(*byte, message),
+        separator => memchr::memmem::find(message, separator),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `data`, returning what was committed as strings.
+    fn write(
+        partial: &mut PartialLine,
+        data: &str,
+        max: usize,
+    ) -> Result<Vec<String>, LineError<()>> {
+        let mut committed = Vec::new();
+        partial.write(data.as_bytes(), max, |messages| {
+            committed = messages
+                .iter()
+                .map(|m| String::from_utf8(m.to_vec()).unwrap())
+                .collect();
+            Ok(())
+        })?;
+        Ok(committed)
+    }
+
+    #[test]
+    fn complete_lines_are_one_batch() {
+        let mut partial = PartialLine::default();
+        assert_eq!(
+            write(&mut partial, "a\nbb\n\nccc\n", 100).unwrap(),
+            ["a\n", "bb\n", "\n", "ccc\n"]
+        );
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn a_partial_line_waits_for_its_end() {
+        let mut partial = PartialLine::default();
+        assert!(write(&mut partial, "hel", 100).unwrap().is_empty());
+        assert!(write(&mut partial, "lo", 100).unwrap().is_empty());
+        assert_eq!(
+            write(&mut partial, " world\nnext\npart", 100).unwrap(),
+            ["hello world\n", "next\n"]
+        );
+        assert!(!partial.is_empty());
+        let mut closed = Vec::new();
+        partial
+            .close(|m| -> Result<(), ()> {
+                closed = m.to_vec();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(closed, b"part\n");
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn closing_without_a_partial_line_commits_nothing() {
+        let mut partial = PartialLine::default();
+        partial
+            .close(|_| -> Result<(), ()> { panic!("nothing to commit") })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_partial_line() {
+        let mut partial = PartialLine::default();
+        write(&mut partial, "ab", 100).unwrap();
+        let failed = partial.write(b"c\nd", 100, |_| Err("disk full"));
+        assert_eq!(failed, Err(LineError::Commit("disk full")));
+        assert_eq!(write(&mut partial, "c\n", 100).unwrap(), ["abc\n"]);
+
+        write(&mut partial, "xy", 100).unwrap();
+        assert_eq!(partial.close(|_| Err("disk full")), Err("disk full"));
+        let mut closed = Vec::new();
+        partial
+            .close(|m| -> Result<(), ()> {
+                closed = m.to_vec();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(closed, b"xy\n");
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_dropped_whole() {
+        let mut partial = PartialLine::default();
+        write(&mut partial, "1234", 6).unwrap();
+        assert_eq!(
+            write(&mut partial, "56", 6),
+            Err(LineError::LineTooLong { size: 7, max: 6 })
+        );
+        // The rest of that line is refused too; what follows its end is kept.
+        assert_eq!(write(&mut partial, "789", 6), Err(LineError::DroppedLine));
+        assert_eq!(write(&mut partial, "0\nok\nnext", 6).unwrap(), ["ok\n"]);
+        assert_eq!(write(&mut partial, "\n", 6).unwrap(), ["next\n"]);
+    }
+
+    #[test]
+    fn a_write_leaving_too_long_a_tail_is_refused_whole() {
+        let mut partial = PartialLine::default();
+        write(&mut partial, "ab", 6).unwrap();
+        assert_eq!(
+            write(&mut partial, "c\n123456", 6),
+            Err(LineError::LineTooLong { size: 7, max: 6 })
+        );
+        assert_eq!(write(&mut partial, "c\n", 6).unwrap(), ["abc\n"]);
+    }
+
+    #[test]
+    fn closing_ends_a_dropped_line() {
+        let mut partial = PartialLine::default();
+        assert!(write(&mut partial, "1234567", 6).is_err());
+        partial
+            .close(|_| -> Result<(), ()> { panic!("nothing to commit") })
+            .unwrap();
+        assert_eq!(write(&mut partial, "new\n", 6).unwrap(), ["new\n"]);
+    }
+
+    #[test]
+    fn keys_end_at_the_first_separator() {
+        assert_eq!(key_len(b"user:42:x\n", Some(b":")), Some(4));
+        assert_eq!(key_len(b"k\tv\n", Some(b"\t")), Some(1));
+        assert_eq!(key_len(b"a::b::c", Some(b"::")), Some(1));
+        assert_eq!(key_len(b":empty key", Some(b":")), Some(0));
+        assert_eq!(key_len(b"no separator\n", Some(b":")), None);
+        assert_eq!(key_len(b"a:b", None), None);
+    }
+}

@@ -1,0 +1,467 @@
+//! The thin fuser adapter: each callback calls the core, replies, and on error logs the
+//! reason once (at the error's own level) and replies with its errno. A panic in the core
+//! becomes EIO for that one request instead of killing a session thread.
+
+use std::ffi::OsStr;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::SystemTime;
+
+use fuser::{
+    BsdFileFlags, Errno, FileHandle, FileType, Filesystem, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use tracing::Level;
+
+use super::core::{AttrChanges, CommitFs, DirectoryReplier, Entry};
+use super::error::{FsError, FsResult};
+use super::xattr::XattrReply;
+
+/// The most one WRITE carries; the kernel's own ceiling (256 pages) on this machine, and
+/// it keeps fuser from sizing its per-thread buffers for 16 MiB.
+const MAX_WRITE_BYTES: u32 = 1 << 20;
+
+pub struct FuseAdapter {
+    fs: CommitFs,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: CommitFs) -> FuseAdapter {
+        FuseAdapter { fs }
+    }
+
+    /// Runs one core call; errors and panics are logged here and only here.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        core: impl FnOnce() -> FsResult<T>,
+    ) -> Result<T, Errno> {
+        let guarded = catch_unwind(AssertUnwindSafe(|| {
+            core().map_err(|error| {
+                log_refusal(op, ino, &error);
+                Errno::from_i32(error.errno())
+            })
+        }));
+        guarded.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(
+                op,
+                ino = ino.0,
+                "internal error (panic: {what}); replied EIO"
+            );
+            Err(Errno::EIO)
+        })
+    }
+
+    fn reply_entry(
+        &self,
+        op: &'static str,
+        parent: INodeNo,
+        reply: ReplyEntry,
+        core: impl FnOnce() -> FsResult<Entry>,
+    ) {
+        match self.call(op, parent, core) {
+            Ok(entry) => reply.entry_with_ttls(
+                &entry.attr_ttl,
+                &entry.entry_ttl,
+                &entry.attr,
+                fuser::Generation(0),
+            ),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn reply_empty(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        reply: ReplyEmpty,
+        core: impl FnOnce() -> FsResult<()>,
+    ) {
+        match self.call(op, ino, core) {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn reply_xattr(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        reply: ReplyXattr,
+        core: impl FnOnce() -> FsResult<XattrReply>,
+    ) {
+        match self.call(op, ino, core) {
+            Ok(XattrReply::Length(length)) => reply.size(length),
+            Ok(XattrReply::Value(value)) => reply.data(&value),
+            Err(errno) => reply.error(errno),
+        }
+    }
+}
+
+fn log_refusal(op: &str, ino: INodeNo, error: &FsError) {
+    let reason = error.message();
+    let errno = io::Error::from_raw_os_error(error.errno());
+    match error.level() {
+        Level::ERROR => tracing::error!(op, ino = ino.0, "{reason}: {errno}"),
+        Level::WARN => tracing::warn!(op, ino = ino.0, "{reason}: {errno}"),
+        Level::INFO => tracing::info!(op, ino = ino.0, "{reason}: {errno}"),
+        Level::DEBUG => tracing::debug!(op, ino = ino.0, "{reason}: {errno}"),
+        _ => tracing::trace!(op, ino = ino.0, "{reason}: {errno}"),
+    }
+}
+
+struct DirectoryReply<'a>(&'a mut ReplyDirectory);
+
+impl DirectoryReplier for DirectoryReply<'_> {
+    fn add(&mut self, ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool {
+        self.0.add(INodeNo(ino), offset, kind, name)
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if let Err(limit) = config.set_max_write(MAX_WRITE_BYTES) {
+            tracing::warn!("the kernel takes writes of at most {limit} bytes");
+        }
+        // O_TRUNC then reaches open(), which refuses it on segments in one step. Never ask
+        // for the writeback cache (it would hold "stored" bytes in the kernel and cut
+        // messages at page boundaries) nor symlink caching (`active` must be read fresh).
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::debug!("no FUSE_ATOMIC_O_TRUNC: O_TRUNC arrives as a truncate before open");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.reply_entry("lookup", parent, reply, || self.fs.lookup(parent.0, name));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.call("getattr", ino, || self.fs.getattr(ino.0, fh.map(|fh| fh.0))) {
+            Ok(attr) => reply.attr(&attr.ttl, &attr.attr),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = AttrChanges {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        match self.call("setattr", ino, || self.fs.setattr(ino.0, &changes)) {
+            Ok(attr) => reply.attr(&attr.ttl, &attr.attr),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.call("readlink", ino, || self.fs.readlink(ino.0, req.pid())) {
+            Ok(target) => reply.data(&target),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry("mknod", parent, reply, || {
+            self.fs
+                .refuse_new_name(parent.0, name)
+                .map(|never| match never {})
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry("mkdir", parent, reply, || {
+            self.fs
+                .mkdir(parent.0, name, mode, umask, req.uid(), req.gid())
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.reply_empty("unlink", parent, reply, || self.fs.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.reply_empty("rmdir", parent, reply, || {
+            self.fs.rmdir(parent.0, name, req.uid())
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry("symlink", parent, reply, || {
+            self.fs
+                .refuse_new_name(parent.0, link_name)
+                .map(|never| match never {})
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("rename", parent, reply, || self.fs.rename(parent.0, name));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry("link", ino, reply, || {
+            self.fs
+                .refuse_new_name(newparent.0, newname)
+                .map(|never| match never {})
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.call("open", ino, || self.fs.open(ino.0, flags.0, req.pid())) {
+            Ok(opened) => reply.opened(FileHandle(opened.fh), opened.flags),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut reply = Some(reply);
+        let delivered = self.call("read", ino, || {
+            self.fs.read(fh.0, offset, size, |bytes| {
+                if let Some(reply) = reply.take() {
+                    reply.data(bytes);
+                }
+            })
+        });
+        if let (Err(errno), Some(reply)) = (delivered, reply) {
+            reply.error(errno);
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.call("write", ino, || self.fs.write(fh.0, data)) {
+            Ok(written) => reply.written(written),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("flush", ino, reply, || self.fs.flush(fh.0, req.pid()));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("release", ino, reply, || self.fs.release(fh.0));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("fsync", ino, reply, || self.fs.fsync());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.call("opendir", ino, || self.fs.opendir(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), fuser::FopenFlags::empty()),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.call("readdir", ino, || {
+            self.fs
+                .readdir(fh.0, offset, &mut DirectoryReply(&mut reply))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("releasedir", ino, reply, || self.fs.releasedir(fh.0));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("fsyncdir", ino, reply, || self.fs.fsync());
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.call("statfs", ino, || self.fs.statfs()) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("setxattr", ino, reply, || {
+            self.fs.setxattr(ino.0, name, value, flags)
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.reply_xattr("getxattr", ino, reply, || {
+            self.fs.getxattr(ino.0, name, size)
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.reply_xattr("listxattr", ino, reply, || self.fs.listxattr(ino.0, size));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.reply_empty("removexattr", ino, reply, || {
+            self.fs.removexattr(ino.0, name)
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.call("create", parent, || self.fs.refuse_new_name(parent.0, name)) {
+            Ok(never) => match never {},
+            Err(errno) => reply.error(errno),
+        }
+    }
+}

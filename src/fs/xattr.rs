@@ -1,0 +1,418 @@
+//! Extended-attribute names and values: which names each kind of node has, how the
+//! settable ones parse, and the getxattr/listxattr size-probe protocol.
+
+use crate::store::Framing;
+
+use super::error::{FsError, FsResult};
+
+/// The largest value the kernel passes through (XATTR_SIZE_MAX).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// The kinds of node that carry extended attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrHolder {
+    Root,
+    Topic,
+    Partition,
+    Segment,
+    /// `append` and `active`: no attributes.
+    Plain,
+}
+
+/// A topic setting, read and written as `user.<name>` on the topic directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Partitions,
+    Framing,
+    KeySeparator,
+    RetentionMs,
+    RetentionBytes,
+}
+
+/// One of a segment file's facts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentFact {
+    BaseOffset,
+    EndOffset,
+    Messages,
+    FirstTimestamp,
+    LastTimestamp,
+    Sealed,
+}
+
+/// A parsed attribute name. Per-key names keep the key's raw bytes; `Offset` and `Time`
+/// keep their argument unparsed, so a malformed one is `EINVAL` rather than unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrName<'a> {
+    ReadRequests,
+    Setting(Setting),
+    Key(&'a [u8]),
+    Offsets(&'a [u8]),
+    StartOffset,
+    EndOffset,
+    Offset(&'a [u8]),
+    Time(&'a [u8]),
+    Segment(SegmentFact),
+}
+
+const READ_REQUESTS: &str = "user.stats.read_requests";
+const SETTINGS: [(&str, Setting); 5] = [
+    ("user.partitions", Setting::Partitions),
+    ("user.framing", Setting::Framing),
+    ("user.key_separator", Setting::KeySeparator),
+    ("user.retention_ms", Setting::RetentionMs),
+    ("user.retention_bytes", Setting::RetentionBytes),
+];
+const SEGMENT_FACTS: [(&str, SegmentFact); 6] = [
+    ("user.base_offset", SegmentFact::BaseOffset),
+    ("user.end_offset", SegmentFact::EndOffset),
+    ("user.messages", SegmentFact::Messages),
+    ("user.first_timestamp", SegmentFact::FirstTimestamp),
+    ("user.last_timestamp", SegmentFact::LastTimestamp),
+    ("user.sealed", SegmentFact::Sealed),
+];
+const START_OFFSET: &str = "user.start_offset";
+const END_OFFSET: &str = "user.end_offset";
+const KEY_PREFIX: &[u8] = b"user.key.";
+const OFFSETS_PREFIX: &[u8] = b"user.offsets.";
+const OFFSET_PREFIX: &[u8] = b"user.offset.";
+const TIME_PREFIX: &[u8] = b"user.time.";
+
+fn lookup<T: Copy>(table: &[(&str, T)], name: &[u8]) -> Option<T> {
+    table
+        .iter()
+        .find(|(known, _)| known.as_bytes() == name)
+        .map(|&(_, value)| value)
+}
+
+impl<'a> XattrName<'a> {
+    /// The attribute `name` names on a node of kind `holder`, if any.
+    pub fn parse(holder: XattrHolder, name: &'a [u8]) -> Option<XattrName<'a>> {
+        let per_key = || {
+            if let Some(key) = name.strip_prefix(KEY_PREFIX) {
+                Some(XattrName::Key(key))
+            } else {
+                name.strip_prefix(OFFSETS_PREFIX).map(XattrName::Offsets)
+            }
+        };
+        match holder {
+            XattrHolder::Root => {
+                (name == READ_REQUESTS.as_bytes()).then_some(XattrName::ReadRequests)
+            }
+            XattrHolder::Topic => lookup(&SETTINGS, name)
+                .map(XattrName::Setting)
+                .or_else(per_key),
+            XattrHolder::Partition => {
+                if name == START_OFFSET.as_bytes() {
+                    Some(XattrName::StartOffset)
+                } else if name == END_OFFSET.as_bytes() {
+                    Some(XattrName::EndOffset)
+                } else if let Some(offset) = name.strip_prefix(OFFSET_PREFIX) {
+                    Some(XattrName::Offset(offset))
+                } else if let Some(time) = name.strip_prefix(TIME_PREFIX) {
+                    Some(XattrName::Time(time))
+                } else {
+                    per_key()
+                }
+            }
+            XattrHolder::Segment => lookup(&SEGMENT_FACTS, name).map(XattrName::Segment),
+            XattrHolder::Plain => None,
+        }
+    }
+}
+
+/// The fixed names of a node kind, as listxattr reports them (per-key names are not listed).
+pub fn fixed_names(holder: XattrHolder) -> Vec<&'static str> {
+    match holder {
+        XattrHolder::Root => vec![READ_REQUESTS],
+        XattrHolder::Topic => SETTINGS.iter().map(|(name, _)| *name).collect(),
+        XattrHolder::Partition => vec![START_OFFSET, END_OFFSET],
+        XattrHolder::Segment => SEGMENT_FACTS.iter().map(|(name, _)| *name).collect(),
+        XattrHolder::Plain => Vec::new(),
+    }
+}
+
+/// The listxattr value: names, each ended by a NUL.
+pub fn name_list<'n>(names: impl IntoIterator<Item = &'n str>) -> Vec<u8> {
+    let mut list = Vec::new();
+    for name in names {
+        list.extend_from_slice(name.as_bytes());
+        list.push(0);
+    }
+    list
+}
+
+/// What getxattr and listxattr answer under the size-probe protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    /// The caller asked for the length (buffer size 0).
+    Length(u32),
+    Value(Vec<u8>),
+}
+
+/// Buffer size 0 asks for the length; a buffer too small gets `ERANGE`, never a cut value.
+pub fn fit(value: Vec<u8>, buffer_size: u32) -> FsResult<XattrReply> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(FsError::refused(
+            libc::E2BIG,
+            format!(
+                "the value is {} bytes, over the 64 KiB an extended attribute can carry",
+                value.len()
+            ),
+        ));
+    }
+    let length = value.len() as u32;
+    if buffer_size == 0 {
+        Ok(XattrReply::Length(length))
+    } else if length > buffer_size {
+        Err(FsError::missing(
+            libc::ERANGE,
+            format!("the value is {length} bytes; the buffer holds {buffer_size}"),
+        ))
+    } else {
+        Ok(XattrReply::Value(value))
+    }
+}
+
+fn text(value: &[u8]) -> FsResult<&str> {
+    std::str::from_utf8(value)
+        .map(str::trim)
+        .map_err(|_| FsError::refused(libc::EINVAL, "the value is not text"))
+}
+
+fn invalid(setting: &str, value: &str, expected: &str) -> FsError {
+    FsError::refused(
+        libc::EINVAL,
+        format!("user.{setting} {value:?} is not {expected}"),
+    )
+}
+
+/// `partitions`: a positive count (that it only grows is the store's rule).
+pub fn parse_partitions(value: &[u8]) -> FsResult<u32> {
+    let value = text(value)?;
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|&count| count > 0)
+        .ok_or_else(|| invalid("partitions", value, "a positive number of partitions"))
+}
+
+pub fn parse_framing(value: &[u8]) -> FsResult<Framing> {
+    let value = text(value)?;
+    value
+        .parse()
+        .map_err(|_| invalid("framing", value, "\"lines\" or \"raw\""))
+}
+
+/// `key_separator`: taken byte for byte (it may well be a space or a tab); empty means no
+/// keys. It may not hold a newline, which ends every `lines` message.
+pub fn parse_key_separator(value: &[u8]) -> FsResult<Option<Vec<u8>>> {
+    if value.contains(&b'\n') {
+        return Err(FsError::refused(
+            libc::EINVAL,
+            "user.key_separator may not contain a newline",
+        ));
+    }
+    Ok((!value.is_empty()).then(|| value.to_vec()))
+}
+
+/// `retention_ms` / `retention_bytes`: a limit, or -1 for none (as in Kafka).
+pub fn parse_retention(setting: &str, value: &[u8]) -> FsResult<Option<u64>> {
+    let value = text(value)?;
+    if value == "-1" {
+        return Ok(None);
+    }
+    value
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| invalid(setting, value, "a non-negative number or -1 (no limit)"))
+}
+
+pub fn format_retention(limit: Option<u64>) -> Vec<u8> {
+    limit.map_or_else(|| b"-1".to_vec(), |value| value.to_string().into_bytes())
+}
+
+/// `user.offset.<N>`: a message offset.
+pub fn parse_offset(argument: &[u8]) -> FsResult<u64> {
+    std::str::from_utf8(argument)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| {
+            FsError::refused(
+                libc::EINVAL,
+                format!(
+                    "user.offset.{} does not name a message offset",
+                    String::from_utf8_lossy(argument)
+                ),
+            )
+        })
+}
+
+/// `user.time.<T>`: milliseconds since the epoch or RFC 3339.
+pub fn parse_time(argument: &[u8]) -> FsResult<i64> {
+    std::str::from_utf8(argument)
+        .ok()
+        .and_then(super::time::parse_timestamp_ms)
+        .ok_or_else(|| {
+            FsError::refused(
+                libc::EINVAL,
+                format!(
+                    "user.time.{} is neither milliseconds since the epoch nor an RFC 3339 time",
+                    String::from_utf8_lossy(argument)
+                ),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_holder_has_its_own_names() {
+        use XattrHolder::*;
+        assert_eq!(
+            XattrName::parse(Root, b"user.stats.read_requests"),
+            Some(XattrName::ReadRequests)
+        );
+        assert_eq!(
+            XattrName::parse(Topic, b"user.partitions"),
+            Some(XattrName::Setting(Setting::Partitions))
+        );
+        assert_eq!(
+            XattrName::parse(Topic, b"user.key_separator"),
+            Some(XattrName::Setting(Setting::KeySeparator))
+        );
+        assert_eq!(
+            XattrName::parse(Topic, b"user.key.user:42"),
+            Some(XattrName::Key(b"user:42"))
+        );
+        assert_eq!(
+            XattrName::parse(Partition, b"user.key."),
+            Some(XattrName::Key(b""))
+        );
+        assert_eq!(
+            XattrName::parse(Partition, b"user.offsets.k"),
+            Some(XattrName::Offsets(b"k"))
+        );
+        assert_eq!(
+            XattrName::parse(Partition, b"user.offset.17"),
+            Some(XattrName::Offset(b"17"))
+        );
+        assert_eq!(
+            XattrName::parse(Partition, b"user.time.0"),
+            Some(XattrName::Time(b"0"))
+        );
+        assert_eq!(
+            XattrName::parse(Partition, b"user.start_offset"),
+            Some(XattrName::StartOffset)
+        );
+        assert_eq!(
+            XattrName::parse(Segment, b"user.end_offset"),
+            Some(XattrName::Segment(SegmentFact::EndOffset))
+        );
+        assert_eq!(
+            XattrName::parse(Segment, b"user.sealed"),
+            Some(XattrName::Segment(SegmentFact::Sealed))
+        );
+    }
+
+    #[test]
+    fn names_outside_a_holder_are_unknown() {
+        use XattrHolder::*;
+        for (holder, name) in [
+            (Root, &b"user.partitions"[..]),
+            (Topic, b"user.start_offset"),
+            (Topic, b"user.offset.1"),
+            (Partition, b"user.partitions"),
+            (Segment, b"user.key.a"),
+            (Plain, b"user.sealed"),
+            (Topic, b"security.capability"),
+            (Topic, b"user.keys.a"),
+            (Partition, b"user.time"),
+        ] {
+            assert_eq!(
+                XattrName::parse(holder, name),
+                None,
+                "{holder:?} {}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn every_listed_name_parses_on_its_holder() {
+        use XattrHolder::*;
+        for holder in [Root, Topic, Partition, Segment, Plain] {
+            for name in fixed_names(holder) {
+                assert!(
+                    XattrName::parse(holder, name.as_bytes()).is_some(),
+                    "{holder:?} {name}"
+                );
+            }
+        }
+        assert_eq!(name_list(["user.a", "user.bc"]), b"user.a\0user.bc\0");
+    }
+
+    #[test]
+    fn the_size_probe_protocol() {
+        assert_eq!(fit(b"12345".to_vec(), 0).unwrap(), XattrReply::Length(5));
+        assert_eq!(
+            fit(b"12345".to_vec(), 5).unwrap(),
+            XattrReply::Value(b"12345".to_vec())
+        );
+        assert_eq!(
+            fit(b"12345".to_vec(), 100).unwrap(),
+            XattrReply::Value(b"12345".to_vec())
+        );
+        assert_eq!(fit(b"12345".to_vec(), 4).unwrap_err().errno(), libc::ERANGE);
+        assert_eq!(
+            fit(vec![0; MAX_VALUE_BYTES], 0).unwrap(),
+            XattrReply::Length(MAX_VALUE_BYTES as u32)
+        );
+        assert_eq!(
+            fit(vec![0; MAX_VALUE_BYTES + 1], 0).unwrap_err().errno(),
+            libc::E2BIG
+        );
+    }
+
+    #[test]
+    fn settings_parse_or_are_invalid() {
+        assert_eq!(parse_partitions(b"4").unwrap(), 4);
+        assert_eq!(parse_partitions(b" 12\n").unwrap(), 12);
+        for bad in [&b"0"[..], b"-1", b"four", b"", b"\xff"] {
+            assert_eq!(parse_partitions(bad).unwrap_err().errno(), libc::EINVAL);
+        }
+        assert_eq!(parse_framing(b"raw").unwrap(), Framing::Raw);
+        assert_eq!(parse_framing(b"lines").unwrap(), Framing::Lines);
+        assert_eq!(parse_framing(b"json").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(parse_key_separator(b"\t").unwrap(), Some(b"\t".to_vec()));
+        assert_eq!(parse_key_separator(b" ").unwrap(), Some(b" ".to_vec()));
+        assert_eq!(parse_key_separator(b"").unwrap(), None);
+        assert_eq!(
+            parse_key_separator(b"a\nb").unwrap_err().errno(),
+            libc::EINVAL
+        );
+        assert_eq!(
+            parse_retention("retention_ms", b"60000").unwrap(),
+            Some(60_000)
+        );
+        assert_eq!(parse_retention("retention_ms", b"-1").unwrap(), None);
+        assert_eq!(
+            parse_retention("retention_ms", b"-2").unwrap_err().errno(),
+            libc::EINVAL
+        );
+        assert_eq!(format_retention(None), b"-1");
+        assert_eq!(format_retention(Some(5)), b"5");
+    }
+
+    #[test]
+    fn offset_and_time_arguments() {
+        assert_eq!(parse_offset(b"42").unwrap(), 42);
+        assert_eq!(parse_offset(b"x").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(parse_offset(b"-1").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(parse_time(b"1000").unwrap(), 1_000);
+        assert_eq!(parse_time(b"1970-01-01T00:00:01+00:00").unwrap(), 1_000);
+        assert_eq!(parse_time(b"soon").unwrap_err().errno(), libc::EINVAL);
+    }
+}
