@@ -112,7 +112,7 @@ for rep in $(seq "$REPS"); do
     t0=$(now)
     for i in $(seq "$LOOKUPS"); do
         printf -v key 'k%04d' $((i % 1000))
-        getfattr -n "user.key.$key" --only-values "$CMNT/bench/0" >/dev/null
+        getfattr --absolute-names -n "user.key.$key" --only-values "$CMNT/bench/0" >/dev/null
     done
     t1=$(now)
     record getfattr commitfs "$(calc "$t1 - $t0")"

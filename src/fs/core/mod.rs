@@ -804,47 +804,4 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_file_names_round_trip() {
-        assert_eq!(segment_file_name(0), "00000000000000000000.log");
-        assert_eq!(segment_file_name(300_000), "00000000000000300000.log");
-        assert_eq!(
-            parse_segment_file_name(b"00000000000000300000.log"),
-            Some(300_000)
-        );
-        assert_eq!(
-            parse_segment_file_name(segment_file_name(u64::MAX).as_bytes()),
-            Some(u64::MAX)
-        );
-        for bad in [
-            &b"300000.log"[..],
-            b"00000000000000300000",
-            b"0000000000000030000x.log",
-            b"99999999999999999999.log",
-        ] {
-            assert_eq!(
-                parse_segment_file_name(bad),
-                None,
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn partition_names_are_canonical_decimals() {
-        assert_eq!(parse_partition_name(b"0"), Some(0));
-        assert_eq!(parse_partition_name(b"12"), Some(12));
-        for bad in [&b""[..], b"01", b"-1", b"1a", b"99999999999"] {
-            assert_eq!(
-                parse_partition_name(bad),
-                None,
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-}
+mod tests;
