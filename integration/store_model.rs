@@ -130,7 +130,11 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
             let mut found = Vec::new();
             store
                 .for_each_key_match(&topic, None, format!("k{key}").as_bytes(), |m| {
-                    found.push((m.partition as usize, m.offset as usize, m.payload.clone()));
+                    found.push((
+                        m.partition as usize,
+                        m.offset as usize,
+                        m.payload().unwrap().to_vec(),
+                    ));
                     ControlFlow::Continue(())
                 })
                 .expect("lookup");

@@ -164,7 +164,7 @@ fn locate_time_and_key_lookups_find_the_right_messages() {
     let mut found = Vec::new();
     store
         .for_each_key_match(&topic, None, b"key-3", |m| {
-            found.push((m.partition, m.offset, m.payload.clone()));
+            found.push((m.partition, m.offset, m.payload().unwrap().to_vec()));
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -219,7 +219,7 @@ fn a_key_is_found_although_the_index_hash_collides() {
     let mut newest = None;
     store
         .for_each_key_match(&topic, None, b"a", |m| {
-            newest = Some(m.payload.clone());
+            newest = Some(m.payload().unwrap().to_vec());
             ControlFlow::Break(())
         })
         .unwrap();

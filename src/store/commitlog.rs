@@ -2,6 +2,7 @@
 //! of their start. Every message of every topic is appended here, so the disk sees a single
 //! sequential write stream however many partitions exist.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,14 +19,17 @@ pub struct LogFile {
     pub data: MappedFile,
 }
 
-/// A record found in the log, holding its file so the bytes stay mapped while it is used.
-pub struct RecordRef {
-    file: Arc<LogFile>,
+/// A record found in the log, through a handle on its file (an `Arc` that keeps the bytes
+/// mapped while it is used, or a plain borrow on a hot path).
+pub struct Record<F> {
+    file: F,
     position: u64,
     pub header: RecordHeader,
 }
 
-impl RecordRef {
+pub type RecordRef = Record<Arc<LogFile>>;
+
+impl<F: Deref<Target = LogFile>> Record<F> {
     pub fn payload(&self) -> &[u8] {
         self.file.data.bytes(
             self.position + RECORD_HEADER_BYTES as u64,
@@ -33,8 +37,13 @@ impl RecordRef {
         )
     }
 
-    pub fn stored_crc(&self) -> u32 {
-        format::le_u32(self.file.data.bytes(self.position, RECORD_HEADER_BYTES), 8)
+    /// Whether the record's bytes still match the CRC32C stored in it.
+    pub fn crc_matches(&self) -> bool {
+        let bytes = self
+            .file
+            .data
+            .bytes(self.position, self.header.size as usize);
+        crc32c::crc32c(&bytes[12..]) == format::le_u32(bytes, 8)
     }
 
     /// The commit-log file holding the record, and the record's byte offset in it.
@@ -342,7 +351,7 @@ impl CommitLog {
 /// The record at global `offset` of `file`, if something that looks like a record is
 /// there: a damaged queue or index entry must not make a reader run off the mapping. Its
 /// CRC is checked where its bytes are served.
-pub(super) fn record_in(file: Arc<LogFile>, offset: u64) -> Option<RecordRef> {
+pub(super) fn record_in<F: Deref<Target = LogFile>>(file: F, offset: u64) -> Option<Record<F>> {
     let position = offset.checked_sub(file.base)?;
     let file_bytes = file.data.capacity();
     if position + RECORD_HEADER_BYTES as u64 > file_bytes {
@@ -363,7 +372,7 @@ pub(super) fn record_in(file: Arc<LogFile>, offset: u64) -> Option<RecordRef> {
     {
         return None;
     }
-    Some(RecordRef {
+    Some(Record {
         file,
         position,
         header,

@@ -134,15 +134,25 @@ pub struct AppendOutcome {
 }
 
 /// A message found by its key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyMatch {
+pub struct KeyMatch<'a> {
     pub partition: u32,
     pub offset: u64,
     pub timestamp: i64,
-    pub payload: Vec<u8>,
+    /// Grows in the order messages were stored, across partitions.
+    pub store_order: u64,
+    record: &'a commitlog::RecordRef,
 }
 
-const MAX_PARTITIONS: u32 = 100_000;
+impl KeyMatch<'_> {
+    /// The message's bytes, checked against its CRC32C.
+    pub fn payload(&self) -> Result<&[u8]> {
+        partition::verify(self.record)?;
+        Ok(self.record.payload())
+    }
+}
+
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 100_000;
 
 pub fn validate_topic_name(name: &str) -> Result<()> {
     let valid = (1..=249).contains(&name.len())
@@ -539,59 +549,44 @@ impl Store {
     }
 
     /// Calls `f` for every stored message of `topic` (of one partition, if given) whose key
-    /// is `key`, newest first, until it breaks. Candidates from the index are checked against
-    /// the stored key bytes, so a hash collision never matches.
+    /// is `key`, newest first, until it breaks (messages appended at the same moment to
+    /// different partitions may come in either order; `store_order` tells). Candidates from
+    /// the index are checked against the stored key bytes, so a hash collision never matches.
     pub fn for_each_key_match(
         &self,
         topic: &Topic,
         partition: Option<u32>,
         key: &[u8],
-        mut f: impl FnMut(&KeyMatch) -> ControlFlow<()>,
+        mut f: impl FnMut(&KeyMatch<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
         let hash = format::key_hash(topic.id, key);
         let partitions = topic.partitions();
-        let mut failure = None;
-        let mut candidates = Vec::new();
+        // The index gives candidates newest first; only the stored key bytes decide.
         self.index.lookup(hash, |position| {
-            candidates.push(position);
-            ControlFlow::Continue(())
-        });
-        // Index chains run newest first per file; concurrent appenders may interleave, so
-        // order by commit-log position.
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        candidates.dedup();
-        for position in candidates {
             let Some(record) = self.log.record_at(position) else {
-                continue;
+                return ControlFlow::Continue(());
             };
             let header = record.header;
-            if header.topic_id != topic.id || partition.is_some_and(|p| p != header.partition) {
-                continue;
+            let wanted = header.topic_id == topic.id
+                && partition.is_none_or(|p| p == header.partition)
+                && record.key() == Some(key)
+                && partitions
+                    .get(header.partition as usize)
+                    .is_some_and(|owner| {
+                        (owner.start_offset()..owner.end_offset()).contains(&header.offset)
+                    });
+            if !wanted {
+                return ControlFlow::Continue(());
             }
-            if record.key() != Some(key) {
-                continue;
-            }
-            let Some(owner) = partitions.get(header.partition as usize) else {
-                continue;
-            };
-            if header.offset < owner.start_offset() || header.offset >= owner.end_offset() {
-                continue;
-            }
-            let found = KeyMatch {
+            f(&KeyMatch {
                 partition: header.partition,
                 offset: header.offset,
                 timestamp: header.timestamp,
-                payload: record.payload().to_vec(),
-            };
-            if let Err(error) = partition::verify(&record) {
-                failure = Some(error);
-                break;
-            }
-            if f(&found).is_break() {
-                break;
-            }
-        }
-        failure.map_or(Ok(()), Err)
+                store_order: position,
+                record: &record,
+            })
+        });
+        Ok(())
     }
 
     /// Bytes the store occupies on disk.

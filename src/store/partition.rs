@@ -2,15 +2,16 @@
 //! `segment_messages` offsets each (one consume-queue file), and a segment's bytes are its
 //! messages' payloads in offset order, gathered from the commit log.
 
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::commitlog::{CommitLog, LogFile, RecordRef};
+use super::commitlog::{CommitLog, LogFile, Record, RecordRef};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry, RECORD_HEADER_BYTES};
+use super::format::{self, QueueEntry};
 use super::queue::{ConsumeQueue, QueueFile};
 use super::TopicSettings;
 
@@ -334,21 +335,18 @@ pub struct MessageLocation {
     pub len: u32,
 }
 
-pub(super) fn verify(record: &RecordRef) -> Result<()> {
-    let mut header = [0u8; RECORD_HEADER_BYTES];
-    record.header.encode(&mut header);
-    let stored = record.stored_crc();
-    if format::record_crc(&header, record.payload()) != stored {
-        return Err(StoreError::Corrupt {
-            path: record.path(),
-            offset: record.position(),
-            reason: format!(
-                "CRC32C mismatch in message {} of partition {}",
-                record.header.offset, record.header.partition
-            ),
-        });
+pub(super) fn verify<F: Deref<Target = LogFile>>(record: &Record<F>) -> Result<()> {
+    if record.crc_matches() {
+        return Ok(());
     }
-    Ok(())
+    Err(StoreError::Corrupt {
+        path: record.path(),
+        offset: record.position(),
+        reason: format!(
+            "CRC32C mismatch in message {} of partition {}",
+            record.header.offset, record.header.partition
+        ),
+    })
 }
 
 /// Reads one segment at any byte position. Holds the consume-queue file and the commit-log
@@ -407,15 +405,35 @@ impl SegmentReader {
     }
 
     fn record(&self, offset: u64) -> Option<RecordRef> {
-        let entry = self.queue_file()?.entry(offset);
-        let at = entry.commit_log_offset;
+        let at = self.queue_file()?.entry(offset).commit_log_offset;
         let file = self
-            .log_files
-            .iter()
-            .find(|f| f.base <= at && at < f.base + self.partition.log.file_bytes())
+            .pinned_file(at)
             .cloned()
             .or_else(|| self.partition.log.file_at(at))?;
         super::commitlog::record_in(file, at)
+    }
+
+    /// The file holding commit-log offset `at`, if this reader holds it.
+    fn pinned_file(&self, at: u64) -> Option<&Arc<LogFile>> {
+        let first = self.log_files.first()?.base;
+        let index = at.checked_sub(first)? / self.partition.log.file_bytes();
+        self.log_files.get(index as usize)
+    }
+
+    /// Calls `f` with the record of `offset`, borrowing its file where this reader holds it
+    /// (the common case: no reference counting per message).
+    fn with_record<T>(
+        &self,
+        queue: &QueueFile,
+        offset: u64,
+        f: impl FnOnce(&Record<&LogFile>) -> T,
+    ) -> Option<T> {
+        let at = queue.entry(offset).commit_log_offset;
+        if let Some(file) = self.pinned_file(at) {
+            return super::commitlog::record_in(&**file, at).map(|record| f(&record));
+        }
+        let file = self.partition.log.file_at(at)?;
+        super::commitlog::record_in(&*file, at).map(|record| f(&record))
     }
 
     /// Fills `buf` from byte `position` of the segment; returns 0 at its end. Each message
@@ -425,13 +443,15 @@ impl SegmentReader {
         if self.first >= end || buf.is_empty() {
             return Ok(0);
         }
+        let queue = self.queue_file().ok_or_else(|| self.missing(self.first))?;
         let target = position + self.shift;
         // The last message starting at or before the target.
         let (mut low, mut high) = (self.first, end);
         while high - low > 1 {
             let middle = low + (high - low) / 2;
-            match self.record(middle) {
-                Some(record) if record.header.segment_position <= target => low = middle,
+            let start = self.with_record(&queue, middle, |r| r.header.segment_position);
+            match start {
+                Some(start) if start <= target => low = middle,
                 Some(_) => high = middle,
                 None => return Err(self.missing(middle)),
             }
@@ -439,18 +459,20 @@ impl SegmentReader {
         let mut filled = 0;
         let mut offset = low;
         while filled < buf.len() && offset < end {
-            let record = self.record(offset).ok_or_else(|| self.missing(offset))?;
-            let payload = record.payload();
-            let message_start = record.header.segment_position;
-            let message_end = message_start + payload.len() as u64;
             let from = target + filled as u64;
-            if from < message_end {
-                verify(&record)?;
+            let copied = self.with_record(&queue, offset, |record| {
+                let payload = record.payload();
+                let message_start = record.header.segment_position;
+                if from >= message_start + payload.len() as u64 {
+                    return Ok(0);
+                }
+                verify(record)?;
                 let skip = (from - message_start) as usize;
                 let n = (payload.len() - skip).min(buf.len() - filled);
                 buf[filled..filled + n].copy_from_slice(&payload[skip..skip + n]);
-                filled += n;
-            }
+                Ok(n)
+            });
+            filled += copied.ok_or_else(|| self.missing(offset))??;
             offset += 1;
         }
         Ok(filled)

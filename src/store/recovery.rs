@@ -30,7 +30,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     let lock = lock_store(dir)?;
     let layout = settle_layout(dir, &mut config)?;
-    validate(&config)?;
+    fit_max_message(&mut config);
     let meta = Meta::load(dir)?.expect("metadata written by settle_layout");
     let unclean = meta::abort_marker_exists(dir);
     meta::create_abort_marker(dir)?;
@@ -412,16 +412,19 @@ fn validate_layout(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-fn validate(config: &StoreConfig) -> Result<()> {
-    let largest_record =
-        (config.max_message_bytes + RECORD_HEADER_BYTES + format::BLANK_BYTES) as u64;
-    if largest_record > config.commit_log_file_bytes {
-        return Err(StoreError::InvalidSetting(format!(
-            "max_message_bytes {} does not fit in a commit-log file of {} bytes",
-            config.max_message_bytes, config.commit_log_file_bytes
-        )));
+/// A message must fit in one commit-log file with its header and the end-of-file marker. A
+/// store created with small files keeps them, so a larger configured maximum is lowered.
+fn fit_max_message(config: &mut StoreConfig) {
+    let room = (config.commit_log_file_bytes as usize)
+        .saturating_sub(RECORD_HEADER_BYTES + format::BLANK_BYTES);
+    if config.max_message_bytes > room {
+        tracing::warn!(
+            "max_message_bytes {} does not fit in this store's {}-byte commit-log files; using {room}",
+            config.max_message_bytes,
+            config.commit_log_file_bytes
+        );
+        config.max_message_bytes = room;
     }
-    Ok(())
 }
 
 fn lock_store(dir: &Path) -> Result<File> {

@@ -124,10 +124,10 @@ impl CommitFs {
         let mut newest = None;
         self.store
             .for_each_key_match(topic, partition, key, |found| {
-                newest = Some(found.payload.clone());
+                newest = Some(found.payload().map(<[u8]>::to_vec));
                 ControlFlow::Break(())
             })?;
-        newest.ok_or_else(|| Self::no_key(node, key))
+        Ok(newest.ok_or_else(|| Self::no_key(node, key))??)
     }
 
     /// `PARTITION OFFSET` lines, oldest first: the newest matches that fit in 64 KiB.
@@ -138,7 +138,7 @@ impl CommitFs {
         partition: Option<u32>,
         key: &[u8],
     ) -> FsResult<Vec<u8>> {
-        let mut newest_first = Vec::new();
+        let mut newest = Vec::new();
         let mut total = 0;
         self.store
             .for_each_key_match(topic, partition, key, |found| {
@@ -147,17 +147,15 @@ impl CommitFs {
                     return ControlFlow::Break(());
                 }
                 total += line.len();
-                newest_first.push(line);
+                newest.push((found.store_order, line));
                 ControlFlow::Continue(())
             })?;
-        if newest_first.is_empty() {
+        if newest.is_empty() {
             return Err(Self::no_key(node, key));
         }
-        Ok(newest_first
-            .iter()
-            .rev()
-            .flat_map(|line| line.bytes())
-            .collect())
+        // Oldest first, in the order the messages were stored.
+        newest.sort_unstable_by_key(|(order, _)| *order);
+        Ok(newest.iter().flat_map(|(_, line)| line.bytes()).collect())
     }
 
     pub fn listxattr(&self, ino: u64, size: u32) -> FsResult<XattrReply> {
