@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fs::{FsSettings, MountSettings, TopicDefaults};
-use crate::store::{FlushPolicy, Framing, StoreConfig};
+use crate::store::{FlushPolicy, Framing, StoreConfig, MAX_PARTITIONS};
 
 /// What the file says, key by key, with the defaults filled in.
 #[derive(Debug, Deserialize)]
@@ -187,6 +187,18 @@ fn at_least<T: PartialOrd + std::fmt::Display>(
     Ok(value)
 }
 
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    minimum: T,
+    maximum: T,
+) -> Result<T, String> {
+    if value < minimum || value > maximum {
+        return Err(bad(key, format!("{value} is not {minimum} to {maximum}")));
+    }
+    Ok(value)
+}
+
 impl ConfigFile {
     fn validate(self) -> Result<Config, String> {
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|error| {
@@ -195,19 +207,14 @@ impl ConfigFile {
                 format!("{:?} is not a log filter: {error}", self.log_level),
             )
         })?;
-        if !(1..=64).contains(&self.n_threads) {
-            return Err(bad(
-                "n_threads",
-                format!("{} is not 1 to 64", self.n_threads),
-            ));
-        }
-        if !(4096..=u64::from(u32::MAX)).contains(&self.commit_log_file_bytes) {
-            return Err(bad(
-                "commit_log_file_bytes",
-                format!("{} is not 4096 to {}", self.commit_log_file_bytes, u32::MAX),
-            ));
-        }
-        if self.max_message_bytes == 0 || self.max_message_bytes >= self.commit_log_file_bytes {
+        let n_threads = within("n_threads", self.n_threads, 1, 64)?;
+        let commit_log_file_bytes = within(
+            "commit_log_file_bytes",
+            self.commit_log_file_bytes,
+            4096,
+            u64::from(u32::MAX),
+        )?;
+        if self.max_message_bytes == 0 || self.max_message_bytes >= commit_log_file_bytes {
             return Err(bad(
                 "max_message_bytes",
                 format!(
@@ -229,7 +236,7 @@ impl ConfigFile {
             FlushMode::Sync => FlushPolicy::Sync,
         };
         let store = StoreConfig {
-            commit_log_file_bytes: self.commit_log_file_bytes,
+            commit_log_file_bytes,
             segment_messages: at_least("segment_messages", self.segment_messages, 1)?,
             max_message_bytes: self.max_message_bytes as usize,
             flush,
@@ -253,7 +260,7 @@ impl ConfigFile {
             attr_ttl: Duration::from_millis(self.attr_ttl_ms),
             sealed_segment_ttl: Duration::from_millis(self.sealed_segment_ttl_ms),
             topic_defaults: TopicDefaults {
-                partitions: at_least("partitions", self.partitions, 1)?,
+                partitions: within("partitions", self.partitions, 1, MAX_PARTITIONS)?,
                 framing: self.framing,
                 key_separator: (!self.key_separator.is_empty())
                     .then(|| self.key_separator.into_bytes()),
@@ -263,7 +270,7 @@ impl ConfigFile {
         };
         let mount = MountSettings {
             allow_other: self.allow_other,
-            n_threads: self.n_threads as usize,
+            n_threads: n_threads as usize,
         };
         Ok(Config {
             log_level: self.log_level,
@@ -402,6 +409,7 @@ mod tests {
             ("n_threads = 0", "n_threads"),
             ("n_threads = 65", "n_threads"),
             ("partitions = 0", "partitions"),
+            ("partitions = 100001", "partitions"),
             ("segment_messages = 0", "segment_messages"),
             ("commit_log_file_bytes = 100", "commit_log_file_bytes"),
             ("max_message_bytes = 0", "max_message_bytes"),

@@ -42,6 +42,12 @@ impl FsError {
         }
     }
 
+    /// The same error, its message led by what it concerns (a path, an attribute name).
+    pub fn context(mut self, subject: impl std::fmt::Display) -> FsError {
+        self.message = format!("{subject}: {}", self.message);
+        self
+    }
+
     pub fn errno(&self) -> i32 {
         self.errno
     }
@@ -59,11 +65,13 @@ impl From<StoreError> for FsError {
     fn from(error: StoreError) -> FsError {
         let errno = error.errno();
         let level = match &error {
-            StoreError::NoSuchTopic(_)
-            | StoreError::NoSuchPartition { .. }
+            StoreError::NoSuchPartition { .. }
             | StoreError::NoSuchSegment { .. }
             | StoreError::OffsetOutOfRange { .. } => Level::DEBUG,
-            StoreError::InvalidTopicName(_)
+            // Lookups find topics without the store's error; this one refuses a write or a
+            // setting to a topic deleted meanwhile.
+            StoreError::NoSuchTopic(_)
+            | StoreError::InvalidTopicName(_)
             | StoreError::TopicExists(_)
             | StoreError::MessageTooLarge { .. }
             | StoreError::InvalidSetting(_) => Level::INFO,

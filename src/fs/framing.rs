@@ -3,6 +3,8 @@
 
 use memchr::{memchr, memchr_iter, memrchr};
 
+use crate::store::NewMessage;
+
 /// The complete lines of `data`, each with its `\n`. `data` must end with `\n`.
 fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
@@ -15,8 +17,8 @@ fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum LineError<E> {
-    /// The line being written outgrew `max_message_bytes` (counting the `\n` it gets at
-    /// close): it is dropped, with the rest of it still to come.
+    /// A line outgrew `max_message_bytes` (counting the `\n` a partial line gets at close):
+    /// it is dropped whole, with what was held of it.
     LineTooLong { size: usize, max: usize },
     /// The write carries only more of a line already dropped as too long.
     DroppedLine,
@@ -41,15 +43,21 @@ impl PartialLine {
     /// Turns one write into messages: the held partial line completed by the write's first
     /// line, then every further complete line. `commit` gets them all in one call (so one
     /// `cat` write of thousands of lines is one batch); only if it succeeds does the write's
-    /// unfinished tail become the new partial line, so a refused write changes nothing.
-    /// `max_message_bytes` bounds the partial line, counting the `\n` it gets when
-    /// committed at close; a line that outgrows it is dropped whole, never stored in part.
+    /// unfinished tail become the new partial line, so a refused write changes nothing —
+    /// except that a line too long to store is dropped whole, never stored in part: the
+    /// held start of it goes too. `max_message_bytes` bounds the partial line, counting the
+    /// `\n` it gets when committed at close.
     pub fn write<E>(
         &mut self,
         mut data: &[u8],
         max_message_bytes: usize,
-        commit: impl FnOnce(&[&[u8]]) -> Result<(), E>,
+        key_separator: Option<&[u8]>,
+        commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
     ) -> Result<(), LineError<E>> {
+        let too_long = |size| LineError::LineTooLong {
+            size,
+            max: max_message_bytes,
+        };
         if self.dropping {
             let Some(end) = memchr(b'\n', data) else {
                 return Err(LineError::DroppedLine);
@@ -62,32 +70,32 @@ impl PartialLine {
             if size > max_message_bytes {
                 self.bytes.clear();
                 self.dropping = true;
-                return Err(LineError::LineTooLong {
-                    size,
-                    max: max_message_bytes,
-                });
+                return Err(too_long(size));
             }
             self.bytes.extend_from_slice(data);
             return Ok(());
         };
         let (complete, tail) = data.split_at(last_newline + 1);
         if !tail.is_empty() && tail.len() + 1 > max_message_bytes {
-            return Err(LineError::LineTooLong {
-                size: tail.len() + 1,
-                max: max_message_bytes,
-            });
+            return Err(too_long(tail.len() + 1));
         }
         let joined;
-        let mut messages: Vec<&[u8]> = Vec::new();
+        let mut messages = Vec::new();
         let rest = if self.bytes.is_empty() {
             complete
         } else {
             let first_end = memchr(b'\n', complete).unwrap_or(last_newline) + 1;
+            let size = self.bytes.len() + first_end;
+            if size > max_message_bytes {
+                // The line ends in this write, so nothing after it is dropped.
+                self.bytes.clear();
+                return Err(too_long(size));
+            }
             joined = [self.bytes.as_slice(), &complete[..first_end]].concat();
-            messages.push(&joined);
+            messages.push(message(&joined, key_separator));
             &complete[first_end..]
         };
-        messages.extend(lines(rest));
+        messages.extend(lines(rest).map(|line| message(line, key_separator)));
         commit(&messages).map_err(LineError::Commit)?;
         self.bytes.clear();
         self.bytes.extend_from_slice(tail);
@@ -96,13 +104,17 @@ impl PartialLine {
 
     /// The file is closed: commits the partial line with a `\n` added, if there is one (on
     /// error it is kept, so a later close can try again), and ends a dropped line.
-    pub fn close<E>(&mut self, commit: impl FnOnce(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn close<E>(
+        &mut self,
+        key_separator: Option<&[u8]>,
+        commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.dropping = false;
         if self.bytes.is_empty() {
             return Ok(());
         }
         self.bytes.push(b'\n');
-        let committed = commit(&self.bytes);
+        let committed = commit(&[message(&self.bytes, key_separator)]);
         match committed {
             Ok(()) => self.bytes.clear(),
             Err(_) => {
@@ -113,8 +125,16 @@ impl PartialLine {
     }
 }
 
+/// `payload` as a message, keyed by the bytes before the first `separator`.
+pub fn message<'a>(payload: &'a [u8], separator: Option<&[u8]>) -> NewMessage<'a> {
+    NewMessage {
+        payload,
+        key_len: key_len(payload, separator),
+    }
+}
+
 /// How many leading bytes of `message` are its key: those before the first `separator`.
-pub fn key_len(message: &[u8], separator: Option<&[u8]>) -> Option<usize> {
+fn key_len(message: &[u8], separator: Option<&[u8]>) -> Option<usize> {
     match separator? {
         [] => None,
         [byte] => memchr(*byte, message),
@@ -126,6 +146,13 @@ pub fn key_len(message: &[u8], separator: Option<&[u8]>) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn text(messages: &[NewMessage<'_>]) -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+
     /// Writes `data`, returning what was committed as strings.
     fn write(
         partial: &mut PartialLine,
@@ -133,14 +160,23 @@ mod tests {
         max: usize,
     ) -> Result<Vec<String>, LineError<()>> {
         let mut committed = Vec::new();
-        partial.write(data.as_bytes(), max, |messages| {
-            committed = messages
-                .iter()
-                .map(|m| String::from_utf8(m.to_vec()).unwrap())
-                .collect();
+        partial.write(data.as_bytes(), max, None, |messages| {
+            committed = text(messages);
             Ok(())
         })?;
         Ok(committed)
+    }
+
+    /// Closes the file, returning what was committed as strings.
+    fn close(partial: &mut PartialLine) -> Vec<String> {
+        let mut committed = Vec::new();
+        partial
+            .close(None, |messages| -> Result<(), ()> {
+                committed = text(messages);
+                Ok(())
+            })
+            .unwrap();
+        committed
     }
 
     #[test]
@@ -163,43 +199,27 @@ mod tests {
             ["hello world\n", "next\n"]
         );
         assert!(!partial.is_empty());
-        let mut closed = Vec::new();
-        partial
-            .close(|m| -> Result<(), ()> {
-                closed = m.to_vec();
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(closed, b"part\n");
+        assert_eq!(close(&mut partial), ["part\n"]);
         assert!(partial.is_empty());
     }
 
     #[test]
     fn closing_without_a_partial_line_commits_nothing() {
         let mut partial = PartialLine::default();
-        partial
-            .close(|_| -> Result<(), ()> { panic!("nothing to commit") })
-            .unwrap();
+        assert!(close(&mut partial).is_empty());
     }
 
     #[test]
     fn a_failed_commit_keeps_the_partial_line() {
         let mut partial = PartialLine::default();
         write(&mut partial, "ab", 100).unwrap();
-        let failed = partial.write(b"c\nd", 100, |_| Err("disk full"));
+        let failed = partial.write(b"c\nd", 100, None, |_| Err("disk full"));
         assert_eq!(failed, Err(LineError::Commit("disk full")));
         assert_eq!(write(&mut partial, "c\n", 100).unwrap(), ["abc\n"]);
 
         write(&mut partial, "xy", 100).unwrap();
-        assert_eq!(partial.close(|_| Err("disk full")), Err("disk full"));
-        let mut closed = Vec::new();
-        partial
-            .close(|m| -> Result<(), ()> {
-                closed = m.to_vec();
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(closed, b"xy\n");
+        assert_eq!(partial.close(None, |_| Err("disk full")), Err("disk full"));
+        assert_eq!(close(&mut partial), ["xy\n"]);
     }
 
     #[test]
@@ -217,6 +237,18 @@ mod tests {
     }
 
     #[test]
+    fn a_line_ending_over_the_limit_drops_its_held_start() {
+        let mut partial = PartialLine::default();
+        write(&mut partial, "abc", 6).unwrap();
+        assert_eq!(
+            write(&mut partial, "defg\nok\n", 6),
+            Err(LineError::LineTooLong { size: 8, max: 6 })
+        );
+        assert!(close(&mut partial).is_empty(), "no fragment of it at close");
+        assert_eq!(write(&mut partial, "ok\n", 6).unwrap(), ["ok\n"]);
+    }
+
+    #[test]
     fn a_write_leaving_too_long_a_tail_is_refused_whole() {
         let mut partial = PartialLine::default();
         write(&mut partial, "ab", 6).unwrap();
@@ -231,10 +263,21 @@ mod tests {
     fn closing_ends_a_dropped_line() {
         let mut partial = PartialLine::default();
         assert!(write(&mut partial, "1234567", 6).is_err());
-        partial
-            .close(|_| -> Result<(), ()> { panic!("nothing to commit") })
-            .unwrap();
+        assert!(close(&mut partial).is_empty());
         assert_eq!(write(&mut partial, "new\n", 6).unwrap(), ["new\n"]);
+    }
+
+    #[test]
+    fn every_line_carries_its_key() {
+        let mut partial = PartialLine::default();
+        let mut keys = Vec::new();
+        partial
+            .write(b"a:1\nno key\nbb:2\nc", 100, Some(b":"), |messages| {
+                keys = messages.iter().map(|m| m.key_len).collect();
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(keys, [Some(1), None, Some(2)]);
     }
 
     #[test]

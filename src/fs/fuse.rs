@@ -16,7 +16,7 @@ use fuser::{
 };
 use tracing::Level;
 
-use super::core::{AttrChanges, CommitFs, DirectoryReplier, Entry};
+use super::core::{Attr, AttrChanges, CommitFs, DirectoryReplier, Entry};
 use super::error::{FsError, FsResult};
 use super::xattr::XattrReply;
 
@@ -76,6 +76,27 @@ impl FuseAdapter {
                 fuser::Generation(0),
             ),
             Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn reply_attr(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        reply: ReplyAttr,
+        core: impl FnOnce() -> FsResult<Attr>,
+    ) {
+        match self.call(op, ino, core) {
+            Ok(attr) => reply.attr(&attr.ttl, &attr.attr),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    /// mknod, symlink, link and create: the errno (and log line) of the refusal.
+    fn refuse_new_name(&self, op: &'static str, parent: INodeNo, name: &OsStr) -> Errno {
+        match self.call(op, parent, || self.fs.refuse_new_name(parent.0, name)) {
+            Ok(never) => match never {},
+            Err(errno) => errno,
         }
     }
 
@@ -149,10 +170,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.call("getattr", ino, || self.fs.getattr(ino.0, fh.map(|fh| fh.0))) {
-            Ok(attr) => reply.attr(&attr.ttl, &attr.attr),
-            Err(errno) => reply.error(errno),
-        }
+        self.reply_attr("getattr", ino, reply, || {
+            self.fs.getattr(ino.0, fh.map(|fh| fh.0))
+        });
     }
 
     fn setattr(
@@ -181,10 +201,7 @@ impl Filesystem for FuseAdapter {
             atime,
             mtime,
         };
-        match self.call("setattr", ino, || self.fs.setattr(ino.0, &changes)) {
-            Ok(attr) => reply.attr(&attr.ttl, &attr.attr),
-            Err(errno) => reply.error(errno),
-        }
+        self.reply_attr("setattr", ino, reply, || self.fs.setattr(ino.0, &changes));
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -204,11 +221,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry("mknod", parent, reply, || {
-            self.fs
-                .refuse_new_name(parent.0, name)
-                .map(|never| match never {})
-        });
+        reply.error(self.refuse_new_name("mknod", parent, name));
     }
 
     fn mkdir(
@@ -244,11 +257,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        self.reply_entry("symlink", parent, reply, || {
-            self.fs
-                .refuse_new_name(parent.0, link_name)
-                .map(|never| match never {})
-        });
+        reply.error(self.refuse_new_name("symlink", parent, link_name));
     }
 
     fn rename(
@@ -267,16 +276,12 @@ impl Filesystem for FuseAdapter {
     fn link(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.reply_entry("link", ino, reply, || {
-            self.fs
-                .refuse_new_name(newparent.0, newname)
-                .map(|never| match never {})
-        });
+        reply.error(self.refuse_new_name("link", newparent, newname));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -459,9 +464,6 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.call("create", parent, || self.fs.refuse_new_name(parent.0, name)) {
-            Ok(never) => match never {},
-            Err(errno) => reply.error(errno),
-        }
+        reply.error(self.refuse_new_name("create", parent, name));
     }
 }

@@ -180,11 +180,8 @@ fn text(value: &[u8]) -> FsResult<&str> {
         .map_err(|_| FsError::refused(libc::EINVAL, "the value is not text"))
 }
 
-fn invalid(setting: &str, value: &str, expected: &str) -> FsError {
-    FsError::refused(
-        libc::EINVAL,
-        format!("user.{setting} {value:?} is not {expected}"),
-    )
+fn invalid(value: &str, expected: &str) -> FsError {
+    FsError::refused(libc::EINVAL, format!("{value:?} is not {expected}"))
 }
 
 /// `partitions`: a positive count (that it only grows is the store's rule).
@@ -194,14 +191,14 @@ pub fn parse_partitions(value: &[u8]) -> FsResult<u32> {
         .parse::<u32>()
         .ok()
         .filter(|&count| count > 0)
-        .ok_or_else(|| invalid("partitions", value, "a positive number of partitions"))
+        .ok_or_else(|| invalid(value, "a positive number of partitions"))
 }
 
 pub fn parse_framing(value: &[u8]) -> FsResult<Framing> {
     let value = text(value)?;
     value
         .parse()
-        .map_err(|_| invalid("framing", value, "\"lines\" or \"raw\""))
+        .map_err(|_| invalid(value, "\"lines\" or \"raw\""))
 }
 
 /// `key_separator`: taken byte for byte (it may well be a space or a tab); empty means no
@@ -210,14 +207,14 @@ pub fn parse_key_separator(value: &[u8]) -> FsResult<Option<Vec<u8>>> {
     if value.contains(&b'\n') {
         return Err(FsError::refused(
             libc::EINVAL,
-            "user.key_separator may not contain a newline",
+            "a key separator may not contain a newline",
         ));
     }
     Ok((!value.is_empty()).then(|| value.to_vec()))
 }
 
 /// `retention_ms` / `retention_bytes`: a limit, or -1 for none (as in Kafka).
-pub fn parse_retention(setting: &str, value: &[u8]) -> FsResult<Option<u64>> {
+pub fn parse_retention(value: &[u8]) -> FsResult<Option<u64>> {
     let value = text(value)?;
     if value == "-1" {
         return Ok(None);
@@ -225,7 +222,7 @@ pub fn parse_retention(setting: &str, value: &[u8]) -> FsResult<Option<u64>> {
     value
         .parse::<u64>()
         .map(Some)
-        .map_err(|_| invalid(setting, value, "a non-negative number or -1 (no limit)"))
+        .map_err(|_| invalid(value, "a non-negative number or -1 (no limit)"))
 }
 
 pub fn format_retention(limit: Option<u64>) -> Vec<u8> {
@@ -237,15 +234,7 @@ pub fn parse_offset(argument: &[u8]) -> FsResult<u64> {
     std::str::from_utf8(argument)
         .ok()
         .and_then(|text| text.parse::<u64>().ok())
-        .ok_or_else(|| {
-            FsError::refused(
-                libc::EINVAL,
-                format!(
-                    "user.offset.{} does not name a message offset",
-                    String::from_utf8_lossy(argument)
-                ),
-            )
-        })
+        .ok_or_else(|| FsError::refused(libc::EINVAL, "not a message offset"))
 }
 
 /// `user.time.<T>`: milliseconds since the epoch or RFC 3339.
@@ -256,10 +245,7 @@ pub fn parse_time(argument: &[u8]) -> FsResult<i64> {
         .ok_or_else(|| {
             FsError::refused(
                 libc::EINVAL,
-                format!(
-                    "user.time.{} is neither milliseconds since the epoch nor an RFC 3339 time",
-                    String::from_utf8_lossy(argument)
-                ),
+                "neither milliseconds since the epoch nor an RFC 3339 time",
             )
         })
 }
@@ -271,50 +257,47 @@ mod tests {
     #[test]
     fn each_holder_has_its_own_names() {
         use XattrHolder::*;
-        assert_eq!(
-            XattrName::parse(Root, b"user.stats.read_requests"),
-            Some(XattrName::ReadRequests)
-        );
-        assert_eq!(
-            XattrName::parse(Topic, b"user.partitions"),
-            Some(XattrName::Setting(Setting::Partitions))
-        );
-        assert_eq!(
-            XattrName::parse(Topic, b"user.key_separator"),
-            Some(XattrName::Setting(Setting::KeySeparator))
-        );
-        assert_eq!(
-            XattrName::parse(Topic, b"user.key.user:42"),
-            Some(XattrName::Key(b"user:42"))
-        );
-        assert_eq!(
-            XattrName::parse(Partition, b"user.key."),
-            Some(XattrName::Key(b""))
-        );
-        assert_eq!(
-            XattrName::parse(Partition, b"user.offsets.k"),
-            Some(XattrName::Offsets(b"k"))
-        );
-        assert_eq!(
-            XattrName::parse(Partition, b"user.offset.17"),
-            Some(XattrName::Offset(b"17"))
-        );
-        assert_eq!(
-            XattrName::parse(Partition, b"user.time.0"),
-            Some(XattrName::Time(b"0"))
-        );
-        assert_eq!(
-            XattrName::parse(Partition, b"user.start_offset"),
-            Some(XattrName::StartOffset)
-        );
-        assert_eq!(
-            XattrName::parse(Segment, b"user.end_offset"),
-            Some(XattrName::Segment(SegmentFact::EndOffset))
-        );
-        assert_eq!(
-            XattrName::parse(Segment, b"user.sealed"),
-            Some(XattrName::Segment(SegmentFact::Sealed))
-        );
+        let expected = [
+            (
+                Root,
+                &b"user.stats.read_requests"[..],
+                XattrName::ReadRequests,
+            ),
+            (
+                Topic,
+                b"user.partitions",
+                XattrName::Setting(Setting::Partitions),
+            ),
+            (
+                Topic,
+                b"user.key_separator",
+                XattrName::Setting(Setting::KeySeparator),
+            ),
+            (Topic, b"user.key.user:42", XattrName::Key(b"user:42")),
+            (Partition, b"user.key.", XattrName::Key(b"")),
+            (Partition, b"user.offsets.k", XattrName::Offsets(b"k")),
+            (Partition, b"user.offset.17", XattrName::Offset(b"17")),
+            (Partition, b"user.time.0", XattrName::Time(b"0")),
+            (Partition, b"user.start_offset", XattrName::StartOffset),
+            (
+                Segment,
+                b"user.end_offset",
+                XattrName::Segment(SegmentFact::EndOffset),
+            ),
+            (
+                Segment,
+                b"user.sealed",
+                XattrName::Segment(SegmentFact::Sealed),
+            ),
+        ];
+        for (holder, name, parsed) in expected {
+            assert_eq!(
+                XattrName::parse(holder, name),
+                Some(parsed),
+                "{holder:?} {}",
+                String::from_utf8_lossy(name)
+            );
+        }
     }
 
     #[test]
@@ -393,15 +376,9 @@ mod tests {
             parse_key_separator(b"a\nb").unwrap_err().errno(),
             libc::EINVAL
         );
-        assert_eq!(
-            parse_retention("retention_ms", b"60000").unwrap(),
-            Some(60_000)
-        );
-        assert_eq!(parse_retention("retention_ms", b"-1").unwrap(), None);
-        assert_eq!(
-            parse_retention("retention_ms", b"-2").unwrap_err().errno(),
-            libc::EINVAL
-        );
+        assert_eq!(parse_retention(b"60000").unwrap(), Some(60_000));
+        assert_eq!(parse_retention(b"-1").unwrap(), None);
+        assert_eq!(parse_retention(b"-2").unwrap_err().errno(), libc::EINVAL);
         assert_eq!(format_retention(None), b"-1");
         assert_eq!(format_retention(Some(5)), b"5");
     }

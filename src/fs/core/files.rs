@@ -21,7 +21,7 @@ use fuser::FopenFlags;
 use parking_lot::Mutex;
 
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::framing::{key_len, LineError, PartialLine};
+use crate::fs::framing::{message, LineError, PartialLine};
 use crate::fs::inode::Inode;
 use crate::store::{Framing, NewMessage, Partition, SegmentReader, Topic};
 
@@ -106,7 +106,8 @@ impl CommitFs {
             .remove(&pid)
             .is_some_and(|link| link.segment == ino && link.at.elapsed() < LINK_TO_OPEN);
         let node = self.resolve(ino)?;
-        let path = node.path();
+        let refuse =
+            |errno, why: &str| Err(FsError::refused(errno, format!("{}{why}", node.path())));
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
         let writer = |destination| Writer {
@@ -114,46 +115,45 @@ impl CommitFs {
             opener_pid: pid,
             partial: Mutex::new(PartialLine::default()),
         };
-        let (file, fopen) = match node {
+        let (file, fopen) = match &node {
             // Any open mode works (`echo x > append` truncates first, which is a no-op); reads
             // find it empty.
             Node::Append(topic) => {
                 let file = OpenFile {
                     ino,
-                    topic,
+                    topic: topic.clone(),
                     reader: None,
                     writer: writes.then(|| writer(Destination::ByKey)),
                 };
                 (file, FopenFlags::FOPEN_DIRECT_IO)
             }
             Node::Segment(topic, partition, info) => {
+                // O_TRUNC counts even with O_RDONLY, with which Linux truncates too.
+                let truncates = flags & libc::O_TRUNC != 0;
+                if info.sealed && (truncates || writes && !through_active) {
+                    return refuse(libc::EPERM, ": sealed segments are immutable");
+                }
+                if truncates || writes && flags & libc::O_APPEND == 0 {
+                    return refuse(
+                        libc::EPERM,
+                        ": the active segment is append-only: open it with O_APPEND (>>) and without O_TRUNC",
+                    );
+                }
                 let mut fopen = FopenFlags::empty();
                 let mut file = OpenFile {
                     ino,
-                    topic,
+                    topic: topic.clone(),
                     reader: None,
                     writer: None,
                 };
                 if writes {
-                    if info.sealed && !through_active {
-                        return Err(FsError::refused(
-                            libc::EPERM,
-                            format!("{path}: sealed segments are immutable"),
-                        ));
-                    }
-                    if flags & libc::O_APPEND == 0 || flags & libc::O_TRUNC != 0 {
-                        return Err(FsError::refused(
-                            libc::EPERM,
-                            format!("{path}: the active segment is append-only: open it with O_APPEND (>>) and without O_TRUNC"),
-                        ));
-                    }
                     // One write(2) stays one request, and written bytes stay out of the page
                     // cache, where they would sit at the kernel's guess of the offset.
                     fopen |= FopenFlags::FOPEN_DIRECT_IO;
                     file.writer = Some(writer(Destination::Partition(partition.clone())));
                 }
                 if reads {
-                    file.reader = Some(self.store.open_segment(&partition, info.base_offset)?);
+                    file.reader = Some(self.store.open_segment(partition, info.base_offset)?);
                     if flags & libc::O_DIRECT != 0 {
                         fopen |= FopenFlags::FOPEN_DIRECT_IO;
                     } else if info.sealed {
@@ -164,17 +164,9 @@ impl CommitFs {
                 (file, fopen)
             }
             Node::Root | Node::Topic(_) | Node::Partition(..) => {
-                return Err(FsError::refused(
-                    libc::EISDIR,
-                    format!("{path} is a directory"),
-                ))
+                return refuse(libc::EISDIR, " is a directory")
             }
-            Node::ActiveLink(..) => {
-                return Err(FsError::refused(
-                    libc::ELOOP,
-                    format!("{path} is a symlink"),
-                ))
-            }
+            Node::ActiveLink(..) => return refuse(libc::ELOOP, " is a symlink"),
         };
         Ok(Opened {
             fh: self.files.insert(file),
@@ -215,19 +207,19 @@ impl CommitFs {
             .ok_or_else(|| FsError::refused(libc::EBADF, "the file was not opened for writing"))?;
         let settings = file.topic.settings();
         let separator = settings.key_separator.as_deref();
+        let append =
+            |messages: &[NewMessage<'_>]| self.append(&file.topic, &writer.destination, messages);
         let mut partial = writer.partial.lock();
         match settings.framing {
             Framing::Raw => {
                 // A line left from before the topic switched to raw goes first, as written.
-                partial.close(|line| {
-                    self.append(&file.topic, &writer.destination, &[line], separator)
-                })?;
-                self.append(&file.topic, &writer.destination, &[data], separator)?;
+                partial.close(separator, append)?;
+                append(&[message(data, separator)])?;
             }
             Framing::Lines => {
                 let max = self.store.config().max_message_bytes;
                 partial
-                    .write(data, max, |lines| self.append(&file.topic, &writer.destination, lines, separator))
+                    .write(data, max, separator, append)
                     .map_err(|error| match error {
                         LineError::LineTooLong { size, max } => FsError::refused(
                             libc::EFBIG,
@@ -254,33 +246,25 @@ impl CommitFs {
         &self,
         topic: &Topic,
         destination: &Destination,
-        messages: &[&[u8]],
-        separator: Option<&[u8]>,
+        messages: &[NewMessage<'_>],
     ) -> FsResult<()> {
         let max = self.store.config().max_message_bytes;
-        if let Some(oversize) = messages.iter().find(|message| message.len() > max) {
+        if let Some(oversize) = messages.iter().find(|message| message.payload.len() > max) {
             return Err(FsError::refused(
                 libc::EFBIG,
                 format!(
                     "{}: a message of {} bytes exceeds max_message_bytes ({max}); nothing of this write was stored",
                     topic.name(),
-                    oversize.len()
+                    oversize.payload.len()
                 ),
             ));
         }
-        let batch = messages.iter().map(|&payload| NewMessage {
-            payload,
-            key_len: key_len(payload, separator),
-        });
         match destination {
-            Destination::Partition(partition) => {
-                self.store
-                    .append_batch(partition, &batch.collect::<Vec<_>>())?;
-            }
+            Destination::Partition(partition) => self.append_to(topic, partition, messages)?,
             Destination::ByKey => {
                 let mut groups: Vec<(u32, Vec<NewMessage<'_>>)> = Vec::new();
                 let mut group_of: HashMap<u32, usize> = HashMap::new();
-                for message in batch {
+                for &message in messages {
                     let index =
                         topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
                     let group = *group_of.entry(index).or_insert_with(|| {
@@ -299,7 +283,7 @@ impl CommitFs {
                                 topic.name()
                             ))
                         })
-                        .and_then(|partition| Ok(self.store.append_batch(&partition, group)?));
+                        .and_then(|partition| self.append_to(topic, &partition, group));
                     if let Err(error) = outcome {
                         if stored > 0 {
                             tracing::warn!(
@@ -316,6 +300,23 @@ impl CommitFs {
         Ok(())
     }
 
+    /// One batch into one partition; a refusal names the partition.
+    fn append_to(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        messages: &[NewMessage<'_>],
+    ) -> FsResult<()> {
+        match self.store.append_batch(partition, messages) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(FsError::from(error).context(format_args!(
+                "{}/{}",
+                topic.name(),
+                partition.index()
+            ))),
+        }
+    }
+
     /// FLUSH comes with every close() of every copy of the descriptor; only the opening
     /// process's close commits the partial line.
     pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
@@ -327,21 +328,25 @@ impl CommitFs {
     }
 
     /// RELEASE: the last close. Commits a partial line still waiting and drops the reader.
+    /// Nobody hears of a failure but the log, so it says what was lost.
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let file = self.files.remove(fh)?;
         match &file.writer {
-            Some(writer) => self.commit_partial_line(&file, writer),
+            Some(writer) => self.commit_partial_line(&file, writer).map_err(|error| {
+                error.context("the unfinished last line, held until the last close, is lost")
+            }),
             None => Ok(()),
         }
     }
 
     fn commit_partial_line(&self, file: &OpenFile, writer: &Writer) -> FsResult<()> {
         let settings = file.topic.settings();
-        let separator = settings.key_separator.as_deref();
         writer
             .partial
             .lock()
-            .close(|line| self.append(&file.topic, &writer.destination, &[line], separator))
+            .close(settings.key_separator.as_deref(), |line| {
+                self.append(&file.topic, &writer.destination, line)
+            })
     }
 
     /// Complete lines are stored as they arrive, so fsync only has to make them durable.

@@ -120,20 +120,24 @@ impl Fixture {
         let mut names = Names::default();
         self.fs.readdir(fh, 0, &mut names).unwrap();
         self.fs.releasedir(fh).unwrap();
-        names.0.into_iter().map(|(_, name)| name).collect()
+        names.entries.into_iter().map(|(_, name)| name).collect()
     }
 }
 
-/// Collects entries; full after `room` of them when set.
+/// Collects (cookie, name) entries; full after `room` of them when set.
 #[derive(Default)]
-struct Names(Vec<(u64, String)>, Option<usize>);
+struct Names {
+    entries: Vec<(u64, String)>,
+    room: Option<usize>,
+}
 
 impl DirectoryReplier for Names {
     fn add(&mut self, _ino: u64, offset: u64, _kind: FileType, name: &OsStr) -> bool {
-        if self.1.is_some_and(|room| self.0.len() == room) {
+        if self.room == Some(self.entries.len()) {
             return true;
         }
-        self.0.push((offset, name.to_string_lossy().into_owned()));
+        self.entries
+            .push((offset, name.to_string_lossy().into_owned()));
         false
     }
 }
@@ -181,13 +185,16 @@ fn readdir_continues_from_the_offset_it_handed_out() {
     let mut seen = Vec::new();
     let mut offset = 0;
     loop {
-        let mut page = Names(Vec::new(), Some(2));
+        let mut page = Names {
+            entries: Vec::new(),
+            room: Some(2),
+        };
         f.fs.readdir(fh, offset, &mut page).unwrap();
-        let Some(&(last, _)) = page.0.last() else {
+        let Some(&(last, _)) = page.entries.last() else {
             break;
         };
         offset = last;
-        seen.extend(page.0.into_iter().map(|(_, name)| name));
+        seen.extend(page.entries.into_iter().map(|(_, name)| name));
     }
     assert_eq!(seen, [".", "..", "a", "b", "c", "d"]);
 }
@@ -278,6 +285,10 @@ fn the_active_segment_takes_appends_only() {
     let opened = f.fs.open(active, APPEND, 1).unwrap();
     assert!(opened.flags.contains(FopenFlags::FOPEN_DIRECT_IO));
     f.fs.release(opened.fh).unwrap();
+    assert_eq!(
+        errno(f.fs.open(active, libc::O_RDONLY | libc::O_TRUNC, 1)),
+        libc::EPERM
+    );
     let reading = f.fs.open(active, libc::O_RDONLY, 1).unwrap();
     assert!(!reading.flags.contains(FopenFlags::FOPEN_KEEP_CACHE));
     f.fs.release(reading.fh).unwrap();
@@ -295,6 +306,10 @@ fn sealed_segments_keep_their_page_cache_and_a_long_ttl() {
     f.mkdir("t", 0).unwrap();
     f.write_through(SEGMENT_0, 1, b"a\nb\n");
     let sealed = f.ino(SEGMENT_0);
+    assert_eq!(
+        errno(f.fs.open(sealed, libc::O_RDONLY | libc::O_TRUNC, 1)),
+        libc::EPERM
+    );
     let opened = f.fs.open(sealed, libc::O_RDONLY, 1).unwrap();
     assert!(opened.flags.contains(FopenFlags::FOPEN_KEEP_CACHE));
     f.fs.release(opened.fh).unwrap();
@@ -318,6 +333,10 @@ fn a_line_over_the_limit_stores_nothing_of_itself() {
     assert_eq!(errno(f.fs.write(fh, b"xx")), libc::EFBIG);
     f.fs.write(fh, b"x\nok\n").unwrap();
     assert_eq!(errno(f.fs.write(fh, &[b'y'; 5000])), libc::EFBIG);
+    // A held start of a line that ends too long goes with it, even at close.
+    f.fs.write(fh, b"\nstart").unwrap();
+    let rest = [&[b'z'; 4092][..], b"\nnext\n"].concat();
+    assert_eq!(errno(f.fs.write(fh, &rest)), libc::EFBIG);
     f.fs.release(fh).unwrap();
     assert_eq!(f.read(SEGMENT_0), b"ok\n");
 }

@@ -10,24 +10,28 @@ use crate::store::Topic;
 
 use super::{segment_file_name, CommitFs, Node};
 
+/// What a refusal about attribute `name` of `node` concerns, for the log.
+fn subject(node: &Node, name: &OsStr) -> String {
+    format!("{}: {}", node.path(), name.to_string_lossy())
+}
+
+fn no_attribute() -> FsError {
+    FsError::missing(libc::ENODATA, "no such attribute")
+}
+
+fn no_key() -> FsError {
+    FsError::missing(libc::ENODATA, "no stored message has this key")
+}
+
 impl CommitFs {
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> FsResult<XattrReply> {
         let node = self.resolve(ino)?;
-        let value = self.xattr_value(&node, name.as_bytes())?;
-        xattr::fit(value, size)
+        self.xattr_value(&node, name.as_bytes())
+            .and_then(|value| xattr::fit(value, size))
+            .map_err(|error| error.context(subject(&node, name)))
     }
 
     fn xattr_value(&self, node: &Node, name: &[u8]) -> FsResult<Vec<u8>> {
-        let no_attribute = || {
-            FsError::missing(
-                libc::ENODATA,
-                format!(
-                    "{} has no attribute {}",
-                    node.path(),
-                    String::from_utf8_lossy(name)
-                ),
-            )
-        };
         let parsed = XattrName::parse(node.xattr_holder(), name).ok_or_else(no_attribute)?;
         let number = |value: u64| Ok(value.to_string().into_bytes());
         match (parsed, node) {
@@ -42,17 +46,15 @@ impl CommitFs {
                     Setting::RetentionBytes => xattr::format_retention(settings.retention_bytes),
                 })
             }
-            (XattrName::Key(key), Node::Topic(topic)) => {
-                self.newest_with_key(node, topic, None, key)
-            }
+            (XattrName::Key(key), Node::Topic(topic)) => self.newest_with_key(topic, None, key),
             (XattrName::Key(key), Node::Partition(topic, partition)) => {
-                self.newest_with_key(node, topic, Some(partition.index()), key)
+                self.newest_with_key(topic, Some(partition.index()), key)
             }
             (XattrName::Offsets(key), Node::Topic(topic)) => {
-                self.offsets_with_key(node, topic, None, key)
+                self.offsets_with_key(topic, None, key)
             }
             (XattrName::Offsets(key), Node::Partition(topic, partition)) => {
-                self.offsets_with_key(node, topic, Some(partition.index()), key)
+                self.offsets_with_key(topic, Some(partition.index()), key)
             }
             (XattrName::StartOffset, Node::Partition(_, partition)) => {
                 number(partition.start_offset())
@@ -76,7 +78,7 @@ impl CommitFs {
                     Some(offset) => number(offset),
                     None => Err(FsError::missing(
                         libc::ENODATA,
-                        format!("{}: no message at or after {time} ms", node.path()),
+                        format!("no message at or after {time} ms"),
                     )),
                 }
             }
@@ -103,20 +105,8 @@ impl CommitFs {
         }
     }
 
-    fn no_key(node: &Node, key: &[u8]) -> FsError {
-        FsError::missing(
-            libc::ENODATA,
-            format!(
-                "{}: no message has key {:?}",
-                node.path(),
-                String::from_utf8_lossy(key)
-            ),
-        )
-    }
-
     fn newest_with_key(
         &self,
-        node: &Node,
         topic: &Topic,
         partition: Option<u32>,
         key: &[u8],
@@ -127,13 +117,12 @@ impl CommitFs {
                 newest = Some(found.payload().map(<[u8]>::to_vec));
                 ControlFlow::Break(())
             })?;
-        Ok(newest.ok_or_else(|| Self::no_key(node, key))??)
+        Ok(newest.ok_or_else(no_key)??)
     }
 
     /// `PARTITION OFFSET` lines, oldest first: the newest matches that fit in 64 KiB.
     fn offsets_with_key(
         &self,
-        node: &Node,
         topic: &Topic,
         partition: Option<u32>,
         key: &[u8],
@@ -151,7 +140,7 @@ impl CommitFs {
                 ControlFlow::Continue(())
             })?;
         if newest.is_empty() {
-            return Err(Self::no_key(node, key));
+            return Err(no_key());
         }
         // Oldest first, in the order the messages were stored.
         newest.sort_unstable_by_key(|(order, _)| *order);
@@ -170,31 +159,29 @@ impl CommitFs {
                     }
                     _ => true,
                 });
-        xattr::fit(xattr::name_list(names), size)
+        xattr::fit(xattr::name_list(names), size).map_err(|error| error.context(node.path()))
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let node = self.resolve(ino)?;
-        let shown = name.to_string_lossy();
+        self.set_setting(&node, name, value, flags)
+            .map_err(|error| error.context(subject(&node, name)))
+    }
+
+    fn set_setting(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let Some(parsed) = XattrName::parse(node.xattr_holder(), name.as_bytes()) else {
             return Err(FsError::refused(
                 libc::EOPNOTSUPP,
-                format!(
-                    "{}: {shown} is not an attribute commitfs keeps",
-                    node.path()
-                ),
+                "not an attribute commitfs keeps",
             ));
         };
-        let (XattrName::Setting(setting), Node::Topic(topic)) = (parsed, &node) else {
-            return Err(FsError::refused(
-                libc::EPERM,
-                format!("{}: {shown} is read-only", node.path()),
-            ));
+        let (XattrName::Setting(setting), Node::Topic(topic)) = (parsed, node) else {
+            return Err(FsError::refused(libc::EPERM, "read-only"));
         };
         if flags & libc::XATTR_CREATE != 0 {
             return Err(FsError::refused(
                 libc::EEXIST,
-                format!("{}: {shown} always exists", node.path()),
+                "always exists, so XATTR_CREATE fails",
             ));
         }
         self.change_topic(topic, |settings| {
@@ -204,18 +191,16 @@ impl CommitFs {
                 Setting::KeySeparator => {
                     settings.key_separator = xattr::parse_key_separator(value)?
                 }
-                Setting::RetentionMs => {
-                    settings.retention_ms = xattr::parse_retention("retention_ms", value)?
-                }
+                Setting::RetentionMs => settings.retention_ms = xattr::parse_retention(value)?,
                 Setting::RetentionBytes => {
-                    settings.retention_bytes = xattr::parse_retention("retention_bytes", value)?
+                    settings.retention_bytes = xattr::parse_retention(value)?
                 }
             }
             Ok(())
         })?;
         tracing::info!(
-            "topic {}: {shown} set to {:?}",
-            topic.name(),
+            "{}: set to {:?}",
+            subject(node, name),
             String::from_utf8_lossy(value)
         );
         Ok(())
@@ -223,16 +208,10 @@ impl CommitFs {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         let node = self.resolve(ino)?;
-        let shown = name.to_string_lossy();
-        match XattrName::parse(node.xattr_holder(), name.as_bytes()) {
-            Some(_) => Err(FsError::refused(
-                libc::EPERM,
-                format!("{}: {shown} cannot be removed", node.path()),
-            )),
-            None => Err(FsError::missing(
-                libc::ENODATA,
-                format!("{} has no attribute {shown}", node.path()),
-            )),
-        }
+        let refusal = match XattrName::parse(node.xattr_holder(), name.as_bytes()) {
+            Some(_) => FsError::refused(libc::EPERM, "cannot be removed"),
+            None => no_attribute(),
+        };
+        Err(refusal.context(subject(&node, name)))
     }
 }
