@@ -268,19 +268,36 @@ impl KeyIndex {
         }
     }
 
-    /// Adds an entry. Room was reserved before the message was appended; should concurrent
-    /// appends have used it up and the disk be full, the entry is skipped with an error
-    /// logged rather than failing a message that is already stored.
-    pub fn insert(&self, hash: u64, commit_log_offset: u64) {
+    /// Adds entries of (key hash, commit-log offset), under one lock. Room was reserved
+    /// before the messages were appended; should concurrent appends have used it up and the
+    /// disk be full, an entry is skipped with an error logged rather than failing a message
+    /// that is already stored.
+    pub fn insert_all(&self, entries: &[(u64, u64)]) {
+        if entries.is_empty() {
+            return;
+        }
         let _writer = self.writer.lock();
-        let inserted = self.writable_file(1, commit_log_offset).and_then(|file| {
-            file.reserve(1)
-                .map(|()| file.insert(hash, commit_log_offset))
-        });
-        if let Err(error) = inserted {
-            tracing::error!(
-                "key index entry for commit-log offset {commit_log_offset} not written: {error}"
-            );
+        let mut current: Option<Arc<IndexFile>> = None;
+        for &(hash, commit_log_offset) in entries {
+            if current
+                .as_ref()
+                .is_none_or(|file| file.count() >= file.capacity)
+            {
+                current = match self.writable_file(1, commit_log_offset) {
+                    Ok(file) => Some(file),
+                    Err(error) => {
+                        tracing::error!("key index entry for commit-log offset {commit_log_offset} not written: {error}");
+                        continue;
+                    }
+                };
+            }
+            let file = current.as_ref().expect("set above");
+            match file.reserve(1) {
+                Ok(()) => file.insert(hash, commit_log_offset),
+                Err(error) => tracing::error!(
+                    "key index entry for commit-log offset {commit_log_offset} not written: {error}"
+                ),
+            }
         }
     }
 

@@ -237,8 +237,8 @@ impl Partition {
         }
         self.move_start(new_start)?;
         tracing::info!(
-            "retention: topic id {} partition {} now starts at offset {new_start} (was {start})",
-            self.topic_id,
+            "retention: topic {} partition {} now starts at offset {new_start} (was {start})",
+            self.topic_name,
             self.index
         );
         Ok(true)

@@ -447,8 +447,7 @@ impl Store {
         let mut guard = partition.writer.lock();
         let state = &mut *guard;
         if partition.topic_deleted.load(Ordering::Acquire) {
-            let topic = format!("topic id {}", partition.topic_id);
-            return Err(StoreError::NoSuchTopic(topic));
+            return Err(StoreError::NoSuchTopic(partition.topic_name.clone()));
         }
         let timestamp = now_ms().max(state.last_timestamp);
         let first_offset = state.next;
@@ -476,20 +475,28 @@ impl Store {
         // Room in the queue and the index first: once records are in the log, nothing may fail.
         let queue = &partition.queue;
         queue.reserve(&mut state.queue_file, first_offset, end_offset)?;
-        let keyed = messages.iter().filter(|m| m.key_len.is_some()).count() as u32;
-        self.index.reserve(keyed, self.log.written_end())?;
+        let keyed_count = messages.iter().filter(|m| m.key_len.is_some()).count() as u32;
+        self.index.reserve(keyed_count, self.log.written_end())?;
         {
             let mut appender = self.log.appender();
             let payloads = messages.iter().map(|m| m.payload);
             appender.append(headers.iter().zip(payloads), positions)?;
             appender.publish();
         }
+        // Index entries go in under one lock per 64 keyed messages.
+        let mut keyed = [(0u64, 0u64); 64];
+        let mut pending = 0;
         for ((offset, message), &position) in (first_offset..).zip(messages).zip(positions.iter()) {
             let key_hash = message.key_len.map_or(0, |k| {
                 format::key_hash(partition.topic_id, &message.payload[..k])
             });
             if key_hash != 0 {
-                self.index.insert(key_hash, position);
+                keyed[pending] = (key_hash, position);
+                pending += 1;
+                if pending == keyed.len() {
+                    self.index.insert_all(&keyed);
+                    pending = 0;
+                }
             }
             let size = (RECORD_HEADER_BYTES + message.payload.len()) as u32;
             let entry = QueueEntry {
@@ -499,6 +506,7 @@ impl Store {
             };
             queue.put(&mut state.queue_file, offset, &entry);
         }
+        self.index.insert_all(&keyed[..pending]);
         state.next = end_offset;
         state.segment_bytes = segment_bytes;
         state.last_timestamp = timestamp;

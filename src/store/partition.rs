@@ -99,6 +99,7 @@ pub(super) struct WriteState {
 
 pub struct Partition {
     pub(super) topic_id: u32,
+    pub(super) topic_name: String,
     /// Shared with the topic: appends stop once it is deleted.
     pub(super) topic_deleted: Arc<AtomicBool>,
     pub(super) index: u32,
@@ -126,6 +127,7 @@ impl Partition {
         let segment_messages = queue.entries_per_file();
         let partition = Partition {
             topic_id: topic.id,
+            topic_name: topic.name.clone(),
             topic_deleted: topic.deleted.clone(),
             index,
             segment_messages,
@@ -305,7 +307,7 @@ impl Partition {
         let info = self
             .segment(base_offset)
             .ok_or_else(|| StoreError::NoSuchSegment {
-                topic: format!("topic id {} partition {}", self.topic_id, self.index),
+                topic: format!("{} partition {}", self.topic_name, self.index),
                 base: base_offset,
             })?;
         let first = info.base_offset.max(self.start_offset());
