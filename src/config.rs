@@ -22,6 +22,7 @@ struct ConfigFile {
     entry_ttl_ms: u64,
     attr_ttl_ms: u64,
     sealed_segment_ttl_ms: u64,
+    read_ahead_kb: u32,
 
     commit_log_file_bytes: u64,
     segment_messages: u32,
@@ -64,6 +65,7 @@ impl Default for ConfigFile {
             entry_ttl_ms: 1_000,
             attr_ttl_ms: 1_000,
             sealed_segment_ttl_ms: 3_600_000,
+            read_ahead_kb: 1024,
             commit_log_file_bytes: store.commit_log_file_bytes,
             segment_messages: store.segment_messages,
             max_message_bytes: store.max_message_bytes as u64,
@@ -271,6 +273,7 @@ impl ConfigFile {
         let mount = MountSettings {
             allow_other: self.allow_other,
             n_threads: n_threads as usize,
+            read_ahead_kb: within("read_ahead_kb", self.read_ahead_kb, 0, 16_384)?,
         };
         Ok(Config {
             log_level: self.log_level,
@@ -303,7 +306,8 @@ mod tests {
             config.mount,
             MountSettings {
                 allow_other: false,
-                n_threads: 2
+                n_threads: 2,
+                read_ahead_kb: 1024
             }
         );
         assert_eq!(config.fs.topic_defaults.partitions, 1);
@@ -358,7 +362,8 @@ mod tests {
             config.mount,
             MountSettings {
                 allow_other: true,
-                n_threads: 1
+                n_threads: 1,
+                read_ahead_kb: 1024
             }
         );
     }

@@ -27,6 +27,8 @@ pub struct MountSettings {
     pub allow_other: bool,
     /// Threads serving FUSE requests.
     pub n_threads: usize,
+    /// Kernel read-ahead for the mount in KiB; 0 leaves the kernel's default.
+    pub read_ahead_kb: u32,
 }
 
 /// Everything `commitfs mount` was asked to do.
@@ -228,6 +230,9 @@ fn serve(
         close_store(&store);
         return Err(MountError::Session(error));
     }
+    if request.mount.read_ahead_kb > 0 {
+        set_read_ahead(mountpoint, request.mount.read_ahead_kb);
+    }
     tracing::info!(
         "commitfs {} mounted on {}",
         data_dir.display(),
@@ -239,6 +244,35 @@ fn serve(
     let closed = store.close();
     served.map_err(MountError::Session)?;
     closed.map_err(MountError::Close)
+}
+
+/// Raises the mount's read-ahead (the kernel offers FUSE 128 KiB), so a first read of a
+/// segment reaches the daemon in fewer, larger requests. The device number comes from
+/// /proc/self/mountinfo: a `stat` of the mountpoint would wait for this very daemon.
+fn set_read_ahead(mountpoint: &Path, kib: u32) {
+    let device = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|table| {
+            table.lines().rev().find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                (fields.get(4).map(Path::new) == Some(mountpoint))
+                    .then(|| fields.get(2).map(|d| d.to_string()))?
+            })
+        });
+    let Some(device) = device else {
+        tracing::warn!(
+            "read_ahead_kb: {} not found in /proc/self/mountinfo",
+            mountpoint.display()
+        );
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    match std::fs::write(&knob, kib.to_string()) {
+        Ok(()) => tracing::debug!("read-ahead of {} set to {kib} KiB", mountpoint.display()),
+        Err(error) => tracing::warn!(
+            "read_ahead_kb: writing {knob}: {error} (needs root); keeping the kernel's default"
+        ),
+    }
 }
 
 fn close_store(store: &Store) {
