@@ -272,13 +272,14 @@ impl KeyIndex {
     /// before the messages were appended; should concurrent appends have used it up and the
     /// disk be full, an entry is skipped with an error logged rather than failing a message
     /// that is already stored.
-    pub fn insert_all(&self, entries: &[(u64, u64)]) {
-        if entries.is_empty() {
+    pub fn insert_all(&self, entries: impl IntoIterator<Item = (u64, u64)>) {
+        let mut entries = entries.into_iter().peekable();
+        if entries.peek().is_none() {
             return;
         }
         let _writer = self.writer.lock();
         let mut current: Option<Arc<IndexFile>> = None;
-        for &(hash, commit_log_offset) in entries {
+        for (hash, commit_log_offset) in entries {
             if current
                 .as_ref()
                 .is_none_or(|file| file.count() >= file.capacity)

@@ -119,6 +119,13 @@ pub struct TopicSettings {
     pub mode: u32,
 }
 
+/// Room for the encoding of a batch: a slot per message.
+struct Scratch<'s> {
+    headers: &'s mut [[u8; RECORD_HEADER_BYTES]],
+    positions: &'s mut [u64],
+    key_hashes: &'s mut [u64],
+}
+
 /// One message to append: its bytes, and how many leading bytes are its key.
 #[derive(Clone, Copy, Debug)]
 pub struct NewMessage<'a> {
@@ -402,11 +409,15 @@ impl Store {
         payload: &[u8],
         key_len: Option<usize>,
     ) -> Result<AppendOutcome> {
-        // One message: its header and position live on the stack, not the heap.
-        let mut headers = [[0u8; RECORD_HEADER_BYTES]; 1];
-        let mut positions = [0u64; 1];
-        let message = [NewMessage { payload, key_len }];
-        self.append_encoded(partition, &message, &mut headers, &mut positions)
+        // One message: its scratch space lives on the stack, not the heap.
+        let (mut headers, mut positions, mut key_hashes) =
+            ([[0u8; RECORD_HEADER_BYTES]; 1], [0; 1], [0; 1]);
+        let scratch = Scratch {
+            headers: &mut headers,
+            positions: &mut positions,
+            key_hashes: &mut key_hashes,
+        };
+        self.append_encoded(partition, &[NewMessage { payload, key_len }], scratch)
     }
 
     /// Appends messages to one partition, in order, with consecutive offsets: all of them
@@ -417,18 +428,27 @@ impl Store {
         messages: &[NewMessage<'_>],
     ) -> Result<AppendOutcome> {
         let mut headers = vec![[0u8; RECORD_HEADER_BYTES]; messages.len()];
-        let mut positions = vec![0u64; messages.len()];
-        self.append_encoded(partition, messages, &mut headers, &mut positions)
+        let (mut positions, mut key_hashes) = (vec![0; messages.len()], vec![0; messages.len()]);
+        let scratch = Scratch {
+            headers: &mut headers,
+            positions: &mut positions,
+            key_hashes: &mut key_hashes,
+        };
+        self.append_encoded(partition, messages, scratch)
     }
 
-    /// Appends `messages`, with `headers` and `positions` (a slot per message) as room.
+    /// Appends `messages`, with a slot of `scratch` per message as room.
     fn append_encoded(
         &self,
         partition: &Partition,
         messages: &[NewMessage<'_>],
-        headers: &mut [[u8; RECORD_HEADER_BYTES]],
-        positions: &mut [u64],
+        scratch: Scratch<'_>,
     ) -> Result<AppendOutcome> {
+        let Scratch {
+            headers,
+            positions,
+            key_hashes,
+        } = scratch;
         for message in messages {
             if message.payload.len() > self.config.max_message_bytes {
                 return Err(StoreError::MessageTooLarge {
@@ -454,7 +474,8 @@ impl Store {
         let end_offset = first_offset + messages.len() as u64;
         // Encode outside the append lock: only the copy is serial.
         let mut segment_bytes = state.segment_bytes;
-        for ((offset, message), bytes) in (first_offset..).zip(messages).zip(headers.iter_mut()) {
+        let slots = headers.iter_mut().zip(key_hashes.iter_mut());
+        for ((offset, message), (bytes, key_hash)) in (first_offset..).zip(messages).zip(slots) {
             if offset % partition.segment_messages == 0 {
                 segment_bytes = 0;
             }
@@ -467,6 +488,9 @@ impl Store {
                 timestamp,
                 segment_position: segment_bytes,
             };
+            *key_hash = message.key_len.map_or(0, |k| {
+                format::key_hash(partition.topic_id, &message.payload[..k])
+            });
             header.encode(bytes);
             let crc = format::record_crc(bytes, message.payload);
             bytes[8..12].copy_from_slice(&crc.to_le_bytes());
@@ -483,21 +507,11 @@ impl Store {
             appender.append(headers.iter().zip(payloads), positions)?;
             appender.publish();
         }
-        // Index entries go in under one lock per 64 keyed messages.
-        let mut keyed = [(0u64, 0u64); 64];
-        let mut pending = 0;
-        for ((offset, message), &position) in (first_offset..).zip(messages).zip(positions.iter()) {
-            let key_hash = message.key_len.map_or(0, |k| {
-                format::key_hash(partition.topic_id, &message.payload[..k])
-            });
-            if key_hash != 0 {
-                keyed[pending] = (key_hash, position);
-                pending += 1;
-                if pending == keyed.len() {
-                    self.index.insert_all(&keyed);
-                    pending = 0;
-                }
-            }
+        for (((offset, message), &position), &key_hash) in (first_offset..)
+            .zip(messages)
+            .zip(positions.iter())
+            .zip(key_hashes.iter())
+        {
             let size = (RECORD_HEADER_BYTES + message.payload.len()) as u32;
             let entry = QueueEntry {
                 commit_log_offset: position,
@@ -506,7 +520,12 @@ impl Store {
             };
             queue.put(&mut state.queue_file, offset, &entry);
         }
-        self.index.insert_all(&keyed[..pending]);
+        let keyed = key_hashes
+            .iter()
+            .zip(positions.iter())
+            .filter(|(&hash, _)| hash != 0);
+        self.index
+            .insert_all(keyed.map(|(&hash, &position)| (hash, position)));
         state.next = end_offset;
         state.segment_bytes = segment_bytes;
         state.last_timestamp = timestamp;

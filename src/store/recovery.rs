@@ -265,7 +265,7 @@ impl Recovering {
         );
         if key_hash != 0 {
             index.reserve(1, position)?;
-            index.insert_all(&[(key_hash, position)]);
+            index.insert_all([(key_hash, position)]);
         }
         self.next = Some(offset + 1);
         Ok(Dispatch::Stored)
