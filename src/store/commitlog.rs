@@ -99,12 +99,13 @@ pub struct CommitLog {
 impl CommitLog {
     /// Opens the log whose valid records end at `end` (decided by the caller's recovery):
     /// files past the one holding `end` are deleted, and the bytes after `end` in it are
-    /// zeroed when `zero_tail` is set.
+    /// zeroed when `zero_tail` is set. Below `durable` the log is known to be on disk.
     pub fn open(
         dir: &Path,
         file_bytes: u64,
         warm: bool,
         end: u64,
+        durable: u64,
         zero_tail: bool,
     ) -> Result<CommitLog> {
         std::fs::create_dir_all(dir)
@@ -186,7 +187,7 @@ impl CommitLog {
                 position: end,
             }),
             written_end: AtomicU64::new(end),
-            flushed_end: AtomicU64::new(end),
+            flushed_end: AtomicU64::new(durable.min(end)),
             flush_lock: Mutex::new(()),
             preparer: preparer.clone(),
             preparer_thread: Mutex::new(None),

@@ -25,6 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
+use partition::PartitionOffsets;
 pub use partition::{MessageLocation, Partition, SegmentInfo, SegmentReader, Topic};
 
 use commitlog::CommitLog;
@@ -300,7 +301,7 @@ impl Store {
     fn build_topic(
         &self,
         record: &TopicRecord,
-        marks: &HashMap<(u32, u32), (u64, u64)>,
+        marks: &HashMap<(u32, u32), PartitionOffsets>,
     ) -> Result<Topic> {
         let topic = Topic {
             name: record.name.clone(),
@@ -316,12 +317,12 @@ impl Store {
         Ok(topic)
     }
 
-    /// Grows `topic` to `count` partitions; `marks` gives recovered (start, end) offsets.
+    /// Grows `topic` to `count` partitions; `marks` gives recovered offsets.
     fn add_partitions(
         &self,
         topic: &Topic,
         count: u32,
-        marks: &HashMap<(u32, u32), (u64, u64)>,
+        marks: &HashMap<(u32, u32), PartitionOffsets>,
     ) -> Result<()> {
         let mut partitions = topic.partitions.write();
         for index in partitions.len() as u32..count {
@@ -329,14 +330,13 @@ impl Store {
                 &topic.queue_dir.join(index.to_string()),
                 u64::from(self.layout.segment_messages),
             )?;
-            let (start, end) = marks.get(&(topic.id, index)).copied().unwrap_or((0, 0));
+            let offsets = marks.get(&(topic.id, index)).copied().unwrap_or_default();
             partitions.push(Arc::new(Partition::new(
                 topic,
                 index,
                 self.log.clone(),
                 queue,
-                start,
-                end,
+                offsets,
             )));
         }
         Ok(())
@@ -469,6 +469,8 @@ impl Store {
         if partition.topic_deleted.load(Ordering::Acquire) {
             return Err(StoreError::NoSuchTopic(partition.topic_name.clone()));
         }
+        // The queue entry's cache line loads while the records are encoded.
+        partition.queue.prefetch(&state.queue_file, state.next);
         let timestamp = now_ms().max(state.last_timestamp);
         let first_offset = state.next;
         let end_offset = first_offset + messages.len() as u64;
@@ -587,7 +589,6 @@ impl Store {
         mut f: impl FnMut(&KeyMatch<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
         let hash = format::key_hash(topic.id, key);
-        let partitions = topic.partitions();
         // The index gives candidates newest first; only the stored key bytes decide.
         self.index.lookup(hash, |position| {
             let Some(record) = self.log.record_at(position) else {
@@ -597,11 +598,9 @@ impl Store {
             let wanted = header.topic_id == topic.id
                 && partition.is_none_or(|p| p == header.partition)
                 && record.key() == Some(key)
-                && partitions
-                    .get(header.partition as usize)
-                    .is_some_and(|owner| {
-                        (owner.start_offset()..owner.end_offset()).contains(&header.offset)
-                    });
+                && topic.partition(header.partition).is_some_and(|owner| {
+                    (owner.start_offset()..owner.end_offset()).contains(&header.offset)
+                });
             if !wanted {
                 return ControlFlow::Continue(());
             }

@@ -87,6 +87,16 @@ pub struct SegmentInfo {
     pub sealed: bool,
 }
 
+/// Where a partition stands when it is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct PartitionOffsets {
+    pub start: u64,
+    /// The offset the next message gets.
+    pub end: u64,
+    /// Consume-queue entries below this offset are on disk.
+    pub durable: u64,
+}
+
 /// State only the partition's appender touches.
 pub(super) struct WriteState {
     pub next: u64,
@@ -121,9 +131,13 @@ impl Partition {
         index: u32,
         log: Arc<CommitLog>,
         queue: ConsumeQueue,
-        start: u64,
-        end: u64,
+        offsets: PartitionOffsets,
     ) -> Partition {
+        let PartitionOffsets {
+            start,
+            end,
+            durable,
+        } = offsets;
         let segment_messages = queue.entries_per_file();
         let partition = Partition {
             topic_id: topic.id,
@@ -142,7 +156,7 @@ impl Partition {
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),
             last_timestamp: AtomicI64::new(0),
-            flushed: AtomicU64::new(end),
+            flushed: AtomicU64::new(durable.min(end)),
         };
         if let Some(last) = end.checked_sub(1).and_then(|o| partition.record(o)) {
             let mut writer = partition.writer.lock();

@@ -174,6 +174,17 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Starts loading the cache line of `offset`'s entry, if `active` is its file.
+    pub fn prefetch(&self, active: &Option<Arc<QueueFile>>, offset: u64) {
+        if let Some(file) = active
+            .as_ref()
+            .filter(|f| f.base == self.segment_base(offset))
+        {
+            file.data
+                .prefetch((offset - file.base) * QUEUE_ENTRY_BYTES as u64);
+        }
+    }
+
     /// Writes the entry of `offset`, whose room [`reserve`](Self::reserve) made.
     pub fn put(&self, active: &mut Option<Arc<QueueFile>>, offset: u64, entry: &QueueEntry) {
         let base = self.segment_base(offset);

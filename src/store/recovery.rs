@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -18,6 +19,7 @@ use super::format::{self, QueueEntry, Scanned, RECORD_HEADER_BYTES};
 use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
+use super::partition::PartitionOffsets;
 use super::queue::{ConsumeQueue, QueueFile};
 use super::{maintenance, Store, StoreConfig};
 
@@ -63,7 +65,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         .flat_map(|c| &c.partitions)
         .map(|m| ((m.topic_id, m.partition), (m.start, m.end)))
         .collect();
-    let mut partitions = HashMap::new();
+    let mut partitions = PartitionMap::default();
     for topic in &meta.topics {
         for index in 0..topic.partitions {
             let queue = ConsumeQueue::open(
@@ -99,7 +101,9 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
-    let (log_end, cut) = if rebuild {
+    // Below `durable_log`, the log is known to be on disk; what recovery scanned or rebuilt
+    // above it is written out before the next checkpoint vouches for it.
+    let (log_end, cut, durable_log) = if rebuild {
         if !damaged.is_empty() {
             tracing::warn!(
                 "consume-queue files missing for {}; rebuilding them",
@@ -118,14 +122,15 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
             partition.next = None;
         }
         let durable = checkpoint.as_ref().map_or(0, |c| c.commit_log_end);
-        scan(
+        let (end, cut) = scan(
             &log_dir,
             layout.commit_log_file_bytes,
             first,
             durable,
             &mut partitions,
             &index,
-        )?
+        )?;
+        (end, cut, first)
     } else if unclean {
         let checkpoint = checkpoint
             .as_ref()
@@ -135,22 +140,21 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
             checkpoint.commit_log_end
         );
         index.truncate_to(checkpoint.index)?;
-        scan(
+        let (end, cut) = scan(
             &log_dir,
             layout.commit_log_file_bytes,
             checkpoint.commit_log_end,
             0,
             &mut partitions,
             &index,
-        )?
+        )?;
+        (end, cut, checkpoint.commit_log_end)
     } else {
-        (
-            checkpoint
-                .as_ref()
-                .expect("clean stop has a checkpoint")
-                .commit_log_end,
-            false,
-        )
+        let end = checkpoint
+            .as_ref()
+            .expect("clean stop has a checkpoint")
+            .commit_log_end;
+        (end, false, end)
     };
 
     let log = Arc::new(CommitLog::open(
@@ -158,14 +162,28 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         layout.commit_log_file_bytes,
         config.warm_mapped_files,
         log_end,
+        durable_log,
         cut,
     )?);
-    let mut recovered: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
+    let mut recovered = HashMap::new();
     for (key, partition) in partitions {
         let end = partition.next.unwrap_or(partition.end.max(partition.start));
         let start = partition.start.min(end);
+        // Queue entries past the checkpoint's end (all of them, in a rebuild) are not on disk yet.
+        let durable = if rebuild {
+            start
+        } else {
+            partition.end.clamp(start, end)
+        };
         partition.queue.remove_from(end)?;
-        recovered.insert(key, (start, end));
+        recovered.insert(
+            key,
+            PartitionOffsets {
+                start,
+                end,
+                durable,
+            },
+        );
     }
 
     let store = Arc::new(Store {
@@ -205,6 +223,28 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
     );
     Ok(store)
 }
+
+/// Recovery looks a partition up for every record it scans. Its keys are small and
+/// trusted, so a multiply mixes them well enough where SipHash would cost a large share of
+/// the scan.
+#[derive(Default)]
+struct PartitionKeyHasher(u64);
+
+impl Hasher for PartitionKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.write_u32(u32::from(b)));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(32) ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type PartitionMap<V> = HashMap<(u32, u32), V, BuildHasherDefault<PartitionKeyHasher>>;
 
 /// A partition while recovery rebuilds it.
 struct Recovering {
@@ -280,7 +320,7 @@ fn scan(
     file_bytes: u64,
     from: u64,
     durable: u64,
-    partitions: &mut HashMap<(u32, u32), Recovering>,
+    partitions: &mut PartitionMap<Recovering>,
     index: &KeyIndex,
 ) -> Result<(u64, bool)> {
     let started = std::time::Instant::now();
