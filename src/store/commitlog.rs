@@ -66,7 +66,13 @@ struct Writer {
     file: Arc<LogFile>,
     /// Global byte offset of the next record.
     position: u64,
+    /// Warming has been asked for up to this global offset.
+    warm_requested: u64,
 }
+
+/// How far ahead of the writer the preparer thread faults pages in: far enough that the
+/// writer never waits for it, near enough that no more is zeroed than is about to be used.
+const WARM_AHEAD: u64 = 64 << 20;
 
 /// The next file, made ahead of need by a background thread so a roll does not stall.
 struct Preparer {
@@ -78,6 +84,8 @@ struct Preparer {
 struct PreparedSlot {
     wanted: Option<u64>,
     ready: Option<Arc<LogFile>>,
+    /// A range of a file to fault in: the file and local offsets.
+    warm: Option<(Arc<LogFile>, u64, u64)>,
     stop: bool,
 }
 
@@ -185,6 +193,7 @@ impl CommitLog {
             writer: Mutex::new(Writer {
                 file: current,
                 position: end,
+                warm_requested: end,
             }),
             written_end: AtomicU64::new(end),
             flushed_end: AtomicU64::new(durable.min(end)),
@@ -193,19 +202,13 @@ impl CommitLog {
             preparer_thread: Mutex::new(None),
         };
         let (dir, warm) = (log.dir.clone(), log.warm);
-        let current = log.writer.lock().file.clone();
         let thread = std::thread::Builder::new()
             .name("commitlog-prepare".into())
-            .spawn(move || {
-                if warm {
-                    current.data.warm(end - current.base);
-                }
-                drop(current);
-                prepare_files(&preparer, &dir, file_bytes, warm)
-            })
+            .spawn(move || prepare_files(&preparer, &dir, file_bytes, warm))
             .map_err(|e| StoreError::io("starting the file preparer", e))?;
         *log.preparer_thread.lock() = Some(thread);
         log.request_next(write_base + file_bytes);
+        log.appender().request_warming();
         Ok(log)
     }
 
@@ -427,6 +430,7 @@ impl Appender<'_> {
                 self.writer.file.data.write(local, &blank);
                 let next = next_files.next().expect("planned roll");
                 self.writer.position = next.base;
+                self.writer.warm_requested = next.base + WARM_AHEAD.min(file_bytes);
                 self.writer.file = next;
                 local = 0;
             }
@@ -440,10 +444,37 @@ impl Appender<'_> {
     }
 
     /// Makes the records appended so far visible to readers and to flushes.
-    pub fn publish(&self) {
+    pub fn publish(&mut self) {
         self.log
             .written_end
             .store(self.writer.position, Ordering::Release);
+        if self.writer.position + WARM_AHEAD / 2 > self.writer.warm_requested {
+            self.request_warming();
+        }
+    }
+
+    /// Asks the preparer thread to fault in the current file up to `WARM_AHEAD` past the
+    /// write position, so that appends find their pages ready.
+    fn request_warming(&mut self) {
+        let writer = &mut *self.writer;
+        let file_end = writer.file.base + self.log.file_bytes;
+        let to = (writer.position + WARM_AHEAD).min(file_end);
+        let from = writer.warm_requested.clamp(writer.position, to);
+        writer.warm_requested = to;
+        if !self.log.warm || from >= to {
+            return;
+        }
+        let (from, to) = (from - writer.file.base, to - writer.file.base);
+        let mut slot = self.log.preparer.slot.lock();
+        // A request not yet taken up is extended rather than replaced.
+        let from = match &slot.warm {
+            Some((pending, pending_from, _)) if pending.base == writer.file.base => {
+                from.min(*pending_from)
+            }
+            _ => from,
+        };
+        slot.warm = Some((writer.file.clone(), from, to));
+        self.log.preparer.wake.notify_all();
     }
 }
 
@@ -452,7 +483,7 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<Log
     let started = std::time::Instant::now();
     let data = MappedFile::create(&path, file_bytes, file_bytes)?;
     if warm {
-        data.warm(0);
+        data.warm(0, WARM_AHEAD.min(file_bytes));
     }
     let took = started.elapsed();
     if took > std::time::Duration::from_millis(10) {
@@ -466,6 +497,10 @@ fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64, warm: bool) {
     loop {
         if slot.stop {
             return;
+        }
+        if let Some((file, from, to)) = slot.warm.take() {
+            parking_lot::MutexGuard::unlocked(&mut slot, || file.data.warm(from, to));
+            continue;
         }
         let wanted = match slot.wanted {
             Some(base) if slot.ready.as_ref().is_none_or(|f| f.base != base) => base,

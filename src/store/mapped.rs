@@ -210,19 +210,19 @@ impl MappedFile {
         Ok(())
     }
 
-    /// Faults `[from, allocated)` into the page cache ahead of use (RocketMQ's warm-up), so
-    /// the appender does not pay for allocating and zeroing pages. Read faults, not write
-    /// faults: the pages stay clean and cost no writeback.
-    pub fn warm(&self, from: u64) {
-        let end = self.allocated();
-        if from >= end {
+    /// Faults `[from, to)` into the page cache ahead of use (RocketMQ's warm-up), so the
+    /// appender does not pay for allocating and zeroing pages. Read faults, not write faults:
+    /// the pages stay clean and cost no writeback.
+    pub fn warm(&self, from: u64, to: u64) {
+        let to = to.min(self.allocated());
+        if from >= to {
             return;
         }
         let start = from - from % 4096;
         let advised = self.map.advise_range(
             memmap2::Advice::PopulateRead,
             start as usize,
-            (end - start) as usize,
+            (to - start) as usize,
         );
         if let Err(error) = advised {
             tracing::debug!("warming {} skipped: {error}", self.path.display());
