@@ -790,3 +790,265 @@ fn a_full_disk_refuses_appends_with_enospc_and_keeps_what_was_stored() {
     assert_eq!(partition.end_offset(), stored);
     assert_eq!(store.read_message(&partition, stored - 1).unwrap(), payload);
 }
+
+#[test]
+fn a_reader_of_an_active_segment_the_disk_ceiling_emptied_serves_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_disk_bytes: Some(256 * 1024),
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let quiet = store
+        .create_topic("quiet", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let busy = store
+        .create_topic("busy", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for _ in 0..3 {
+        store.append(&quiet, b"old\n", None).unwrap();
+    }
+    let payload = vec![b'b'; 1000];
+    for _ in 0..300 {
+        store.append(&busy, &payload, None).unwrap();
+    }
+    store.enforce_retention().unwrap();
+    assert_eq!(
+        (quiet.start_offset(), quiet.end_offset()),
+        (3, 3),
+        "the ceiling took the first commit-log file and all of `quiet`"
+    );
+    // `tail -F active`: opened while the segment is empty, read after the next message.
+    let reader = store.open_segment(&quiet, 0).unwrap();
+    store.append(&quiet, b"new\n", None).unwrap();
+    assert_eq!(reader.info().bytes, 4);
+    let mut buf = [0u8; 16];
+    assert_eq!(reader.read_at(0, &mut buf).unwrap(), 4);
+    assert_eq!(&buf[..4], b"new\n");
+}
+
+#[test]
+fn a_key_lookup_during_appends_of_that_key_always_finds_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        segment_messages: 1_000_000,
+        index_entries: 1_000_000,
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    append_keyed(&store, &partition, b"k:0\n");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut lookups, mut stale) = (0u64, 0u64);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Stops the lookups however this thread ends.
+            struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let _done = Done(&done);
+            for _ in 0..300_000 {
+                append_keyed(&store, &partition, b"k:v\n");
+            }
+        });
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            // Every message has key `k`, so the newest match is at least the last published.
+            let newest_published = partition.end_offset() - 1;
+            let mut found = None;
+            store
+                .for_each_key_match(&topic, None, b"k", |m| {
+                    found = Some(m.offset);
+                    ControlFlow::Break(())
+                })
+                .unwrap();
+            lookups += 1;
+            if found.is_none_or(|offset| offset < newest_published) {
+                stale += 1;
+            }
+        }
+    });
+    assert!(lookups > 0);
+    assert_eq!(
+        stale, 0,
+        "{stale} of {lookups} lookups missed the newest message"
+    );
+}
+
+#[test]
+fn a_damaged_layout_in_store_toml_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    crashed_store(dir.path(), 3);
+    open(dir.path()).close().unwrap();
+    let meta = dir.path().join("store.toml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    assert!(text.contains("segment_messages = 10"));
+    std::fs::write(
+        &meta,
+        text.replace("segment_messages = 10", "segment_messages = 0"),
+    )
+    .unwrap();
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("a zero segment size is refused");
+    assert_eq!(error.errno(), libc::EIO, "{error}");
+}
+
+#[test]
+fn a_deleted_key_index_alone_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, _) = crashed_store(dir.path(), 35);
+    open(dir.path()).close().unwrap();
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    let mut newest = None;
+    store
+        .for_each_key_match(&topic, None, b"key-3", |m| {
+            newest = Some(m.offset);
+            ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(
+        newest,
+        Some(31),
+        "key-3 is the key of messages 3, 10, ..., 31"
+    );
+    drop(store);
+    assert_holds_exactly(dir.path(), &messages);
+}
+
+#[test]
+fn recovery_keeps_the_log_when_retention_removed_the_checkpoints_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut short = settings(1);
+    short.retention_bytes = Some(1);
+    let partition = store
+        .create_topic("t", short)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let payload = vec![b'r'; 1000];
+    for _ in 0..100 {
+        store.append(&partition, &payload, None).unwrap();
+    }
+    store.checkpoint().unwrap(); // its log end is in the second commit-log file
+    for _ in 0..200 {
+        store.append(&partition, &payload, None).unwrap();
+    }
+    // Retention removes files, then the checkpoint after it fails (as on a full disk).
+    std::fs::create_dir(dir.path().join("checkpoint.tmp")).unwrap();
+    assert!(store.enforce_retention().is_err());
+    let second_file = dir.path().join("commitlog").join("00000000000000065536");
+    assert!(!second_file.exists());
+    let start = partition.start_offset();
+    assert!(start > 100);
+    store.halt_without_cleanup();
+    drop(store);
+    std::fs::remove_dir(dir.path().join("checkpoint.tmp")).unwrap();
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(
+        partition.end_offset(),
+        300,
+        "nothing after the checkpoint lost"
+    );
+    assert!(partition.start_offset() <= start);
+    for offset in start..300 {
+        assert_eq!(store.read_message(&partition, offset).unwrap(), payload);
+    }
+}
+
+#[test]
+fn a_queue_entry_pointing_at_another_topics_message_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let a = store.create_topic("a", settings(1)).unwrap();
+        let b = store.create_topic("b", settings(1)).unwrap();
+        let (a, b) = (a.partition(0).unwrap(), b.partition(0).unwrap());
+        store.append(&a, b"aaaa\n", None).unwrap();
+        store.append(&a, b"aaaa\n", None).unwrap();
+        store.append(&b, b"secret\n", None).unwrap();
+        store.close().unwrap();
+    }
+    // Message 1 of `a` now names `b`'s message in the commit log.
+    let queue = |topic: u32| {
+        dir.path()
+            .join("queues")
+            .join(topic.to_string())
+            .join("0")
+            .join("00000000000000000000")
+    };
+    let of_b = std::fs::read(queue(2)).unwrap();
+    let mut of_a = std::fs::read(queue(1)).unwrap();
+    of_a[20..28].copy_from_slice(&of_b[0..8]);
+    std::fs::write(queue(1), &of_a).unwrap();
+    let store = open(dir.path());
+    let a = store.topic("a").unwrap().partition(0).unwrap();
+    let reader = store.open_segment(&a, 0).unwrap();
+    let mut buf = [0u8; 64];
+    let read = reader.read_at(0, &mut buf);
+    assert!(
+        read.is_err(),
+        "served {:?}",
+        String::from_utf8_lossy(&buf[..*read.as_ref().unwrap()])
+    );
+}
+
+#[test]
+fn recovery_starts_a_partition_where_the_disk_ceiling_cut_it_after_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_disk_bytes: Some(300 * 1024),
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let quiet = store
+        .create_topic("quiet", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let busy = store
+        .create_topic("busy", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for _ in 0..3 {
+        store.append(&quiet, b"old\n", None).unwrap();
+    }
+    let payload = vec![b'b'; 1000];
+    for _ in 0..300 {
+        store.append(&busy, &payload, None).unwrap();
+    }
+    for _ in 0..3 {
+        store.append(&quiet, b"new\n", None).unwrap();
+    }
+    store.checkpoint().unwrap();
+    // The ceiling cuts `quiet`'s active segment; the checkpoint after it fails.
+    std::fs::create_dir(dir.path().join("checkpoint.tmp")).unwrap();
+    assert!(store.enforce_retention().is_err());
+    assert_eq!(quiet.start_offset(), 3);
+    store.halt_without_cleanup();
+    drop(store);
+    std::fs::remove_dir(dir.path().join("checkpoint.tmp")).unwrap();
+
+    let store = Store::open(dir.path(), config).unwrap();
+    let quiet = store.topic("quiet").unwrap().partition(0).unwrap();
+    assert_eq!((quiet.start_offset(), quiet.end_offset()), (3, 6));
+    assert_eq!(
+        quiet.segments()[0].bytes,
+        12,
+        "the segment holds the kept messages"
+    );
+    assert_eq!(partition_bytes(&store, &quiet), b"new\nnew\nnew\n");
+}

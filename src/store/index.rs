@@ -160,8 +160,11 @@ impl IndexFile {
 
     /// Calls `f` with the commit-log offset of every entry whose hash is `hash`, newest first.
     fn walk(&self, hash: u64, f: &mut impl FnMut(u64) -> ControlFlow<()>) -> ControlFlow<()> {
-        let count = self.count();
+        // The slot before the count: `insert` stores the count first, so a count loaded
+        // after the slot covers the entry the slot names (loaded the other way round, a
+        // concurrent insert could hide the whole chain).
         let mut number = self.slot(hash).load(Ordering::Acquire);
+        let count = self.count();
         while number != 0 && number < count {
             let (entry_hash, offset, previous) = self.entry(number);
             if entry_hash == hash {
@@ -310,6 +313,14 @@ impl KeyIndex {
                 return;
             }
         }
+    }
+
+    /// Whether the index still has every entry `mark` counts (its file may be gone).
+    pub fn holds(&self, mark: IndexMark) -> bool {
+        self.files
+            .read()
+            .iter()
+            .any(|f| f.base == mark.file_base && f.count() >= mark.count)
     }
 
     pub fn mark(&self) -> Option<IndexMark> {

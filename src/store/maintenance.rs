@@ -249,22 +249,9 @@ impl Partition {
     /// oldest messages. Returns the offsets lost.
     pub(super) fn drop_messages_before(&self, log_offset: u64) -> Result<Option<(u64, u64)>> {
         let (start, end) = (self.start_offset(), self.end_offset());
-        let in_file = |offset: u64| {
-            self.entry(offset)
-                .is_some_and(|e| e.commit_log_offset < log_offset)
-        };
-        if start >= end || !in_file(start) {
+        let low = self.queue.first_at_or_after(start, end, log_offset);
+        if low == start {
             return Ok(None);
-        }
-        // Commit-log positions grow with offsets: find the first message after the file.
-        let (mut low, mut high) = (start, end);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if in_file(middle) {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
         }
         let base = self.segment_base(low);
         let new_start = if low > base && base + self.segment_messages <= end {

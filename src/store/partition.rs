@@ -5,13 +5,13 @@
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
 use super::commitlog::{CommitLog, LogFile, Record, RecordRef};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry};
+use super::format::{self, QueueEntry, RecordHeader};
 use super::queue::{ConsumeQueue, QueueFile};
 use super::TopicSettings;
 
@@ -212,11 +212,15 @@ impl Partition {
     pub(super) fn record(&self, offset: u64) -> Option<RecordRef> {
         let entry = self.entry(offset)?;
         let record = self.log.record_at(entry.commit_log_offset)?;
-        let header = &record.header;
-        (header.offset == offset
+        self.owns(&record.header, offset).then_some(record)
+    }
+
+    /// Whether `header` is that of message `offset` of this partition: a damaged queue entry
+    /// must not serve another partition's message.
+    fn owns(&self, header: &RecordHeader, offset: u64) -> bool {
+        header.offset == offset
             && header.topic_id == self.topic_id
-            && header.partition == self.index)
-            .then_some(record)
+            && header.partition == self.index
     }
 
     /// Segments from the oldest stored to the active one.
@@ -325,10 +329,6 @@ impl Partition {
                 base: base_offset,
             })?;
         let first = info.base_offset.max(self.start_offset());
-        let shift = match self.record(first) {
-            Some(record) if first < self.end_offset() => record.header.segment_position,
-            _ => 0,
-        };
         let from = self
             .entry(first)
             .map_or(self.log.written_end(), |e| e.commit_log_offset);
@@ -336,7 +336,7 @@ impl Partition {
             partition: self.clone(),
             base: base_offset,
             first,
-            shift,
+            shift: OnceLock::new(),
             queue_file: Mutex::new(self.queue.file(base_offset)),
             log_files: self.log.files_between(from, u64::MAX),
         })
@@ -372,9 +372,11 @@ pub struct SegmentReader {
     partition: Arc<Partition>,
     base: u64,
     /// First offset this reader serves, and its position in the segment (subtracted so the
-    /// file starts at byte 0).
+    /// file starts at byte 0). The position is learnt from the message itself once it is
+    /// stored: when the disk ceiling has emptied an active segment, the next message keeps
+    /// the segment's position, not 0.
     first: u64,
-    shift: u64,
+    shift: OnceLock<u64>,
     queue_file: Mutex<Option<Arc<QueueFile>>>,
     log_files: Vec<Arc<LogFile>>,
 }
@@ -403,8 +405,9 @@ impl SegmentReader {
         };
         if info.messages > 0 {
             if let (Some(head), Some(tail)) = (self.record(self.first), self.record(end - 1)) {
-                info.bytes =
-                    tail.header.segment_position + tail.header.payload_len() as u64 - self.shift;
+                let shift = *self.shift.get_or_init(|| head.header.segment_position);
+                info.bytes = (tail.header.segment_position + tail.header.payload_len() as u64)
+                    .saturating_sub(shift);
                 info.first_timestamp = Some(head.header.timestamp);
                 info.last_timestamp = Some(tail.header.timestamp);
             }
@@ -426,7 +429,7 @@ impl SegmentReader {
             .pinned_file(at)
             .cloned()
             .or_else(|| self.partition.log.file_at(at))?;
-        super::commitlog::record_in(file, at)
+        super::commitlog::record_in(file, at).filter(|r| self.partition.owns(&r.header, offset))
     }
 
     /// The file holding commit-log offset `at`, if this reader holds it.
@@ -445,11 +448,16 @@ impl SegmentReader {
         f: impl FnOnce(&Record<&LogFile>) -> T,
     ) -> Option<T> {
         let at = queue.entry(offset).commit_log_offset;
+        let owned = |record: &Record<&LogFile>| self.partition.owns(&record.header, offset);
         if let Some(file) = self.pinned_file(at) {
-            return super::commitlog::record_in(&**file, at).map(|record| f(&record));
+            return super::commitlog::record_in(&**file, at)
+                .filter(owned)
+                .map(|record| f(&record));
         }
         let file = self.partition.log.file_at(at)?;
-        super::commitlog::record_in(&*file, at).map(|record| f(&record))
+        super::commitlog::record_in(&*file, at)
+            .filter(owned)
+            .map(|record| f(&record))
     }
 
     /// Fills `buf` from byte `position` of the segment; returns 0 at its end. Each message
@@ -460,7 +468,16 @@ impl SegmentReader {
             return Ok(0);
         }
         let queue = self.queue_file().ok_or_else(|| self.missing(self.first))?;
-        let target = position + self.shift;
+        let shift = match self.shift.get() {
+            Some(&shift) => shift,
+            None => {
+                let first = self
+                    .with_record(&queue, self.first, |r| r.header.segment_position)
+                    .ok_or_else(|| self.missing(self.first))?;
+                *self.shift.get_or_init(|| first)
+            }
+        };
+        let target = position + shift;
         // The last message starting at or before the target.
         let (mut low, mut high) = (self.first, end);
         while high - low > 1 {
@@ -479,11 +496,16 @@ impl SegmentReader {
             let copied = self.with_record(&queue, offset, |record| {
                 let payload = record.payload();
                 let message_start = record.header.segment_position;
-                if from >= message_start + payload.len() as u64 {
+                if from >= message_start.saturating_add(payload.len() as u64) {
                     return Ok(0);
                 }
+                // Messages tile the segment; a record that starts past `from` is not this
+                // partition's next message (a damaged queue entry).
+                let Some(skip) = from.checked_sub(message_start) else {
+                    return Err(self.missing(offset));
+                };
                 verify(record)?;
-                let skip = (from - message_start) as usize;
+                let skip = skip as usize;
                 let n = (payload.len() - skip).min(buf.len() - filled);
                 buf[filled..filled + n].copy_from_slice(&payload[skip..skip + n]);
                 Ok(n)

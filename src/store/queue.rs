@@ -122,6 +122,29 @@ impl ConsumeQueue {
         (offset - file.base < file.allocated_entries()).then(|| file.entry(offset))
     }
 
+    /// The first offset of `[from, to)` whose message lies at or after commit-log offset
+    /// `log_offset` (`to` if none). Commit-log positions grow with offsets, so a binary search.
+    pub fn first_at_or_after(&self, from: u64, to: u64, log_offset: u64) -> u64 {
+        let before = |offset| {
+            self.entry(offset)
+                .is_some_and(|e| e.commit_log_offset < log_offset)
+        };
+        // Nearly always nothing is before: one entry read, not a search's worth of files.
+        if from >= to || !before(from) {
+            return from;
+        }
+        let (mut low, mut high) = (from + 1, to);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if before(middle) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
+    }
+
     /// Bases of the files on disk, oldest first.
     pub fn file_bases(&self) -> Vec<u64> {
         self.files.read().keys().copied().collect()

@@ -97,10 +97,32 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         .filter(|(_, p)| !p.queue.covers(p.start, p.end))
         .map(|((topic, partition), _)| format!("topic id {topic} partition {partition}"))
         .collect();
-    let rebuild = checkpoint.is_none() || index_damaged || !damaged.is_empty();
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
+    let first_log_file = commitlog::list_files(&log_dir)?.first().copied();
+    let index_missing = checkpoint
+        .as_ref()
+        .and_then(|c| c.index)
+        .is_some_and(|mark| !index.holds(mark));
+    if index_missing {
+        tracing::warn!("key-index entries the checkpoint counts are missing; rebuilding the index");
+    }
+    // Retention may have removed the file holding the checkpoint's log end before a newer
+    // checkpoint was written (a crash in between, or a full disk refusing it): scanning from
+    // there would find nothing and drop every later file as "past the end".
+    let log_passed_checkpoint = checkpoint
+        .as_ref()
+        .zip(first_log_file)
+        .is_some_and(|(c, first)| c.commit_log_end < first);
+    if log_passed_checkpoint {
+        tracing::warn!("the checkpoint's commit-log file is gone; rebuilding from the whole log");
+    }
+    let rebuild = checkpoint.is_none()
+        || index_damaged
+        || index_missing
+        || log_passed_checkpoint
+        || !damaged.is_empty();
     // Below `durable_log`, the log is known to be on disk; what recovery scanned or rebuilt
     // above it is written out before the next checkpoint vouches for it.
     let (log_end, cut, durable_log) = if rebuild {
@@ -110,10 +132,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
                 damaged.join(", ")
             );
         }
-        let first = commitlog::list_files(&log_dir)?
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let first = first_log_file.unwrap_or(0);
         tracing::info!("rebuilding consume queues and the key index from the whole commit log");
         index.remove_all()?;
         for partition in partitions.values_mut() {
@@ -168,7 +187,14 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
     let mut recovered = HashMap::new();
     for (key, partition) in partitions {
         let end = partition.next.unwrap_or(partition.end.max(partition.start));
-        let start = partition.start.min(end);
+        let mut start = partition.start.min(end);
+        if unclean && !rebuild {
+            // The disk ceiling may have cut into this partition after the checkpoint (a crash
+            // before the next one): start at the first message still in the log.
+            start = partition
+                .queue
+                .first_at_or_after(start, end, log.min_offset());
+        }
         // Queue entries past the checkpoint's end (all of them, in a rebuild) are not on disk yet.
         let durable = if rebuild {
             start
@@ -413,6 +439,12 @@ fn settle_layout(dir: &Path, config: &mut StoreConfig) -> Result<Layout> {
     };
     let layout = match Meta::load(dir)? {
         Some(meta) => {
+            // Every size is a divisor or a bound somewhere: a damaged file must not panic.
+            validate_layout(&meta.layout).map_err(|error| StoreError::Corrupt {
+                path: dir.join(meta::META_FILE),
+                offset: 0,
+                reason: error.to_string(),
+            })?;
             if meta.layout != wanted {
                 tracing::warn!(
                     "the store at {} was created with {:?}; that layout stays (configured: {wanted:?})",
