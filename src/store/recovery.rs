@@ -31,6 +31,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     let lock = lock_store(dir)?;
+    raise_open_file_limit();
     let layout = settle_layout(dir, &mut config)?;
     fit_max_message(&mut config);
     let meta = Meta::load(dir)?.expect("metadata written by settle_layout");
@@ -496,6 +497,27 @@ fn fit_max_message(config: &mut StoreConfig) {
             config.commit_log_file_bytes
         );
         config.max_message_bytes = room;
+    }
+}
+
+/// Every mapped file keeps its descriptor (queue and index files grow with `fallocate`), so
+/// a store with thousands of partitions needs more than the usual soft limit of 1024: take
+/// the hard limit.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!("open-file limit raised from {soft} to {}", limit.rlim_max);
+            }
+        }
     }
 }
 
