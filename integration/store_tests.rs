@@ -791,14 +791,13 @@ fn a_full_disk_refuses_appends_with_enospc_and_keeps_what_was_stored() {
     assert_eq!(store.read_message(&partition, stored - 1).unwrap(), payload);
 }
 
-#[test]
-fn a_reader_of_an_active_segment_the_disk_ceiling_emptied_serves_the_next_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        max_disk_bytes: Some(256 * 1024),
-        ..small_config()
-    };
-    let store = Store::open(dir.path(), config).unwrap();
+/// A store where topic `quiet` has 3 messages in the first commit-log file, followed by
+/// 300 KB of topic `busy`: the disk ceiling then removes that file from under `quiet`.
+fn a_quiet_topic_behind_a_busy_one(
+    dir: &Path,
+    config: StoreConfig,
+) -> (Arc<Store>, Arc<Partition>) {
+    let store = Store::open(dir, config).unwrap();
     let quiet = store
         .create_topic("quiet", settings(1))
         .unwrap()
@@ -816,6 +815,17 @@ fn a_reader_of_an_active_segment_the_disk_ceiling_emptied_serves_the_next_messag
     for _ in 0..300 {
         store.append(&busy, &payload, None).unwrap();
     }
+    (store, quiet)
+}
+
+#[test]
+fn a_reader_of_an_active_segment_the_disk_ceiling_emptied_serves_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_disk_bytes: Some(256 * 1024),
+        ..small_config()
+    };
+    let (store, quiet) = a_quiet_topic_behind_a_busy_one(dir.path(), config);
     store.enforce_retention().unwrap();
     assert_eq!(
         (quiet.start_offset(), quiet.end_offset()),
@@ -1012,24 +1022,7 @@ fn recovery_starts_a_partition_where_the_disk_ceiling_cut_it_after_the_checkpoin
         max_disk_bytes: Some(300 * 1024),
         ..small_config()
     };
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    let quiet = store
-        .create_topic("quiet", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
-    let busy = store
-        .create_topic("busy", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
-    for _ in 0..3 {
-        store.append(&quiet, b"old\n", None).unwrap();
-    }
-    let payload = vec![b'b'; 1000];
-    for _ in 0..300 {
-        store.append(&busy, &payload, None).unwrap();
-    }
+    let (store, quiet) = a_quiet_topic_behind_a_busy_one(dir.path(), config.clone());
     for _ in 0..3 {
         store.append(&quiet, b"new\n", None).unwrap();
     }
