@@ -181,7 +181,7 @@ impl IndexFile {
 
     /// Cuts the file back to `count` entries and rebuilds the slot table from them, since
     /// slots written after the last checkpoint may point at entries that were lost.
-    fn truncate(&self, count: u32) -> Result<()> {
+    fn truncate(&self, count: u32) {
         let count = count.clamp(1, self.allocated_entries().max(1));
         let zeroes = vec![0u8; (u64::from(self.slots) * 4) as usize];
         self.data.write(HEADER_BYTES, &zeroes);
@@ -193,7 +193,6 @@ impl IndexFile {
         }
         self.data.write(32, &last.to_le_bytes());
         self.count_cell().store(count, Ordering::Release);
-        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
@@ -351,7 +350,7 @@ impl KeyIndex {
         }
         if let (Some(mark), Some(last)) = (mark, files.last()) {
             if last.base == mark.file_base {
-                last.truncate(mark.count)?;
+                last.truncate(mark.count);
             }
         }
         Ok(())

@@ -87,6 +87,30 @@ pub struct SegmentInfo {
     pub sealed: bool,
 }
 
+impl SegmentInfo {
+    /// The facts of a segment of `messages` messages, from the records of its first and last
+    /// stored message (none when it is empty or they are no longer stored).
+    fn describe(
+        base_offset: u64,
+        messages: u64,
+        sealed: bool,
+        ends: Option<(RecordRef, RecordRef)>,
+    ) -> SegmentInfo {
+        let (head, tail) = ends.unzip();
+        SegmentInfo {
+            base_offset,
+            messages,
+            bytes: head.as_ref().zip(tail.as_ref()).map_or(0, |(head, tail)| {
+                (tail.header.segment_position + tail.header.payload_len() as u64)
+                    .saturating_sub(head.header.segment_position)
+            }),
+            first_timestamp: head.map(|r| r.header.timestamp),
+            last_timestamp: tail.map(|r| r.header.timestamp),
+            sealed,
+        }
+    }
+}
+
 /// Where a partition stands when it is opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct PartitionOffsets {
@@ -247,24 +271,11 @@ impl Partition {
         let first = base.max(start);
         let last_end = end.min(base + self.segment_messages);
         let sealed = base + self.segment_messages <= end;
-        let mut info = SegmentInfo {
-            base_offset: base,
-            messages: last_end.saturating_sub(first),
-            bytes: 0,
-            first_timestamp: None,
-            last_timestamp: None,
-            sealed,
-        };
-        if info.messages == 0 {
-            return info;
-        }
-        if let (Some(head), Some(tail)) = (self.record(first), self.record(last_end - 1)) {
-            info.bytes = tail.header.segment_position + tail.header.payload_len() as u64
-                - head.header.segment_position;
-            info.first_timestamp = Some(head.header.timestamp);
-            info.last_timestamp = Some(tail.header.timestamp);
-        }
-        info
+        let messages = last_end.saturating_sub(first);
+        let ends = (messages > 0)
+            .then(|| Some((self.record(first)?, self.record(last_end - 1)?)))
+            .flatten();
+        SegmentInfo::describe(base, messages, sealed, ends)
     }
 
     /// Where message `offset` is: its segment, byte position and length.
@@ -395,24 +406,12 @@ impl SegmentReader {
     /// The segment's facts as this reader sees them now (an active segment grows).
     pub fn info(&self) -> SegmentInfo {
         let end = self.end();
-        let mut info = SegmentInfo {
-            base_offset: self.base,
-            messages: end.saturating_sub(self.first),
-            bytes: 0,
-            first_timestamp: None,
-            last_timestamp: None,
-            sealed: self.base + self.partition.segment_messages <= self.partition.end_offset(),
-        };
-        if info.messages > 0 {
-            if let (Some(head), Some(tail)) = (self.record(self.first), self.record(end - 1)) {
-                let shift = *self.shift.get_or_init(|| head.header.segment_position);
-                info.bytes = (tail.header.segment_position + tail.header.payload_len() as u64)
-                    .saturating_sub(shift);
-                info.first_timestamp = Some(head.header.timestamp);
-                info.last_timestamp = Some(tail.header.timestamp);
-            }
-        }
-        info
+        let messages = end.saturating_sub(self.first);
+        let sealed = self.base + self.partition.segment_messages <= self.partition.end_offset();
+        let ends = (messages > 0)
+            .then(|| Some((self.record(self.first)?, self.record(end - 1)?)))
+            .flatten();
+        SegmentInfo::describe(self.base, messages, sealed, ends)
     }
 
     fn queue_file(&self) -> Option<Arc<QueueFile>> {
