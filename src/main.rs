@@ -39,6 +39,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Fault-injection tests configure failpoints in the daemon through FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let Command::Mount {
         config,
         foreground,
