@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use commitfs::store::{
-    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, TopicSettings,
+    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, StoreError, TopicSettings,
 };
 
 fn small_config() -> StoreConfig {
@@ -259,7 +259,7 @@ fn a_clean_reopen_keeps_everything_without_scanning() {
     let partition = topic.partition(0).unwrap();
     assert_eq!(partition.end_offset(), 25);
     let error = store.read_message(&partition, 0).unwrap_err();
-    assert_eq!(error.errno(), libc::EIO);
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     assert_eq!(store.read_message(&partition, 1).unwrap(), message(1));
     let reader = store.open_segment(&partition, 10).unwrap();
     let mut buf = vec![0u8; reader.info().bytes as usize];
@@ -405,7 +405,7 @@ fn a_second_process_cannot_open_an_open_store() {
     let error = Store::open(dir.path(), small_config())
         .err()
         .expect("second open refused");
-    assert_eq!(error.errno(), libc::EBUSY);
+    assert!(matches!(error, StoreError::Locked(_)), "{error}");
 }
 
 #[test]
@@ -418,10 +418,10 @@ fn oversize_messages_and_bad_names_are_refused_and_store_nothing() {
         .partition(0)
         .unwrap();
     let big = vec![b'x'; 4097];
-    assert_eq!(
-        store.append(&partition, &big, None).unwrap_err().errno(),
-        libc::EFBIG
-    );
+    assert!(matches!(
+        store.append(&partition, &big, None),
+        Err(StoreError::MessageTooLarge { .. })
+    ));
     let batch = [
         NewMessage {
             payload: b"ok\n",
@@ -432,26 +432,23 @@ fn oversize_messages_and_bad_names_are_refused_and_store_nothing() {
             key_len: None,
         },
     ];
-    assert_eq!(
-        store.append_batch(&partition, &batch).unwrap_err().errno(),
-        libc::EFBIG
-    );
+    assert!(matches!(
+        store.append_batch(&partition, &batch),
+        Err(StoreError::MessageTooLarge { .. })
+    ));
     assert_eq!(partition.end_offset(), 0);
-    assert_eq!(
-        store.create_topic("t", settings(1)).unwrap_err().errno(),
-        libc::EEXIST
-    );
-    assert_eq!(
-        store
-            .create_topic("bad/name", settings(1))
-            .unwrap_err()
-            .errno(),
-        libc::EINVAL
-    );
-    assert_eq!(
-        store.create_topic("z", settings(0)).unwrap_err().errno(),
-        libc::EINVAL
-    );
+    assert!(matches!(
+        store.create_topic("t", settings(1)),
+        Err(StoreError::TopicExists(_))
+    ));
+    assert!(matches!(
+        store.create_topic("bad/name", settings(1)),
+        Err(StoreError::InvalidTopicName(_))
+    ));
+    assert!(matches!(
+        store.create_topic("z", settings(0)),
+        Err(StoreError::InvalidSetting(_))
+    ));
 }
 
 #[test]
@@ -469,10 +466,10 @@ fn topic_settings_persist_and_partitions_only_grow() {
         assert_eq!(topic.partitions().len(), 5);
         let mut shrunk = grown;
         shrunk.partitions = 4;
-        assert_eq!(
-            store.update_topic(&topic, shrunk).unwrap_err().errno(),
-            libc::EINVAL
-        );
+        assert!(matches!(
+            store.update_topic(&topic, shrunk),
+            Err(StoreError::InvalidSetting(_))
+        ));
         append_keyed(&store, &topic.partition(4).unwrap(), b"b:2\n");
     }
     let store = open(dir.path());
@@ -495,13 +492,10 @@ fn a_deleted_topic_is_gone_and_its_name_starts_afresh() {
     append_keyed(&store, &old_partition, b"k:old\n");
     store.delete_topic("t").unwrap();
     assert!(store.topic("t").is_none());
-    assert_eq!(
-        store
-            .append(&old_partition, b"late\n", None)
-            .unwrap_err()
-            .errno(),
-        libc::ENOENT
-    );
+    assert!(matches!(
+        store.append(&old_partition, b"late\n", None),
+        Err(StoreError::NoSuchTopic(_))
+    ));
     let topic = store.create_topic("t", settings(1)).unwrap();
     assert_eq!(topic.partition(0).unwrap().end_offset(), 0);
     let mut found = 0;
@@ -767,7 +761,7 @@ fn a_full_disk_refuses_appends_with_enospc_and_keeps_what_was_stored() {
                 refusals_in_a_row = 0;
             }
             Err(error) => {
-                assert_eq!(error.errno(), libc::ENOSPC, "{error}");
+                assert!(matches!(error, StoreError::DiskFull(_)), "{error}");
                 refusals_in_a_row += 1;
             }
         }
@@ -908,7 +902,7 @@ fn a_damaged_layout_in_store_toml_is_refused_not_a_panic() {
     let error = Store::open(dir.path(), small_config())
         .err()
         .expect("a zero segment size is refused");
-    assert_eq!(error.errno(), libc::EIO, "{error}");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
 }
 
 #[test]

@@ -15,6 +15,12 @@ fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// The most bytes a `raw` message can have, whatever `max_message_bytes` says: 255 pages of
+/// 4 KiB. The kernel cuts one `write(2)` into FUSE requests of at most 256 pages of the
+/// writer's buffer, so a write that starts inside a page arrives as several requests, which
+/// the daemon cannot tell from several writes; 255 pages always come in one request.
+pub const MAX_RAW_WRITE_BYTES: usize = 255 * 4096;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum LineError<E> {
     /// A line outgrew `max_message_bytes` (counting the `\n` a partial line gets at close):
@@ -22,7 +28,7 @@ pub enum LineError<E> {
     LineTooLong { size: usize, max: usize },
     /// The write carries only more of a line already dropped as too long.
     DroppedLine,
-    /// `commit` failed; nothing was stored and the partial line is as it was.
+    /// `commit` failed; nothing was stored, and the held partial line is dropped.
     Commit(E),
 }
 
@@ -30,8 +36,18 @@ pub enum LineError<E> {
 #[derive(Debug, Default)]
 pub struct PartialLine {
     bytes: Vec<u8>,
-    /// Inside a line dropped as too long: its bytes are refused up to its `\n`.
-    dropping: bool,
+    /// Inside a line that is lost: its bytes are dropped up to its `\n`.
+    skipping: Option<Lost>,
+}
+
+/// Why the line being written is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lost {
+    /// It outgrew `max_message_bytes`: the rest of it is refused too.
+    TooLong,
+    /// It began in a write that failed (the writer was told then): the rest of it is taken
+    /// and dropped, so no fragment of it is ever stored.
+    StartFailed,
 }
 
 impl PartialLine {
@@ -43,10 +59,11 @@ impl PartialLine {
     /// Turns one write into messages: the held partial line completed by the write's first
     /// line, then every further complete line. `commit` gets them all in one call (so one
     /// `cat` write of thousands of lines is one batch); only if it succeeds does the write's
-    /// unfinished tail become the new partial line, so a refused write changes nothing —
-    /// except that a line too long to store is dropped whole, never stored in part: the
-    /// held start of it goes too. `max_message_bytes` bounds the partial line, counting the
-    /// `\n` it gets when committed at close.
+    /// unfinished tail become the new partial line. A write that fails stores nothing of what
+    /// it carried and drops the held partial line with it (its rest was in that write), and
+    /// a line the failed write began is dropped up to its end: no fragment of a line is ever
+    /// stored. A line too long to store is dropped whole the same way. `max_message_bytes`
+    /// bounds the partial line, counting the `\n` it gets when committed at close.
     pub fn write<E>(
         &mut self,
         mut data: &[u8],
@@ -54,52 +71,77 @@ impl PartialLine {
         key_separator: Option<&[u8]>,
         commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
     ) -> Result<(), LineError<E>> {
+        if let Some(lost) = self.skipping {
+            let Some(end) = memchr(b'\n', data) else {
+                return match lost {
+                    Lost::TooLong => Err(LineError::DroppedLine),
+                    Lost::StartFailed => Ok(()),
+                };
+            };
+            self.skipping = None;
+            data = &data[end + 1..];
+        }
+        // Until the write succeeds, the held line counts as lost with it: a failure or a
+        // panic below leaves the file in that state.
+        let held = std::mem::take(&mut self.bytes);
+        let ends_inside_a_line = data.last().is_some_and(|&b| b != b'\n');
+        if ends_inside_a_line {
+            self.skipping = Some(Lost::StartFailed);
+        }
+        let tail = self.complete(held, data, max_message_bytes, key_separator, commit)?;
+        self.skipping = None;
+        self.bytes.extend_from_slice(tail);
+        Ok(())
+    }
+
+    /// Commits the lines `held` + `data` complete and returns `data`'s unfinished tail.
+    fn complete<'d, E>(
+        &mut self,
+        mut held: Vec<u8>,
+        data: &'d [u8],
+        max_message_bytes: usize,
+        key_separator: Option<&[u8]>,
+        commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
+    ) -> Result<&'d [u8], LineError<E>> {
         let too_long = |size| LineError::LineTooLong {
             size,
             max: max_message_bytes,
         };
-        if self.dropping {
-            let Some(end) = memchr(b'\n', data) else {
-                return Err(LineError::DroppedLine);
-            };
-            self.dropping = false;
-            data = &data[end + 1..];
-        }
         let Some(last_newline) = memrchr(b'\n', data) else {
-            let size = self.bytes.len() + data.len() + 1;
+            let size = held.len() + data.len() + 1;
             if size > max_message_bytes {
-                self.bytes.clear();
-                self.dropping = true;
+                self.skipping = Some(Lost::TooLong);
                 return Err(too_long(size));
             }
-            self.bytes.extend_from_slice(data);
-            return Ok(());
+            held.extend_from_slice(data);
+            self.bytes = held;
+            return Ok(&[]);
         };
         let (complete, tail) = data.split_at(last_newline + 1);
         if !tail.is_empty() && tail.len() + 1 > max_message_bytes {
+            self.skipping = Some(Lost::TooLong);
             return Err(too_long(tail.len() + 1));
         }
-        let joined;
         let mut messages = Vec::new();
-        let rest = if self.bytes.is_empty() {
+        let rest = if held.is_empty() {
             complete
         } else {
             let first_end = memchr(b'\n', complete).unwrap_or(last_newline) + 1;
-            let size = self.bytes.len() + first_end;
+            let size = held.len() + first_end;
             if size > max_message_bytes {
-                // The line ends in this write, so nothing after it is dropped.
-                self.bytes.clear();
                 return Err(too_long(size));
             }
-            joined = [self.bytes.as_slice(), &complete[..first_end]].concat();
-            messages.push(message(&joined, key_separator));
+            held.extend_from_slice(&complete[..first_end]);
+            messages.push(message(&held, key_separator));
             &complete[first_end..]
         };
         messages.extend(lines(rest).map(|line| message(line, key_separator)));
         commit(&messages).map_err(LineError::Commit)?;
-        self.bytes.clear();
-        self.bytes.extend_from_slice(tail);
-        Ok(())
+        drop(messages);
+        // Keep the held line's allocation for the next one.
+        held.clear();
+        self.bytes = held;
+        Ok(tail)
     }
 
     /// The file is closed: commits the partial line with a `\n` added, if there is one (on
@@ -109,7 +151,7 @@ impl PartialLine {
         key_separator: Option<&[u8]>,
         commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.dropping = false;
+        self.skipping = None;
         if self.bytes.is_empty() {
             return Ok(());
         }
@@ -210,13 +252,43 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_keeps_the_partial_line() {
+    fn a_failed_write_drops_the_held_line_and_the_line_it_began() {
         let mut partial = PartialLine::default();
         write(&mut partial, "ab", 100).unwrap();
         let failed = partial.write(b"c\nd", 100, None, |_| Err("disk full"));
         assert_eq!(failed, Err(LineError::Commit("disk full")));
-        assert_eq!(write(&mut partial, "c\n", 100).unwrap(), ["abc\n"]);
+        assert!(
+            partial.is_empty(),
+            "\"ab\" lost its end in the failed write"
+        );
+        // "e\n" ends the line "d…" that the failed write began: dropped too.
+        assert_eq!(write(&mut partial, "e\nf\ng", 100).unwrap(), ["f\n"]);
+        assert_eq!(close(&mut partial), ["g\n"]);
 
+        // A failed write that ends at a line's end leaves nothing to drop after it.
+        write(&mut partial, "ab", 100).unwrap();
+        let failed = partial.write(b"c\n", 100, None, |_| Err("disk full"));
+        assert_eq!(failed, Err(LineError::Commit("disk full")));
+        assert!(close(&mut partial).is_empty());
+        assert_eq!(write(&mut partial, "x\n", 100).unwrap(), ["x\n"]);
+    }
+
+    #[test]
+    fn a_panic_while_committing_drops_the_held_line() {
+        let mut partial = PartialLine::default();
+        write(&mut partial, "ab", 100).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = partial.write(b"c\nd", 100, None, |_| -> Result<(), ()> {
+                panic!("inside the store")
+            });
+        }));
+        assert!(panicked.is_err());
+        assert!(close(&mut partial).is_empty());
+    }
+
+    #[test]
+    fn a_failed_close_keeps_the_partial_line_for_the_last_close() {
+        let mut partial = PartialLine::default();
         write(&mut partial, "xy", 100).unwrap();
         assert_eq!(partial.close(None, |_| Err("disk full")), Err("disk full"));
         assert_eq!(close(&mut partial), ["xy\n"]);
@@ -256,7 +328,10 @@ mod tests {
             write(&mut partial, "c\n123456", 6),
             Err(LineError::LineTooLong { size: 7, max: 6 })
         );
-        assert_eq!(write(&mut partial, "c\n", 6).unwrap(), ["abc\n"]);
+        // Nothing of it is stored, "ab" is dropped with it, and so is the long line's rest.
+        assert_eq!(write(&mut partial, "7\n", 6).unwrap(), Vec::<String>::new());
+        assert_eq!(write(&mut partial, "ok\n", 6).unwrap(), ["ok\n"]);
+        assert!(close(&mut partial).is_empty());
     }
 
     #[test]

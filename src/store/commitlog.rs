@@ -315,9 +315,9 @@ impl CommitLog {
     }
 
     fn next_file(&self, base: u64) -> Result<Arc<LogFile>> {
-        // Obtained earlier for a batch that then failed: still the next file.
-        if let Some(file) = self.files.read().last().filter(|f| f.base == base) {
-            return Ok(file.clone());
+        // Obtained earlier for an append that then failed: still the next file.
+        if let Some(file) = self.file_at(base) {
+            return Ok(file);
         }
         let prepared = {
             let mut slot = self.preparer.slot.lock();
@@ -383,6 +383,12 @@ pub(super) fn record_in<F: Deref<Target = LogFile>>(file: F, offset: u64) -> Opt
     })
 }
 
+/// Whether a record of `size` bytes fits at `local` in a file, leaving room for the
+/// end-of-file marker.
+fn fits(file_bytes: u64, local: u64, size: u64) -> bool {
+    local + size + BLANK_BYTES as u64 <= file_bytes
+}
+
 /// Holds the append lock. Records are copied into the map while it is held, so the log has
 /// no holes: recovery may cut only at the first invalid record.
 pub struct Appender<'a> {
@@ -391,56 +397,60 @@ pub struct Appender<'a> {
 }
 
 impl Appender<'_> {
-    /// Copies encoded records (header with its CRC, then the payload) one after another and
-    /// stores their global offsets in `offsets`. Every file the records need is obtained
-    /// before the first byte is copied, so a full disk fails the whole batch and leaves no
-    /// partial records.
-    pub fn append<'p>(
-        &mut self,
-        records: impl Iterator<Item = (&'p [u8; RECORD_HEADER_BYTES], &'p [u8])> + Clone,
-        offsets: &mut [u64],
-    ) -> Result<()> {
+    /// The global offset where the next record goes.
+    pub fn position(&self) -> u64 {
+        self.writer.position
+    }
+
+    /// Obtains every file that records of these sizes, copied in this order, need. Called
+    /// before the first byte of an append is copied, so a full disk fails the whole append
+    /// and leaves no partial records.
+    pub fn reserve(&mut self, record_sizes: impl Iterator<Item = u64>) -> Result<()> {
         let file_bytes = self.log.file_bytes;
-        let fits = |local: u64, size: u64| local + size + BLANK_BYTES as u64 <= file_bytes;
-        let mut local = self.writer.position - self.writer.file.base;
-        let mut rolls = 0;
-        for (_, payload) in records.clone() {
-            let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
-            if !fits(local, size) {
-                rolls += 1;
+        let mut base = self.writer.file.base;
+        let mut local = self.writer.position - base;
+        for size in record_sizes {
+            if !fits(file_bytes, local, size) {
+                base += file_bytes;
+                self.log.next_file(base)?;
                 local = 0;
             }
             local += size;
         }
-        let mut next_files = Vec::with_capacity(rolls);
-        for roll in 1..=rolls as u64 {
-            next_files.push(
-                self.log
-                    .next_file(self.writer.file.base + roll * file_bytes)?,
-            );
-        }
-        let mut next_files = next_files.into_iter();
-        for ((header, payload), offset) in records.zip(offsets) {
-            let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
-            let mut local = self.writer.position - self.writer.file.base;
-            if !fits(local, size) {
-                let mut blank = [0u8; BLANK_BYTES];
-                blank[0..4].copy_from_slice(&((file_bytes - local) as u32).to_le_bytes());
-                blank[4..8].copy_from_slice(&BLANK_MAGIC.to_le_bytes());
-                self.writer.file.data.write(local, &blank);
-                let next = next_files.next().expect("planned roll");
-                self.writer.position = next.base;
-                self.writer.warm_requested = next.base + WARM_AHEAD.min(file_bytes);
-                self.writer.file = next;
-                local = 0;
-            }
-            let data = &self.writer.file.data;
-            data.write(local + RECORD_HEADER_BYTES as u64, payload);
-            data.write(local, header);
-            *offset = self.writer.position;
-            self.writer.position += size;
-        }
         Ok(())
+    }
+
+    /// Copies one encoded record (header with its CRC, then the payload) and returns its
+    /// global offset. [`reserve`](Self::reserve) obtained the file it goes to.
+    pub fn copy(&mut self, header: &[u8; RECORD_HEADER_BYTES], payload: &[u8]) -> u64 {
+        let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
+        let mut local = self.writer.position - self.writer.file.base;
+        if !fits(self.log.file_bytes, local, size) {
+            self.roll(local);
+            local = 0;
+        }
+        let data = &self.writer.file.data;
+        data.write(local + RECORD_HEADER_BYTES as u64, payload);
+        data.write(local, header);
+        let offset = self.writer.position;
+        self.writer.position += size;
+        offset
+    }
+
+    /// Ends the current file with an end-of-file marker at `local` and moves to the next.
+    fn roll(&mut self, local: u64) {
+        let file_bytes = self.log.file_bytes;
+        let mut blank = [0u8; BLANK_BYTES];
+        blank[0..4].copy_from_slice(&((file_bytes - local) as u32).to_le_bytes());
+        blank[4..8].copy_from_slice(&BLANK_MAGIC.to_le_bytes());
+        self.writer.file.data.write(local, &blank);
+        let next = self
+            .log
+            .file_at(self.writer.file.base + file_bytes)
+            .expect("the next file was obtained before the copy");
+        self.writer.position = next.base;
+        self.writer.warm_requested = next.base + WARM_AHEAD.min(file_bytes);
+        self.writer.file = next;
     }
 
     /// Makes the records appended so far visible to readers and to flushes.

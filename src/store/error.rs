@@ -1,4 +1,5 @@
-//! Typed store errors, each mapped to the errno the mount returns for it.
+//! Typed store errors. Which errno a user sees for each is decided at the filesystem's edge
+//! (`fs/error.rs`), not here.
 
 use std::path::PathBuf;
 
@@ -40,32 +41,16 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("the store is closed")]
     Closed,
+    /// An append was interrupted between copying its records and publishing them (a panic):
+    /// the store takes no more writes until it is reopened and recovers.
+    #[error("the store is read-only after an internal error in the write path; remount")]
+    Fenced,
 }
 
 impl StoreError {
-    /// The errno a shell user sees for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            StoreError::InvalidTopicName(_) | StoreError::InvalidSetting(_) => libc::EINVAL,
-            StoreError::TopicExists(_) => libc::EEXIST,
-            StoreError::NoSuchTopic(_)
-            | StoreError::NoSuchPartition { .. }
-            | StoreError::NoSuchSegment { .. } => libc::ENOENT,
-            StoreError::OffsetOutOfRange { .. } => libc::ENODATA,
-            StoreError::MessageTooLarge { .. } => libc::EFBIG,
-            StoreError::DiskFull(_) => libc::ENOSPC,
-            StoreError::Io { source, .. } => match source.raw_os_error() {
-                Some(code) => code,
-                None => libc::EIO,
-            },
-            StoreError::Corrupt { .. } | StoreError::Closed => libc::EIO,
-            StoreError::Locked(_) => libc::EBUSY,
-        }
-    }
-
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        if source.raw_os_error() == Some(libc::ENOSPC) {
-            return StoreError::DiskFull(context.into());
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            return StoreError::DiskFull(format!("{}: {source}", context.into()));
         }
         StoreError::Io {
             context: context.into(),

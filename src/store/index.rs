@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use super::error::{Result, StoreError};
 use super::format::{self, le_u32, le_u64};
@@ -128,7 +128,8 @@ impl IndexFile {
         (le_u64(bytes, 0), le_u64(bytes, 8), le_u32(bytes, 16))
     }
 
-    /// Commit-log offset of the newest message indexed here.
+    /// The largest commit-log offset indexed here (entries go in in log order, so the
+    /// newest message's): no live entry lies past it.
     pub fn end_offset(&self) -> u64 {
         le_u64(self.data.bytes(32, 8), 0)
     }
@@ -152,7 +153,8 @@ impl IndexFile {
         entry[16..20].copy_from_slice(&slot.load(Ordering::Acquire).to_le_bytes());
         self.data
             .write(self.entries_at() + u64::from(number) * ENTRY_BYTES, &entry);
-        self.data.write(32, &commit_log_offset.to_le_bytes());
+        let end = self.end_offset().max(commit_log_offset);
+        self.data.write(32, &end.to_le_bytes());
         // The count first, then the slot: a reader that sees the slot sees a valid entry.
         self.count_cell().store(number + 1, Ordering::Release);
         slot.store(number, Ordering::Release);
@@ -189,7 +191,7 @@ impl IndexFile {
         for number in 1..count {
             let (hash, offset, _) = self.entry(number);
             self.slot(hash).store(number, Ordering::Relaxed);
-            last = offset;
+            last = last.max(offset);
         }
         self.data.write(32, &last.to_le_bytes());
         self.count_cell().store(count, Ordering::Release);
@@ -205,6 +207,34 @@ impl IndexFile {
 pub struct IndexMark {
     pub file_base: u64,
     pub count: u32,
+}
+
+/// Index entries reserved by [`KeyIndex::reserve`], to be inserted in log order.
+pub struct IndexRoom<'a> {
+    index: &'a KeyIndex,
+    _writer: Option<MutexGuard<'a, ()>>,
+    /// The file the next entry goes to.
+    current: Option<Arc<IndexFile>>,
+}
+
+impl IndexRoom<'_> {
+    /// Adds the entry (key hash, commit-log offset) of a record just copied into the log;
+    /// its room was reserved, so this cannot fail.
+    pub fn insert(&mut self, hash: u64, commit_log_offset: u64) {
+        let full = |file: &IndexFile| file.count() >= file.capacity;
+        if self.current.as_deref().is_none_or(full) {
+            let files = self.index.files.read();
+            let after = self.current.as_ref().map(|f| f.base);
+            self.current = files
+                .iter()
+                .find(|f| after.is_none_or(|base| f.base > base) && !full(f))
+                .cloned();
+        }
+        self.current
+            .as_ref()
+            .expect("index room reserved before the records were copied")
+            .insert(hash, commit_log_offset);
+    }
 }
 
 pub struct KeyIndex {
@@ -236,72 +266,58 @@ impl KeyIndex {
         })
     }
 
-    /// Makes room for `count` more entries ahead of an append (in the current file if they
-    /// fit, else in a new one starting at `next_offset`), so that a full disk fails the
-    /// append before anything is written.
-    pub fn reserve(&self, count: u32, next_offset: u64) -> Result<()> {
+    /// Makes room for `count` more entries, in the current file as far as they fit and in
+    /// new files after it (the first named `next_offset`, where the next record goes), so
+    /// that inserting them cannot fail: a full disk fails the append before anything is
+    /// written. The room holds the index's writer lock until it is dropped; appends reserve
+    /// and insert under the commit log's append lock, so entries go in in log order.
+    pub fn reserve(&self, count: u32, next_offset: u64) -> Result<IndexRoom<'_>> {
         if count == 0 {
-            return Ok(());
+            return Ok(IndexRoom {
+                index: self,
+                _writer: None,
+                current: None,
+            });
         }
-        let _writer = self.writer.lock();
-        let file = self.writable_file(count, next_offset)?;
-        file.reserve(count.min(file.capacity - file.count()))
-    }
-
-    fn writable_file(&self, count: u32, next_offset: u64) -> Result<Arc<IndexFile>> {
+        fail::fail_point!("index::reserve", |_| Err(StoreError::DiskFull(
+            "reserving key-index room (failpoint index::reserve)".into()
+        )));
+        let writer = self.writer.lock();
         let current = self.files.read().last().cloned();
-        match current {
-            Some(file)
-                if u64::from(file.count()) + u64::from(count.min(self.capacity - 1))
-                    <= u64::from(file.capacity) =>
-            {
-                Ok(file)
-            }
-            _ => {
-                let file = Arc::new(IndexFile::create(
-                    &self.dir,
-                    next_offset,
-                    self.slots,
-                    self.capacity,
-                )?);
-                self.files.write().push(file.clone());
-                Ok(file)
-            }
+        let mut left = count;
+        if let Some(file) = &current {
+            let here = left.min(file.capacity - file.count());
+            file.reserve(here)?;
+            left -= here;
         }
+        while left > 0 {
+            let file = self.start_file(next_offset)?;
+            let here = left.min(file.capacity - 1);
+            file.reserve(here)?;
+            left -= here;
+        }
+        let current = current.or_else(|| self.files.read().first().cloned());
+        Ok(IndexRoom {
+            index: self,
+            _writer: Some(writer),
+            current,
+        })
     }
 
-    /// Adds entries of (key hash, commit-log offset), under one lock. Room was reserved
-    /// before the messages were appended; should concurrent appends have used it up and the
-    /// disk be full, an entry is skipped with an error logged rather than failing a message
-    /// that is already stored.
-    pub fn insert_all(&self, entries: impl IntoIterator<Item = (u64, u64)>) {
-        let mut entries = entries.into_iter().peekable();
-        if entries.peek().is_none() {
-            return;
-        }
-        let _writer = self.writer.lock();
-        let mut current: Option<Arc<IndexFile>> = None;
-        for (hash, commit_log_offset) in entries {
-            if current
-                .as_ref()
-                .is_none_or(|file| file.count() >= file.capacity)
-            {
-                current = match self.writable_file(1, commit_log_offset) {
-                    Ok(file) => Some(file),
-                    Err(error) => {
-                        tracing::error!("key index entry for commit-log offset {commit_log_offset} not written: {error}");
-                        continue;
-                    }
-                };
-            }
-            let file = current.as_ref().expect("set above");
-            match file.reserve(1) {
-                Ok(()) => file.insert(hash, commit_log_offset),
-                Err(error) => tracing::error!(
-                    "key index entry for commit-log offset {commit_log_offset} not written: {error}"
-                ),
-            }
-        }
+    /// A new, empty file after the others. Its name is where the next record goes, or one
+    /// past the newest file's name if that is larger (an empty file left by a reservation that
+    /// failed, or a batch that needs several files): names only order the files.
+    fn start_file(&self, next_offset: u64) -> Result<Arc<IndexFile>> {
+        let newest = self.files.read().last().map(|f| f.base);
+        let base = newest.map_or(next_offset, |newest| next_offset.max(newest + 1));
+        let file = Arc::new(IndexFile::create(
+            &self.dir,
+            base,
+            self.slots,
+            self.capacity,
+        )?);
+        self.files.write().push(file.clone());
+        Ok(file)
     }
 
     /// Commit-log offsets of entries with this hash, newest first, until `f` breaks.

@@ -70,18 +70,20 @@ fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar)) {
         }
         let Some(store) = store.upgrade() else { return };
         let now = Instant::now();
+        // A fenced store keeps its state for recovery: no retention, no checkpoint.
+        let fenced = store.fence.is_set();
         if flush_every.is_some() {
             if let Err(error) = store.log.flush() {
                 tracing::error!("flushing the commit log: {error}");
             }
         }
-        if now >= next_retention {
+        if now >= next_retention && !fenced {
             next_retention = now + retention_every;
             if let Err(error) = store.enforce_retention() {
                 tracing::error!("enforcing retention: {error}");
             }
         }
-        if now >= next_checkpoint {
+        if now >= next_checkpoint && !fenced {
             next_checkpoint = now + checkpoint_every;
             if let Err(error) = store.checkpoint() {
                 tracing::error!("writing a checkpoint: {error}");
@@ -102,6 +104,8 @@ impl Store {
         let _one_at_a_time = self.checkpoint_lock.lock();
         let (commit_log_end, index, partitions) = {
             let _quiet = self.quiesce.write();
+            // No append is under way now; one that panicked has fenced the store by now.
+            self.fence.check()?;
             let partitions: Vec<(Arc<Partition>, u64, u64)> = self
                 .all_partitions()
                 .into_iter()

@@ -223,6 +223,7 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         meta: Mutex::new(meta.clone()),
         quiesce: RwLock::new(()),
         closed: AtomicBool::new(false),
+        fence: Default::default(),
         maintenance: maintenance::Handle::default(),
         checkpoint_lock: Mutex::new(()),
         lock: Mutex::new(Some(lock)),
@@ -331,8 +332,7 @@ impl Recovering {
             },
         );
         if key_hash != 0 {
-            index.reserve(1, position)?;
-            index.insert_all([(key_hash, position)]);
+            index.reserve(1, position)?.insert(key_hash, position);
         }
         self.next = Some(offset + 1);
         Ok(Dispatch::Stored)

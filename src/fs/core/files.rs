@@ -12,7 +12,7 @@
 //! `fsync` makes the complete lines durable and leaves the partial line waiting.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use fuser::FopenFlags;
 use parking_lot::Mutex;
 
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::framing::{message, LineError, PartialLine};
+use crate::fs::framing::{message, LineError, PartialLine, MAX_RAW_WRITE_BYTES};
 use crate::fs::inode::Inode;
 use crate::store::{Framing, NewMessage, Partition, SegmentReader, Topic};
 
@@ -212,6 +212,17 @@ impl CommitFs {
         let mut partial = writer.partial.lock();
         match settings.framing {
             Framing::Raw => {
+                if data.len() > MAX_RAW_WRITE_BYTES {
+                    return Err(FsError::refused(
+                        libc::EFBIG,
+                        format!(
+                            "{}: a raw write of {} bytes or more exceeds {MAX_RAW_WRITE_BYTES} bytes, \
+                             the most the kernel always passes in one request; nothing of it is stored",
+                            file.topic.name(),
+                            data.len()
+                        ),
+                    ));
+                }
                 // A line left from before the topic switched to raw goes first, as written.
                 partial.close(separator, append)?;
                 append(&[message(data, separator)])?;
@@ -240,81 +251,54 @@ impl CommitFs {
         Ok(data.len() as u32)
     }
 
-    /// Appends `messages` in one batch per partition. A message over `max_message_bytes`
-    /// refuses the whole write before anything is stored.
+    /// Appends `messages` in one batch per partition, all of them or, on error, none: a
+    /// message over `max_message_bytes` or a full disk for any partition refuses the whole
+    /// write before anything is stored.
     fn append(
         &self,
         topic: &Topic,
         destination: &Destination,
         messages: &[NewMessage<'_>],
     ) -> FsResult<()> {
-        let max = self.store.config().max_message_bytes;
-        if let Some(oversize) = messages.iter().find(|message| message.payload.len() > max) {
-            return Err(FsError::refused(
-                libc::EFBIG,
-                format!(
-                    "{}: a message of {} bytes exceeds max_message_bytes ({max}); nothing of this write was stored",
-                    topic.name(),
-                    oversize.payload.len()
-                ),
-            ));
-        }
         match destination {
-            Destination::Partition(partition) => self.append_to(topic, partition, messages)?,
-            Destination::ByKey => {
-                let mut groups: Vec<(u32, Vec<NewMessage<'_>>)> = Vec::new();
-                let mut group_of: HashMap<u32, usize> = HashMap::new();
-                for &message in messages {
-                    let index =
-                        topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
-                    let group = *group_of.entry(index).or_insert_with(|| {
-                        groups.push((index, Vec::new()));
-                        groups.len() - 1
-                    });
-                    groups[group].1.push(message);
-                }
-                let mut stored = 0;
-                for (index, group) in &groups {
-                    let outcome = topic
-                        .partition(*index)
-                        .ok_or_else(|| {
-                            FsError::internal(format!(
-                                "{}: partition {index} vanished",
-                                topic.name()
-                            ))
-                        })
-                        .and_then(|partition| self.append_to(topic, &partition, group));
-                    if let Err(error) = outcome {
-                        if stored > 0 {
-                            tracing::warn!(
-                                "{}: {stored} messages of a failed write were already stored in other partitions",
-                                topic.name()
-                            );
-                        }
-                        return Err(error);
-                    }
-                    stored += group.len();
-                }
-            }
+            Destination::Partition(partition) => self
+                .store
+                .append_batch(partition, messages)
+                .map(drop)
+                .map_err(|error| {
+                    FsError::from(error).context(format_args!(
+                        "{}/{}",
+                        topic.name(),
+                        partition.index()
+                    ))
+                }),
+            Destination::ByKey => self.append_by_key(topic, messages),
         }
-        Ok(())
     }
 
-    /// One batch into one partition; a refusal names the partition.
-    fn append_to(
-        &self,
-        topic: &Topic,
-        partition: &Partition,
-        messages: &[NewMessage<'_>],
-    ) -> FsResult<()> {
-        match self.store.append_batch(partition, messages) {
-            Ok(_) => Ok(()),
-            Err(error) => Err(FsError::from(error).context(format_args!(
-                "{}/{}",
-                topic.name(),
-                partition.index()
-            ))),
+    /// Sends each message to the partition its key picks, every partition's batch in one
+    /// append of the store.
+    fn append_by_key(&self, topic: &Topic, messages: &[NewMessage<'_>]) -> FsResult<()> {
+        let mut groups: BTreeMap<u32, Vec<NewMessage<'_>>> = BTreeMap::new();
+        for &message in messages {
+            let index = topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
+            groups.entry(index).or_default().push(message);
         }
+        let mut partitions = Vec::with_capacity(groups.len());
+        for &index in groups.keys() {
+            partitions.push(topic.partition(index).ok_or_else(|| {
+                FsError::internal(format!("{}: partition {index} vanished", topic.name()))
+            })?);
+        }
+        let batches: Vec<(&Partition, &[NewMessage<'_>])> = partitions
+            .iter()
+            .zip(groups.values())
+            .map(|(partition, group)| (&**partition, group.as_slice()))
+            .collect();
+        self.store
+            .append_to_partitions(&batches)
+            .map(drop)
+            .map_err(|error| FsError::from(error).context(topic.name()))
     }
 
     /// FLUSH comes with every close() of every copy of the descriptor; only the opening
