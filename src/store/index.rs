@@ -32,6 +32,9 @@ pub struct IndexFile {
 impl IndexFile {
     fn create(dir: &Path, base: u64, slots: u32, capacity: u32) -> Result<IndexFile> {
         let path = dir.join(format::file_name(base));
+        fail::fail_point!("index::create-file", |_| Err(StoreError::DiskFull(
+            format!("creating {} (failpoint index::create-file)", path.display())
+        )));
         let entries_at = HEADER_BYTES + u64::from(slots) * 4;
         let total = entries_at + u64::from(capacity) * ENTRY_BYTES;
         let data = MappedFile::create(
@@ -279,9 +282,6 @@ impl KeyIndex {
                 current: None,
             });
         }
-        fail::fail_point!("index::reserve", |_| Err(StoreError::DiskFull(
-            "reserving key-index room (failpoint index::reserve)".into()
-        )));
         let writer = self.writer.lock();
         let current = self.files.read().last().cloned();
         let mut left = count;

@@ -1,0 +1,233 @@
+//! The write path under injected faults (issue 9, items 3, 4 and 12), in-process: a panic
+//! between the log and the partition fences the store, and a full disk at any reservation of
+//! an append (a new key-index file, one partition's consume-queue room) fails the whole
+//! append with nothing stored. Every test holds a `FailScenario` (failpoints are global).
+
+#![cfg(feature = "failpoints")]
+
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use commitfs::store::{
+    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, StoreError, Topic,
+    TopicSettings,
+};
+use fail::FailScenario;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 64 * 1024,
+        segment_messages: 10,
+        max_message_bytes: 4096,
+        flush: FlushPolicy::Async { interval_ms: 1000 },
+        checkpoint_interval_ms: 3_600_000,
+        retention_check_interval_ms: 3_600_000,
+        max_disk_bytes: None,
+        index_slots: 16,
+        index_entries: 1000,
+        warm_mapped_files: false,
+    }
+}
+
+fn settings(partitions: u32) -> TopicSettings {
+    TopicSettings {
+        partitions,
+        framing: Framing::Lines,
+        key_separator: Some(b":".to_vec()),
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    }
+}
+
+fn keyed(payload: &[u8]) -> NewMessage<'_> {
+    NewMessage {
+        payload,
+        key_len: payload.iter().position(|&b| b == b':'),
+    }
+}
+
+/// Every message of a partition, oldest first.
+fn messages(store: &Store, partition: &Partition) -> Vec<String> {
+    (partition.start_offset()..partition.end_offset())
+        .map(|offset| {
+            let bytes = store.read_message(partition, offset).expect("stored");
+            String::from_utf8(bytes).expect("UTF-8")
+        })
+        .collect()
+}
+
+/// (partition, offset, payload) of every message of `topic` with `key`, newest first.
+fn key_matches(store: &Store, topic: &Topic, key: &str) -> Vec<(u32, u64, String)> {
+    let mut found = Vec::new();
+    store
+        .for_each_key_match(topic, None, key.as_bytes(), |m| {
+            let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+            found.push((m.partition, m.offset, payload));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    found
+}
+
+fn partition(store: &Store, index: u32) -> Arc<Partition> {
+    store.topic("t").unwrap().partition(index).unwrap()
+}
+
+#[test]
+fn a_panic_between_the_log_and_the_partition_fences_the_store_until_it_is_reopened() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    store.create_topic("t", settings(1)).unwrap();
+    let p = partition(&store, 0);
+    store.append(&p, b"acknowledged\n", None).unwrap();
+
+    fail::cfg("append::after-log-publish", "panic").unwrap();
+    let interrupted = catch_unwind(AssertUnwindSafe(|| {
+        store.append(&p, b"interrupted\n", None)
+    }));
+    fail::remove("append::after-log-publish");
+    assert!(interrupted.is_err(), "the failpoint panicked the append");
+
+    // Its record is in the log but not counted by the partition: writing on would give its
+    // offset to another message. Every write is refused; reads go on.
+    let refused = store.append(&p, b"after the panic\n", None);
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    let refused = store.create_topic("u", settings(1));
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    assert_eq!(p.end_offset(), 1);
+    assert_eq!(messages(&store, &p), ["acknowledged\n"]);
+    // No checkpoint may vouch for this state, and the abort marker stays for recovery.
+    assert!(matches!(store.checkpoint(), Err(StoreError::Fenced)));
+    assert!(matches!(store.close(), Err(StoreError::Fenced)));
+    assert!(dir.path().join("abort").exists());
+    drop(store);
+
+    // Reopening recovers from the log: the interrupted record is whole there, so it keeps
+    // the offset it was given (its writer got EIO: stored or not, like a disk's EIO), and
+    // the next message gets the next offset: no offset is given twice.
+    let store = Store::open(dir.path(), config()).unwrap();
+    let p = partition(&store, 0);
+    let next = store.append(&p, b"after the reopen\n", None).unwrap();
+    assert_eq!(next.first_offset, 2);
+    assert_eq!(
+        messages(&store, &p),
+        ["acknowledged\n", "interrupted\n", "after the reopen\n"]
+    );
+}
+
+#[test]
+fn a_full_disk_for_a_new_key_index_file_fails_the_append_and_stores_nothing() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    // Three entries per index file: five keyed messages need two files.
+    let config = StoreConfig {
+        index_entries: 4,
+        ..config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let p = partition(&store, 0);
+    let first_try: Vec<String> = (0..5).map(|i| format!("k{i}:first try\n")).collect();
+    let batch: Vec<NewMessage<'_>> = first_try.iter().map(|m| keyed(m.as_bytes())).collect();
+
+    fail::cfg("index::create-file", "1*off->return").unwrap();
+    let refused = store.append_batch(&p, &batch);
+    fail::remove("index::create-file");
+    assert!(
+        matches!(refused, Err(StoreError::DiskFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(p.end_offset(), 0);
+    for i in 0..5 {
+        assert_eq!(key_matches(&store, &topic, &format!("k{i}")), []);
+    }
+
+    // The disk has room again: the next append works, and every key is found.
+    let second_try: Vec<String> = (0..5).map(|i| format!("k{i}:second try\n")).collect();
+    let batch: Vec<NewMessage<'_>> = second_try.iter().map(|m| keyed(m.as_bytes())).collect();
+    assert_eq!(store.append_batch(&p, &batch).unwrap().first_offset, 0);
+    for (i, line) in second_try.iter().enumerate() {
+        let key = format!("k{i}");
+        assert_eq!(
+            key_matches(&store, &topic, &key),
+            [(0, i as u64, line.clone())]
+        );
+    }
+
+    // Nothing of the refused append reached the log: recovery, which reads the log, finds
+    // only the second try.
+    store.halt_without_cleanup();
+    drop(store);
+    let store = Store::open(dir.path(), config).unwrap();
+    let topic = store.topic("t").unwrap();
+    assert_eq!(messages(&store, &partition(&store, 0)), second_try);
+    for (i, line) in second_try.iter().enumerate() {
+        let key = format!("k{i}");
+        assert_eq!(
+            key_matches(&store, &topic, &key),
+            [(0, i as u64, line.clone())]
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_for_one_partition_of_a_write_to_several_stores_none_of_it() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", settings(2)).unwrap();
+    let (p0, p1) = (partition(&store, 0), partition(&store, 1));
+    let long = format!("b:{}\n", "x".repeat(3000));
+    let batches = |first: &'static str| {
+        [
+            (p0.clone(), vec![first.to_owned()]),
+            (p1.clone(), vec![long.clone()]),
+        ]
+    };
+    let write = |store: &Store, batches: &[(Arc<Partition>, Vec<String>)]| {
+        let messages: Vec<Vec<NewMessage<'_>>> = batches
+            .iter()
+            .map(|(_, lines)| lines.iter().map(|l| keyed(l.as_bytes())).collect())
+            .collect();
+        let pairs: Vec<(&Partition, &[NewMessage<'_>])> = batches
+            .iter()
+            .zip(&messages)
+            .map(|((p, _), m)| (&**p, m.as_slice()))
+            .collect();
+        store.append_to_partitions(&pairs)
+    };
+
+    // The second partition's consume-queue room cannot be allocated.
+    fail::cfg("append::reserve-queue", "1*off->return").unwrap();
+    let refused = write(&store, &batches("a:PARTIAL\n"));
+    fail::remove("append::reserve-queue");
+    assert!(
+        matches!(refused, Err(StoreError::DiskFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!((p0.end_offset(), p1.end_offset()), (0, 0));
+    assert_eq!(key_matches(&store, &topic, "a"), []);
+
+    let outcomes = write(&store, &batches("a:WHOLE\n")).unwrap();
+    assert_eq!(
+        outcomes.iter().map(|o| o.first_offset).collect::<Vec<_>>(),
+        [0, 0]
+    );
+    assert_eq!(
+        key_matches(&store, &topic, "a"),
+        [(0, 0, "a:WHOLE\n".to_owned())]
+    );
+    assert_eq!(key_matches(&store, &topic, "b"), [(1, 0, long.clone())]);
+
+    // Recovery after an unclean stop reads the log: the refused write is not there.
+    store.halt_without_cleanup();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(messages(&store, &partition(&store, 0)), ["a:WHOLE\n"]);
+    assert_eq!(messages(&store, &partition(&store, 1)), [long]);
+}

@@ -1,0 +1,232 @@
+//! The write path in-process (issue 9, items 4 and 12): key-index entries are never lost,
+//! however appends interleave and however often index files fill up, and an append to several
+//! partitions is stored whole or not at all.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use commitfs::store::{
+    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, StoreError, Topic,
+    TopicSettings,
+};
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 64 * 1024,
+        segment_messages: 50,
+        max_message_bytes: 4096,
+        flush: FlushPolicy::Async { interval_ms: 1000 },
+        checkpoint_interval_ms: 3_600_000,
+        retention_check_interval_ms: 3_600_000,
+        max_disk_bytes: None,
+        index_slots: 16,
+        index_entries: 1000,
+        warm_mapped_files: false,
+    }
+}
+
+fn settings(partitions: u32) -> TopicSettings {
+    TopicSettings {
+        partitions,
+        framing: Framing::Lines,
+        key_separator: Some(b":".to_vec()),
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    }
+}
+
+fn keyed(payload: &[u8]) -> NewMessage<'_> {
+    NewMessage {
+        payload,
+        key_len: payload.iter().position(|&b| b == b':'),
+    }
+}
+
+/// (partition, offset, payload) of every stored message of `topic` with `key`, newest first.
+fn key_matches(store: &Store, topic: &Topic, key: &str) -> Vec<(u32, u64, String)> {
+    let mut found = Vec::new();
+    store
+        .for_each_key_match(topic, None, key.as_bytes(), |m| {
+            let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+            found.push((m.partition, m.offset, payload));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    found
+}
+
+const WRITERS: usize = 8;
+const MESSAGES_PER_WRITER: usize = 600;
+
+/// Appends `MESSAGES_PER_WRITER` messages with keys of their own, in batches of 1 to 4, to
+/// partition `writer % partitions`; returns where each went, by key.
+fn write_keyed(store: &Store, topic: &Topic, writer: usize) -> Vec<(String, u32, u64, String)> {
+    let partition = topic
+        .partition(writer as u32 % topic.settings().partitions)
+        .unwrap();
+    let mut stored = Vec::new();
+    let mut i = 0;
+    while i < MESSAGES_PER_WRITER {
+        let size = (1 + (writer + i) % 4).min(MESSAGES_PER_WRITER - i);
+        let lines: Vec<String> = (i..i + size)
+            .map(|n| format!("w{writer}-{n}:message {n} of writer {writer}\n"))
+            .collect();
+        let batch: Vec<NewMessage<'_>> = lines.iter().map(|l| keyed(l.as_bytes())).collect();
+        let first = store.append_batch(&partition, &batch).unwrap().first_offset;
+        for (j, line) in lines.into_iter().enumerate() {
+            let key = line.split(':').next().unwrap().to_owned();
+            stored.push((key, partition.index(), first + j as u64, line));
+        }
+        i += size;
+    }
+    stored
+}
+
+/// Every key whose message is still stored is found, once, at its partition and offset.
+fn assert_every_stored_key_is_found(store: &Store, stored: &[(String, u32, u64, String)]) {
+    let topic = store.topic("t").unwrap();
+    let starts: HashMap<u32, u64> = topic
+        .partitions()
+        .iter()
+        .map(|p| (p.index(), p.start_offset()))
+        .collect();
+    let mut checked = 0;
+    for (key, partition, offset, line) in stored {
+        if *offset < starts[partition] {
+            continue;
+        }
+        assert_eq!(
+            key_matches(store, &topic, key),
+            [(*partition, *offset, line.clone())],
+            "key {key}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "retention left nothing to check");
+}
+
+#[test]
+fn concurrent_keyed_appends_keep_every_key_although_index_files_fill_up_all_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // Seven entries per index file: the index rolls every few appends, hundreds of times.
+    let config = StoreConfig {
+        index_entries: 8,
+        ..config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let topic = store.create_topic("t", settings(4)).unwrap();
+    let stored: Vec<_> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (store, topic) = (&store, &topic);
+                scope.spawn(move || write_keyed(store, topic, writer))
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(stored.len(), WRITERS * MESSAGES_PER_WRITER);
+    assert_every_stored_key_is_found(&store, &stored);
+
+    // Retention removes old commit-log files and the index files wholly below them; an index
+    // file that still holds an entry of a kept message must stay.
+    let mut limited = topic.settings();
+    limited.retention_bytes = Some(20_000);
+    store.update_topic(&topic, limited).unwrap();
+    store.enforce_retention().unwrap();
+    assert!(
+        topic.partitions().iter().all(|p| p.start_offset() > 0),
+        "retention removed old segments"
+    );
+    assert_every_stored_key_is_found(&store, &stored);
+
+    // And so after a reopen, clean or recovering.
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    assert_every_stored_key_is_found(&store, &stored);
+    store.halt_without_cleanup();
+    drop(store);
+    let store = Store::open(dir.path(), config).unwrap();
+    assert_every_stored_key_is_found(&store, &stored);
+}
+
+/// `batches` as one append of the store, each (partition, lines) one partition's batch.
+fn append_to_partitions(
+    store: &Store,
+    batches: &[(Arc<Partition>, Vec<String>)],
+) -> Result<Vec<u64>, StoreError> {
+    let messages: Vec<Vec<NewMessage<'_>>> = batches
+        .iter()
+        .map(|(_, lines)| lines.iter().map(|l| keyed(l.as_bytes())).collect())
+        .collect();
+    let pairs: Vec<(&Partition, &[NewMessage<'_>])> = batches
+        .iter()
+        .zip(&messages)
+        .map(|((p, _), m)| (&**p, m.as_slice()))
+        .collect();
+    let outcomes = store.append_to_partitions(&pairs)?;
+    Ok(outcomes.iter().map(|o| o.first_offset).collect())
+}
+
+#[test]
+fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", settings(3)).unwrap();
+    let p: Vec<Arc<Partition>> = topic.partitions();
+    let too_long = format!("b:{}\n", "x".repeat(5000));
+    let refused = append_to_partitions(
+        &store,
+        &[
+            (p[2].clone(), vec!["c:1\n".into()]),
+            (p[0].clone(), vec!["a:PARTIAL\n".into()]),
+            (p[1].clone(), vec!["b:fits\n".into(), too_long]),
+        ],
+    );
+    assert!(
+        matches!(refused, Err(StoreError::MessageTooLarge { .. })),
+        "{refused:?}"
+    );
+    assert!(p.iter().all(|p| p.end_offset() == 0));
+    assert_eq!(key_matches(&store, &topic, "a"), []);
+
+    // Batches in any order of partitions; outcomes in the order given.
+    let offsets = append_to_partitions(
+        &store,
+        &[
+            (p[2].clone(), vec!["c:1\n".into(), "c:2\n".into()]),
+            (p[0].clone(), vec!["a:WHOLE\n".into()]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(offsets, [0, 0]);
+    assert_eq!(
+        key_matches(&store, &topic, "c"),
+        [(2, 1, "c:2\n".into()), (2, 0, "c:1\n".into())]
+    );
+    assert_eq!(
+        key_matches(&store, &topic, "a"),
+        [(0, 0, "a:WHOLE\n".into())]
+    );
+
+    // One partition named twice would wait for its own lock: refused, nothing stored.
+    let twice = append_to_partitions(
+        &store,
+        &[
+            (p[1].clone(), vec!["b:1\n".into()]),
+            (p[1].clone(), vec!["b:2\n".into()]),
+        ],
+    );
+    assert!(
+        matches!(twice, Err(StoreError::InvalidSetting(_))),
+        "{twice:?}"
+    );
+    assert_eq!(p[1].end_offset(), 0);
+}
