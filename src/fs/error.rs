@@ -112,6 +112,8 @@ fn with_sources(error: &dyn std::error::Error) -> String {
     message
 }
 
+pub type FsResult<T> = Result<T, FsError>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +179,3 @@ mod tests {
         }
     }
 }
-
-pub type FsResult<T> = Result<T, FsError>;

@@ -1,6 +1,8 @@
 //! The thin fuser adapter: each callback calls the core, replies, and on error logs the
 //! reason once (at the error's own level) and replies with its errno. A panic in the core
-//! becomes EIO for that one request instead of killing a session thread.
+//! becomes EIO for that one request instead of killing a session thread; one inside the
+//! store's write path has also fenced the store (no more writes until a remount), so no
+//! request after it can build on a half-finished append.
 
 use std::ffi::OsStr;
 use std::io;
@@ -18,10 +20,13 @@ use tracing::Level;
 
 use super::core::{Attr, AttrChanges, CommitFs, DirectoryReplier, Entry};
 use super::error::{FsError, FsResult};
+use super::framing::MAX_RAW_WRITE_BYTES;
 use super::xattr::XattrReply;
 
-/// The most one WRITE carries; the kernel's own ceiling (256 pages) on this machine, and
-/// it keeps fuser from sizing its per-thread buffers for 16 MiB.
+/// The most one WRITE carries: 256 pages, the kernel's default ceiling (`max_pages_limit`),
+/// which also keeps fuser from sizing its per-thread buffers for 16 MiB. A `write(2)` that
+/// starts inside a page fills one request with less, which is why raw messages stop at 255
+/// pages ([`MAX_RAW_WRITE_BYTES`]).
 const MAX_WRITE_BYTES: u32 = 1 << 20;
 
 pub struct FuseAdapter {
@@ -152,6 +157,12 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         if let Err(limit) = config.set_max_write(MAX_WRITE_BYTES) {
             tracing::warn!("the kernel takes writes of at most {limit} bytes");
+        }
+        if !config.capabilities().contains(InitFlags::FUSE_MAX_PAGES) {
+            tracing::warn!(
+                "this kernel passes at most 32 pages per request: a raw write of more than 31 \
+                 pages (126,976 bytes), and up to {MAX_RAW_WRITE_BYTES}, arrives as several messages"
+            );
         }
         // O_TRUNC then reaches open(), which refuses it on segments in one step. Never ask
         // for the writeback cache (it would hold "stored" bytes in the kernel and cut

@@ -9,6 +9,7 @@
 //! holds the open file's unfinished last line. It is committed, with a `\n` added, on the
 //! FLUSH sent by the `close()` of the process that opened the file, or else at RELEASE
 //! (the last close, which the kernel sends asynchronously and whose errors reach nobody).
+//! A write that fails drops the held line instead (its rest was in that write).
 //! `fsync` makes the complete lines durable and leaves the partial line waiting.
 
 use std::cell::RefCell;
