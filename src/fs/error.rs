@@ -76,7 +76,9 @@ impl From<StoreError> for FsError {
             | StoreError::MessageTooLarge { .. }
             | StoreError::InvalidSetting(_) => Level::INFO,
             StoreError::DiskFull(_) | StoreError::Locked(_) | StoreError::Closed => Level::WARN,
-            StoreError::Corrupt { .. } | StoreError::Io { .. } => Level::ERROR,
+            StoreError::Corrupt { .. } | StoreError::NeedsRepair { .. } | StoreError::Io { .. } => {
+                Level::ERROR
+            }
         };
         FsError {
             errno,
