@@ -124,9 +124,13 @@ pub fn scan_record(rest: &[u8]) -> Scanned {
         BLANK_MAGIC => Scanned::Invalid("end-of-file marker with a wrong size"),
         SKIP_MAGIC if (MARKER_BYTES..=rest.len()).contains(&size) => Scanned::Skip(size),
         SKIP_MAGIC => Scanned::Invalid("skip marker with a wrong size"),
+        // The CRC first: it says best what is wrong with a damaged record.
         RECORD_MAGIC => match decode_header(rest) {
-            Ok(header) if crc_matches(&rest[..header.size as usize]) => Scanned::Record(header),
-            Ok(_) => Scanned::Invalid("CRC32C mismatch"),
+            Err(reason) if size < RECORD_HEADER_BYTES || size > rest.len() => {
+                Scanned::Invalid(reason)
+            }
+            _ if !crc_matches(&rest[..size]) => Scanned::Invalid("CRC32C mismatch"),
+            Ok(header) => Scanned::Record(header),
             Err(reason) => Scanned::Invalid(reason),
         },
         0 if size == 0 => Scanned::Invalid("zeroes (never written)"),

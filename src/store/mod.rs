@@ -2,6 +2,7 @@
 //! per partition, an on-disk hash index of keys, recovery and retention. Nothing here knows
 //! about FUSE; the mount is a thin layer over [`Store`].
 
+pub mod check;
 mod checkpoint;
 mod commitlog;
 mod error;

@@ -982,7 +982,7 @@ fn raise_open_file_limit() {
     }
 }
 
-fn lock_store(dir: &Path) -> Result<File> {
+pub(super) fn lock_store(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let file = File::create(&path)
         .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
