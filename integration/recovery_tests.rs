@@ -237,7 +237,7 @@ fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_
             .filter(|l| {
                 l.contains(&format!("topic \"{name}\"")) && l.contains(" lost in a damaged span")
             })
-            .flat_map(|l| lost_offsets(l))
+            .flat_map(lost_offsets)
             .collect()
     };
     assert_messages(&store, "a", 1000, &lost_in("a"));

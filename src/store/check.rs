@@ -795,7 +795,7 @@ fn repair(
     let needed = partitions_with_data(dir, checkpoint.as_ref(), &walk)?;
     // Without store.toml nothing tells deleted topics from live ones: all are kept.
     let had_meta = meta.is_some();
-    let before = meta.as_ref().map(|m| toml_of(m));
+    let before = meta.clone();
     let meta = repaired_meta(meta, layout, &needed)?;
     for &(base, from, to) in &walk.spans {
         let file = &walk.files[&base];
@@ -808,7 +808,7 @@ fn repair(
         )));
     }
     drop(walk);
-    if before.as_deref() != Some(&toml_of(&meta)) {
+    if before.as_ref() != Some(&meta) {
         if !had_meta && dir.join(meta::META_FILE).exists() {
             let kept = dir.join(format!("{}.damaged", meta::META_FILE));
             std::fs::rename(dir.join(meta::META_FILE), &kept)
@@ -842,10 +842,6 @@ fn repair(
         "consume queues and the key index rebuilt from the whole commit log".into(),
     ));
     Ok(())
-}
-
-fn toml_of(meta: &Meta) -> String {
-    format!("{meta:?}")
 }
 
 /// Every offset the repair lost: in skipped spans, and past the partitions' new ends where

@@ -180,18 +180,25 @@ impl CommitLog {
             written_end: AtomicU64::new(end),
             flushed_end: AtomicU64::new(durable.min(end)),
             flush_lock: Mutex::new(()),
-            preparer: preparer.clone(),
+            preparer,
             preparer_thread: Mutex::new(None),
         };
-        let (dir, warm) = (log.dir.clone(), log.warm);
+        log.start_preparer(write_base + file_bytes)?;
+        Ok(log)
+    }
+
+    /// Starts the thread that makes the file at `next` (and those after it) ahead of need.
+    fn start_preparer(&self, next: u64) -> Result<()> {
+        let (preparer, dir, warm) = (self.preparer.clone(), self.dir.clone(), self.warm);
+        let file_bytes = self.file_bytes;
         let thread = std::thread::Builder::new()
             .name("commitlog-prepare".into())
             .spawn(move || prepare_files(&preparer, &dir, file_bytes, warm))
             .map_err(|e| StoreError::io("starting the file preparer", e))?;
-        *log.preparer_thread.lock() = Some(thread);
-        log.request_next(write_base + file_bytes);
-        log.appender().request_warming();
-        Ok(log)
+        *self.preparer_thread.lock() = Some(thread);
+        self.request_next(next);
+        self.appender().request_warming();
+        Ok(())
     }
 
     pub fn file_bytes(&self) -> u64 {
