@@ -481,3 +481,44 @@ fn a_valid_record_past_the_log_end_is_never_deleted() {
     assert!(Store::open(dir.path(), small_config()).is_err());
     assert_eq!(log_files(dir.path()), files, "every file is still there");
 }
+
+#[test]
+fn a_torn_tail_before_an_empty_prepared_file_is_still_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = store
+        .create_topic("a", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for offset in 0..1200 {
+        store
+            .append(&partition, &message("a", 0, offset), None)
+            .unwrap();
+    }
+    store.halt_without_cleanup();
+    drop(store);
+    let files = log_files(dir.path());
+    let last = files.last().unwrap();
+    // The file a killed daemon had prepared ahead of need: allocated, never written.
+    let base: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let prepared = log_dir(dir.path()).join(format!("{:020}", base + 64 * 1024));
+    std::fs::write(&prepared, vec![0u8; 64 * 1024]).unwrap();
+    // The newest record torn.
+    let mut bytes = std::fs::read(last).unwrap();
+    let newest = *record_starts(&bytes).last().unwrap();
+    bytes[newest + 20..newest + 60].fill(0);
+    std::fs::write(last, &bytes).unwrap();
+
+    let store = open(dir.path());
+    let partition = store.topic("a").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 1199);
+    for offset in 0..1199 {
+        assert_eq!(
+            store.read_message(&partition, offset).unwrap(),
+            message("a", 0, offset)
+        );
+    }
+    let next = store.append(&partition, b"after\n", None).unwrap();
+    assert_eq!(next.first_offset, 1199);
+}

@@ -263,6 +263,22 @@ mod tests {
     }
 
     #[test]
+    fn scans_pass_skip_markers_and_find_the_next_valid_record() {
+        let record = encoded(sample(), b"k:abc");
+        let mut file = vec![0u8; 300];
+        file[..8].copy_from_slice(&skip_marker(100));
+        file[100..100 + record.len()].copy_from_slice(&record);
+        assert_eq!(scan_record(&file), Scanned::Skip(100));
+        assert_eq!(next_valid_record(&file, 1), Some(100));
+        assert_eq!(next_valid_record(&file, 100), Some(100));
+        assert_eq!(next_valid_record(&file, 101), None);
+        // The magic alone is not a record: its CRC must check.
+        file[200..204].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        assert_eq!(next_valid_record(&file, 101), None);
+        assert!(matches!(scan_record(&skip_marker(4)), Scanned::Invalid(_)));
+    }
+
+    #[test]
     fn file_names_are_twenty_digits() {
         assert_eq!(file_name(300_000), "00000000000000300000");
         assert_eq!(parse_file_name("00000000000000300000"), Some(300_000));
