@@ -39,11 +39,11 @@ impl<F: Deref<Target = LogFile>> Record<F> {
 
     /// Whether the record's bytes still match the CRC32C stored in it.
     pub fn crc_matches(&self) -> bool {
-        let bytes = self
-            .file
-            .data
-            .bytes(self.position, self.header.size as usize);
-        crc32c::crc32c(&bytes[12..]) == format::le_u32(bytes, 8)
+        format::crc_matches(
+            self.file
+                .data
+                .bytes(self.position, self.header.size as usize),
+        )
     }
 
     /// The commit-log file holding the record, and the record's byte offset in it.
@@ -106,8 +106,10 @@ pub struct CommitLog {
 
 impl CommitLog {
     /// Opens the log whose valid records end at `end` (decided by the caller's recovery):
-    /// files past the one holding `end` are deleted, and the bytes after `end` in it are
-    /// zeroed when `zero_tail` is set. Below `durable` the log is known to be on disk.
+    /// files past the one holding `end` are deleted if they hold no valid record, and the
+    /// bytes after `end` in it are zeroed when `zero_tail` is set. Below `durable` the log
+    /// is known to be on disk. A file that holds a valid record past the end, or a missing
+    /// file the end lies in, is refused: never delete or forget what the log holds.
     pub fn open(
         dir: &Path,
         file_bytes: u64,
@@ -118,33 +120,15 @@ impl CommitLog {
     ) -> Result<CommitLog> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        let bases = list_files(dir)?;
         let write_base = end - end % file_bytes;
         let mut files = Vec::new();
-        for base in bases {
+        for base in list_files(dir)? {
             let path = dir.join(format::file_name(base));
             if base > write_base {
-                tracing::info!("removing unused commit-log file {}", path.display());
-                std::fs::remove_file(&path)
-                    .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+                remove_unused_file(&path, file_bytes, end)?;
                 continue;
             }
-            if base % file_bytes != 0 {
-                return Err(StoreError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: format!("name is not a multiple of the file size {file_bytes}"),
-                });
-            }
-            let data = MappedFile::open(&path, file_bytes)?;
-            if data.allocated() != file_bytes {
-                return Err(StoreError::Corrupt {
-                    path,
-                    offset: data.allocated(),
-                    reason: format!("commit-log file is not {file_bytes} bytes long"),
-                });
-            }
-            files.push(Arc::new(LogFile { base, data }));
+            files.push(Arc::new(open_file(&path, base, file_bytes)?));
         }
         for pair in files.windows(2) {
             if pair[1].base != pair[0].base + file_bytes {
@@ -157,25 +141,23 @@ impl CommitLog {
         }
         let current = match files.last() {
             Some(last) if last.base == write_base => last.clone(),
-            // The log ends exactly where its last file does.
-            Some(last) if last.base + file_bytes == write_base => {
+            // The log ends exactly where its last file does, or is empty.
+            last if end == write_base
+                && last.is_none_or(|last| last.base + file_bytes == write_base) =>
+            {
                 // Warmed by the preparer thread, not here: opening must not wait for it.
                 let file = Arc::new(create_file(dir, write_base, file_bytes, false)?);
                 files.push(file.clone());
                 file
             }
-            Some(last) => {
+            _ => {
                 return Err(StoreError::Corrupt {
-                    path: last.data.path().to_owned(),
-                    offset: end,
-                    reason: "the log's end lies past its last file".into(),
+                    path: dir.join(format::file_name(write_base)),
+                    offset: end - write_base,
+                    reason: format!(
+                        "the commit log ends at offset {end}, in this file, which is missing; run `commitfs check --repair` on the data directory"
+                    ),
                 })
-            }
-            None => {
-                // Warmed by the preparer thread, not here: opening must not wait for it.
-                let file = Arc::new(create_file(dir, write_base, file_bytes, false)?);
-                files.push(file.clone());
-                file
             }
         };
         if zero_tail {
@@ -198,18 +180,25 @@ impl CommitLog {
             written_end: AtomicU64::new(end),
             flushed_end: AtomicU64::new(durable.min(end)),
             flush_lock: Mutex::new(()),
-            preparer: preparer.clone(),
+            preparer,
             preparer_thread: Mutex::new(None),
         };
-        let (dir, warm) = (log.dir.clone(), log.warm);
+        log.start_preparer(write_base + file_bytes)?;
+        Ok(log)
+    }
+
+    /// Starts the thread that makes the file at `next` (and those after it) ahead of need.
+    fn start_preparer(&self, next: u64) -> Result<()> {
+        let (preparer, dir, warm) = (self.preparer.clone(), self.dir.clone(), self.warm);
+        let file_bytes = self.file_bytes;
         let thread = std::thread::Builder::new()
             .name("commitlog-prepare".into())
             .spawn(move || prepare_files(&preparer, &dir, file_bytes, warm))
             .map_err(|e| StoreError::io("starting the file preparer", e))?;
-        *log.preparer_thread.lock() = Some(thread);
-        log.request_next(write_base + file_bytes);
-        log.appender().request_warming();
-        Ok(log)
+        *self.preparer_thread.lock() = Some(thread);
+        self.request_next(next);
+        self.appender().request_warming();
+        Ok(())
     }
 
     pub fn file_bytes(&self) -> u64 {
@@ -357,25 +346,8 @@ impl CommitLog {
 /// CRC is checked where its bytes are served.
 pub(super) fn record_in<F: Deref<Target = LogFile>>(file: F, offset: u64) -> Option<Record<F>> {
     let position = offset.checked_sub(file.base)?;
-    let file_bytes = file.data.capacity();
-    if position + RECORD_HEADER_BYTES as u64 > file_bytes {
-        return None;
-    }
-    let bytes = file.data.bytes(position, RECORD_HEADER_BYTES);
-    let size = u64::from(format::le_u32(bytes, 0));
-    let sane = format::le_u32(bytes, 4) == format::RECORD_MAGIC
-        && size >= RECORD_HEADER_BYTES as u64
-        && position + size <= file_bytes;
-    if !sane {
-        return None;
-    }
-    let header = RecordHeader::decode(bytes);
-    if header
-        .key_len
-        .is_some_and(|k| k as usize > header.payload_len())
-    {
-        return None;
-    }
+    let rest = file.data.capacity().checked_sub(position)?;
+    let header = format::decode_header(file.data.bytes(position, rest as usize)).ok()?;
     Some(Record {
         file,
         position,
@@ -534,6 +506,50 @@ fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64, warm: bool) {
         }
         preparer.wake.notify_all();
     }
+}
+
+fn open_file(path: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
+    if base % file_bytes != 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            reason: format!("name is not a multiple of the file size {file_bytes}"),
+        });
+    }
+    let data = MappedFile::open(path, file_bytes)?;
+    if data.allocated() != file_bytes {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: data.allocated(),
+            reason: format!("commit-log file is not {file_bytes} bytes long"),
+        });
+    }
+    Ok(LogFile { base, data })
+}
+
+/// Removes a file past the log's `end`, which recovery found holds nothing: if it holds a
+/// valid record after all, that is refused.
+fn remove_unused_file(path: &Path, file_bytes: u64, end: u64) -> Result<()> {
+    if let Some(at) = first_valid_record(path, file_bytes)? {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: at as u64,
+            reason: format!(
+                "a valid record lies past the log's end {end}; run `commitfs check --repair` on the data directory"
+            ),
+        });
+    }
+    tracing::info!("removing unused commit-log file {}", path.display());
+    std::fs::remove_file(path)
+        .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))
+}
+
+/// The position of the first valid record in the commit-log file at `path`, whatever its
+/// length.
+pub fn first_valid_record(path: &Path, file_bytes: u64) -> Result<Option<usize>> {
+    let file = MappedFile::open(path, file_bytes)?;
+    let len = file.allocated().min(file.capacity()) as usize;
+    Ok(format::next_valid_record(file.bytes(0, len), 0))
 }
 
 pub fn list_files(dir: &Path) -> Result<Vec<u64>> {

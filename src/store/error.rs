@@ -31,6 +31,10 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
+    /// Damage or disagreement the store will not guess its way past: the mount is refused
+    /// until `commitfs check --repair` decides.
+    #[error("{what}; run `commitfs check --repair {}` to repair it", .dir.display())]
+    NeedsRepair { dir: PathBuf, what: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

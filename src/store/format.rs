@@ -5,12 +5,19 @@ pub const RECORD_HEADER_BYTES: usize = 48;
 pub const RECORD_MAGIC: u32 = 0xC0F5_1A01;
 /// Marks the unused tail of a commit-log file: the next record is in the next file.
 pub const BLANK_MAGIC: u32 = 0xC0F5_B1A4;
-/// The blank marker is a size and a magic; every file keeps room for one.
-pub const BLANK_BYTES: usize = 8;
+/// Marks a damaged span that `commitfs check --repair` gave up: scans pass over it.
+pub const SKIP_MAGIC: u32 = 0xC0F5_5C1D;
+/// A marker (end-of-file or skip) is a size and a magic.
+pub const MARKER_BYTES: usize = 8;
+/// Every file keeps room for an end-of-file marker.
+pub const BLANK_BYTES: usize = MARKER_BYTES;
 /// `key_len` value of a message without a key.
 pub const NO_KEY: u32 = u32::MAX;
 
 pub const QUEUE_ENTRY_BYTES: usize = 20;
+/// The `commit_log_offset` of a queue entry whose message was lost in a damaged span that
+/// `commitfs check --repair` skipped: it points nowhere, so reading the message fails.
+pub const LOST_MESSAGE: u64 = u64::MAX;
 
 /// The fixed fields of one message as stored in the commit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +50,8 @@ impl RecordHeader {
         out[40..48].copy_from_slice(&self.segment_position.to_le_bytes());
     }
 
-    /// Decodes a header whose size and magic were already checked.
-    pub fn decode(bytes: &[u8]) -> RecordHeader {
+    /// Decodes a header whose size and magic were already checked ([`decode_header`]).
+    fn decode(bytes: &[u8]) -> RecordHeader {
         let key_len = le_u32(bytes, 20);
         RecordHeader {
             size: le_u32(bytes, 0),
@@ -63,45 +70,90 @@ pub fn record_crc(header: &[u8; RECORD_HEADER_BYTES], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&header[12..]), payload)
 }
 
+/// Whether a whole record's bytes (header and payload) match the CRC32C stored in it.
+pub fn crc_matches(record: &[u8]) -> bool {
+    record.len() >= RECORD_HEADER_BYTES && crc32c::crc32c(&record[12..]) == le_u32(record, 8)
+}
+
+/// The one decoder of a record header: the bytes at the start of `rest` (the remainder of
+/// one commit-log file) must be a record's magic, a size that fits in `rest` and a key no
+/// longer than the payload. The CRC is not checked here: the scan checks it at once
+/// ([`scan_record`]), a reader where it serves the payload ([`crc_matches`]).
+pub fn decode_header(rest: &[u8]) -> Result<RecordHeader, &'static str> {
+    if rest.len() < RECORD_HEADER_BYTES {
+        return Err("record size out of bounds");
+    }
+    if le_u32(rest, 4) != RECORD_MAGIC {
+        return Err("unknown magic");
+    }
+    let size = le_u32(rest, 0) as usize;
+    if size < RECORD_HEADER_BYTES || size > rest.len() {
+        return Err("record size out of bounds");
+    }
+    let header = RecordHeader::decode(rest);
+    if header
+        .key_len
+        .is_some_and(|k| k as usize > header.payload_len())
+    {
+        return Err("key longer than the message");
+    }
+    Ok(header)
+}
+
 /// What a scan finds at a commit-log position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Scanned {
     Record(RecordHeader),
     /// The rest of the file is unused.
     EndOfFile,
-    /// Not a valid record: the log ends here.
+    /// A span `commitfs check --repair` marked as damaged: this many bytes (the marker
+    /// included) hold no record; the next record follows them.
+    Skip(usize),
+    /// Not a valid record: the log ends here, or it is damaged.
     Invalid(&'static str),
 }
 
 /// Validates the bytes at the start of `rest` (the remainder of one commit-log file).
 pub fn scan_record(rest: &[u8]) -> Scanned {
-    if rest.len() < BLANK_BYTES {
+    if rest.len() < MARKER_BYTES {
         return Scanned::Invalid("fewer than 8 bytes left in the file");
     }
     let size = le_u32(rest, 0) as usize;
     match le_u32(rest, 4) {
         BLANK_MAGIC if size == rest.len() => Scanned::EndOfFile,
         BLANK_MAGIC => Scanned::Invalid("end-of-file marker with a wrong size"),
-        RECORD_MAGIC => {
-            if size < RECORD_HEADER_BYTES || size > rest.len() {
-                return Scanned::Invalid("record size out of bounds");
+        SKIP_MAGIC if (MARKER_BYTES..=rest.len()).contains(&size) => Scanned::Skip(size),
+        SKIP_MAGIC => Scanned::Invalid("skip marker with a wrong size"),
+        // The CRC first: it says best what is wrong with a damaged record.
+        RECORD_MAGIC => match decode_header(rest) {
+            Err(reason) if size < RECORD_HEADER_BYTES || size > rest.len() => {
+                Scanned::Invalid(reason)
             }
-            let header: &[u8; RECORD_HEADER_BYTES] = rest[..RECORD_HEADER_BYTES]
-                .try_into()
-                .expect("length checked");
-            let payload = &rest[RECORD_HEADER_BYTES..size];
-            if record_crc(header, payload) != le_u32(rest, 8) {
-                return Scanned::Invalid("CRC32C mismatch");
-            }
-            let decoded = RecordHeader::decode(rest);
-            if decoded.key_len.is_some_and(|k| k as usize > payload.len()) {
-                return Scanned::Invalid("key longer than the message");
-            }
-            Scanned::Record(decoded)
-        }
+            _ if !crc_matches(&rest[..size]) => Scanned::Invalid("CRC32C mismatch"),
+            Ok(header) => Scanned::Record(header),
+            Err(reason) => Scanned::Invalid(reason),
+        },
         0 if size == 0 => Scanned::Invalid("zeroes (never written)"),
         _ => Scanned::Invalid("unknown magic"),
     }
+}
+
+/// The position of the first valid record (its CRC checks) that starts at or after `from`
+/// in `file` (a whole commit-log file). Candidates are the places the record magic occurs.
+pub fn next_valid_record(file: &[u8], from: usize) -> Option<usize> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    let search_from = from.checked_add(4).filter(|&at| at <= file.len())?;
+    memchr::memmem::find_iter(&file[search_from..], &magic)
+        .map(|found| search_from + found - 4)
+        .find(|&start| matches!(scan_record(&file[start..]), Scanned::Record(_)))
+}
+
+/// The marker `commitfs check --repair` writes over a damaged span of `len` bytes.
+pub fn skip_marker(len: u32) -> [u8; MARKER_BYTES] {
+    let mut marker = [0u8; MARKER_BYTES];
+    marker[0..4].copy_from_slice(&len.to_le_bytes());
+    marker[4..8].copy_from_slice(&SKIP_MAGIC.to_le_bytes());
+    marker
 }
 
 /// One consume-queue entry: where message N of a partition lives in the commit log.
@@ -208,6 +260,22 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(matches!(scan_record(&bytes[..len]), Scanned::Invalid(_)));
         }
+    }
+
+    #[test]
+    fn scans_pass_skip_markers_and_find_the_next_valid_record() {
+        let record = encoded(sample(), b"k:abc");
+        let mut file = vec![0u8; 300];
+        file[..8].copy_from_slice(&skip_marker(100));
+        file[100..100 + record.len()].copy_from_slice(&record);
+        assert_eq!(scan_record(&file), Scanned::Skip(100));
+        assert_eq!(next_valid_record(&file, 1), Some(100));
+        assert_eq!(next_valid_record(&file, 100), Some(100));
+        assert_eq!(next_valid_record(&file, 101), None);
+        // The magic alone is not a record: its CRC must check.
+        file[200..204].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        assert_eq!(next_valid_record(&file, 101), None);
+        assert!(matches!(scan_record(&skip_marker(4)), Scanned::Invalid(_)));
     }
 
     #[test]

@@ -397,3 +397,70 @@ impl KeyIndex {
         self.files.read().iter().map(|f| f.data.allocated()).sum()
     }
 }
+
+/// The slot count and entry capacity in the header of the first index file in `dir`.
+pub fn sizes_in(dir: &Path) -> Option<(u32, u32)> {
+    let base = super::commitlog::list_files(dir).ok()?.into_iter().next()?;
+    let bytes = std::fs::read(dir.join(format::file_name(base))).ok()?;
+    let header = bytes.get(..HEADER_BYTES as usize)?;
+    (le_u32(header, 0) == MAGIC).then(|| (le_u32(header, 8), le_u32(header, 12)))
+}
+
+/// Checks the bytes of one index file without writing: its header, every slot and chain
+/// link among its first `count` entries (all in use, if `None`), and each entry's key hash
+/// against its record (`hash_at`: `None` if the record is no longer stored, `Some(None)`
+/// if there is no valid keyed record there). Reports each problem with its byte; returns
+/// the entries checked.
+pub fn verify_file(
+    bytes: &[u8],
+    count: Option<u32>,
+    hash_at: impl Fn(u64) -> Option<Option<u64>>,
+    mut problem: impl FnMut(u64, String),
+) -> u32 {
+    if bytes.len() < HEADER_BYTES as usize
+        || le_u32(bytes, 0) != MAGIC
+        || le_u32(bytes, 4) != VERSION
+    {
+        problem(0, "not an index file of this version".into());
+        return 0;
+    }
+    let (slots, in_use) = (le_u32(bytes, 8), le_u32(bytes, COUNT_AT as usize));
+    let entries_at = HEADER_BYTES + u64::from(slots) * 4;
+    let count = count.unwrap_or(in_use);
+    let fits = slots > 0
+        && count >= 1
+        && count <= in_use
+        && entries_at + u64::from(count) * ENTRY_BYTES <= bytes.len() as u64;
+    if !fits {
+        problem(COUNT_AT, format!("{count} entries do not fit in the file"));
+        return 0;
+    }
+    for slot in 0..u64::from(slots) {
+        let at = HEADER_BYTES + slot * 4;
+        let number = le_u32(bytes, at as usize);
+        // Slots written after the checkpoint may name newer entries, which recovery drops.
+        if number >= in_use {
+            problem(at, format!("slot {slot} names entry {number} of {in_use}"));
+        }
+    }
+    for number in 1..count {
+        let at = entries_at + u64::from(number) * ENTRY_BYTES;
+        let entry = &bytes[at as usize..(at + ENTRY_BYTES) as usize];
+        let (hash, offset, previous) = (le_u64(entry, 0), le_u64(entry, 8), le_u32(entry, 16));
+        if previous >= number {
+            problem(
+                at,
+                format!("entry {number} links to entry {previous}, not an older one"),
+            );
+        }
+        match hash_at(offset) {
+            Some(Some(found)) if found == hash => {}
+            None => {}
+            Some(_) => problem(
+                at,
+                format!("entry {number} names commit-log offset {offset}, which holds no record with its key"),
+            ),
+        }
+    }
+    count - 1
+}

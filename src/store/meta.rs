@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
-use super::{Framing, TopicSettings};
+use super::{Framing, TopicSettings, MAX_PARTITIONS};
 
 pub const META_FILE: &str = "store.toml";
 const FORMAT_VERSION: u32 = 1;
@@ -21,7 +21,26 @@ pub struct Layout {
     pub index_entries: u32,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+impl Layout {
+    /// Every size is a divisor or a bound somewhere: a damaged file must not panic.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.commit_log_file_bytes < 4096 || self.commit_log_file_bytes > u64::from(u32::MAX) {
+            return Err(format!(
+                "commit_log_file_bytes must be 4096 to {}",
+                u32::MAX
+            ));
+        }
+        if self.segment_messages == 0 {
+            return Err("segment_messages must be at least 1".into());
+        }
+        if self.index_slots == 0 || self.index_entries < 2 {
+            return Err("index_slots must be at least 1 and index_entries at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicRecord {
     pub name: String,
@@ -71,7 +90,7 @@ impl TopicRecord {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Meta {
     pub format_version: u32,
@@ -114,6 +133,65 @@ impl Meta {
             });
         }
         Ok(Some(meta))
+    }
+
+    /// What is wrong with this metadata on its own: a layout that cannot be, a topic whose
+    /// name, partition count or id is invalid, two topics sharing a name or an id, an id at
+    /// or above `next_topic_id` (the next topic would reuse it).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.layout.validate()?;
+        let mut names = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for topic in &self.topics {
+            let name = &topic.name;
+            super::validate_topic_name(name).map_err(|e| e.to_string())?;
+            if !(1..=MAX_PARTITIONS).contains(&topic.partitions) {
+                return Err(format!(
+                    "topic {name:?} has partitions = {}; it must be 1 to {MAX_PARTITIONS}",
+                    topic.partitions
+                ));
+            }
+            if topic.key_separator.as_ref().is_some_and(|s| s.is_empty()) {
+                return Err(format!("topic {name:?} has an empty key_separator"));
+            }
+            if topic.id == 0 || topic.id >= self.next_topic_id {
+                return Err(format!(
+                    "topic {name:?} has id {}, not 1 to next_topic_id - 1 ({})",
+                    topic.id,
+                    self.next_topic_id.saturating_sub(1)
+                ));
+            }
+            if !names.insert(name) {
+                return Err(format!("two topics are named {name:?}"));
+            }
+            if !ids.insert(topic.id) {
+                return Err(format!("two topics have id {}", topic.id));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn topic_by_id(&self, id: u32) -> Option<&TopicRecord> {
+        self.topics.iter().find(|t| t.id == id)
+    }
+
+    /// Whether a partition holding data is one this metadata cannot have: a topic id at or
+    /// above `next_topic_id`, or a partition past its topic's count. (A lower id that is not
+    /// listed is a deleted topic's.) Returns why.
+    pub fn disowns(&self, topic_id: u32, partition: u32) -> Option<String> {
+        if topic_id >= self.next_topic_id {
+            return Some(format!(
+                "topic id {topic_id}, which store.toml has not given out (next_topic_id = {})",
+                self.next_topic_id
+            ));
+        }
+        let topic = self.topic_by_id(topic_id)?;
+        (partition >= topic.partitions).then(|| {
+            format!(
+                "partition {partition} of topic {:?} (id {topic_id}), which store.toml says has {} partitions",
+                topic.name, topic.partitions
+            )
+        })
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {

@@ -3,6 +3,7 @@
 //! about FUSE; the mount is a thin layer over [`Store`].
 
 mod append;
+pub mod check;
 mod checkpoint;
 mod commitlog;
 mod error;

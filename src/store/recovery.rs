@@ -1,13 +1,14 @@
 //! Opening the store: metadata, checkpoint, and — after an unclean stop or when derived files
-//! are missing — a scan of the commit log that verifies every record's CRC, cuts a torn or
-//! garbage tail and rebuilds the consume-queue and index entries.
+//! are missing — a scan of the commit log that verifies every record's CRC, cuts a torn tail
+//! and rebuilds the consume-queue and index entries. Damage anywhere but the tail, and
+//! metadata that disagrees with the data, refuse the open: `commitfs check --repair` decides.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::AsRawFd;
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -15,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use super::checkpoint::Checkpoint;
 use super::commitlog::{self, CommitLog};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry, Scanned, RECORD_HEADER_BYTES};
+use super::format::{self, QueueEntry, Scanned, LOST_MESSAGE, RECORD_HEADER_BYTES};
 use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
@@ -23,62 +24,299 @@ use super::partition::PartitionOffsets;
 use super::queue::{ConsumeQueue, QueueFile};
 use super::{maintenance, Store, StoreConfig};
 
-const LOG_DIR: &str = "commitlog";
-const QUEUE_DIR: &str = "queues";
-const INDEX_DIR: &str = "index";
+pub(super) const LOG_DIR: &str = "commitlog";
+pub(super) const QUEUE_DIR: &str = "queues";
+pub(super) const INDEX_DIR: &str = "index";
 
-pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
+pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Store>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     let lock = lock_store(dir)?;
-    raise_open_file_limit();
-    let layout = settle_layout(dir, &mut config)?;
-    fit_max_message(&mut config);
-    let meta = Meta::load(dir)?.expect("metadata written by settle_layout");
-    let unclean = meta::abort_marker_exists(dir);
-    meta::create_abort_marker(dir)?;
-    let checkpoint = Checkpoint::load(dir)?;
-    remove_orphan_queues(dir, &meta)?;
+    Ok(open_locked(dir, lock, config)?.store)
+}
 
-    let (index, index_damaged) = match KeyIndex::open(
-        &dir.join(INDEX_DIR),
-        layout.index_slots,
-        layout.index_entries,
-    ) {
-        Ok(index) => (index, false),
+/// A store opened, with the messages its recovery found lost in spans that
+/// `commitfs check --repair` skipped.
+pub(super) struct Opened {
+    pub store: Arc<Store>,
+    pub lost: Vec<LostMessages>,
+}
+
+/// Offsets `from..to` of a partition whose messages are gone with a damaged span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostMessages {
+    pub topic_id: u32,
+    pub partition: u32,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Opens the store in `dir`, whose `lock` the caller holds.
+pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
+    raise_open_file_limit();
+    let meta = settle_meta(dir, &mut config)?;
+    fit_max_message(&mut config);
+    let layout = meta.layout;
+    let checkpoint = Checkpoint::load(dir)?;
+    check_data_against_meta(dir, &meta, checkpoint.as_ref())?;
+    let unclean = meta::abort_marker_exists(dir);
+    // Nothing was written so far, so a refusal above leaves the store exactly as it was.
+    meta::create_abort_marker(dir)?;
+    remove_orphan_queues(dir, &meta)?;
+    let (index, index_damaged) = open_index(dir, &layout)?;
+    let log_dir = dir.join(LOG_DIR);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
+    let (mut partitions, uncovered) = open_partitions(dir, &meta, checkpoint.as_ref(), unclean)?;
+    let plan = plan_recovery(
+        &log_dir,
+        checkpoint.as_ref(),
+        &index,
+        index_damaged,
+        &partitions,
+        uncovered,
+        unclean,
+    )?;
+    let mut scanner = Scanner {
+        dir,
+        log_dir: &log_dir,
+        file_bytes: layout.commit_log_file_bytes,
+        durable: 0,
+        partitions: &mut partitions,
+        index: &index,
+        meta: &meta,
+        last_skip: None,
+        lost: Vec::new(),
+        records: 0,
+    };
+    let recovered = scanner.recover(&plan)?;
+    let lost = scanner.lost;
+    let first_log_file = commitlog::list_files(&log_dir)?.first().copied();
+    let offsets = settle_offsets(partitions, &plan, first_log_file.unwrap_or(0))?;
+    let log = Arc::new(CommitLog::open(
+        &log_dir,
+        layout.commit_log_file_bytes,
+        config.warm_mapped_files,
+        recovered.end,
+        recovered.durable,
+        recovered.cut,
+    )?);
+    let topics = meta.topics.len();
+    let store = assemble(dir, config, layout, log, index, meta, lock, &offsets)?;
+    tracing::info!(
+        "store at {} open: {topics} topics, commit log ends at {}",
+        dir.display(),
+        recovered.end
+    );
+    Ok(Opened { store, lost })
+}
+
+/// Loads `store.toml` (or creates it for a new store), refusing metadata that is invalid or
+/// missing beside data, and settles the layout: the persisted one wins over the configured.
+fn settle_meta(dir: &Path, config: &mut StoreConfig) -> Result<Meta> {
+    let wanted = Layout {
+        commit_log_file_bytes: config.commit_log_file_bytes,
+        segment_messages: config.segment_messages,
+        index_slots: config.index_slots,
+        index_entries: config.index_entries,
+    };
+    let meta = match Meta::load(dir)? {
+        Some(meta) => {
+            meta.validate().map_err(|problem| StoreError::NeedsRepair {
+                dir: dir.to_owned(),
+                what: format!("{}: {problem}", dir.join(meta::META_FILE).display()),
+            })?;
+            if meta.layout != wanted {
+                tracing::warn!(
+                    "the store at {} was created with {:?}; that layout stays (configured: {wanted:?})",
+                    dir.display(),
+                    meta.layout
+                );
+            }
+            meta
+        }
+        None => {
+            if let Some(data) = data_without_meta(dir) {
+                return Err(StoreError::NeedsRepair {
+                    dir: dir.to_owned(),
+                    what: format!(
+                        "{} is missing, but the directory holds {data}: opening it as a new store would lose the topics",
+                        dir.join(meta::META_FILE).display()
+                    ),
+                });
+            }
+            wanted.validate().map_err(StoreError::InvalidSetting)?;
+            let meta = Meta::new(wanted);
+            meta.save(dir)?;
+            meta
+        }
+    };
+    config.commit_log_file_bytes = meta.layout.commit_log_file_bytes;
+    config.segment_messages = meta.layout.segment_messages;
+    config.index_slots = meta.layout.index_slots;
+    config.index_entries = meta.layout.index_entries;
+    Ok(meta)
+}
+
+/// What a directory without `store.toml` holds of a store, if anything.
+pub(super) fn data_without_meta(dir: &Path) -> Option<String> {
+    let has_entries = |name: &str| {
+        std::fs::read_dir(dir.join(name)).is_ok_and(|mut entries| entries.next().is_some())
+    };
+    if has_entries(LOG_DIR) {
+        Some("commit-log files".into())
+    } else if has_entries(QUEUE_DIR) {
+        Some("consume queues".into())
+    } else if has_entries(INDEX_DIR) {
+        Some("key-index files".into())
+    } else if dir.join(super::checkpoint::CHECKPOINT_FILE).exists() {
+        Some("a checkpoint".into())
+    } else {
+        None
+    }
+}
+
+/// Refuses data that the metadata cannot own: consume queues or checkpoint marks of a
+/// partition past its topic's count, or of a topic id not given out yet. Writes nothing.
+fn check_data_against_meta(dir: &Path, meta: &Meta, checkpoint: Option<&Checkpoint>) -> Result<()> {
+    let refuse = |what: String| {
+        Err(StoreError::NeedsRepair {
+            dir: dir.to_owned(),
+            what,
+        })
+    };
+    for (topic_id, partitions) in queue_dirs(dir)? {
+        for (partition, path) in partitions {
+            if let Some(why) = meta.disowns(topic_id, partition) {
+                if holds_queue_files(&path) {
+                    return refuse(format!("{} holds messages of {why}", path.display()));
+                }
+            }
+        }
+    }
+    for mark in checkpoint.iter().flat_map(|c| &c.partitions) {
+        if let Some(why) = meta.disowns(mark.topic_id, mark.partition) {
+            if mark.end > 0 {
+                return refuse(format!(
+                    "the checkpoint counts {} messages of {why}",
+                    mark.end
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The consume-queue directories on disk: topic id, then partition number and path.
+pub(super) fn queue_dirs(dir: &Path) -> Result<BTreeMap<u32, BTreeMap<u32, PathBuf>>> {
+    let mut found = BTreeMap::new();
+    let root = dir.join(QUEUE_DIR);
+    let Ok(topics) = std::fs::read_dir(&root) else {
+        return Ok(found);
+    };
+    let listing = |path: &Path, e| StoreError::io(format!("listing {}", path.display()), e);
+    for topic in topics {
+        let topic = topic.map_err(|e| listing(&root, e))?;
+        let Some(id) = topic.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let partitions: &mut BTreeMap<u32, PathBuf> = found.entry(id).or_default();
+        let Ok(entries) = std::fs::read_dir(topic.path()) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| listing(&topic.path(), e))?;
+            if let Some(index) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                partitions.insert(index, entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a partition's queue directory holds any consume-queue file.
+pub(super) fn holds_queue_files(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(format::parse_file_name)
+                .is_some()
+        })
+    })
+}
+
+/// Consume queues of topics no longer in the metadata: a deleted topic's (a crash during
+/// its deletion), or the empty directories of a topic whose creation did not complete.
+/// `check_data_against_meta` has refused any other.
+fn remove_orphan_queues(dir: &Path, meta: &Meta) -> Result<()> {
+    for topic_id in queue_dirs(dir)?.into_keys() {
+        if meta.topic_by_id(topic_id).is_none() {
+            let path = queue_dir(dir, topic_id);
+            tracing::info!("removing the queues of a deleted topic: {}", path.display());
+            remove_dir(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The key index, rebuilt from nothing if its files are damaged (the flag says so).
+fn open_index(dir: &Path, layout: &Layout) -> Result<(KeyIndex, bool)> {
+    let index_dir = dir.join(INDEX_DIR);
+    match KeyIndex::open(&index_dir, layout.index_slots, layout.index_entries) {
+        Ok(index) => Ok((index, false)),
         Err(error @ StoreError::Corrupt { .. }) => {
             tracing::warn!("{error}; rebuilding the key index from the commit log");
-            remove_dir(&dir.join(INDEX_DIR))?;
-            (
-                KeyIndex::open(
-                    &dir.join(INDEX_DIR),
-                    layout.index_slots,
-                    layout.index_entries,
-                )?,
-                true,
-            )
+            remove_dir(&index_dir)?;
+            let index = KeyIndex::open(&index_dir, layout.index_slots, layout.index_entries)?;
+            Ok((index, true))
         }
-        Err(error) => return Err(error),
-    };
+        Err(error) => Err(error),
+    }
+}
 
+/// Every partition the metadata knows, at the offsets the checkpoint gives, and the
+/// partitions that the checkpoint does not cover although their queues hold messages
+/// from before it (those must come back from the log, never start empty).
+fn open_partitions(
+    dir: &Path,
+    meta: &Meta,
+    checkpoint: Option<&Checkpoint>,
+    unclean: bool,
+) -> Result<(PartitionMap<Recovering>, Vec<String>)> {
     let marks: HashMap<(u32, u32), (u64, u64)> = checkpoint
         .iter()
         .flat_map(|c| &c.partitions)
         .map(|m| ((m.topic_id, m.partition), (m.start, m.end)))
         .collect();
     let mut partitions = PartitionMap::default();
+    let mut uncovered = Vec::new();
     for topic in &meta.topics {
         for index in 0..topic.partitions {
             let queue = ConsumeQueue::open(
-                &dir.join(QUEUE_DIR)
-                    .join(topic.id.to_string())
-                    .join(index.to_string()),
-                u64::from(layout.segment_messages),
+                &queue_dir(dir, topic.id).join(index.to_string()),
+                u64::from(meta.layout.segment_messages),
             )?;
-            let (mut start, end) = marks.get(&(topic.id, index)).copied().unwrap_or((0, 0));
+            let mark = marks.get(&(topic.id, index)).copied();
+            let (mut start, end) = mark.unwrap_or((0, 0));
+            let first_file = queue.file_bases().first().copied();
             // Retention may have removed files after the checkpoint was written.
-            if let Some(&first) = queue.file_bases().first() {
+            if let Some(first) = first_file {
                 start = start.max(first).min(end);
+            }
+            // Without a mark, the partition is new since the checkpoint (an unclean stop
+            // then finds all of its records after the checkpoint's log end) or the
+            // checkpoint is one that forgot it.
+            let new_since_checkpoint = |first| {
+                unclean
+                    && queue.entry(first).is_some_and(|e| {
+                        e.commit_log_offset != LOST_MESSAGE
+                            && checkpoint.is_some_and(|c| e.commit_log_offset >= c.commit_log_end)
+                    })
+            };
+            if mark.is_none() && first_file.is_some_and(|first| !new_since_checkpoint(first)) {
+                uncovered.push(format!("topic id {} partition {index}", topic.id));
             }
             partitions.insert(
                 (topic.id, index),
@@ -88,119 +326,117 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
                     start,
                     end,
                     next: Some(end),
+                    last_record: None,
                 },
             );
         }
     }
+    Ok((partitions, uncovered))
+}
 
-    let damaged: Vec<String> = partitions
-        .iter()
-        .filter(|(_, p)| !p.queue.covers(p.start, p.end))
-        .map(|((topic, partition), _)| format!("topic id {topic} partition {partition}"))
-        .collect();
-    let log_dir = dir.join(LOG_DIR);
-    std::fs::create_dir_all(&log_dir)
-        .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
-    let first_log_file = commitlog::list_files(&log_dir)?.first().copied();
-    let index_missing = checkpoint
-        .as_ref()
-        .and_then(|c| c.index)
-        .is_some_and(|mark| !index.holds(mark));
-    if index_missing {
-        tracing::warn!("key-index entries the checkpoint counts are missing; rebuilding the index");
+/// How the commit log is brought back.
+enum Plan {
+    /// A clean stop: the checkpoint holds; nothing is scanned.
+    Clean { checkpoint_end: u64 },
+    /// An unclean stop: scan from the checkpoint, rebuilding what came after it.
+    FromCheckpoint { checkpoint: Checkpoint },
+    /// Derived files missing or damaged: rebuild them from the whole log. Below `durable`
+    /// a checkpoint promised the log was written out.
+    Rebuild { first: u64, durable: u64 },
+}
+
+fn plan_recovery(
+    log_dir: &Path,
+    checkpoint: Option<&Checkpoint>,
+    index: &KeyIndex,
+    index_damaged: bool,
+    partitions: &PartitionMap<Recovering>,
+    uncovered: Vec<String>,
+    unclean: bool,
+) -> Result<Plan> {
+    let mut reasons = uncovered
+        .into_iter()
+        .map(|p| format!("{p} holds messages the checkpoint does not cover"))
+        .collect::<Vec<_>>();
+    reasons.extend(
+        partitions
+            .iter()
+            .filter(|(_, p)| !p.queue.covers(p.start, p.end))
+            .map(|((topic, partition), _)| {
+                format!("consume-queue files of topic id {topic} partition {partition} are missing")
+            }),
+    );
+    if index_damaged {
+        reasons.push("the key index was damaged".into());
+    }
+    let first_log_file = commitlog::list_files(log_dir)?.first().copied();
+    let Some(checkpoint) = checkpoint else {
+        reasons.push("there is no checkpoint".into());
+        return Ok(rebuild(reasons, first_log_file, 0));
+    };
+    if checkpoint.index.is_some_and(|mark| !index.holds(mark)) {
+        reasons.push("key-index entries the checkpoint counts are missing".into());
     }
     // Retention may have removed the file holding the checkpoint's log end before a newer
     // checkpoint was written (a crash in between, or a full disk refusing it): scanning from
     // there would find nothing and drop every later file as "past the end".
-    let log_passed_checkpoint = checkpoint
-        .as_ref()
-        .zip(first_log_file)
-        .is_some_and(|(c, first)| c.commit_log_end < first);
-    if log_passed_checkpoint {
-        tracing::warn!("the checkpoint's commit-log file is gone; rebuilding from the whole log");
+    if first_log_file.is_some_and(|first| checkpoint.commit_log_end < first) {
+        reasons.push("the checkpoint's commit-log file is gone".into());
     }
-    let rebuild = checkpoint.is_none()
-        || index_damaged
-        || index_missing
-        || log_passed_checkpoint
-        || !damaged.is_empty();
-    // Below `durable_log`, the log is known to be on disk; what recovery scanned or rebuilt
-    // above it is written out before the next checkpoint vouches for it.
-    let (log_end, cut, durable_log) = if rebuild {
-        if !damaged.is_empty() {
-            tracing::warn!(
-                "consume-queue files missing for {}; rebuilding them",
-                damaged.join(", ")
-            );
-        }
-        let first = first_log_file.unwrap_or(0);
-        tracing::info!("rebuilding consume queues and the key index from the whole commit log");
-        index.remove_all()?;
-        for partition in partitions.values_mut() {
-            partition.queue.remove_all()?;
-            partition.active_file = None;
-            partition.next = None;
-        }
-        let durable = checkpoint.as_ref().map_or(0, |c| c.commit_log_end);
-        let (end, cut) = scan(
-            &log_dir,
-            layout.commit_log_file_bytes,
-            first,
-            durable,
-            &mut partitions,
-            &index,
-        )?;
-        (end, cut, first)
+    Ok(if !reasons.is_empty() {
+        rebuild(reasons, first_log_file, checkpoint.commit_log_end)
     } else if unclean {
-        let checkpoint = checkpoint
-            .as_ref()
-            .expect("not rebuilding without a checkpoint");
-        tracing::info!(
-            "the last stop was unclean: recovering from commit-log offset {}",
-            checkpoint.commit_log_end
-        );
-        index.truncate_to(checkpoint.index)?;
-        let (end, cut) = scan(
-            &log_dir,
-            layout.commit_log_file_bytes,
-            checkpoint.commit_log_end,
-            0,
-            &mut partitions,
-            &index,
-        )?;
-        (end, cut, checkpoint.commit_log_end)
+        Plan::FromCheckpoint {
+            checkpoint: checkpoint.clone(),
+        }
     } else {
-        let end = checkpoint
-            .as_ref()
-            .expect("clean stop has a checkpoint")
-            .commit_log_end;
-        (end, false, end)
-    };
+        Plan::Clean {
+            checkpoint_end: checkpoint.commit_log_end,
+        }
+    })
+}
 
-    let log = Arc::new(CommitLog::open(
-        &log_dir,
-        layout.commit_log_file_bytes,
-        config.warm_mapped_files,
-        log_end,
-        durable_log,
-        cut,
-    )?);
+fn rebuild(reasons: Vec<String>, first_log_file: Option<u64>, durable: u64) -> Plan {
+    tracing::warn!(
+        "rebuilding consume queues and the key index from the whole commit log: {}",
+        reasons.join("; ")
+    );
+    Plan::Rebuild {
+        first: first_log_file.unwrap_or(0),
+        durable,
+    }
+}
+
+/// Where the recovered log ends, whether it was cut there, and below which point it is
+/// known to be on disk (what recovery scanned or rebuilt above it is written out before
+/// the next checkpoint vouches for it).
+struct RecoveredLog {
+    end: u64,
+    cut: bool,
+    durable: u64,
+}
+
+/// The partitions' recovered offsets, and the consume-queue files past their ends removed.
+fn settle_offsets(
+    partitions: PartitionMap<Recovering>,
+    plan: &Plan,
+    first_log_offset: u64,
+) -> Result<HashMap<(u32, u32), PartitionOffsets>> {
     let mut recovered = HashMap::new();
     for (key, partition) in partitions {
         let end = partition.next.unwrap_or(partition.end.max(partition.start));
         let mut start = partition.start.min(end);
-        if unclean && !rebuild {
+        if let Plan::FromCheckpoint { .. } = plan {
             // The disk ceiling may have cut into this partition after the checkpoint (a crash
             // before the next one): start at the first message still in the log.
             start = partition
                 .queue
-                .first_at_or_after(start, end, log.min_offset());
+                .first_at_or_after(start, end, first_log_offset);
         }
         // Queue entries past the checkpoint's end (all of them, in a rebuild) are not on disk yet.
-        let durable = if rebuild {
-            start
-        } else {
-            partition.end.clamp(start, end)
+        let durable = match plan {
+            Plan::Rebuild { .. } => start,
+            _ => partition.end.clamp(start, end),
         };
         partition.queue.remove_from(end)?;
         recovered.insert(
@@ -212,7 +448,23 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
             },
         );
     }
+    Ok(recovered)
+}
 
+/// The store, its topics built. Until every topic is built and the recovered state is
+/// recorded in a checkpoint, the store counts as closed: a failure drops it without the
+/// closing checkpoint, which would forget every topic not built yet.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    dir: &Path,
+    config: StoreConfig,
+    layout: Layout,
+    log: Arc<CommitLog>,
+    index: KeyIndex,
+    meta: Meta,
+    lock: File,
+    offsets: &HashMap<(u32, u32), PartitionOffsets>,
+) -> Result<Arc<Store>> {
     let store = Arc::new(Store {
         dir: dir.to_owned(),
         config,
@@ -222,34 +474,51 @@ pub fn open(dir: &Path, mut config: StoreConfig) -> Result<Arc<Store>> {
         topics: RwLock::new(BTreeMap::new()),
         meta: Mutex::new(meta.clone()),
         quiesce: RwLock::new(()),
-        closed: AtomicBool::new(false),
+        closed: AtomicBool::new(true),
         fence: Default::default(),
         maintenance: maintenance::Handle::default(),
         checkpoint_lock: Mutex::new(()),
         lock: Mutex::new(Some(lock)),
     });
+    let built = build_topics(&store, &meta, offsets).and_then(|()| first_checkpoint(&store));
+    if let Err(error) = built {
+        store.log.stop();
+        return Err(error);
+    }
+    store.closed.store(false, Ordering::Release);
+    store.maintenance.start(Arc::downgrade(&store));
+    Ok(store)
+}
+
+fn build_topics(
+    store: &Store,
+    meta: &Meta,
+    offsets: &HashMap<(u32, u32), PartitionOffsets>,
+) -> Result<()> {
     for record in &meta.topics {
-        let topic = store.build_topic(record, &recovered)?;
+        fail::fail_point!("recovery::build_topic", |_| Err(StoreError::io(
+            format!("opening the queues of topic {}", record.name),
+            std::io::Error::from_raw_os_error(libc::EMFILE)
+        )));
+        let topic = store.build_topic(record, offsets)?;
         store
             .topics
             .write()
             .insert(record.name.clone(), Arc::new(topic));
     }
-    // The recovered state is the new starting point for the next recovery. On a full disk
-    // the previous checkpoint still describes a valid starting point, so serve reads anyway.
+    Ok(())
+}
+
+/// The recovered state is the new starting point for the next recovery. On a full disk
+/// the previous checkpoint still describes a valid starting point, so serve reads anyway.
+fn first_checkpoint(store: &Store) -> Result<()> {
     match store.checkpoint() {
         Err(error @ StoreError::DiskFull(_)) => {
-            tracing::warn!("{error}; keeping the previous checkpoint")
+            tracing::warn!("{error}; keeping the previous checkpoint");
+            Ok(())
         }
-        other => other?,
+        other => other,
     }
-    store.maintenance.start(Arc::downgrade(&store));
-    tracing::info!(
-        "store at {} open: {} topics, commit log ends at {log_end}",
-        dir.display(),
-        meta.topics.len()
-    );
-    Ok(store)
 }
 
 /// Recovery looks a partition up for every record it scans. Its keys are small and
@@ -283,6 +552,8 @@ struct Recovering {
     end: u64,
     /// The offset the next record found must have (`None`: not known yet, in a rebuild).
     next: Option<u64>,
+    /// Commit-log offset of this partition's newest record found by this scan.
+    last_record: Option<u64>,
 }
 
 enum Dispatch {
@@ -291,32 +562,57 @@ enum Dispatch {
     Gap {
         expected: u64,
     },
+    /// Stored after a gap that a skip marker explains: these offsets were lost in it.
+    StoredAfterLoss {
+        from: u64,
+        to: u64,
+    },
 }
 
 impl Recovering {
+    /// Takes the record of `header` at commit-log offset `position`. `after_skip`: a skip
+    /// marker lies between this partition's previous record and this one.
     fn dispatch(
         &mut self,
         header: &format::RecordHeader,
         position: u64,
         key: Option<&[u8]>,
         index: &KeyIndex,
+        after_skip: bool,
     ) -> Result<Dispatch> {
         let offset = header.offset;
+        let mut outcome = Dispatch::Stored;
         match self.next {
             None if offset < self.start => return Ok(Dispatch::Stored),
             None => {
                 if offset > self.start {
-                    tracing::warn!(
-                        "topic id {} partition {}: messages {}..{offset} are no longer in the commit log",
-                        header.topic_id,
-                        header.partition,
-                        self.start
-                    );
+                    if after_skip {
+                        outcome = Dispatch::StoredAfterLoss {
+                            from: self.start,
+                            to: offset,
+                        };
+                    } else {
+                        tracing::warn!(
+                            "topic id {} partition {}: messages {}..{offset} are no longer in the commit log",
+                            header.topic_id,
+                            header.partition,
+                            self.start
+                        );
+                    }
                     self.start = offset;
                 }
             }
             Some(next) if offset < next => return Ok(Dispatch::Stored),
-            Some(next) if offset > next => return Ok(Dispatch::Gap { expected: next }),
+            Some(next) if offset > next && !after_skip => {
+                return Ok(Dispatch::Gap { expected: next })
+            }
+            Some(next) if offset > next => {
+                self.put_lost(next, offset)?;
+                outcome = Dispatch::StoredAfterLoss {
+                    from: next,
+                    to: offset,
+                };
+            }
             Some(_) => {}
         }
         let key_hash = key.map_or(0, |k| format::key_hash(header.topic_id, k));
@@ -335,154 +631,319 @@ impl Recovering {
             index.reserve(1, position)?.insert(key_hash, position);
         }
         self.next = Some(offset + 1);
-        Ok(Dispatch::Stored)
+        self.last_record = Some(position);
+        Ok(outcome)
+    }
+
+    /// Entries for offsets `from..to`, lost in a skipped span: they point nowhere, so a
+    /// read of them fails instead of serving something else.
+    fn put_lost(&mut self, from: u64, to: u64) -> Result<()> {
+        self.queue.reserve(&mut self.active_file, from, to)?;
+        let lost = QueueEntry {
+            commit_log_offset: LOST_MESSAGE,
+            size: 0,
+            key_hash: 0,
+        };
+        for offset in from..to {
+            self.queue.put(&mut self.active_file, offset, &lost);
+        }
+        Ok(())
     }
 }
 
-/// Scans the log from `from`, dispatching every valid record, and returns where the valid
-/// log ends and whether it was cut there. An invalid record below `durable` (a point a
-/// checkpoint promised was written out) is damage recovery cannot repair.
-fn scan(
-    log_dir: &Path,
+/// One pass over the commit log, dispatching every valid record to its partition.
+struct Scanner<'a> {
+    dir: &'a Path,
+    log_dir: &'a Path,
     file_bytes: u64,
-    from: u64,
+    /// Below this point a checkpoint promised the log was written out.
     durable: u64,
-    partitions: &mut PartitionMap<Recovering>,
-    index: &KeyIndex,
-) -> Result<(u64, bool)> {
-    let started = std::time::Instant::now();
-    let bases: Vec<u64> = commitlog::list_files(log_dir)?
-        .into_iter()
-        .filter(|&b| b + file_bytes > from)
-        .collect();
-    let mut end = from;
-    let mut records = 0u64;
-    for (i, &base) in bases.iter().enumerate() {
-        if base != from - from % file_bytes + i as u64 * file_bytes {
-            tracing::warn!(
-                "commit-log file {} is not contiguous with the log; ignoring it",
-                format::file_name(base)
-            );
-            break;
+    partitions: &'a mut PartitionMap<Recovering>,
+    index: &'a KeyIndex,
+    meta: &'a Meta,
+    /// Commit-log offset just past the newest skip marker passed.
+    last_skip: Option<u64>,
+    lost: Vec<LostMessages>,
+    records: u64,
+}
+
+/// Where a scan of one file stopped.
+enum FileScan {
+    /// At the file's end (a marker, or a skip that reaches it).
+    Ended,
+    /// At bytes that are not a valid record, or (`valid`) at a valid record whose offset
+    /// leaves a gap: either way damage, unless nothing valid follows.
+    Invalid {
+        position: usize,
+        reason: String,
+        valid: bool,
+    },
+}
+
+impl Scanner<'_> {
+    fn recover(&mut self, plan: &Plan) -> Result<RecoveredLog> {
+        match plan {
+            Plan::Clean { checkpoint_end } => Ok(RecoveredLog {
+                end: *checkpoint_end,
+                cut: false,
+                durable: *checkpoint_end,
+            }),
+            Plan::FromCheckpoint { checkpoint } => {
+                tracing::info!(
+                    "the last stop was unclean: recovering from commit-log offset {}",
+                    checkpoint.commit_log_end
+                );
+                self.index.truncate_to(checkpoint.index)?;
+                let (end, cut) = self.scan(checkpoint.commit_log_end)?;
+                Ok(RecoveredLog {
+                    end,
+                    cut,
+                    durable: checkpoint.commit_log_end,
+                })
+            }
+            Plan::Rebuild { first, durable } => {
+                self.index.remove_all()?;
+                for partition in self.partitions.values_mut() {
+                    partition.queue.remove_all()?;
+                    partition.active_file = None;
+                    partition.next = None;
+                }
+                self.durable = *durable;
+                let (end, cut) = self.scan(*first)?;
+                if end < *durable {
+                    return Err(self.needs_repair(format!(
+                        "the commit log ends at offset {end}, before the checkpoint's end {durable}: records it vouched for are missing"
+                    )));
+                }
+                Ok(RecoveredLog {
+                    end,
+                    cut,
+                    durable: *first,
+                })
+            }
         }
-        let path = log_dir.join(format::file_name(base));
-        let file = MappedFile::open(&path, file_bytes)?;
-        if file.allocated() != file_bytes {
-            // Created but never filled before the stop.
-            tracing::warn!(
-                "commit-log file {} has the wrong size; the log ends before it",
-                path.display()
-            );
-            break;
+    }
+
+    /// Scans the log from `from`; returns where the valid log ends and whether a torn tail
+    /// was cut there.
+    fn scan(&mut self, from: u64) -> Result<(u64, bool)> {
+        let started = std::time::Instant::now();
+        let file_bytes = self.file_bytes;
+        let bases: Vec<u64> = commitlog::list_files(self.log_dir)?
+            .into_iter()
+            .filter(|&b| b + file_bytes > from)
+            .collect();
+        let mut end = from;
+        for (i, &base) in bases.iter().enumerate() {
+            if base != from - from % file_bytes + i as u64 * file_bytes {
+                tracing::warn!(
+                    "commit-log file {} is not contiguous with the log; the log ends before it",
+                    format::file_name(base)
+                );
+                break;
+            }
+            let path = self.log_dir.join(format::file_name(base));
+            let file = MappedFile::open(&path, file_bytes)?;
+            if file.allocated() != file_bytes {
+                tracing::warn!(
+                    "commit-log file {} has the wrong size; the log ends before it",
+                    path.display()
+                );
+                break;
+            }
+            let bytes = file.bytes(0, file_bytes as usize);
+            let position = (end.max(base) - base) as usize;
+            if let FileScan::Invalid {
+                position,
+                reason,
+                valid,
+            } = self.scan_file(base, bytes, position, &mut end)?
+            {
+                self.at_invalid(&bases[i..], bytes, position, &reason, valid, end)?;
+                return Ok((end, true));
+            }
         }
-        let bytes = file.bytes(0, file_bytes as usize);
-        let mut position = (end.max(base) - base) as usize;
+        tracing::info!(
+            "recovery scanned {} bytes ({} records) in {:?}",
+            end.saturating_sub(from),
+            self.records,
+            started.elapsed()
+        );
+        Ok((end, false))
+    }
+
+    /// Dispatches the records of the file at `base` from `position`, moving `end` past each.
+    fn scan_file(
+        &mut self,
+        base: u64,
+        bytes: &[u8],
+        mut position: usize,
+        end: &mut u64,
+    ) -> Result<FileScan> {
         loop {
-            let invalid = match format::scan_record(&bytes[position..]) {
+            if position == bytes.len() {
+                *end = base + position as u64;
+                return Ok(FileScan::Ended);
+            }
+            match format::scan_record(&bytes[position..]) {
                 Scanned::Record(header) => {
-                    let at = base + position as u64;
-                    let payload =
-                        &bytes[position + RECORD_HEADER_BYTES..position + header.size as usize];
+                    let size = header.size as usize;
+                    let payload = &bytes[position + RECORD_HEADER_BYTES..position + size];
                     let key = header.key_len.map(|k| &payload[..k as usize]);
-                    let outcome = match partitions.get_mut(&(header.topic_id, header.partition)) {
-                        Some(partition) => partition.dispatch(&header, at, key, index)?,
-                        // A deleted topic's record: still valid, nobody reads it.
-                        None => Dispatch::Stored,
-                    };
-                    match outcome {
-                        Dispatch::Stored => {
-                            position += header.size as usize;
-                            end = base + position as u64;
-                            records += 1;
-                            continue;
-                        }
-                        Dispatch::Gap { expected } => format!(
-                            "message {} of topic id {} partition {} where {expected} was expected",
-                            header.offset, header.topic_id, header.partition
-                        ),
+                    let at = base + position as u64;
+                    if let Some(reason) = self.dispatch(&header, at, key)? {
+                        return Ok(FileScan::Invalid {
+                            position,
+                            reason,
+                            valid: true,
+                        });
                     }
+                    position += size;
+                    *end = base + position as u64;
+                    self.records += 1;
+                }
+                Scanned::Skip(len) => {
+                    position += len;
+                    *end = base + position as u64;
+                    self.last_skip = Some(*end);
                 }
                 Scanned::EndOfFile => {
-                    end = base + file_bytes;
-                    break;
+                    *end = base + bytes.len() as u64;
+                    return Ok(FileScan::Ended);
                 }
-                Scanned::Invalid(reason) => reason.to_owned(),
+                Scanned::Invalid(reason) => {
+                    return Ok(FileScan::Invalid {
+                        position,
+                        reason: reason.to_owned(),
+                        valid: false,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Hands a record to its partition; returns why it cannot be taken (a gap), if so.
+    fn dispatch(
+        &mut self,
+        header: &format::RecordHeader,
+        at: u64,
+        key: Option<&[u8]>,
+    ) -> Result<Option<String>> {
+        let (topic_id, index) = (header.topic_id, header.partition);
+        let Some(partition) = self.partitions.get_mut(&(topic_id, index)) else {
+            return match self.meta.disowns(topic_id, index) {
+                Some(why) => Err(self.needs_repair(format!(
+                    "{} byte {}: message {} of {why}",
+                    self.path_of(at).display(),
+                    at % self.file_bytes,
+                    header.offset
+                ))),
+                // A deleted topic's record: still valid, nobody reads it.
+                None => Ok(None),
             };
-            if end < durable {
-                return Err(StoreError::Corrupt {
-                    path,
-                    offset: position as u64,
-                    reason: invalid,
-                });
-            }
-            tracing::warn!(
-                "commit log {} byte {position}: {invalid}; cutting the log there after {records} records recovered",
-                path.display()
-            );
-            return Ok((end, true));
-        }
-    }
-    let took = started.elapsed();
-    tracing::info!(
-        "recovery scanned {} bytes ({records} records) in {took:?}",
-        end.saturating_sub(from)
-    );
-    Ok((end, false))
-}
-
-/// Settles the layout: the persisted one wins over the configured one.
-fn settle_layout(dir: &Path, config: &mut StoreConfig) -> Result<Layout> {
-    let wanted = Layout {
-        commit_log_file_bytes: config.commit_log_file_bytes,
-        segment_messages: config.segment_messages,
-        index_slots: config.index_slots,
-        index_entries: config.index_entries,
-    };
-    let layout = match Meta::load(dir)? {
-        Some(meta) => {
-            // Every size is a divisor or a bound somewhere: a damaged file must not panic.
-            validate_layout(&meta.layout).map_err(|error| StoreError::Corrupt {
-                path: dir.join(meta::META_FILE),
-                offset: 0,
-                reason: error.to_string(),
-            })?;
-            if meta.layout != wanted {
+        };
+        let after_skip = self
+            .last_skip
+            .is_some_and(|skip| partition.last_record.is_none_or(|last| skip > last));
+        match partition.dispatch(header, at, key, self.index, after_skip)? {
+            Dispatch::Stored => Ok(None),
+            Dispatch::Gap { expected } => Ok(Some(format!(
+                "message {} of topic id {topic_id} partition {index} where {expected} was expected",
+                header.offset
+            ))),
+            Dispatch::StoredAfterLoss { from, to } => {
                 tracing::warn!(
-                    "the store at {} was created with {:?}; that layout stays (configured: {wanted:?})",
-                    dir.display(),
-                    meta.layout
+                    "topic id {topic_id} partition {index}: messages {from}..{to} were lost in a damaged span of the commit log (skipped by commitfs check --repair)"
                 );
+                self.lost.push(LostMessages {
+                    topic_id,
+                    partition: index,
+                    from,
+                    to,
+                });
+                Ok(None)
             }
-            meta.layout
         }
-        None => {
-            validate_layout(&wanted)?;
-            Meta::new(wanted).save(dir)?;
-            wanted
-        }
-    };
-    config.commit_log_file_bytes = layout.commit_log_file_bytes;
-    config.segment_messages = layout.segment_messages;
-    config.index_slots = layout.index_slots;
-    config.index_entries = layout.index_entries;
-    Ok(layout)
-}
+    }
 
-fn validate_layout(layout: &Layout) -> Result<()> {
-    let invalid = |what: String| Err(StoreError::InvalidSetting(what));
-    if layout.commit_log_file_bytes < 4096 || layout.commit_log_file_bytes > u64::from(u32::MAX) {
-        return invalid(format!(
-            "commit_log_file_bytes must be 4096 to {}",
-            u32::MAX
-        ));
+    /// At damage in the file `files[0]` at `position`: a torn tail if nothing valid follows
+    /// (the files after this one then hold nothing and are removed; the caller cuts the log
+    /// at `end`), else an error naming where the damage is and where valid records resume.
+    fn at_invalid(
+        &mut self,
+        files: &[u64],
+        bytes: &[u8],
+        position: usize,
+        reason: &str,
+        valid: bool,
+        end: u64,
+    ) -> Result<()> {
+        let path = self.log_dir.join(format::file_name(files[0]));
+        let next_valid = match valid {
+            true => Some((path.clone(), position)),
+            false => self.next_valid_record(files, bytes, position)?,
+        };
+        if let Some((next_path, next_byte)) = next_valid {
+            return Err(self.needs_repair(format!(
+                "commit log {} byte {position}: {reason}, and a valid record follows at {} byte {next_byte}: the log is damaged before its end, not torn by a crash",
+                path.display(),
+                next_path.display()
+            )));
+        }
+        if end < self.durable {
+            return Err(self.needs_repair(format!(
+                "commit log {} byte {position}: {reason}, below the checkpoint's end {}: records it vouched for are damaged",
+                path.display(),
+                self.durable
+            )));
+        }
+        tracing::warn!(
+            "commit log {} byte {position}: {reason}; cutting the torn tail there after {} records recovered",
+            path.display(),
+            self.records
+        );
+        for &base in &files[1..] {
+            let later = self.log_dir.join(format::file_name(base));
+            tracing::info!(
+                "removing commit-log file {} past the log's end",
+                later.display()
+            );
+            super::mapped::remove_file(&later)?;
+        }
+        Ok(())
     }
-    if layout.segment_messages == 0 {
-        return invalid("segment_messages must be at least 1".into());
+
+    /// The first valid record after `position` of `bytes` (the file `files[0]`) or in a
+    /// later file, with the file's path.
+    fn next_valid_record(
+        &self,
+        files: &[u64],
+        bytes: &[u8],
+        position: usize,
+    ) -> Result<Option<(PathBuf, usize)>> {
+        if let Some(at) = format::next_valid_record(bytes, position + 1) {
+            return Ok(Some((self.log_dir.join(format::file_name(files[0])), at)));
+        }
+        for &base in &files[1..] {
+            let path = self.log_dir.join(format::file_name(base));
+            if let Some(at) = commitlog::first_valid_record(&path, self.file_bytes)? {
+                return Ok(Some((path, at)));
+            }
+        }
+        Ok(None)
     }
-    if layout.index_slots == 0 || layout.index_entries < 2 {
-        return invalid("index_slots must be at least 1 and index_entries at least 2".into());
+
+    fn path_of(&self, offset: u64) -> PathBuf {
+        self.log_dir
+            .join(format::file_name(offset - offset % self.file_bytes))
     }
-    Ok(())
+
+    fn needs_repair(&self, what: String) -> StoreError {
+        StoreError::NeedsRepair {
+            dir: self.dir.to_owned(),
+            what,
+        }
+    }
 }
 
 /// A message must fit in one commit-log file with its header and the end-of-file marker. A
@@ -521,7 +982,7 @@ fn raise_open_file_limit() {
     }
 }
 
-fn lock_store(dir: &Path) -> Result<File> {
+pub(super) fn lock_store(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let file = File::create(&path)
         .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
@@ -530,28 +991,6 @@ fn lock_store(dir: &Path) -> Result<File> {
         return Err(StoreError::Locked(dir.to_owned()));
     }
     Ok(file)
-}
-
-/// Consume queues of topics no longer in the metadata (a crash during a topic's deletion).
-fn remove_orphan_queues(dir: &Path, meta: &Meta) -> Result<()> {
-    let queues = dir.join(QUEUE_DIR);
-    let Ok(entries) = std::fs::read_dir(&queues) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let id = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok());
-        if !id.is_some_and(|id| meta.topics.iter().any(|t| t.id == id)) {
-            tracing::info!(
-                "removing the queues of a deleted topic: {}",
-                entry.path().display()
-            );
-            remove_dir(&entry.path())?;
-        }
-    }
-    Ok(())
 }
 
 fn remove_dir(path: &Path) -> Result<()> {

@@ -1,0 +1,93 @@
+//! A failed open writes nothing (issue 9, item 8), with the failure injected through a
+//! failpoint while the topics are built. Every test here holds a `FailScenario`.
+#![cfg(feature = "failpoints")]
+
+use std::path::Path;
+
+use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, TopicSettings};
+
+fn small_config() -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 64 * 1024,
+        segment_messages: 100,
+        max_message_bytes: 4096,
+        flush: FlushPolicy::Async { interval_ms: 1000 },
+        checkpoint_interval_ms: 3_600_000,
+        retention_check_interval_ms: 3_600_000,
+        max_disk_bytes: None,
+        index_slots: 64,
+        index_entries: 10_000,
+        warm_mapped_files: false,
+    }
+}
+
+fn settings(partitions: u32) -> TopicSettings {
+    TopicSettings {
+        partitions,
+        framing: Framing::Lines,
+        key_separator: None,
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+#[test]
+fn a_failed_open_writes_no_checkpoint_and_leaves_store_toml_unchanged() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), small_config()).unwrap();
+        for name in ["a", "b", "c"] {
+            let topic = store.create_topic(name, settings(4)).unwrap();
+            for partition in topic.partitions() {
+                for i in 0..50 {
+                    store
+                        .append(&partition, format!("{name} {i}\n").as_bytes(), None)
+                        .unwrap();
+                }
+            }
+        }
+        store.close().unwrap();
+    }
+    let (checkpoint, meta) = (
+        read(dir.path(), "checkpoint"),
+        read(dir.path(), "store.toml"),
+    );
+
+    // The second topic cannot be built (as with EMFILE under a low open-file limit).
+    fail::cfg("recovery::build_topic", "1*off->return").unwrap();
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("the open fails");
+    assert!(
+        error.to_string().contains("opening the queues of topic b"),
+        "{error}"
+    );
+    fail::remove("recovery::build_topic");
+    assert_eq!(
+        read(dir.path(), "checkpoint"),
+        checkpoint,
+        "no checkpoint written"
+    );
+    assert_eq!(read(dir.path(), "store.toml"), meta, "store.toml unchanged");
+
+    let store = Store::open(dir.path(), small_config()).unwrap();
+    for name in ["a", "b", "c"] {
+        for partition in store.topic(name).unwrap().partitions() {
+            assert_eq!(partition.end_offset(), 50, "{name}/{}", partition.index());
+            assert_eq!(
+                store.read_message(&partition, 49).unwrap(),
+                format!("{name} 49\n").as_bytes()
+            );
+        }
+    }
+    drop(store);
+    scenario.teardown();
+}

@@ -1,0 +1,524 @@
+//! Recovery that never drops intact data, metadata that must agree with the data, and
+//! `commitfs check [--repair]` (issue 9, items 1, 8 and 9), in-process with small files and
+//! through the built binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, StoreError, TopicSettings};
+
+fn small_config() -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 64 * 1024,
+        segment_messages: 100,
+        max_message_bytes: 4096,
+        flush: FlushPolicy::Async { interval_ms: 1000 },
+        checkpoint_interval_ms: 3_600_000,
+        retention_check_interval_ms: 3_600_000,
+        max_disk_bytes: None,
+        index_slots: 64,
+        index_entries: 10_000,
+        warm_mapped_files: false,
+    }
+}
+
+fn settings(partitions: u32) -> TopicSettings {
+    TopicSettings {
+        partitions,
+        framing: Framing::Lines,
+        key_separator: Some(b":".to_vec()),
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    }
+}
+
+fn open(dir: &Path) -> Arc<Store> {
+    Store::open(dir, small_config()).expect("open store")
+}
+
+fn message(topic: &str, partition: u32, offset: u64) -> Vec<u8> {
+    format!("{topic}-{partition}:message {offset} {}\n", "x".repeat(60)).into_bytes()
+}
+
+/// A store with `topics` (name, partitions), `per_partition` messages in each partition
+/// (interleaved, so every commit-log file holds every partition), closed cleanly.
+fn filled_store(dir: &Path, topics: &[(&str, u32)], per_partition: u64) {
+    let store = open(dir);
+    for &(name, partitions) in topics {
+        store.create_topic(name, settings(partitions)).unwrap();
+    }
+    for offset in 0..per_partition {
+        for &(name, partitions) in topics {
+            let topic = store.topic(name).unwrap();
+            for index in 0..partitions {
+                let payload = message(name, index, offset);
+                let key_len = payload.iter().position(|&b| b == b':');
+                let partition = topic.partition(index).unwrap();
+                store.append(&partition, &payload, key_len).unwrap();
+            }
+        }
+    }
+    store.close().unwrap();
+}
+
+/// Asserts every message of the topic reads back as written, except the offsets in `lost`
+/// (per partition), which must fail to read.
+fn assert_messages(
+    store: &Store,
+    name: &str,
+    per_partition: u64,
+    lost: &[(u32, std::ops::Range<u64>)],
+) {
+    let topic = store.topic(name).unwrap_or_else(|| panic!("topic {name}"));
+    for partition in topic.partitions() {
+        assert_eq!(partition.end_offset(), per_partition, "{name} end");
+        for offset in 0..per_partition {
+            let read = store.read_message(&partition, offset);
+            let is_lost = lost
+                .iter()
+                .any(|(p, range)| *p == partition.index() && range.contains(&offset));
+            if is_lost {
+                assert!(
+                    read.is_err(),
+                    "{name}/{} offset {offset} was lost",
+                    partition.index()
+                );
+            } else {
+                assert_eq!(
+                    read.unwrap_or_else(|e| panic!(
+                        "{name}/{} offset {offset}: {e}",
+                        partition.index()
+                    )),
+                    message(name, partition.index(), offset)
+                );
+            }
+        }
+    }
+}
+
+fn log_dir(dir: &Path) -> PathBuf {
+    dir.join("commitlog")
+}
+
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(log_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Start of every record of one commit-log file.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let magic = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        if magic != 0xC0F5_1A01 || size < 48 {
+            break;
+        }
+        starts.push(at);
+        at += size;
+    }
+    starts
+}
+
+/// Runs the built `commitfs` with a timeout.
+fn commitfs(args: &[&str], dir: &Path) -> Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_commitfs"))
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("run commitfs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `topic "NAME" (id N) partition P: offsets A..B lost` lines of a repair, per partition.
+fn lost_offsets(report: &str) -> Vec<(u32, std::ops::Range<u64>)> {
+    report
+        .lines()
+        .filter(|l| l.starts_with("repaired:") && l.contains(" lost in a damaged span"))
+        .map(|line| {
+            let after = |word: &str| {
+                line.split(word)
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+            };
+            let partition: u32 = after(" partition ").trim_end_matches(':').parse().unwrap();
+            let (from, to) = after(" offsets ").split_once("..").unwrap();
+            (partition, from.parse().unwrap()..to.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 2), ("b", 1)], 1000);
+    let files = log_files(dir.path());
+    assert!(files.len() >= 4, "{} commit-log files", files.len());
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    // Four bytes flipped in the middle of the second file.
+    let second = &files[1];
+    let mut bytes = std::fs::read(second).unwrap();
+    let middle = bytes.len() / 2;
+    let damaged_record = *record_starts(&bytes)
+        .iter()
+        .rev()
+        .find(|&&s| s <= middle)
+        .unwrap();
+    for byte in &mut bytes[middle..middle + 4] {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(second, &bytes).unwrap();
+
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("the open is refused");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
+    assert!(
+        text.contains(&format!("{} byte {damaged_record}:", second.display())),
+        "{text}"
+    );
+    assert!(text.contains("commitfs check --repair"), "{text}");
+    assert_eq!(
+        log_files(dir.path()),
+        files,
+        "every later file is still there"
+    );
+    assert_eq!(std::fs::read(second).unwrap(), bytes, "nothing cut");
+
+    let checked = commitfs(&["check"], dir.path());
+    let report = stdout(&checked);
+    assert_eq!(checked.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!(
+            "damage: {} byte {damaged_record}:",
+            second.display()
+        )),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read(second).unwrap(),
+        bytes,
+        "check writes nothing"
+    );
+
+    let repaired = commitfs(&["check", "--repair"], dir.path());
+    let report = stdout(&repaired);
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    let lost = lost_offsets(&report);
+    let lost_count: u64 = lost.iter().map(|(_, r)| r.end - r.start).sum();
+    assert!(
+        (1..=2).contains(&lost_count),
+        "one damaged record, maybe two: {report}"
+    );
+
+    let store = open(dir.path());
+    // Which topic lost them: the report names it.
+    let lost_in = |name: &str| -> Vec<(u32, std::ops::Range<u64>)> {
+        report
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("topic \"{name}\"")) && l.contains(" lost in a damaged span")
+            })
+            .flat_map(lost_offsets)
+            .collect()
+    };
+    assert_messages(&store, "a", 1000, &lost_in("a"));
+    assert_messages(&store, "b", 1000, &lost_in("b"));
+    drop(store);
+    let again = commitfs(&["check"], dir.path());
+    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+}
+
+#[test]
+fn a_clean_store_and_a_crashed_one_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 3)], 300);
+    let checked = commitfs(&["check"], dir.path());
+    assert_eq!(checked.status.code(), Some(0), "{}", stdout(&checked));
+    assert!(
+        stdout(&checked).contains("0 damaged"),
+        "{}",
+        stdout(&checked)
+    );
+
+    let store = open(dir.path());
+    let partition = store.topic("a").unwrap().partition(1).unwrap();
+    for offset in 300..400 {
+        store
+            .append(&partition, &message("a", 1, offset), None)
+            .unwrap();
+    }
+    store.halt_without_cleanup();
+    drop(store);
+    let checked = commitfs(&["check"], dir.path());
+    assert_eq!(checked.status.code(), Some(0), "{}", stdout(&checked));
+}
+
+#[test]
+fn check_refuses_an_open_store_with_exit_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    let checked = commitfs(&["check"], dir.path());
+    assert_eq!(checked.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&checked.stderr);
+    assert!(error.contains("already open"), "{error}");
+}
+
+/// A checkpoint file without the marks of `topic_id`'s partitions (CRC recomputed).
+fn checkpoint_without_topic(dir: &Path, topic_id: u32) {
+    let path = dir.join("checkpoint");
+    let bytes = std::fs::read(&path).unwrap();
+    let count = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize;
+    let kept: Vec<&[u8]> = (0..count)
+        .map(|i| &bytes[36 + i * 24..60 + i * 24])
+        .filter(|mark| u32::from_le_bytes(mark[0..4].try_into().unwrap()) != topic_id)
+        .collect();
+    assert!(kept.len() < count);
+    let mut out = bytes[..32].to_vec();
+    out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+    kept.iter().for_each(|mark| out.extend_from_slice(mark));
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, out).unwrap();
+}
+
+#[test]
+fn a_checkpoint_that_leaves_out_a_partition_never_empties_it() {
+    for unclean in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        filled_store(dir.path(), &[("a", 1), ("b", 3)], 250);
+        checkpoint_without_topic(dir.path(), 2);
+        if unclean {
+            std::fs::write(dir.path().join("abort"), b"").unwrap();
+        }
+        let store = open(dir.path());
+        assert_messages(&store, "a", 250, &[]);
+        assert_messages(&store, "b", 250, &[]);
+        store.close().unwrap();
+        let store = open(dir.path());
+        assert_messages(&store, "b", 250, &[]);
+    }
+}
+
+fn edit_store_toml(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("store.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn refused(dir: &Path, expected: &str) {
+    let error = Store::open(dir, small_config())
+        .err()
+        .expect("the open is refused");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
+    assert!(text.contains(expected), "{text} does not say {expected:?}");
+    assert!(text.contains("commitfs check --repair"), "{text}");
+}
+
+#[test]
+fn store_toml_that_disagrees_with_the_data_is_refused_and_repair_fixes_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 1), ("b", 3)], 150);
+    let original = std::fs::read_to_string(dir.path().join("store.toml")).unwrap();
+    let checkpoint = std::fs::read(dir.path().join("checkpoint")).unwrap();
+
+    edit_store_toml(dir.path(), "partitions = 1", "partitions = 0");
+    refused(dir.path(), "partitions = 0");
+    std::fs::write(dir.path().join("store.toml"), &original).unwrap();
+
+    edit_store_toml(dir.path(), "id = 2", "id = 1");
+    refused(dir.path(), "two topics have id 1");
+    std::fs::write(dir.path().join("store.toml"), &original).unwrap();
+
+    edit_store_toml(dir.path(), "next_topic_id = 3", "next_topic_id = 2");
+    refused(dir.path(), "id 2");
+    std::fs::write(dir.path().join("store.toml"), &original).unwrap();
+
+    // Fewer partitions than hold messages: the mount refuses, repair raises the count.
+    edit_store_toml(dir.path(), "partitions = 3", "partitions = 2");
+    refused(dir.path(), "partition 2 of topic \"b\"");
+    assert_eq!(
+        std::fs::read(dir.path().join("checkpoint")).unwrap(),
+        checkpoint,
+        "a refused open writes nothing"
+    );
+    let repaired = commitfs(&["check", "--repair"], dir.path());
+    assert_eq!(repaired.status.code(), Some(1), "{}", stdout(&repaired));
+    let store = open(dir.path());
+    assert_eq!(store.topic("b").unwrap().partitions().len(), 3);
+    assert_messages(&store, "a", 150, &[]);
+    assert_messages(&store, "b", 150, &[]);
+}
+
+#[test]
+fn a_lost_store_toml_refuses_the_open_and_repair_rebuilds_it_without_reusing_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 2), ("b", 1)], 250);
+    std::fs::remove_file(dir.path().join("store.toml")).unwrap();
+    refused(dir.path(), "store.toml is missing");
+    assert!(
+        dir.path().join("queues").join("1").exists(),
+        "no queue removed"
+    );
+    assert!(
+        !dir.path().join("store.toml").exists(),
+        "no empty store.toml written"
+    );
+
+    let checked = commitfs(&["check"], dir.path());
+    assert_eq!(checked.status.code(), Some(1), "{}", stdout(&checked));
+    let repaired = commitfs(&["check", "--repair"], dir.path());
+    let report = stdout(&repaired);
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    assert!(report.contains("store.toml written"), "{report}");
+
+    let store = open(dir.path());
+    // Names are lost with the file: topics come back as topic-<id>.
+    assert_messages_renamed(&store, "topic-1", "a", 2, 250);
+    assert_messages_renamed(&store, "topic-2", "b", 1, 250);
+    let new = store.create_topic("c", settings(1)).unwrap();
+    assert_eq!(new.id(), 3, "a new topic never takes an id the data holds");
+    store.close().unwrap();
+    // Even rebuilt from the whole log, the new topic shows none of the old messages.
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let store = open(dir.path());
+    assert_eq!(
+        store.topic("c").unwrap().partition(0).unwrap().end_offset(),
+        0
+    );
+}
+
+fn assert_messages_renamed(
+    store: &Store,
+    name: &str,
+    written_as: &str,
+    partitions: u32,
+    count: u64,
+) {
+    let topic = store.topic(name).unwrap_or_else(|| panic!("topic {name}"));
+    assert_eq!(topic.partitions().len(), partitions as usize);
+    for partition in topic.partitions() {
+        assert_eq!(partition.end_offset(), count);
+        for offset in 0..count {
+            assert_eq!(
+                store.read_message(&partition, offset).unwrap(),
+                message(written_as, partition.index(), offset)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_commit_log_file_holding_the_checkpoints_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 1)], 1500);
+    let files = log_files(dir.path());
+    let last = files.last().unwrap();
+    std::fs::remove_file(last).unwrap();
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("the open is refused");
+    let text = error.to_string();
+    assert!(text.contains(&last.display().to_string()), "{text}");
+    assert_eq!(
+        log_files(dir.path()),
+        files[..files.len() - 1],
+        "nothing created or removed"
+    );
+
+    let repaired = commitfs(&["check", "--repair"], dir.path());
+    let report = stdout(&repaired);
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    let store = open(dir.path());
+    let partition = store.topic("a").unwrap().partition(0).unwrap();
+    let end = partition.end_offset();
+    assert!(end > 0 && end < 1500);
+    assert!(
+        report.contains(&format!("offsets {end}..1500 are gone")),
+        "{report}"
+    );
+    for offset in 0..end {
+        assert_eq!(
+            store.read_message(&partition, offset).unwrap(),
+            message("a", 0, offset)
+        );
+    }
+}
+
+#[test]
+fn a_valid_record_past_the_log_end_is_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 1)], 1500);
+    let files = log_files(dir.path());
+    // The checkpoint says the log ends in the first file; later files hold records.
+    let checkpoint = dir.path().join("checkpoint");
+    let mut bytes = std::fs::read(&checkpoint).unwrap();
+    bytes[8..16].copy_from_slice(&100u64.to_le_bytes());
+    let body = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&checkpoint, bytes).unwrap();
+    assert!(Store::open(dir.path(), small_config()).is_err());
+    assert_eq!(log_files(dir.path()), files, "every file is still there");
+}
+
+#[test]
+fn a_torn_tail_before_an_empty_prepared_file_is_still_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = store
+        .create_topic("a", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for offset in 0..1200 {
+        store
+            .append(&partition, &message("a", 0, offset), None)
+            .unwrap();
+    }
+    store.halt_without_cleanup();
+    drop(store);
+    let files = log_files(dir.path());
+    let last = files.last().unwrap();
+    // The file a killed daemon had prepared ahead of need: allocated, never written.
+    let base: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let prepared = log_dir(dir.path()).join(format!("{:020}", base + 64 * 1024));
+    std::fs::write(&prepared, vec![0u8; 64 * 1024]).unwrap();
+    // The newest record torn.
+    let mut bytes = std::fs::read(last).unwrap();
+    let newest = *record_starts(&bytes).last().unwrap();
+    bytes[newest + 20..newest + 60].fill(0);
+    std::fs::write(last, &bytes).unwrap();
+
+    let store = open(dir.path());
+    let partition = store.topic("a").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 1199);
+    for offset in 0..1199 {
+        assert_eq!(
+            store.read_message(&partition, offset).unwrap(),
+            message("a", 0, offset)
+        );
+    }
+    let next = store.append(&partition, b"after\n", None).unwrap();
+    assert_eq!(next.first_offset, 1199);
+}
