@@ -829,3 +829,6 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod readers_tests;
