@@ -24,28 +24,6 @@ fn twenty_message_segments() -> Option<Mount> {
     Some(m)
 }
 
-#[test]
-fn a_segment_read_while_active_reads_back_whole_once_sealed() {
-    let Some(m) = twenty_message_segments() else {
-        return;
-    };
-    let segment = m.path(&format!("t/0/{}", segment_name(0)));
-    let mut writer = OpenOptions::new().append(true).open(m.path("t/0/active")).unwrap();
-    writer.write_all(&lines(0, 18)).unwrap();
-    // A reader of the active segment: its page 0 would be cached with zeroes past byte 126.
-    assert_eq!(fs::read(&segment).unwrap(), lines(0, 18));
-    // The writer's own descriptor grows the kernel's idea of the size without dropping
-    // cached pages; the 20th message seals the segment.
-    writer.write_all(&lines(18, 20)).unwrap();
-    assert_eq!(
-        common::xattr_text(&segment, "user.sealed"),
-        "true",
-        "segment 0 is sealed"
-    );
-    let sealed = fs::read(&segment).unwrap();
-    assert_eq!(String::from_utf8_lossy(&sealed), String::from_utf8_lossy(&lines(0, 20)));
-}
-
 /// `mmap` of `path`'s first page with `flags`; the bytes up to `len`, or the errno.
 fn mapped_bytes(path: &Path, flags: i32, len: usize) -> Result<Vec<u8>, i32> {
     use std::os::fd::AsRawFd;

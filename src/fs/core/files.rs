@@ -215,8 +215,6 @@ impl CommitFs {
 
     /// Stores what one write(2) carries, at the partition's end whatever `_offset` says.
     pub fn write(&self, fh: u64, data: &[u8]) -> FsResult<u32> {
-        // Lets a test hold a write in flight while the kernel reads the segment.
-        fail::fail_point!("fs::core::write");
         let file = self.files.get(fh)?;
         let writer = file
             .writer
