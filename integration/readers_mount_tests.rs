@@ -14,12 +14,18 @@ use std::time::Duration;
 use common::{mount, segment_name, wait_until, xattr_get, Config, Mount, COMMITFS};
 
 fn lines(from: u64, to: u64) -> Vec<u8> {
-    (from..to).flat_map(|i| format!("{i:06}\n").into_bytes()).collect()
+    (from..to)
+        .flat_map(|i| format!("{i:06}\n").into_bytes())
+        .collect()
 }
 
 /// One partition of segments of 20 messages, as in the trial.
 fn twenty_message_segments() -> Option<Mount> {
-    let m = mount(Config::small().set("segment_messages", "20").set("partitions", "1"))?;
+    let m = mount(
+        Config::small()
+            .set("segment_messages", "20")
+            .set("partitions", "1"),
+    )?;
     fs::create_dir(m.path("t")).unwrap();
     Some(m)
 }
@@ -54,17 +60,32 @@ fn a_private_map_of_the_active_segment_leaves_no_short_page_behind() {
         return;
     };
     let segment = m.path(&format!("t/0/{}", segment_name(0)));
-    let mut writer = OpenOptions::new().append(true).open(m.path("t/0/active")).unwrap();
+    let mut writer = OpenOptions::new()
+        .append(true)
+        .open(m.path("t/0/active"))
+        .unwrap();
     writer.write_all(&lines(0, 18)).unwrap();
     // Reads of the active segment bypass the page cache, so the kernel cannot keep a
     // shared map of it coherent: it refuses one. A private map works, through the cache.
-    assert_eq!(mapped_bytes(&segment, libc::MAP_SHARED, 126), Err(libc::ENODEV));
-    assert_eq!(mapped_bytes(&segment, libc::MAP_PRIVATE, 126).unwrap(), lines(0, 18));
+    assert_eq!(
+        mapped_bytes(&segment, libc::MAP_SHARED, 126),
+        Err(libc::ENODEV)
+    );
+    assert_eq!(
+        mapped_bytes(&segment, libc::MAP_PRIVATE, 126).unwrap(),
+        lines(0, 18)
+    );
     writer.write_all(&lines(18, 20)).unwrap();
     let sealed = fs::read(&segment).unwrap();
-    assert_eq!(String::from_utf8_lossy(&sealed), String::from_utf8_lossy(&lines(0, 20)));
+    assert_eq!(
+        String::from_utf8_lossy(&sealed),
+        String::from_utf8_lossy(&lines(0, 20))
+    );
     // Once sealed, a shared map is fine.
-    assert_eq!(mapped_bytes(&segment, libc::MAP_SHARED, 140).unwrap(), lines(0, 20));
+    assert_eq!(
+        mapped_bytes(&segment, libc::MAP_SHARED, 140).unwrap(),
+        lines(0, 20)
+    );
 }
 
 /// The trial, bounded: one writer of `%06d\n` lines, two readers of the active
@@ -78,7 +99,10 @@ fn segments_read_just_after_sealing_never_hold_nul_bytes() {
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let mut writer = OpenOptions::new().append(true).open(m.path("t/0/active")).unwrap();
+            let mut writer = OpenOptions::new()
+                .append(true)
+                .open(m.path("t/0/active"))
+                .unwrap();
             for i in 0..SEGMENTS * 20 {
                 writer.write_all(&lines(i, i + 1)).unwrap();
             }
@@ -93,10 +117,15 @@ fn segments_read_just_after_sealing_never_hold_nul_bytes() {
         }
         for k in 0..SEGMENTS - 1 {
             let next = m.path(&format!("t/0/{}", segment_name((k + 1) * 20)));
-            wait_until(Duration::from_secs(60), "the next segment", || next.exists());
+            wait_until(Duration::from_secs(60), "the next segment", || {
+                next.exists()
+            });
             let segment = m.path(&format!("t/0/{}", segment_name(k * 20)));
             let bytes = fs::read(&segment).unwrap();
-            assert!(!bytes.contains(&0), "segment {k} read back with NUL bytes: {bytes:?}");
+            assert!(
+                !bytes.contains(&0),
+                "segment {k} read back with NUL bytes: {bytes:?}"
+            );
             assert_eq!(bytes, lines(k * 20, (k + 1) * 20), "segment {k}");
         }
     });
@@ -129,7 +158,12 @@ fn daemon_log(m: &Mount) -> String {
 #[track_caller]
 fn assert_eio(m: &Mount, what: &str, result: std::io::Result<impl std::fmt::Debug>) {
     match result {
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}\n{}", m.log_tail(20)),
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EIO),
+            "{what}: {e}\n{}",
+            m.log_tail(20)
+        ),
         Ok(value) => panic!("{what}: expected EIO, got {value:?}\n{}", m.log_tail(20)),
     }
 }
@@ -145,8 +179,15 @@ fn messages_of_a_zeroed_commit_log_file_are_eio_with_a_log_line_naming_it() {
     let first = m.path(&format!("t/0/{}", segment_name(0)));
     assert_eio(&m, "stat of a damaged segment", fs::metadata(&first));
     assert_eio(&m, "read of a damaged segment", fs::read(&first));
-    assert_eio(&m, "user.offset.5", xattr_get(&m.path("t/0"), "user.offset.5"));
-    m.sh_fails_with("timeout 20 cat t/0/00000000000000000000.log", "Input/output error");
+    assert_eio(
+        &m,
+        "user.offset.5",
+        xattr_get(&m.path("t/0"), "user.offset.5"),
+    );
+    m.sh_fails_with(
+        "timeout 20 cat t/0/00000000000000000000.log",
+        "Input/output error",
+    );
     assert!(
         daemon_log(&m).contains(&format!(
             "{}: byte 0",
@@ -172,7 +213,11 @@ fn a_garbled_consume_queue_is_eio_with_a_log_line_naming_it() {
     m.start();
     let first = m.path(&format!("t/0/{}", segment_name(0)));
     assert_eio(&m, "read of the segment", fs::read(&first));
-    assert_eio(&m, "user.offset.1", xattr_get(&m.path("t/0"), "user.offset.1"));
+    assert_eio(
+        &m,
+        "user.offset.1",
+        xattr_get(&m.path("t/0"), "user.offset.1"),
+    );
     assert!(
         daemon_log(&m).contains(&format!("{}: byte 20", queue.display())),
         "{}",
@@ -205,7 +250,11 @@ fn a_zeroed_last_commit_log_file_refuses_the_mount_naming_it() {
         .arg(&m.mnt)
         .output()
         .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stderr), daemon_log(&m));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon_log(&m)
+    );
     assert!(!output.status.success(), "the mount went ahead:\n{said}");
     assert!(!common::is_mounted(&m.mnt));
     assert!(said.contains(&last.display().to_string()), "{said}");

@@ -74,7 +74,15 @@ fn old_segment_behind_busy_files(dir: &Path) -> (Arc<Store>, Arc<Partition>, Arc
     // segment is empty and needs no file.
     append_n(&store, &busy, 250, 1000);
     append_n(&store, &old, 1, 50);
-    assert!(store.open_segment(&old, 10).unwrap().info().unwrap().messages == 1);
+    assert!(
+        store
+            .open_segment(&old, 10)
+            .unwrap()
+            .info()
+            .unwrap()
+            .messages
+            == 1
+    );
     (store, old, busy)
 }
 
@@ -85,7 +93,11 @@ fn a_reader_of_an_old_sealed_segment_pins_only_the_files_that_segment_needs() {
     let reader = store.open_segment(&old, 0).unwrap();
     let before = store.disk_usage();
     store.enforce_retention().unwrap();
-    assert_eq!(old.start_offset(), 10, "retention removed old's sealed segment");
+    assert_eq!(
+        old.start_offset(),
+        10,
+        "retention removed old's sealed segment"
+    );
     let mapped = deleted_but_mapped(dir.path());
     assert_eq!(
         mapped,
@@ -94,7 +106,10 @@ fn a_reader_of_an_old_sealed_segment_pins_only_the_files_that_segment_needs() {
     );
     let mut bytes = vec![0u8; 10 * 54];
     assert_eq!(reader.read_at(0, &mut bytes).unwrap(), 10 * 54);
-    assert!(before > store.disk_usage(), "retention freed the later files");
+    assert!(
+        before > store.disk_usage(),
+        "retention freed the later files"
+    );
     drop(reader);
     assert!(deleted_but_mapped(dir.path()).is_empty());
 }
@@ -145,7 +160,12 @@ fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
 #[track_caller]
 fn assert_names(error: StoreError, path: &Path, byte: u64) {
     assert_eq!(error.errno(), libc::EIO, "{error}");
-    let StoreError::Corrupt { path: named, offset, .. } = &error else {
+    let StoreError::Corrupt {
+        path: named,
+        offset,
+        ..
+    } = &error
+    else {
         panic!("not a Corrupt error: {error}");
     };
     assert_eq!((named.as_path(), *offset), (path, byte), "{error}");
@@ -163,9 +183,17 @@ fn messages_in_a_zeroed_commit_log_file_are_eio_not_empty() {
     assert_eq!((partition.start_offset(), partition.end_offset()), (0, 150));
     assert_names(partition.segment(0).unwrap_err(), &zeroed, 0);
     assert_names(partition.locate(3).unwrap_err(), &zeroed, 3 * 1052);
-    assert_names(store.read_message(&partition, 3).unwrap_err(), &zeroed, 3 * 1052);
+    assert_names(
+        store.read_message(&partition, 3).unwrap_err(),
+        &zeroed,
+        3 * 1052,
+    );
     // Every timestamp is at or after 0: the search runs down into the zeroed file.
-    assert_names(partition.offset_for_time(0).unwrap_err(), &zeroed, 37 * 1052);
+    assert_names(
+        partition.offset_for_time(0).unwrap_err(),
+        &zeroed,
+        37 * 1052,
+    );
     assert_names(store.open_segment(&partition, 0).err().unwrap(), &zeroed, 0);
     // The key index's newest candidates are in later files; the damaged ones are reached
     // when every key's candidates are walked.

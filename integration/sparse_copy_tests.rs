@@ -46,7 +46,15 @@ impl SmallDisk {
     fn new(bytes: u64) -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("timeout")
-            .args(["20", "mount", "-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .args([
+                "20",
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes}"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("run mount");
@@ -88,9 +96,15 @@ fn a_sparse_copy_on_a_full_disk_refuses_the_open_and_never_faults() {
     let source = tempfile::tempdir().unwrap();
     {
         let store = Store::open(source.path(), config()).unwrap();
-        let partition = store.create_topic("t", settings()).unwrap().partition(0).unwrap();
+        let partition = store
+            .create_topic("t", settings())
+            .unwrap()
+            .partition(0)
+            .unwrap();
         for i in 0..10 {
-            store.append(&partition, format!("before {i}\n").as_bytes(), None).unwrap();
+            store
+                .append(&partition, format!("before {i}\n").as_bytes(), None)
+                .unwrap();
         }
         store.close().unwrap();
     }
@@ -112,7 +126,9 @@ fn a_sparse_copy_on_a_full_disk_refuses_the_open_and_never_faults() {
     fill(&filler);
 
     // Opening would map the file's holes; filling them needs room the disk does not have.
-    let error = Store::open(&data, config()).err().expect("the open is refused");
+    let error = Store::open(&data, config())
+        .err()
+        .expect("the open is refused");
     assert_eq!(error.errno(), libc::ENOSPC, "{error}");
     assert!(
         error.to_string().contains(&log_file.display().to_string()),
@@ -125,7 +141,10 @@ fn a_sparse_copy_on_a_full_disk_refuses_the_open_and_never_faults() {
     let store = Store::open(&data, config()).unwrap();
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     assert_eq!(store.read_message(&partition, 9).unwrap(), b"before 9\n");
-    assert!(allocated_bytes(&log_file) >= 512 * 1024, "the holes are filled");
+    assert!(
+        allocated_bytes(&log_file) >= 512 * 1024,
+        "the holes are filled"
+    );
     let payload = vec![b'x'; 4000];
     for _ in 0..100 {
         store.append(&partition, &payload, None).unwrap();

@@ -539,7 +539,15 @@ fn retention_by_bytes_and_time_moves_the_start_in_whole_segments() {
     // Segments of 110 bytes; 495 in all; removing 0 and 10 keeps 275 >= 200, removing 20 would
     // keep 165 < 200.
     assert_eq!(partition.start_offset(), 20);
-    assert_eq!(partition.segments().expect("segments").first().unwrap().base_offset, 20);
+    assert_eq!(
+        partition
+            .segments()
+            .expect("segments")
+            .first()
+            .unwrap()
+            .base_offset,
+        20
+    );
     assert!(store.read_message(&partition, 19).is_err());
     let mut kept = vec![0u8; 110];
     assert_eq!(

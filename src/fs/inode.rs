@@ -281,8 +281,16 @@ mod tests {
         let first = table.inode(wide, 0, 0);
         let second = table.inode(wide, 0, 1);
         assert_ne!(first, second);
-        assert_eq!(table.inode(wide, 0, 0), first, "asked again: the same number");
-        assert_ne!(first, table.inode(3, 0, 0), "the derived number of topic 3 differs");
+        assert_eq!(
+            table.inode(wide, 0, 0),
+            first,
+            "asked again: the same number"
+        );
+        assert_ne!(
+            first,
+            table.inode(3, 0, 0),
+            "the derived number of topic 3 differs"
+        );
         let Some(Inode::ListedSegment { serial }) = Inode::decode(second) else {
             panic!("{second:#x} is not a listed segment");
         };

@@ -134,7 +134,11 @@ impl MappedFile {
         use std::os::unix::fs::FileExt;
         self.file.read_exact_at(buf, at).map_err(|e| {
             StoreError::io(
-                format!("reading {} bytes at byte {at} of {}", buf.len(), self.path.display()),
+                format!(
+                    "reading {} bytes at byte {at} of {}",
+                    buf.len(),
+                    self.path.display()
+                ),
                 e,
             )
         })

@@ -217,7 +217,10 @@ impl Partition {
             .read_entry_from_disk(offset)?
             .ok_or_else(|| self.entry_damage(offset, "its consume-queue entry is missing"))?;
         let at = entry.commit_log_offset;
-        let file = self.log.file_at(at).ok_or_else(|| self.nowhere(offset, at))?;
+        let file = self
+            .log
+            .file_at(at)
+            .ok_or_else(|| self.nowhere(offset, at))?;
         let position = at - file.base;
         let room = file.data.capacity() - position;
         let mut header = [0u8; format::RECORD_HEADER_BYTES];
@@ -322,7 +325,10 @@ impl Partition {
         StoreError::Corrupt {
             path: self.queue.dir().join(format::file_name(base)),
             offset: (offset - base) * format::QUEUE_ENTRY_BYTES as u64,
-            reason: format!("{} partition {}: message {offset}: {why}", self.topic_name, self.index),
+            reason: format!(
+                "{} partition {}: message {offset}: {why}",
+                self.topic_name, self.index
+            ),
         }
     }
 
@@ -365,10 +371,7 @@ impl Partition {
 
     /// Base offsets of the segments from the oldest stored to the active one.
     pub fn segment_bases(&self) -> impl Iterator<Item = u64> {
-        let (first, last) = (
-            self.segment_base(self.start_offset()),
-            self.active_base(),
-        );
+        let (first, last) = (self.segment_base(self.start_offset()), self.active_base());
         (first..=last).step_by(self.segment_messages as usize)
     }
 

@@ -269,7 +269,9 @@ impl CommitFs {
                 topic,
                 partition,
                 number,
-            } => self.resolve_segment(topic, partition, number)?.ok_or_else(gone)?,
+            } => self
+                .resolve_segment(topic, partition, number)?
+                .ok_or_else(gone)?,
             Inode::ListedSegment { serial } => {
                 let (topic, partition, number) =
                     self.segment_inodes.segment(serial).ok_or_else(gone)?;

@@ -87,7 +87,10 @@ fn two_topics_2_pow_20_apart(dir: &TempDir) -> (Arc<Store>, CommitFs) {
     let store = open_store(dir.path(), 10);
     let fs = core(&store);
     mkdir(&fs, "b");
-    assert_eq!(store.topic("b").unwrap().id() - store.topic("a").unwrap().id(), 1 << 20);
+    assert_eq!(
+        store.topic("b").unwrap().id() - store.topic("a").unwrap().id(),
+        1 << 20
+    );
     (store, fs)
 }
 
@@ -98,7 +101,10 @@ fn segments_of_topics_whose_ids_differ_by_2_pow_20_have_their_own_inodes_and_dat
     append(&fs, "a/append", b"from a\n");
     append(&fs, "b/append", b"from b, longer\n");
     let segment = "0/00000000000000000000.log";
-    let (in_a, in_b) = (ino(&fs, &format!("a/{segment}")), ino(&fs, &format!("b/{segment}")));
+    let (in_a, in_b) = (
+        ino(&fs, &format!("a/{segment}")),
+        ino(&fs, &format!("b/{segment}")),
+    );
     assert_ne!(in_a, in_b, "two live segments share an inode number");
     assert_eq!(read_ino(&fs, in_a), b"from a\n");
     assert_eq!(read_ino(&fs, in_b), b"from b, longer\n");
@@ -108,7 +114,9 @@ fn segments_of_topics_whose_ids_differ_by_2_pow_20_have_their_own_inodes_and_dat
     let fh = fs.opendir(ino(&fs, "b/0")).unwrap();
     let mut listed = Listed::default();
     fs.readdir(fh, 0, &mut listed).unwrap();
-    assert!(listed.0.contains(&(in_b, "00000000000000000000.log".to_owned())));
+    assert!(listed
+        .0
+        .contains(&(in_b, "00000000000000000000.log".to_owned())));
 }
 
 #[test]
@@ -160,14 +168,23 @@ fn the_active_segment_is_read_uncached_and_sealing_drops_what_its_readers_cached
     // Segment 0 is sealed now; it was opened while active, so its first open drops the
     // kernel's pages of it, and later opens keep them.
     let once_sealed = open_flags(&fs, first, libc::O_RDONLY);
-    assert!(!once_sealed.contains(FopenFlags::FOPEN_KEEP_CACHE), "{once_sealed:?}");
-    assert!(!once_sealed.contains(FopenFlags::FOPEN_DIRECT_IO), "{once_sealed:?}");
+    assert!(
+        !once_sealed.contains(FopenFlags::FOPEN_KEEP_CACHE),
+        "{once_sealed:?}"
+    );
+    assert!(
+        !once_sealed.contains(FopenFlags::FOPEN_DIRECT_IO),
+        "{once_sealed:?}"
+    );
     let again = open_flags(&fs, first, libc::O_RDONLY);
     assert!(again.contains(FopenFlags::FOPEN_KEEP_CACHE), "{again:?}");
     // Segment 1 fills and seals without a reader ever opening it while active.
     append(&fs, "t/append", b"000003\n");
     let second = ino(&fs, "t/0/00000000000000000002.log");
     let never_active = open_flags(&fs, second, libc::O_RDONLY);
-    assert!(never_active.contains(FopenFlags::FOPEN_KEEP_CACHE), "{never_active:?}");
+    assert!(
+        never_active.contains(FopenFlags::FOPEN_KEEP_CACHE),
+        "{never_active:?}"
+    );
     assert_eq!(read_ino(&fs, first), b"000000\n000001\n");
 }
