@@ -240,7 +240,10 @@ fn sealed_segment_fixture(partitions: u32) -> (Fixture, u64) {
                 .expect("append");
         }
     }
-    let info = fixture.partitions[0].segment(0).expect("segment 0");
+    let info = fixture.partitions[0]
+        .segment(0)
+        .expect("readable")
+        .expect("segment 0");
     assert!(info.sealed && info.messages == segment_messages);
     let bytes = info.bytes;
     (fixture, bytes)

@@ -112,7 +112,7 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
                 p
             );
             let mut bytes = Vec::new();
-            for segment in partition.segments() {
+            for segment in partition.segments().expect("segments") {
                 let reader = store
                     .open_segment(&partition, segment.base_offset)
                     .expect("segment");

@@ -5,7 +5,7 @@
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -95,6 +95,9 @@ pub struct CommitLog {
     warm: bool,
     /// Oldest first; contiguous.
     files: RwLock<Vec<Arc<LogFile>>>,
+    /// Files removed from the log that a reader may still map: their blocks stay on disk
+    /// until the last reader drops them, so the disk ceiling must count them.
+    removed: Mutex<Vec<Weak<LogFile>>>,
     writer: Mutex<Writer>,
     /// Everything below this offset is completely written.
     written_end: AtomicU64,
@@ -172,6 +175,7 @@ impl CommitLog {
             file_bytes,
             warm,
             files: RwLock::new(files),
+            removed: Mutex::new(Vec::new()),
             writer: Mutex::new(Writer {
                 file: current,
                 position: end,
@@ -218,6 +222,14 @@ impl CommitLog {
         self.files.read().len()
     }
 
+    /// Bytes on disk: the log's files, and the removed files that readers still hold
+    /// (unlinked but mapped, like an open unlinked file).
+    pub fn disk_bytes(&self) -> u64 {
+        let mut removed = self.removed.lock();
+        removed.retain(|file| file.strong_count() > 0);
+        (self.file_count() + removed.len()) as u64 * self.file_bytes
+    }
+
     /// Exclusive access for appending; holding it is the only serial part of an append.
     pub fn appender(&self) -> Appender<'_> {
         Appender {
@@ -231,6 +243,12 @@ impl CommitLog {
         let first = files.first()?.base;
         let index = offset.checked_sub(first)? / self.file_bytes;
         files.get(index as usize).cloned()
+    }
+
+    /// The path of the file that holds (or held) commit-log offset `offset`, for messages.
+    pub fn path_of(&self, offset: u64) -> PathBuf {
+        self.dir
+            .join(format::file_name(offset - offset % self.file_bytes))
     }
 
     /// The files holding `[from, to)` that are still stored.
@@ -285,7 +303,9 @@ impl CommitLog {
             })?;
             tracing::info!("removed commit-log file {}", first.data.path().display());
             deleted.push(first.base);
-            files.remove(0);
+            let mut removed = self.removed.lock();
+            removed.retain(|file| file.strong_count() > 0);
+            removed.push(Arc::downgrade(&files.remove(0)));
         }
         Ok(deleted)
     }

@@ -219,7 +219,17 @@ impl Partition {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> Result<bool> {
-        let segments = self.segments();
+        let segments = match self.segments() {
+            Ok(segments) => segments,
+            Err(error) => {
+                tracing::error!(
+                    "retention skips topic {} partition {}: {error}",
+                    self.topic_name,
+                    self.index
+                );
+                return Ok(false);
+            }
+        };
         let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
         let start = self.start_offset();
         let mut new_start = start;

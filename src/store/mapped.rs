@@ -37,7 +37,11 @@ impl MappedFile {
         Ok(mapped)
     }
 
-    /// Opens an existing file; its current length counts as allocated.
+    /// Opens an existing file; its current length counts as allocated, so its blocks are
+    /// allocated again first (`fallocate` costs little where they already are): a data
+    /// directory copied sparsely (`cp --sparse`, `rsync -S`) has holes, and touching a hole
+    /// through the map on a full disk is a `SIGBUS` (a store on any file system, a read on
+    /// tmpfs). A disk too full to fill the holes refuses the open with `ENOSPC`.
     pub fn open(path: &Path, capacity: u64) -> Result<MappedFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -48,6 +52,20 @@ impl MappedFile {
             .metadata()
             .map_err(|e| StoreError::io(format!("reading the size of {}", path.display()), e))?
             .len();
+        match fallocate(&file, 0, 0, len) {
+            Ok(()) => {}
+            // Nothing to re-establish without fallocate; writing zeroes would destroy data.
+            Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(error) => {
+                return Err(StoreError::io(
+                    format!(
+                        "allocating the {len} bytes of {} (a sparse copy's holes must be filled before use)",
+                        path.display()
+                    ),
+                    error,
+                ))
+            }
+        }
         Self::map(path, file, capacity.max(len), len)
     }
 
@@ -89,17 +107,7 @@ impl MappedFile {
         if len <= have {
             return Ok(());
         }
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                0,
-                have as libc::off_t,
-                (len - have) as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let error = std::io::Error::last_os_error();
+        if let Err(error) = fallocate(&self.file, 0, have, len - have) {
             if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
                 return Err(StoreError::io(
                     format!("allocating {} bytes of {}", len, self.path.display()),
@@ -118,6 +126,22 @@ impl MappedFile {
         }
         self.allocated.store(len, Ordering::Release);
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `at` with `pread`, not through the map: a disk read error
+    /// is then an error, not a `SIGBUS`. For bytes read once (checks at open).
+    pub fn read_exact_at(&self, at: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, at).map_err(|e| {
+            StoreError::io(
+                format!(
+                    "reading {} bytes at byte {at} of {}",
+                    buf.len(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })
     }
 
     /// Bytes `[at, at + len)`. The caller guarantees the range is allocated and not being
@@ -188,16 +212,7 @@ impl MappedFile {
         if at >= end {
             return Ok(());
         }
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_ZERO_RANGE,
-                at as libc::off_t,
-                (end - at) as libc::off_t,
-            )
-        };
-        if rc == 0 {
+        if fallocate(&self.file, libc::FALLOC_FL_ZERO_RANGE, at, end - at).is_ok() {
             return Ok(());
         }
         let zeroes = vec![0u8; 1 << 20];
@@ -227,6 +242,27 @@ impl MappedFile {
         if let Err(error) = advised {
             tracing::debug!("warming {} skipped: {error}", self.path.display());
         }
+    }
+}
+
+/// `fallocate(2)` of `[from, from + len)`.
+fn fallocate(file: &File, mode: i32, from: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on an fd we own.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            from as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

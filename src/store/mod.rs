@@ -334,7 +334,7 @@ impl Store {
                 self.log.clone(),
                 queue,
                 offsets,
-            )));
+            )?));
         }
         Ok(())
     }
@@ -497,10 +497,25 @@ impl Store {
         mut f: impl FnMut(&KeyMatch<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
         let hash = format::key_hash(topic.id, key);
-        // The index gives candidates newest first; only the stored key bytes decide.
+        // The index gives candidates newest first; only the stored key bytes decide. A
+        // candidate whose record cannot be read might be the answer: that is an error.
+        let mut damage = None;
         self.index.lookup(hash, |position| {
             let Some(record) = self.log.record_at(position) else {
-                return ControlFlow::Continue(());
+                let stored = (self.log.min_offset()..self.log.written_end()).contains(&position);
+                if !stored {
+                    // Removed with its commit-log file.
+                    return ControlFlow::Continue(());
+                }
+                damage = Some(StoreError::Corrupt {
+                    path: self.log.path_of(position),
+                    offset: position % self.log.file_bytes(),
+                    reason: format!(
+                        "the key index of topic {} points here, where no valid record is",
+                        topic.name
+                    ),
+                });
+                return ControlFlow::Break(());
             };
             let header = record.header;
             let wanted = header.topic_id == topic.id
@@ -520,10 +535,11 @@ impl Store {
                 record: &record,
             })
         });
-        Ok(())
+        damage.map_or(Ok(()), Err)
     }
 
-    /// Bytes the store occupies on disk.
+    /// Bytes the store occupies on disk, counting commit-log files that retention removed
+    /// while an open reader still maps them.
     pub fn disk_usage(&self) -> u64 {
         let queues: u64 = self
             .topics()
@@ -531,7 +547,7 @@ impl Store {
             .flat_map(|t| t.partitions())
             .map(|p| p.queue.disk_bytes())
             .sum();
-        self.log.file_count() as u64 * self.log.file_bytes() + queues + self.index.disk_bytes()
+        self.log.disk_bytes() + queues + self.index.disk_bytes()
     }
 
     /// Stops cleanly: flushes everything, writes a checkpoint and removes the abort marker,

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::commitlog::{CommitLog, LogFile, Record, RecordRef};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry, RecordHeader};
+use super::format::{self, QueueEntry, RecordHeader, Scanned};
 use super::queue::{ConsumeQueue, QueueFile};
 use super::TopicSettings;
 
@@ -150,13 +150,16 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// The partition at `offsets`. Its last message is read back (with `pread`, so a disk
+    /// read error is an error here, not a `SIGBUS` later): a store whose last record is
+    /// missing or damaged is refused, naming the file and byte.
     pub(super) fn new(
         topic: &Topic,
         index: u32,
         log: Arc<CommitLog>,
         queue: ConsumeQueue,
         offsets: PartitionOffsets,
-    ) -> Partition {
+    ) -> Result<Partition> {
         let PartitionOffsets {
             start,
             end,
@@ -182,19 +185,58 @@ impl Partition {
             last_timestamp: AtomicI64::new(0),
             flushed: AtomicU64::new(durable.min(end)),
         };
-        if let Some(last) = end.checked_sub(1).and_then(|o| partition.record(o)) {
+        // With nothing stored (the disk ceiling took every message) the last record may be
+        // gone: the writer then starts the segment's positions afresh.
+        let last = match end.checked_sub(1) {
+            Some(last) if last >= partition.start_offset() => {
+                Some(partition.read_record_from_disk(last)?)
+            }
+            Some(last) => partition.record(last).map(|r| r.header),
+            None => None,
+        };
+        if let Some(last) = last {
             let mut writer = partition.writer.lock();
-            writer.last_timestamp = last.header.timestamp;
+            writer.last_timestamp = last.timestamp;
             writer.segment_bytes = if end % segment_messages == 0 {
                 0
             } else {
-                last.header.segment_position + last.header.payload_len() as u64
+                last.segment_position + last.payload_len() as u64
             };
             partition
                 .last_timestamp
-                .store(last.header.timestamp, Ordering::Release);
+                .store(last.timestamp, Ordering::Release);
         }
-        partition
+        Ok(partition)
+    }
+
+    /// The header of message `offset`, whose queue entry and record are read with `pread`
+    /// and checked whole (size, magic, CRC32C, owner).
+    fn read_record_from_disk(&self, offset: u64) -> Result<RecordHeader> {
+        let entry = self
+            .queue
+            .read_entry_from_disk(offset)?
+            .ok_or_else(|| self.entry_damage(offset, "its consume-queue entry is missing"))?;
+        let at = entry.commit_log_offset;
+        let file = self
+            .log
+            .file_at(at)
+            .ok_or_else(|| self.nowhere(offset, at))?;
+        let position = at - file.base;
+        let room = file.data.capacity() - position;
+        let mut header = [0u8; format::RECORD_HEADER_BYTES];
+        let header_len = header.len().min(room as usize);
+        file.data
+            .read_exact_at(position, &mut header[..header_len])?;
+        let size = u64::from(format::le_u32(&header, 0)).clamp(header_len as u64, room);
+        let mut bytes = vec![0u8; size as usize];
+        file.data.read_exact_at(position, &mut bytes)?;
+        match format::scan_record(&bytes) {
+            Scanned::Record(header) if self.owns(&header, offset) => Ok(header),
+            Scanned::Record(header) => Err(self.foreign_record(offset, at, &header)),
+            Scanned::EndOfFile => Err(self.record_damage(offset, at, "an end-of-file marker")),
+            Scanned::Skip(_) => Err(self.record_damage(offset, at, "a repaired (skipped) span")),
+            Scanned::Invalid(why) => Err(self.record_damage(offset, at, why)),
+        }
     }
 
     pub fn topic_id(&self) -> u32 {
@@ -232,11 +274,92 @@ impl Partition {
         self.queue.entry(offset)
     }
 
-    /// The stored record of message `offset`, if the partition and the log still hold it.
+    /// The stored record of message `offset`, if the partition and the log still hold it
+    /// and it is undamaged (for callers to whom a missing message is no error).
     pub(super) fn record(&self, offset: u64) -> Option<RecordRef> {
         let entry = self.entry(offset)?;
-        let record = self.log.record_at(entry.commit_log_offset)?;
-        self.owns(&record.header, offset).then_some(record)
+        self.record_for(offset, entry, self.log.file_at(entry.commit_log_offset))
+            .ok()
+    }
+
+    /// The record of message `offset`: `None` outside the stored range (also when retention
+    /// removed it meanwhile), an error naming the file and byte when the partition says it
+    /// stores the message but its queue entry or record is missing or damaged.
+    pub(super) fn stored_record(&self, offset: u64) -> Result<Option<RecordRef>> {
+        if !(self.start_offset()..self.end_offset()).contains(&offset) {
+            return Ok(None);
+        }
+        let found = self
+            .entry(offset)
+            .ok_or_else(|| self.entry_damage(offset, "its consume-queue entry is missing"))
+            .and_then(|entry| {
+                self.record_for(offset, entry, self.log.file_at(entry.commit_log_offset))
+            });
+        match found {
+            Ok(record) => Ok(Some(record)),
+            // Retention moves the start before it removes files.
+            Err(_) if offset < self.start_offset() => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The record `entry` (message `offset`'s queue entry) points at in `file`, the
+    /// commit-log file holding that position if it is stored.
+    fn record_for<F: Deref<Target = LogFile>>(
+        &self,
+        offset: u64,
+        entry: QueueEntry,
+        file: Option<F>,
+    ) -> Result<Record<F>> {
+        let at = entry.commit_log_offset;
+        let file = file.ok_or_else(|| self.nowhere(offset, at))?;
+        match super::commitlog::record_in(file, at) {
+            Some(record) if self.owns(&record.header, offset) => Ok(record),
+            Some(record) => Err(self.foreign_record(offset, at, &record.header)),
+            None => Err(self.record_damage(offset, at, "no valid record header")),
+        }
+    }
+
+    /// Message `offset`'s queue entry is missing or unreadable.
+    fn entry_damage(&self, offset: u64, why: &str) -> StoreError {
+        let base = self.segment_base(offset);
+        StoreError::Corrupt {
+            path: self.queue.dir().join(format::file_name(base)),
+            offset: (offset - base) * format::QUEUE_ENTRY_BYTES as u64,
+            reason: format!(
+                "{} partition {}: message {offset}: {why}",
+                self.topic_name, self.index
+            ),
+        }
+    }
+
+    /// Message `offset`'s queue entry points at commit-log offset `at`, in no stored file
+    /// (a lost message: `commitfs check --repair` marks those with `u64::MAX`).
+    fn nowhere(&self, offset: u64, at: u64) -> StoreError {
+        self.entry_damage(
+            offset,
+            &format!("its consume-queue entry points at commit-log offset {at}, which no stored commit-log file holds"),
+        )
+    }
+
+    /// The commit log holds no valid record of message `offset` at `at`.
+    fn record_damage(&self, offset: u64, at: u64, found: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.log.path_of(at),
+            offset: at % self.log.file_bytes(),
+            reason: format!(
+                "{} partition {}: message {offset}: {found} where its record should be",
+                self.topic_name, self.index
+            ),
+        }
+    }
+
+    fn foreign_record(&self, offset: u64, at: u64, header: &RecordHeader) -> StoreError {
+        let found = format!(
+            "a record of topic id {} partition {} offset {}",
+            header.topic_id, header.partition, header.offset
+        );
+        self.record_damage(offset, at, &found)
     }
 
     /// Whether `header` is that of message `offset` of this partition: a damaged queue entry
@@ -247,48 +370,71 @@ impl Partition {
             && header.partition == self.index
     }
 
-    /// Segments from the oldest stored to the active one.
-    pub fn segments(&self) -> Vec<SegmentInfo> {
+    /// Base offsets of the segments from the oldest stored to the active one.
+    pub fn segment_bases(&self) -> impl Iterator<Item = u64> {
+        let (first, last) = (self.segment_base(self.start_offset()), self.active_base());
+        (first..=last).step_by(self.segment_messages as usize)
+    }
+
+    /// Segments from the oldest stored to the active one; an error if the facts of one
+    /// cannot be read (a damaged or missing record).
+    pub fn segments(&self) -> Result<Vec<SegmentInfo>> {
         let (start, end) = (self.start_offset(), self.end_offset());
         let mut base = self.segment_base(start);
         let mut segments = Vec::new();
         while base <= self.segment_base(end) {
-            segments.push(self.segment_info(base, start, end));
+            segments.push(self.segment_info(base, start, end)?);
             base += self.segment_messages;
         }
-        segments
+        Ok(segments)
     }
 
-    pub fn segment(&self, base_offset: u64) -> Option<SegmentInfo> {
+    /// The facts of segment `base_offset`: `None` if there is no such segment, an error if
+    /// the records of its first or last message are damaged or missing.
+    pub fn segment(&self, base_offset: u64) -> Result<Option<SegmentInfo>> {
         let (start, end) = (self.start_offset(), self.end_offset());
         let valid = base_offset % self.segment_messages == 0
             && base_offset >= self.segment_base(start)
             && base_offset <= self.segment_base(end);
-        valid.then(|| self.segment_info(base_offset, start, end))
+        if !valid {
+            return Ok(None);
+        }
+        match self.segment_info(base_offset, start, end) {
+            Ok(info) => Ok(Some(info)),
+            // Retention removed it meanwhile.
+            Err(_) if base_offset + self.segment_messages <= self.start_offset() => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
-    fn segment_info(&self, base: u64, start: u64, end: u64) -> SegmentInfo {
+    fn segment_info(&self, base: u64, start: u64, end: u64) -> Result<SegmentInfo> {
         let first = base.max(start);
         let last_end = end.min(base + self.segment_messages);
         let sealed = base + self.segment_messages <= end;
         let messages = last_end.saturating_sub(first);
-        let ends = (messages > 0)
-            .then(|| Some((self.record(first)?, self.record(last_end - 1)?)))
-            .flatten();
-        SegmentInfo::describe(base, messages, sealed, ends)
+        let ends = if messages > 0 {
+            let read = |offset| {
+                let entry = self.entry(offset).ok_or_else(|| {
+                    self.entry_damage(offset, "its consume-queue entry is missing")
+                })?;
+                self.record_for(offset, entry, self.log.file_at(entry.commit_log_offset))
+            };
+            Some((read(first)?, read(last_end - 1)?))
+        } else {
+            None
+        };
+        Ok(SegmentInfo::describe(base, messages, sealed, ends))
     }
 
     /// Where message `offset` is: its segment, byte position and length.
     pub fn locate(&self, offset: u64) -> Result<MessageLocation> {
         let (start, end) = (self.start_offset(), self.end_offset());
         let missing = || StoreError::OffsetOutOfRange { offset, start, end };
-        if offset < start || offset >= end {
-            return Err(missing());
-        }
-        let record = self.record(offset).ok_or_else(missing)?;
+        let record = self.stored_record(offset)?.ok_or_else(missing)?;
         let base = self.segment_base(offset);
+        let start = self.start_offset();
         let shift = if start > base {
-            self.record(start)
+            self.stored_record(start)?
                 .ok_or_else(missing)?
                 .header
                 .segment_position
@@ -308,7 +454,7 @@ impl Partition {
         let (mut low, mut high) = (self.start_offset(), self.end_offset());
         while low < high {
             let middle = low + (high - low) / 2;
-            match self.record(middle) {
+            match self.stored_record(middle)? {
                 Some(record) if record.header.timestamp >= timestamp_ms => high = middle,
                 Some(_) => low = middle + 1,
                 // Removed by retention while we searched: only newer messages count.
@@ -321,35 +467,45 @@ impl Partition {
     /// The payload of message `offset`.
     pub fn read_message(&self, offset: u64) -> Result<Vec<u8>> {
         let (start, end) = (self.start_offset(), self.end_offset());
-        if offset < start || offset >= end {
-            return Err(StoreError::OffsetOutOfRange { offset, start, end });
-        }
-        let record =
-            self.record(offset)
-                .ok_or(StoreError::OffsetOutOfRange { offset, start, end })?;
+        let record = self
+            .stored_record(offset)?
+            .ok_or(StoreError::OffsetOutOfRange { offset, start, end })?;
         verify(&record)?;
         Ok(record.payload().to_vec())
     }
 
-    /// A reader of segment `base_offset` that keeps its data readable until dropped.
+    /// A reader of segment `base_offset` that keeps its data readable until dropped. It
+    /// holds the commit-log files the segment needs as it is now: a sealed segment's, from
+    /// its first message to the end of its last; an active one's, from its first message to
+    /// the log's end (files added later are found through the log).
     pub fn open_segment(self: &Arc<Self>, base_offset: u64) -> Result<SegmentReader> {
         let info = self
-            .segment(base_offset)
+            .segment(base_offset)?
             .ok_or_else(|| StoreError::NoSuchSegment {
                 topic: format!("{} partition {}", self.topic_name, self.index),
                 base: base_offset,
             })?;
         let first = info.base_offset.max(self.start_offset());
-        let from = self
-            .entry(first)
-            .map_or(self.log.written_end(), |e| e.commit_log_offset);
+        let log_end = self.log.written_end();
+        let head = (info.messages > 0).then(|| self.entry(first)).flatten();
+        let tail = (info.messages > 0 && info.sealed)
+            .then(|| self.entry(first + info.messages - 1))
+            .flatten();
+        let (from, to) = match (head, tail) {
+            (Some(head), Some(tail)) => (
+                head.commit_log_offset,
+                tail.commit_log_offset.saturating_add(u64::from(tail.size)),
+            ),
+            (Some(head), None) => (head.commit_log_offset, log_end),
+            (None, _) => (log_end, log_end),
+        };
         Ok(SegmentReader {
             partition: self.clone(),
             base: base_offset,
             first,
             shift: OnceLock::new(),
             queue_file: Mutex::new(self.queue.file(base_offset)),
-            log_files: self.log.files_between(from, u64::MAX),
+            log_files: self.log.files_between(from, to),
         })
     }
 }
@@ -403,32 +559,46 @@ impl SegmentReader {
             .min(self.base + self.partition.segment_messages)
     }
 
-    /// The segment's facts as this reader sees them now (an active segment grows).
-    pub fn info(&self) -> SegmentInfo {
+    /// The segment's facts as this reader sees them now (an active segment grows); an
+    /// error if the records of its first or last message are damaged or missing.
+    pub fn info(&self) -> Result<SegmentInfo> {
         let end = self.end();
         let messages = end.saturating_sub(self.first);
         let sealed = self.base + self.partition.segment_messages <= self.partition.end_offset();
-        let ends = (messages > 0)
-            .then(|| Some((self.record(self.first)?, self.record(end - 1)?)))
-            .flatten();
-        SegmentInfo::describe(self.base, messages, sealed, ends)
+        let ends = if messages > 0 {
+            Some((self.record(self.first)?, self.record(end - 1)?))
+        } else {
+            None
+        };
+        Ok(SegmentInfo::describe(self.base, messages, sealed, ends))
     }
 
-    fn queue_file(&self) -> Option<Arc<QueueFile>> {
+    fn queue_file(&self, offset: u64) -> Result<Arc<QueueFile>> {
         let mut cached = self.queue_file.lock();
         if cached.is_none() {
             *cached = self.partition.queue.file(self.base);
         }
-        cached.clone()
+        cached.clone().ok_or_else(|| {
+            self.partition
+                .entry_damage(offset, "its consume-queue file is missing or unreadable")
+        })
     }
 
-    fn record(&self, offset: u64) -> Option<RecordRef> {
-        let at = self.queue_file()?.entry(offset).commit_log_offset;
+    fn entry(&self, queue: &QueueFile, offset: u64) -> Result<QueueEntry> {
+        queue.entry(offset).ok_or_else(|| {
+            self.partition
+                .entry_damage(offset, "its consume-queue entry lies past the file's end")
+        })
+    }
+
+    fn record(&self, offset: u64) -> Result<RecordRef> {
+        let entry = self.entry(&*self.queue_file(offset)?, offset)?;
+        let at = entry.commit_log_offset;
         let file = self
             .pinned_file(at)
             .cloned()
-            .or_else(|| self.partition.log.file_at(at))?;
-        super::commitlog::record_in(file, at).filter(|r| self.partition.owns(&r.header, offset))
+            .or_else(|| self.partition.log.file_at(at));
+        self.partition.record_for(offset, entry, file)
     }
 
     /// The file holding commit-log offset `at`, if this reader holds it.
@@ -445,34 +615,34 @@ impl SegmentReader {
         queue: &QueueFile,
         offset: u64,
         f: impl FnOnce(&Record<&LogFile>) -> T,
-    ) -> Option<T> {
-        let at = queue.entry(offset).commit_log_offset;
-        let owned = |record: &Record<&LogFile>| self.partition.owns(&record.header, offset);
+    ) -> Result<T> {
+        let entry = self.entry(queue, offset)?;
+        let at = entry.commit_log_offset;
         if let Some(file) = self.pinned_file(at) {
-            return super::commitlog::record_in(&**file, at)
-                .filter(owned)
+            return self
+                .partition
+                .record_for(offset, entry, Some(&**file))
                 .map(|record| f(&record));
         }
-        let file = self.partition.log.file_at(at)?;
-        super::commitlog::record_in(&*file, at)
-            .filter(owned)
+        let file = self.partition.log.file_at(at);
+        self.partition
+            .record_for(offset, entry, file.as_deref())
             .map(|record| f(&record))
     }
 
     /// Fills `buf` from byte `position` of the segment; returns 0 at its end. Each message
-    /// touched is checked against its CRC, so damaged bytes are never served.
+    /// touched is checked against its CRC, so damaged bytes are never served; a message
+    /// that cannot be read is an error naming the file and byte.
     pub fn read_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
         let end = self.end();
         if self.first >= end || buf.is_empty() {
             return Ok(0);
         }
-        let queue = self.queue_file().ok_or_else(|| self.missing(self.first))?;
+        let queue = self.queue_file(self.first)?;
         let shift = match self.shift.get() {
             Some(&shift) => shift,
             None => {
-                let first = self
-                    .with_record(&queue, self.first, |r| r.header.segment_position)
-                    .ok_or_else(|| self.missing(self.first))?;
+                let first = self.with_record(&queue, self.first, |r| r.header.segment_position)?;
                 *self.shift.get_or_init(|| first)
             }
         };
@@ -481,11 +651,10 @@ impl SegmentReader {
         let (mut low, mut high) = (self.first, end);
         while high - low > 1 {
             let middle = low + (high - low) / 2;
-            let start = self.with_record(&queue, middle, |r| r.header.segment_position);
-            match start {
-                Some(start) if start <= target => low = middle,
-                Some(_) => high = middle,
-                None => return Err(self.missing(middle)),
+            if self.with_record(&queue, middle, |r| r.header.segment_position)? <= target {
+                low = middle;
+            } else {
+                high = middle;
             }
         }
         let mut filled = 0;
@@ -501,29 +670,20 @@ impl SegmentReader {
                 // Messages tile the segment; a record that starts past `from` is not this
                 // partition's next message (a damaged queue entry).
                 let Some(skip) = from.checked_sub(message_start) else {
-                    return Err(self.missing(offset));
+                    return Err(self.partition.entry_damage(
+                        offset,
+                        &format!("its record starts at segment byte {message_start}, past byte {from} where it should"),
+                    ));
                 };
                 verify(record)?;
                 let skip = skip as usize;
                 let n = (payload.len() - skip).min(buf.len() - filled);
                 buf[filled..filled + n].copy_from_slice(&payload[skip..skip + n]);
                 Ok(n)
-            });
-            filled += copied.ok_or_else(|| self.missing(offset))??;
+            })?;
+            filled += copied?;
             offset += 1;
         }
         Ok(filled)
-    }
-
-    fn missing(&self, offset: u64) -> StoreError {
-        StoreError::Corrupt {
-            path: self
-                .partition
-                .queue
-                .dir()
-                .join(format::file_name(self.base)),
-            offset: (offset - self.base) * format::QUEUE_ENTRY_BYTES as u64,
-            reason: format!("message {offset} has no readable record"),
-        }
     }
 }

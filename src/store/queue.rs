@@ -21,9 +21,14 @@ pub struct QueueFile {
 }
 
 impl QueueFile {
-    pub fn entry(&self, offset: u64) -> QueueEntry {
-        let at = (offset - self.base) * QUEUE_ENTRY_BYTES as u64;
-        QueueEntry::decode(self.data.bytes(at, QUEUE_ENTRY_BYTES))
+    /// The entry of `offset`, if it lies in the file's allocated bytes (a shorter file
+    /// than expected must not make a reader touch the map past the file's end).
+    pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
+        let index = offset.checked_sub(self.base)?;
+        (index < self.allocated_entries()).then(|| {
+            let at = index * QUEUE_ENTRY_BYTES as u64;
+            QueueEntry::decode(self.data.bytes(at, QUEUE_ENTRY_BYTES))
+        })
     }
 
     /// How many entries from the file's start fit in its allocated bytes.
@@ -118,8 +123,31 @@ impl ConsumeQueue {
     }
 
     pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
-        let file = self.file(self.segment_base(offset))?;
-        (offset - file.base < file.allocated_entries()).then(|| file.entry(offset))
+        self.file(self.segment_base(offset))?.entry(offset)
+    }
+
+    /// The entry of `offset` read with `pread`, not through a map (for checks at open: a
+    /// disk read error is then an error, not a `SIGBUS`). `None` if the file or the entry
+    /// is missing.
+    pub fn read_entry_from_disk(&self, offset: u64) -> Result<Option<QueueEntry>> {
+        use std::os::unix::fs::FileExt;
+        let base = self.segment_base(offset);
+        let path = self.path(base);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
+        };
+        let mut bytes = [0u8; QUEUE_ENTRY_BYTES];
+        let at = (offset - base) * QUEUE_ENTRY_BYTES as u64;
+        match file.read_exact_at(&mut bytes, at) {
+            Ok(()) => Ok(Some(QueueEntry::decode(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(StoreError::io(
+                format!("reading byte {at} of {}", path.display()),
+                e,
+            )),
+        }
     }
 
     /// The first offset of `[from, to)` whose message lies at or after commit-log offset

@@ -105,10 +105,9 @@ impl CommitFs {
                     FileType::Directory,
                     "..",
                 ));
-                for info in partition.segments() {
-                    let name = segment_file_name(info.base_offset);
-                    let ino = self.inode_of(&Node::Segment(topic.clone(), partition.clone(), info));
-                    entries.push(entry(ino, FileType::RegularFile, &name));
+                for base in partition.segment_bases() {
+                    let ino = self.segment_inode(topic, partition, base);
+                    entries.push(entry(ino, FileType::RegularFile, &segment_file_name(base)));
                 }
                 let link = self.inode_of(&Node::ActiveLink(topic.clone(), partition.clone()));
                 entries.push(entry(link, FileType::Symlink, ACTIVE_LINK));

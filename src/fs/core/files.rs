@@ -23,7 +23,6 @@ use parking_lot::Mutex;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::framing::{message, LineError, PartialLine, MAX_RAW_WRITE_BYTES};
-use crate::fs::inode::Inode;
 use crate::store::{Framing, NewMessage, Partition, SegmentReader, Topic};
 
 use super::{segment_file_name, Attr, CommitFs, Node, Opened};
@@ -74,8 +73,7 @@ impl CommitFs {
         match self.resolve(ino)? {
             Node::ActiveLink(topic, partition) => {
                 let base = partition.active_base();
-                let number = base / self.segment_messages;
-                let segment = Inode::segment(topic.id(), partition.index(), number).encode();
+                let segment = self.segment_inode(&topic, &partition, base);
                 let mut links = self.followed_links.lock();
                 if links.len() >= 1024 {
                     links.retain(|_, link| link.at.elapsed() < LINK_TO_OPEN);
@@ -155,12 +153,7 @@ impl CommitFs {
                 }
                 if reads {
                     file.reader = Some(self.store.open_segment(partition, info.base_offset)?);
-                    if flags & libc::O_DIRECT != 0 {
-                        fopen |= FopenFlags::FOPEN_DIRECT_IO;
-                    } else if info.sealed {
-                        // A sealed segment never changes: its cached pages stay valid across opens.
-                        fopen |= FopenFlags::FOPEN_KEEP_CACHE;
-                    }
+                    fopen |= self.read_cache_policy(ino, info.sealed, flags);
                 }
                 (file, fopen)
             }
@@ -173,6 +166,28 @@ impl CommitFs {
             fh: self.files.insert(file),
             flags: fopen,
         })
+    }
+
+    /// How the kernel may cache what a reader of segment `ino` reads. Nothing is cached
+    /// while a segment is active: its pages would hold zeroes past its end of the moment,
+    /// and a page filled just before more messages arrived can outlive the kernel's
+    /// invalidation and later be served as the sealed segment's bytes. A sealed segment
+    /// never changes, so its pages stay cached across opens — except at the first open of
+    /// one opened while active, which drops what such an open may have cached (a private
+    /// map of an active segment fills the page cache even under direct I/O).
+    fn read_cache_policy(&self, ino: u64, sealed: bool, flags: i32) -> FopenFlags {
+        if !sealed {
+            self.opened_while_active.lock().insert(ino);
+            return FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if flags & libc::O_DIRECT != 0 {
+            return FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if self.opened_while_active.lock().remove(&ino) {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
     }
 
     /// Serves one READ: `deliver` gets the bytes (fewer than `size` only at the end).
@@ -342,7 +357,7 @@ impl CommitFs {
     /// The attributes of a segment that retention or `rmdir` removed while it is open: the
     /// data its descriptors still read, with no links, like an unlinked file. `fstat` comes
     /// without a file handle, so any open reader of the inode serves.
-    pub(super) fn removed_segment_attr(&self, ino: u64, fh: Option<u64>) -> Option<Attr> {
+    pub(super) fn removed_segment_attr(&self, ino: u64, fh: Option<u64>) -> Option<FsResult<Attr>> {
         let open = match fh {
             Some(fh) => self.files.get(fh).ok(),
             None => self
@@ -350,6 +365,11 @@ impl CommitFs {
                 .find(|file| file.ino == ino && file.reader.is_some()),
         }?;
         let reader = open.reader.as_ref()?;
-        Some(self.segment_attr(ino, &open.topic, &reader.info(), None, 0))
+        Some(
+            reader
+                .info()
+                .map(|info| self.segment_attr(ino, &open.topic, &info, None, 0))
+                .map_err(FsError::from),
+        )
     }
 }

@@ -13,7 +13,7 @@ mod dirs;
 mod files;
 mod xattrs;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -30,7 +30,7 @@ use self::dirs::DirStream;
 use self::files::{FollowedLink, OpenFile};
 use super::error::{FsError, FsResult};
 use super::handles::HandleTable;
-use super::inode::{self, Inode, ROOT, SEGMENT_NUMBER_BITS, SEGMENT_TOPIC_BITS};
+use super::inode::{Inode, SegmentTable, ROOT};
 use super::time::system_time;
 use super::xattr::XattrHolder;
 
@@ -184,12 +184,10 @@ fn parse_partition_name(name: &[u8]) -> Option<u32> {
 /// Topics by id, for resolving inode numbers (the store looks topics up by name).
 struct TopicTable {
     by_id: HashMap<u32, Arc<Topic>>,
-    max_id: u32,
 }
 
 impl TopicTable {
     fn insert(&mut self, topic: Arc<Topic>) {
-        self.max_id = self.max_id.max(topic.id());
         self.by_id.insert(topic.id(), topic);
     }
 }
@@ -199,6 +197,11 @@ pub struct CommitFs {
     settings: FsSettings,
     segment_messages: u64,
     topics: RwLock<TopicTable>,
+    /// Numbers of segments whose fields do not fit a derived inode number.
+    segment_inodes: SegmentTable,
+    /// Segment inodes opened for reading while active: the kernel may hold pages of theirs
+    /// filled while they were shorter, so their first open once sealed drops the cache.
+    opened_while_active: Mutex<HashSet<u64>>,
     files: HandleTable<OpenFile>,
     dirs: HandleTable<DirStream>,
     /// Held while a topic's settings are read, changed and written back.
@@ -215,7 +218,6 @@ impl CommitFs {
     pub fn new(store: Arc<Store>, settings: FsSettings) -> CommitFs {
         let mut table = TopicTable {
             by_id: HashMap::new(),
-            max_id: 0,
         };
         for topic in store.topics() {
             table.insert(topic);
@@ -228,6 +230,8 @@ impl CommitFs {
             settings,
             segment_messages,
             topics: RwLock::new(table),
+            segment_inodes: SegmentTable::default(),
+            opened_while_active: Mutex::new(HashSet::new()),
             files: HandleTable::new(),
             dirs: HandleTable::new(),
             settings_update: Mutex::new(()),
@@ -262,20 +266,40 @@ impl CommitFs {
                 Node::ActiveLink(topic, partition)
             }
             Inode::Segment {
-                topic_bits,
-                partition_bits,
-                number_bits,
-            } => {
-                let topic = self.topic_by_low_bits(topic_bits).ok_or_else(gone)?;
-                let partition = topic.partition(partition_bits).ok_or_else(gone)?;
-                let newest = partition.active_base() / self.segment_messages;
-                let info = inode::candidates(number_bits, SEGMENT_NUMBER_BITS, newest)
-                    .find_map(|number| partition.segment(number * self.segment_messages))
-                    .ok_or_else(gone)?;
-                Node::Segment(topic, partition, info)
+                topic,
+                partition,
+                number,
+            } => self
+                .resolve_segment(topic, partition, number)?
+                .ok_or_else(gone)?,
+            Inode::ListedSegment { serial } => {
+                let (topic, partition, number) =
+                    self.segment_inodes.segment(serial).ok_or_else(gone)?;
+                self.resolve_segment(topic, partition, number)?
+                    .ok_or_else(gone)?
             }
         };
         Ok(node)
+    }
+
+    /// Segment `number` of a partition, if it exists; an error if its facts are unreadable.
+    fn resolve_segment(&self, topic: u32, partition: u32, number: u64) -> FsResult<Option<Node>> {
+        let Some(topic) = self.topic_by_id(topic) else {
+            return Ok(None);
+        };
+        let Some(partition) = topic.partition(partition) else {
+            return Ok(None);
+        };
+        let base = number * self.segment_messages;
+        let info = partition.segment(base).map_err(|error| {
+            FsError::from(error).context(format_args!(
+                "{}/{}/{}",
+                topic.name(),
+                partition.index(),
+                segment_file_name(base)
+            ))
+        })?;
+        Ok(info.map(|info| Node::Segment(topic, partition, info)))
     }
 
     fn topic_by_id(&self, id: u32) -> Option<Arc<Topic>> {
@@ -287,13 +311,13 @@ impl CommitFs {
             .cloned()
     }
 
-    /// The newest live topic whose id ends in `bits` (segment inodes keep only those).
-    fn topic_by_low_bits(&self, bits: u32) -> Option<Arc<Topic>> {
-        let table = self.topics.read();
-        inode::candidates(bits, SEGMENT_TOPIC_BITS, u64::from(table.max_id))
-            .filter_map(|id| table.by_id.get(&(id as u32)))
-            .find(|topic| !topic.is_deleted())
-            .cloned()
+    /// A segment's inode number (see `inode.rs`).
+    fn segment_inode(&self, topic: &Topic, partition: &Partition, base_offset: u64) -> u64 {
+        self.segment_inodes.inode(
+            topic.id(),
+            partition.index(),
+            base_offset / self.segment_messages,
+        )
     }
 
     fn inode_of(&self, node: &Node) -> u64 {
@@ -311,12 +335,9 @@ impl CommitFs {
                 partition: partition.index(),
             }
             .encode(),
-            Node::Segment(topic, partition, info) => Inode::segment(
-                topic.id(),
-                partition.index(),
-                info.base_offset / self.segment_messages,
-            )
-            .encode(),
+            Node::Segment(topic, partition, info) => {
+                self.segment_inode(topic, partition, info.base_offset)
+            }
         }
     }
 
@@ -348,8 +369,10 @@ impl CommitFs {
                 if bytes == ACTIVE_LINK.as_bytes() {
                     return Ok(Node::ActiveLink(topic.clone(), partition.clone()));
                 }
-                let info = parse_segment_file_name(bytes)
-                    .and_then(|base| partition.segment(base))
+                let base = parse_segment_file_name(bytes).ok_or_else(missing)?;
+                let info = partition
+                    .segment(base)
+                    .map_err(|error| FsError::from(error).context(path_in(parent, name)))?
                     .ok_or_else(missing)?;
                 Ok(Node::Segment(topic.clone(), partition.clone(), info))
             }
@@ -515,7 +538,10 @@ impl CommitFs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<Attr> {
         match self.resolve(ino) {
             Ok(node) => Ok(self.attr(&node)),
-            Err(error) => self.removed_segment_attr(ino, fh).ok_or(error),
+            Err(error) if error.errno() == libc::ENOENT => {
+                self.removed_segment_attr(ino, fh).unwrap_or(Err(error))
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -805,3 +831,6 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod readers_tests;
