@@ -803,5 +803,6 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
+mod model_tests;
 #[cfg(test)]
 mod tests;
