@@ -9,12 +9,12 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{
     assert_errno, kafka_partition, mount, murmur2, now_ms, partition_bytes, partition_lines,
-    segment_files, segment_name, wait_until, xattr_text, xattr_u64, Background, Config, Mount, Rng,
+    segment_files, segment_name, wait_until, xattr_text, xattr_u64, Background, Bounded, Config,
+    Mount, Rng, COMMAND_TIMEOUT,
 };
 
 /// Lines of `ls DIR`, one name each.
@@ -333,19 +333,19 @@ fn eight_concurrent_writers_each_line_is_stored_exactly_once_and_whole() {
 
     // Each writer is one shell loop holding one O_APPEND descriptor; each `echo` is one write.
     // Line lengths vary so a torn or interleaved write cannot look like a valid line.
-    let writers: Vec<Child> = (0..WRITERS)
+    let writers: Vec<Background> = (0..WRITERS)
         .map(|w| {
             let script = format!(
                 "i=0; while [ $i -lt {LINES} ]; do echo \"writer-{w} line-$i {}\"; i=$((i+1)); \
                  done >> t/0/active",
                 "x".repeat(5 + 7 * w)
             );
-            m.sh_command(&script).spawn().expect("spawn writer")
+            Background::spawn(m.sh_command(&script))
         })
         .collect();
     for mut writer in writers {
         assert!(
-            writer.wait().unwrap().success(),
+            writer.wait().success(),
             "a writer failed\n{}",
             m.log_tail(20)
         );
@@ -470,13 +470,10 @@ fn kill_9_during_appends_keeps_every_acknowledged_line_whole_after_remount() {
     m.sh_ok("mkdir t");
     // A line is acknowledged (recorded in $WORK/acked) only after its write returned.
     let line = |i: usize| format!("acked-line-{i} {}", "p".repeat(i % 37));
-    let mut writer = m
-        .sh_command(
-            "i=0; while echo \"acked-line-$i $(printf %$((i % 37))s | tr ' ' p)\" >> t/0/active; \
-             do echo $i >> \"$WORK/acked\"; i=$((i+1)); done",
-        )
-        .spawn()
-        .expect("spawn writer");
+    let mut writer = Background::spawn(m.sh_command(
+        "i=0; while echo \"acked-line-$i $(printf %$((i % 37))s | tr ' ' p)\" >> t/0/active; \
+         do echo $i >> \"$WORK/acked\"; i=$((i+1)); done",
+    ));
     let acked_path = m.work.join("acked");
     let acked = || {
         fs::read_to_string(&acked_path)
@@ -493,7 +490,7 @@ fn kill_9_during_appends_keeps_every_acknowledged_line_whole_after_remount() {
     wait_until(
         Duration::from_secs(30),
         "the writer stops at the dead mount",
-        || writer.try_wait().unwrap().is_some(),
+        || writer.try_wait().is_some(),
     );
     let acknowledged = acked();
     m.start();
@@ -1005,17 +1002,16 @@ fn a_bad_config_key_or_value_stops_the_mount_naming_the_key_and_the_file() {
         fs::create_dir(&data).unwrap();
         fs::create_dir(&mnt).unwrap();
         fs::write(&config, text).unwrap();
-        let out = std::process::Command::new(common::COMMITFS)
+        let out = Bounded::new(common::COMMITFS, COMMAND_TIMEOUT)
             .arg("mount")
             .arg("--config")
             .arg(&config)
             .arg(&data)
             .arg(&mnt)
-            .output()
-            .unwrap();
+            .output();
         let mounted = common::is_mounted(&mnt);
         if mounted {
-            let _ = std::process::Command::new("fusermount3")
+            Bounded::new("fusermount3", COMMAND_TIMEOUT)
                 .arg("-uz")
                 .arg(&mnt)
                 .output();
@@ -1116,11 +1112,10 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
     let config = Config::small().set("segment_messages", "10000");
     let mut m = Mount::prepare(config);
     // The data directory on an 8 MiB tmpfs (root only), so the disk fills quickly.
-    let tmpfs = std::process::Command::new("mount")
+    let tmpfs = Bounded::new("mount", COMMAND_TIMEOUT)
         .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
         .arg(&m.data)
-        .output()
-        .unwrap();
+        .output();
     assert!(
         tmpfs.status.success(),
         "mounting a tmpfs needs root: {}",
@@ -1163,11 +1158,10 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
     );
 
     // With room again, a remount finds the same messages and takes new ones.
-    let grow = std::process::Command::new("mount")
+    let grow = Bounded::new("mount", COMMAND_TIMEOUT)
         .args(["-o", "remount,size=64m"])
         .arg(&m.data)
-        .output()
-        .unwrap();
+        .output();
     assert!(grow.status.success());
     m.remount();
     assert_eq!(partition_lines(&m.path("t/0")), stored);
@@ -1180,7 +1174,7 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
 
 /// Runs `cmd` through `sh -c` as user and group 65534 (nobody), from `/`.
 fn as_nobody(cmd: &str) -> std::process::Output {
-    std::process::Command::new("setpriv")
+    Bounded::new("setpriv", COMMAND_TIMEOUT)
         .args([
             "--reuid=65534",
             "--regid=65534",
@@ -1191,7 +1185,6 @@ fn as_nobody(cmd: &str) -> std::process::Output {
         ])
         .current_dir("/")
         .output()
-        .expect("run setpriv")
 }
 
 #[test]

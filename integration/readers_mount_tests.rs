@@ -81,7 +81,14 @@ fn a_private_map_of_the_active_segment_leaves_no_short_page_behind() {
         String::from_utf8_lossy(&sealed),
         String::from_utf8_lossy(&lines(0, 20))
     );
-    // Once sealed, a shared map is fine.
+    // Sealed, but its writer still appends through it (to the next segment): read
+    // uncached, since each such write grows the kernel's idea of segment 0's size.
+    assert_eq!(
+        mapped_bytes(&segment, libc::MAP_SHARED, 140),
+        Err(libc::ENODEV)
+    );
+    drop(writer);
+    // Sealed and no writer left: a shared map is fine.
     assert_eq!(
         mapped_bytes(&segment, libc::MAP_SHARED, 140).unwrap(),
         lines(0, 20)

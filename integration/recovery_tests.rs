@@ -282,6 +282,36 @@ fn check_refuses_an_open_store_with_exit_status_2() {
     assert!(error.contains("already open"), "{error}");
 }
 
+/// A process that is letting go of the store (a daemon finishing its close after `umount`,
+/// or a child forked by the holder before its `exec`) holds the lock a moment longer: an
+/// open waits for it rather than failing at once.
+#[test]
+fn an_open_waits_briefly_for_a_lock_that_is_being_released() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).close().unwrap();
+    let mut holder = Command::new("timeout")
+        .args(["10", "flock", "--exclusive"])
+        .arg(dir.path().join("lock"))
+        .args(["sleep", "0.5"])
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("lock");
+    // Wait until the holder has it (a non-blocking try fails), so the open must wait.
+    while Command::new("flock")
+        .args(["--nonblock", "--exclusive"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let store = open(dir.path());
+    store.close().unwrap();
+    assert!(holder.wait().unwrap().success());
+}
+
 /// A checkpoint file without the marks of `topic_id`'s partitions (CRC recomputed).
 fn checkpoint_without_topic(dir: &Path, topic_id: u32) {
     let path = dir.join("checkpoint");

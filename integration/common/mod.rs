@@ -7,17 +7,22 @@
 //!
 //! Mounted tests never skip by themselves: without `/dev/fuse` they fail, unless the environment
 //! says `COMMITFS_SKIP_MOUNT_TESTS=1` (an explicit opt-out).
+//!
+//! Every process these helpers start runs under a time limit ([`Bounded`]): a command that hangs
+//! on a broken mount fails its test with a message naming the command, instead of hanging the
+//! suite.
 
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{self, Read};
 use std::mem::ManuallyDrop;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +32,122 @@ pub const COMMITFS: &str = env!("CARGO_BIN_EXE_commitfs");
 
 /// How long a clean unmount may take before the test calls it a hang (a checkpoint is written).
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long one command of a test may run unless the test gives it longer (`*_within`). Generous,
+/// because five builds may share the machine: it only turns a hang into a failure.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long `commitfs mount` may take to report ready (it may recover after a kill -9 first).
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long a `fusermount3`, `mount` or `umount` may take.
+const HELPER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// After the time limit's SIGTERM, how long a command has before SIGKILL.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// A command run under coreutils `timeout` in a process group of its own: when its limit passes,
+/// the whole group (a shell and whatever it started) gets SIGTERM, then SIGKILL. Ends of runs
+/// that hit the limit fail the test with a message naming the command.
+pub struct Bounded {
+    command: Command,
+    limit: Duration,
+    what: String,
+}
+
+impl Bounded {
+    /// `program` with a time limit of `limit` (whole seconds, at least one).
+    pub fn new(program: impl AsRef<OsStr>, limit: Duration) -> Bounded {
+        let limit = Duration::from_secs(limit.as_secs().max(1));
+        let mut command = Command::new("timeout");
+        command
+            .arg(format!("--kill-after={}s", KILL_AFTER.as_secs()))
+            .arg(format!("{}s", limit.as_secs()))
+            .arg(program.as_ref())
+            // A group from the fork on, so dropping a background command can kill all of it.
+            .process_group(0);
+        Bounded {
+            command,
+            limit,
+            what: program.as_ref().to_string_lossy().into_owned(),
+        }
+    }
+
+    /// `sh -c CMD` with a time limit.
+    pub fn shell(cmd: &str, limit: Duration) -> Bounded {
+        let mut bounded = Bounded::new("sh", limit);
+        bounded.command.arg("-c").arg(cmd);
+        bounded.what = cmd.to_owned();
+        bounded
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Bounded {
+        self.what.push(' ');
+        self.what.push_str(&arg.as_ref().to_string_lossy());
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn args<A: AsRef<OsStr>>(self, args: impl IntoIterator<Item = A>) -> Bounded {
+        args.into_iter().fold(self, Bounded::arg)
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Bounded {
+        self.command.current_dir(dir);
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Bounded {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn stdin(mut self, stdin: Stdio) -> Bounded {
+        self.command.stdin(stdin);
+        self
+    }
+
+    /// What runs, for messages: the program and its arguments, or a shell's command line.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// Runs it to its end and collects its output; panics if it ran into its time limit.
+    pub fn output(mut self) -> Output {
+        let started = Instant::now();
+        let output = self
+            .command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", self.what));
+        check_not_timed_out(&self.what, self.limit, started, output.status, &output);
+        output
+    }
+
+    /// Starts it; `timeout` ends it at its limit even if nobody waits for it.
+    pub fn spawn(mut self) -> io::Result<Child> {
+        self.command.spawn()
+    }
+}
+
+/// Panics, naming the command, if `status` is how `timeout` ends a command at its limit:
+/// 124 after SIGTERM, or death by SIGKILL when the command outlived SIGTERM too.
+fn check_not_timed_out(
+    what: &str,
+    limit: Duration,
+    started: Instant,
+    status: ExitStatus,
+    output: &Output,
+) {
+    let killed = status.code() == Some(124) || status.signal() == Some(libc::SIGKILL);
+    if killed && started.elapsed() >= limit {
+        panic!(
+            "`{what}` timed out: still running after {limit:?}, so it was killed\n\
+             stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+}
 
 /// The mount configuration, as `key = value` lines of TOML (dotted keys work for sections too).
 #[derive(Clone, Debug)]
@@ -84,7 +205,11 @@ pub struct Mount {
 pub fn fuse_available() -> bool {
     let opted_out = std::env::var("COMMITFS_SKIP_MOUNT_TESTS").is_ok_and(|v| v == "1");
     let fuse_device = Path::new("/dev/fuse").exists();
-    let fusermount = Command::new("fusermount3").arg("-V").output().is_ok();
+    let fusermount = Bounded::new("fusermount3", HELPER_DEADLINE)
+        .arg("-V")
+        .output()
+        .status
+        .success();
     if fuse_device && fusermount {
         return true;
     }
@@ -141,15 +266,14 @@ impl Mount {
     /// `commitfs mount --config FILE DATA MNT`; returns once the daemon says it is ready.
     pub fn start(&mut self) {
         assert!(self.daemon_pid.is_none(), "already mounted");
-        let output = Command::new(COMMITFS)
+        let output = Bounded::new(COMMITFS, START_DEADLINE)
             .arg("mount")
             .arg("--config")
             .arg(&self.config_path)
             .arg(&self.data)
             .arg(&self.mnt)
             .stdin(Stdio::null())
-            .output()
-            .expect("run commitfs mount");
+            .output();
         if !output.status.success() {
             panic!(
                 "commitfs mount failed ({}):\nstdout: {}\nstderr: {}\n{}",
@@ -179,17 +303,12 @@ impl Mount {
         let pid = self.daemon_pid.take().expect("not mounted");
         let mut last = None;
         for _ in 0..50 {
-            let output = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .output();
-            match output {
-                Ok(out) if out.status.success() => {
-                    last = None;
-                    break;
-                }
-                other => last = Some(other),
+            let out = fusermount(["-u"], &self.mnt);
+            if out.status.success() {
+                last = None;
+                break;
             }
+            last = Some(out);
             // EBUSY while some process of the test still lets go of the mount.
             thread::sleep(Duration::from_millis(100));
         }
@@ -241,11 +360,7 @@ impl Mount {
             wait_for_exit(pid, Duration::from_secs(30)),
             "daemon {pid} survived SIGKILL"
         );
-        let out = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.mnt)
-            .output()
-            .expect("run fusermount3");
+        let out = fusermount(["-u", "-z"], &self.mnt);
         assert!(
             out.status.success() || !is_mounted(&self.mnt),
             "fusermount3 -u -z after kill -9 failed: {}",
@@ -254,13 +369,24 @@ impl Mount {
     }
 
     /// Runs `sh -c CMD` with the mountpoint as working directory; `$WORK` names the scratch dir.
+    /// It may run for [`COMMAND_TIMEOUT`]; longer fails the test.
     pub fn sh(&self, cmd: &str) -> Output {
-        self.sh_command(cmd).output().expect("run sh")
+        self.sh_within(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// [`Mount::sh`] with a time limit of the test's choosing.
+    pub fn sh_within(&self, cmd: &str, limit: Duration) -> Output {
+        self.sh_command_within(cmd, limit).output()
     }
 
     /// Like [`Mount::sh`], but the command must succeed; returns its stdout.
     pub fn sh_ok(&self, cmd: &str) -> String {
-        let out = self.sh(cmd);
+        self.sh_ok_within(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// [`Mount::sh_ok`] with a time limit of the test's choosing.
+    pub fn sh_ok_within(&self, cmd: &str, limit: Duration) -> String {
+        let out = self.sh_within(cmd, limit);
         assert!(
             out.status.success(),
             "`{cmd}` failed ({}):\nstdout: {}\nstderr: {}\n{}",
@@ -296,16 +422,18 @@ impl Mount {
         );
     }
 
-    /// A `sh -c` command, not started yet (for long-running tools such as `tail -f`).
-    pub fn sh_command(&self, cmd: &str) -> Command {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(cmd)
+    /// A `sh -c` command, not started yet (for long-running tools such as `tail -f`), limited to
+    /// [`COMMAND_TIMEOUT`].
+    pub fn sh_command(&self, cmd: &str) -> Bounded {
+        self.sh_command_within(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// [`Mount::sh_command`] with a time limit of the test's choosing.
+    pub fn sh_command_within(&self, cmd: &str, limit: Duration) -> Bounded {
+        Bounded::shell(cmd, limit)
             .current_dir(&self.mnt)
-            .env("WORK", &self.work);
-        command.stdin(Stdio::null());
-        command
+            .env("WORK", &self.work)
+            .stdin(Stdio::null())
     }
 
     /// A path inside the mount.
@@ -340,22 +468,14 @@ impl Drop for Mount {
         if let Some(pid) = self.daemon_pid.take() {
             let mut unmounted = false;
             for _ in 0..30 {
-                let ok = Command::new("fusermount3")
-                    .arg("-u")
-                    .arg(&self.mnt)
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                if ok {
+                if fusermount(["-u"], &self.mnt).status.success() {
                     unmounted = true;
                     break;
                 }
                 thread::sleep(Duration::from_millis(100));
             }
             if !unmounted {
-                let _ = Command::new("fusermount3")
-                    .args(["-u", "-z"])
-                    .arg(&self.mnt)
-                    .output();
+                fusermount(["-u", "-z"], &self.mnt);
             }
             if !wait_for_exit(pid, STOP_DEADLINE) {
                 eprintln!("daemon {pid} still running after unmount; sending SIGKILL");
@@ -365,14 +485,14 @@ impl Drop for Mount {
             }
         }
         if is_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(&self.mnt)
-                .output();
+            fusermount(["-u", "-z"], &self.mnt);
         }
         // A test may have put the data directory on a filesystem of its own (a tmpfs).
         if is_mounted(&self.data) {
-            let _ = Command::new("umount").arg("-l").arg(&self.data).output();
+            Bounded::new("umount", HELPER_DEADLINE)
+                .arg("-l")
+                .arg(&self.data)
+                .output();
         }
         if is_mounted(&self.mnt) || is_mounted(&self.data) {
             eprintln!(
@@ -384,6 +504,14 @@ impl Drop for Mount {
             unsafe { ManuallyDrop::drop(&mut self.root) };
         }
     }
+}
+
+/// `fusermount3 FLAGS MNT`, bounded.
+fn fusermount<const N: usize>(flags: [&str; N], mnt: &Path) -> Output {
+    Bounded::new("fusermount3", HELPER_DEADLINE)
+        .args(flags)
+        .arg(mnt)
+        .output()
 }
 
 /// Makes this test process adopt orphaned descendants, so the daemon (which `commitfs mount`
@@ -483,21 +611,29 @@ pub fn wait_until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool
     }
 }
 
-/// A long-running tool (e.g. `tail -f`) whose stdout is collected in the background; killed and
-/// reaped on drop, so it never keeps the mount busy.
+/// A long-running tool (e.g. `tail -f`) whose stdout is collected in the background. Its time
+/// limit ends it even if nobody waits; dropping it kills its whole process group (the shell and
+/// whatever it started) and reaps it, so it never keeps the mount busy.
 pub struct Background {
     child: Child,
+    /// Once reaped, its process group id may name another group: no more kills.
+    reaped: bool,
+    what: String,
+    limit: Duration,
+    started: Instant,
     stdout: Arc<Mutex<Vec<u8>>>,
     reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Background {
-    pub fn spawn(mut command: Command) -> Background {
+    pub fn spawn(command: Bounded) -> Background {
+        let (what, limit) = (command.what.clone(), command.limit);
+        let mut command = command.command;
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn background command");
+            .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
         let mut pipe = child.stdout.take().expect("piped stdout");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&stdout);
@@ -512,6 +648,10 @@ impl Background {
         });
         Background {
             child,
+            reaped: false,
+            what,
+            limit,
+            started: Instant::now(),
             stdout,
             reader: Some(reader),
         }
@@ -525,12 +665,43 @@ impl Background {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Its exit status once it has ended by itself, without waiting; a command that ran into
+    /// its time limit fails the test.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.try_wait().expect("waitpid")?;
+        self.reaped = true;
+        self.check_not_timed_out(status);
+        Some(status)
+    }
+
+    /// Waits for it to end (at most its time limit); a command that ran into the limit fails
+    /// the test.
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = self.child.wait().expect("waitpid");
+        self.reaped = true;
+        self.check_not_timed_out(status);
+        status
+    }
+
+    fn check_not_timed_out(&self, status: ExitStatus) {
+        let printed = Output {
+            status,
+            stdout: self.output(),
+            stderr: Vec::new(),
+        };
+        check_not_timed_out(&self.what, self.limit, self.started, status, &printed);
+    }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.reaped {
+            // The child leads its own process group (see `Bounded`): kill all of it.
+            // SAFETY: plain syscall on the process group of our own unreaped child.
+            unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }

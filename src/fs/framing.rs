@@ -26,7 +26,8 @@ pub enum LineError<E> {
     /// A line outgrew `max_message_bytes` (counting the `\n` a partial line gets at close):
     /// it is dropped whole, with what was held of it.
     LineTooLong { size: usize, max: usize },
-    /// The write carries only more of a line already dropped as too long.
+    /// The write carries only more of a line already refused (too long, or begun in a write
+    /// that failed): nothing of it is stored.
     DroppedLine,
     /// `commit` failed; nothing was stored, and the held partial line is dropped.
     Commit(E),
@@ -36,18 +37,10 @@ pub enum LineError<E> {
 #[derive(Debug, Default)]
 pub struct PartialLine {
     bytes: Vec<u8>,
-    /// Inside a line that is lost: its bytes are dropped up to its `\n`.
-    skipping: Option<Lost>,
-}
-
-/// Why the line being written is lost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lost {
-    /// It outgrew `max_message_bytes`: the rest of it is refused too.
-    TooLong,
-    /// It began in a write that failed (the writer was told then): the rest of it is taken
-    /// and dropped, so no fragment of it is ever stored.
-    StartFailed,
+    /// Inside a line that is lost — it outgrew `max_message_bytes`, or it began in a write
+    /// that failed (the writer was told then): its bytes are refused up to its `\n`, so no
+    /// fragment of it is ever stored.
+    dropping: bool,
 }
 
 impl PartialLine {
@@ -71,25 +64,20 @@ impl PartialLine {
         key_separator: Option<&[u8]>,
         commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
     ) -> Result<(), LineError<E>> {
-        if let Some(lost) = self.skipping {
+        if self.dropping {
             let Some(end) = memchr(b'\n', data) else {
-                return match lost {
-                    Lost::TooLong => Err(LineError::DroppedLine),
-                    Lost::StartFailed => Ok(()),
-                };
+                return Err(LineError::DroppedLine);
             };
-            self.skipping = None;
+            self.dropping = false;
             data = &data[end + 1..];
         }
         // Until the write succeeds, the held line counts as lost with it: a failure or a
         // panic below leaves the file in that state.
         let held = std::mem::take(&mut self.bytes);
         let ends_inside_a_line = data.last().is_some_and(|&b| b != b'\n');
-        if ends_inside_a_line {
-            self.skipping = Some(Lost::StartFailed);
-        }
+        self.dropping = ends_inside_a_line;
         let tail = self.complete(held, data, max_message_bytes, key_separator, commit)?;
-        self.skipping = None;
+        self.dropping = false;
         self.bytes.extend_from_slice(tail);
         Ok(())
     }
@@ -110,7 +98,6 @@ impl PartialLine {
         let Some(last_newline) = memrchr(b'\n', data) else {
             let size = held.len() + data.len() + 1;
             if size > max_message_bytes {
-                self.skipping = Some(Lost::TooLong);
                 return Err(too_long(size));
             }
             held.extend_from_slice(data);
@@ -119,7 +106,6 @@ impl PartialLine {
         };
         let (complete, tail) = data.split_at(last_newline + 1);
         if !tail.is_empty() && tail.len() + 1 > max_message_bytes {
-            self.skipping = Some(Lost::TooLong);
             return Err(too_long(tail.len() + 1));
         }
         let mut messages = Vec::new();
@@ -144,6 +130,12 @@ impl PartialLine {
         Ok(tail)
     }
 
+    /// Forgets the held partial line: the write that would have carried it on failed.
+    pub fn discard(&mut self) {
+        self.bytes.clear();
+        self.dropping = false;
+    }
+
     /// The file is closed: commits the partial line with a `\n` added, if there is one (on
     /// error it is kept, so a later close can try again), and ends a dropped line.
     pub fn close<E>(
@@ -151,7 +143,7 @@ impl PartialLine {
         key_separator: Option<&[u8]>,
         commit: impl FnOnce(&[NewMessage<'_>]) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.skipping = None;
+        self.dropping = false;
         if self.bytes.is_empty() {
             return Ok(());
         }
@@ -261,7 +253,8 @@ mod tests {
             partial.is_empty(),
             "\"ab\" lost its end in the failed write"
         );
-        // "e\n" ends the line "d…" that the failed write began: dropped too.
+        // More of the line "d…" that the failed write began is refused, up to its end.
+        assert_eq!(write(&mut partial, "e", 100), Err(LineError::DroppedLine));
         assert_eq!(write(&mut partial, "e\nf\ng", 100).unwrap(), ["f\n"]);
         assert_eq!(close(&mut partial), ["g\n"]);
 

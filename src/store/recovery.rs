@@ -982,13 +982,22 @@ fn raise_open_file_limit() {
     }
 }
 
+/// How long an open waits for the store's lock: a process that is closing the store (an
+/// unmount's daemon finishing its checkpoint), or a child forked by the holder that has not
+/// yet reached `exec` (it shares the lock's file description until then), lets go soon.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) fn lock_store(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let file = File::create(&path)
         .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
     // SAFETY: plain syscall on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(StoreError::Locked(dir.to_owned()));
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Locked(dir.to_owned()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(file)
 }

@@ -150,6 +150,7 @@ impl CommitFs {
                     // cache, where they would sit at the kernel's guess of the offset.
                     fopen |= FopenFlags::FOPEN_DIRECT_IO;
                     file.writer = Some(writer(Destination::Partition(partition.clone())));
+                    *self.writers_on.lock().entry(ino).or_default() += 1;
                 }
                 if reads {
                     file.reader = Some(self.store.open_segment(partition, info.base_offset)?);
@@ -174,9 +175,12 @@ impl CommitFs {
     /// invalidation and later be served as the sealed segment's bytes. A sealed segment
     /// never changes, so its pages stay cached across opens — except at the first open of
     /// one opened while active, which drops what such an open may have cached (a private
-    /// map of an active segment fills the page cache even under direct I/O).
+    /// map of an active segment fills the page cache even under direct I/O). A sealed
+    /// segment that a writer still has open (a long `cat >> active` across a roll) is read
+    /// like an active one: each write through it makes the kernel grow the inode's cached
+    /// size past the segment's end, and a cached read would serve zeroes up to that size.
     fn read_cache_policy(&self, ino: u64, sealed: bool, flags: i32) -> FopenFlags {
-        if !sealed {
+        if !sealed || self.writers_on.lock().contains_key(&ino) {
             self.opened_while_active.lock().insert(ino);
             return FopenFlags::FOPEN_DIRECT_IO;
         }
@@ -239,8 +243,12 @@ impl CommitFs {
                         ),
                     ));
                 }
-                // A line left from before the topic switched to raw goes first, as written.
-                partial.close(separator, append)?;
+                // A line left from before the topic switched to raw goes first, as written;
+                // if it cannot be stored, this write fails and the line goes with it.
+                if let Err(error) = partial.close(separator, append) {
+                    partial.discard();
+                    return Err(error);
+                }
                 append(&[message(data, separator)])?;
             }
             Framing::Lines => {
@@ -258,7 +266,10 @@ impl CommitFs {
                         ),
                         LineError::DroppedLine => FsError::refused(
                             libc::EFBIG,
-                            format!("{}: more of a line already refused as too long; dropped", file.topic.name()),
+                            format!(
+                                "{}: more of a line already refused (too long, or begun in a write that failed); dropped",
+                                file.topic.name()
+                            ),
                         ),
                         LineError::Commit(error) => error,
                     })?;
@@ -295,6 +306,19 @@ impl CommitFs {
     /// Sends each message to the partition its key picks, every partition's batch in one
     /// append of the store.
     fn append_by_key(&self, topic: &Topic, messages: &[NewMessage<'_>]) -> FsResult<()> {
+        // Refused before any keyless message takes its turn: a write refused as too long
+        // leaves the round-robin where it was, as if it never happened.
+        let max = self.store.config().max_message_bytes;
+        if let Some(oversize) = messages.iter().find(|message| message.payload.len() > max) {
+            return Err(FsError::refused(
+                libc::EFBIG,
+                format!(
+                    "{}: a message of {} bytes exceeds max_message_bytes ({max}); nothing of this write was stored",
+                    topic.name(),
+                    oversize.payload.len()
+                ),
+            ));
+        }
         let mut groups: BTreeMap<u32, Vec<NewMessage<'_>>> = BTreeMap::new();
         for &message in messages {
             let index = topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
@@ -331,6 +355,19 @@ impl CommitFs {
     /// Nobody hears of a failure but the log, so it says what was lost.
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let file = self.files.remove(fh)?;
+        if let Some(Writer {
+            destination: Destination::Partition(_),
+            ..
+        }) = &file.writer
+        {
+            let mut writers = self.writers_on.lock();
+            if let Some(count) = writers.get_mut(&file.ino) {
+                *count -= 1;
+                if *count == 0 {
+                    writers.remove(&file.ino);
+                }
+            }
+        }
         match &file.writer {
             Some(writer) => self.commit_partial_line(&file, writer).map_err(|error| {
                 error.context("the unfinished last line, held until the last close, is lost")

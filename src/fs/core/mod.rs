@@ -202,6 +202,11 @@ pub struct CommitFs {
     /// Segment inodes opened for reading while active: the kernel may hold pages of theirs
     /// filled while they were shorter, so their first open once sealed drops the cache.
     opened_while_active: Mutex<HashSet<u64>>,
+    /// Open write handles per segment inode. A writer keeps appending through the inode it
+    /// opened after that segment is sealed, and each of its writes makes the kernel grow that
+    /// inode's cached size (it takes the reply for its own append): while one is open, the
+    /// kernel's size of the sealed segment can be too large, so readers bypass its cache.
+    writers_on: Mutex<HashMap<u64, u32>>,
     files: HandleTable<OpenFile>,
     dirs: HandleTable<DirStream>,
     /// Held while a topic's settings are read, changed and written back.
@@ -232,6 +237,7 @@ impl CommitFs {
             topics: RwLock::new(table),
             segment_inodes: SegmentTable::default(),
             opened_while_active: Mutex::new(HashSet::new()),
+            writers_on: Mutex::new(HashMap::new()),
             files: HandleTable::new(),
             dirs: HandleTable::new(),
             settings_update: Mutex::new(()),
@@ -829,6 +835,7 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
+mod model_tests;
 #[cfg(test)]
 mod tests;
 

@@ -188,3 +188,30 @@ fn the_active_segment_is_read_uncached_and_sealing_drops_what_its_readers_cached
     );
     assert_eq!(read_ino(&fs, first), b"000000\n000001\n");
 }
+
+#[test]
+fn a_sealed_segment_a_writer_still_appends_through_is_read_uncached() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), 2);
+    let fs = core(&store);
+    mkdir(&fs, "t");
+    append(&fs, "t/append", b"000000\n");
+    let first = ino(&fs, "t/0/00000000000000000000.log");
+    // A long `cat >> active`: its descriptor stays on segment 0 across the roll.
+    let writer = fs.open(first, APPEND, 7).unwrap();
+    fs.write(writer.fh, b"000001\n000002\n000003\n").unwrap();
+    let while_writing = open_flags(&fs, first, libc::O_RDONLY);
+    assert!(
+        while_writing.contains(FopenFlags::FOPEN_DIRECT_IO),
+        "{while_writing:?}"
+    );
+    fs.release(writer.fh).unwrap();
+    // Its writes may have left the kernel's pages and size of segment 0 wrong: dropped
+    // at the first open once the writer is gone, kept from then on.
+    let after = open_flags(&fs, first, libc::O_RDONLY);
+    assert!(!after.contains(FopenFlags::FOPEN_KEEP_CACHE), "{after:?}");
+    assert!(!after.contains(FopenFlags::FOPEN_DIRECT_IO), "{after:?}");
+    let again = open_flags(&fs, first, libc::O_RDONLY);
+    assert!(again.contains(FopenFlags::FOPEN_KEEP_CACHE), "{again:?}");
+    assert_eq!(read_ino(&fs, first), b"000000\n000001\n");
+}
