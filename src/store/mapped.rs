@@ -123,7 +123,11 @@ impl MappedFile {
     /// Bytes `[at, at + len)`. The caller guarantees the range is allocated and not being
     /// written concurrently (it was published before this read).
     pub fn bytes(&self, at: u64, len: usize) -> &[u8] {
-        assert!(at + len as u64 <= self.capacity(), "read past the mapping");
+        assert!(
+            at.checked_add(len as u64)
+                .is_some_and(|end| end <= self.capacity()),
+            "read past the mapping"
+        );
         // SAFETY: in bounds of the mapping (checked above); see the caller's guarantee.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len) }
     }
@@ -132,7 +136,8 @@ impl MappedFile {
     /// until it publishes it) and has allocated it.
     pub fn write(&self, at: u64, data: &[u8]) {
         assert!(
-            at + data.len() as u64 <= self.allocated(),
+            at.checked_add(data.len() as u64)
+                .is_some_and(|end| end <= self.allocated()),
             "store past the allocated blocks"
         );
         // SAFETY: in bounds and allocated (checked above); exclusive by the caller's guarantee.

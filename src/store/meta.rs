@@ -161,3 +161,87 @@ pub fn remove_abort_marker(dir: &Path) -> Result<()> {
     super::mapped::remove_file(&dir.join(ABORT_MARKER))?;
     sync_dir(dir)
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    fn topic() -> impl Strategy<Value = TopicRecord> {
+        // TOML integers are i64.
+        let limit = || proptest::option::of(0..=i64::MAX as u64);
+        let optional = (any::<Option<Vec<u8>>>(), limit(), limit());
+        (
+            "[a-z._-]{1,12}",
+            any::<(u32, i64, u32, bool, u32, u32, u32)>(),
+            optional,
+        )
+            .prop_map(
+                |(
+                    name,
+                    (id, created_ms, partitions, raw, uid, gid, mode),
+                    (separator, ms, bytes),
+                )| {
+                    TopicRecord {
+                        name,
+                        id,
+                        created_ms,
+                        partitions,
+                        framing: if raw { Framing::Raw } else { Framing::Lines },
+                        key_separator: separator,
+                        retention_ms: ms,
+                        retention_bytes: bytes,
+                        owner_uid: uid,
+                        owner_gid: gid,
+                        mode,
+                    }
+                },
+            )
+    }
+
+    fn store_toml() -> impl Strategy<Value = Vec<u8>> {
+        let layout =
+            (0..=i64::MAX as u64, any::<(u32, u32, u32)>()).prop_map(|(a, (b, c, d))| Layout {
+                commit_log_file_bytes: a,
+                segment_messages: b,
+                index_slots: c,
+                index_entries: d,
+            });
+        (
+            layout,
+            any::<u32>(),
+            proptest::collection::vec(topic(), 0..3),
+        )
+            .prop_map(|(layout, next_topic_id, topics)| {
+                let meta = Meta {
+                    next_topic_id,
+                    topics,
+                    ..Meta::new(layout)
+                };
+                toml::to_string(&meta).unwrap().into_bytes()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(300))]
+
+        /// Any store.toml loads or is refused with an error; what loads saves and loads again
+        /// as the same metadata.
+        #[test]
+        fn any_store_toml_loads_or_is_refused_and_what_loads_round_trips(
+            bytes in fuzzing::garbage_or_damaged(store_toml(), 400)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(META_FILE), &bytes).unwrap();
+            let Ok(Some(meta)) = Meta::load(dir.path()) else {
+                return Ok(());
+            };
+            let again = tempfile::tempdir().unwrap();
+            meta.save(again.path()).unwrap();
+            let reloaded = Meta::load(again.path()).unwrap().unwrap();
+            prop_assert_eq!(toml::to_string(&reloaded).unwrap(), toml::to_string(&meta).unwrap());
+        }
+    }
+}
