@@ -674,32 +674,6 @@ fn appends_from_many_threads_keep_every_partition_gapless() {
     }
 }
 
-#[test]
-fn sync_flush_policy_appends_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        flush: FlushPolicy::Sync,
-        ..small_config()
-    };
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    let partition = store
-        .create_topic("t", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
-    for i in 0..30 {
-        store.append(&partition, &message(i), None).unwrap();
-    }
-    store.sync().unwrap();
-    store.halt_without_cleanup();
-    drop(store);
-    let store = Store::open(dir.path(), config).unwrap();
-    assert_eq!(
-        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
-        30
-    );
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

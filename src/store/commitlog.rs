@@ -180,6 +180,8 @@ impl CommitLog {
         };
         if zero_tail {
             current.data.zero_from(end - write_base)?;
+            // Durably: else a power loss can bring the cut records back behind new ones.
+            current.data.flush(end - write_base, file_bytes)?;
         }
         let preparer = Arc::new(Preparer {
             slot: Mutex::new(PreparedSlot::default()),
@@ -291,6 +293,11 @@ impl CommitLog {
             if first.base + self.file_bytes > needed_from || first.base >= write_base {
                 break;
             }
+            fail::fail_point!("commitlog::remove", |arg| Err(super::mapped::injected(
+                first.data.path(),
+                "removing",
+                arg
+            )));
             std::fs::remove_file(first.data.path()).map_err(|e| {
                 StoreError::io(format!("removing {}", first.data.path().display()), e)
             })?;
@@ -482,6 +489,8 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<Log
     let path = dir.join(format::file_name(base));
     let started = std::time::Instant::now();
     let data = MappedFile::create(&path, file_bytes, file_bytes)?;
+    // The file's name must be durable before a flush of its records can promise anything.
+    super::meta::sync_dir(dir)?;
     if warm {
         data.warm(0, WARM_AHEAD.min(file_bytes));
     }

@@ -22,12 +22,15 @@ impl MappedFile {
     /// Creates a file whose first `allocate` bytes are allocated, mapping `capacity` bytes of
     /// address space so that later growth needs no new mapping.
     pub fn create(path: &Path, capacity: u64, allocate: u64) -> Result<MappedFile> {
+        fail::fail_point!("mapped::create", |arg| Err(injected(path, "creating", arg)));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        #[cfg(feature = "failpoints")]
+        super::faults::created(path);
         let mapped = Self::map(path, file, capacity, 0)?;
         if let Err(error) = mapped.allocate(allocate) {
             drop(mapped);
@@ -39,6 +42,7 @@ impl MappedFile {
 
     /// Opens an existing file; its current length counts as allocated.
     pub fn open(path: &Path, capacity: u64) -> Result<MappedFile> {
+        fail::fail_point!("mapped::open", |arg| Err(injected(path, "opening", arg)));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -89,6 +93,7 @@ impl MappedFile {
         if len <= have {
             return Ok(());
         }
+        fail::fail_point!("mapped::allocate", |arg| self.fail_allocation(len, arg));
         // SAFETY: plain syscall on an fd we own.
         let rc = unsafe {
             libc::fallocate(
@@ -181,9 +186,15 @@ impl MappedFile {
         if end <= at {
             return Ok(());
         }
+        fail::fail_point!("mapped::flush", |arg| Err(injected(
+            &self.path, "flushing", arg
+        )));
         self.map
             .flush_range(at as usize, (end - at) as usize)
-            .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))
+            .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))?;
+        #[cfg(feature = "failpoints")]
+        super::faults::made_durable(&self.path, at, self.bytes(at, (end - at) as usize));
+        Ok(())
     }
 
     /// Zeroes `[at, allocated)` while keeping the blocks allocated: used to cut a torn tail so
@@ -237,9 +248,38 @@ impl MappedFile {
 
 /// Removes a file; one already gone is fine.
 pub fn remove_file(path: &Path) -> Result<()> {
+    fail::fail_point!("mapped::remove", |arg| Err(injected(path, "removing", arg)));
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// The error a failpoint injects into an operation on `path`.
+#[cfg(feature = "failpoints")]
+pub(super) fn injected(path: &Path, what: &str, arg: Option<String>) -> StoreError {
+    let error = super::faults::injected_error(arg.as_deref());
+    StoreError::io(format!("{what} {} (injected)", path.display()), error)
+}
+
+#[cfg(feature = "failpoints")]
+impl MappedFile {
+    /// An injected allocation failure; a `short` one allocates half of what was asked first,
+    /// as a real `fallocate` that runs out of space part way may.
+    fn fail_allocation(&self, len: u64, arg: Option<String>) -> Result<()> {
+        if super::faults::is_short(arg.as_deref()) {
+            let have = self.allocated();
+            // SAFETY: plain syscall on an fd we own.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    0,
+                    have as libc::off_t,
+                    ((len - have) / 2) as libc::off_t,
+                )
+            };
+        }
+        Err(injected(&self.path, "allocating", arg))
     }
 }

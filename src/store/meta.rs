@@ -128,18 +128,36 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let temporary = dir.join(format!("{name}.tmp"));
     let io = |what: &str, e| StoreError::io(format!("{what} {}", path.display()), e);
+    fail::fail_point!("meta::write_atomically", |arg| {
+        if crate::store::faults::is_short(arg.as_deref()) {
+            // A write that ran out of space part way through.
+            let _ = std::fs::write(&temporary, &bytes[..bytes.len() / 2]);
+        }
+        Err(super::mapped::injected(&path, "writing", arg))
+    });
     let mut file = std::fs::File::create(&temporary).map_err(|e| io("writing", e))?;
     file.write_all(bytes).map_err(|e| io("writing", e))?;
     file.sync_all().map_err(|e| io("syncing", e))?;
     drop(file);
     std::fs::rename(&temporary, &path).map_err(|e| io("replacing", e))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    #[cfg(feature = "failpoints")]
+    super::faults::replaced(&path, bytes);
+    Ok(())
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    fail::fail_point!("meta::sync_dir", |arg| Err(super::mapped::injected(
+        dir,
+        "syncing directory",
+        arg
+    )));
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))?;
+    #[cfg(feature = "failpoints")]
+    super::faults::dir_synced(dir);
+    Ok(())
 }
 
 /// Exists while the store is open; found at open, it means the last stop was unclean.

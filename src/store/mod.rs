@@ -5,6 +5,8 @@
 mod checkpoint;
 mod commitlog;
 mod error;
+#[cfg(feature = "failpoints")]
+pub mod faults;
 mod format;
 mod index;
 mod maintenance;

@@ -1,0 +1,462 @@
+//! Failure tested like success: power loss (what was made durable survives, nothing else is
+//! trusted) and io errors injected at every step of append, roll, checkpoint, retention and
+//! recovery through the file layer's failpoints (README "Testing").
+//!
+//! Failpoints are process-global, so every test here holds `FailScenario::setup()`, which
+//! also runs the tests of this binary one at a time.
+#![cfg(feature = "failpoints")]
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+use commitfs::store::faults::{assume_durable, durable_image, record_durability};
+use commitfs::store::{
+    FlushPolicy, Framing, NewMessage, Store, StoreConfig, StoreError, Topic, TopicSettings,
+};
+use fail::FailScenario;
+
+const PARTITIONS: u32 = 3;
+const NEVER: u64 = 3_600_000;
+
+/// Small files, so that appends roll commit-log files, segments and index chunks; no
+/// background flush or checkpoint unless a test asks for one.
+fn config(flush: FlushPolicy) -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 8192,
+        segment_messages: 10,
+        max_message_bytes: 2048,
+        flush,
+        checkpoint_interval_ms: NEVER,
+        retention_check_interval_ms: NEVER,
+        max_disk_bytes: None,
+        index_slots: 16,
+        index_entries: 64,
+        warm_mapped_files: false,
+    }
+}
+
+const ASYNC: FlushPolicy = FlushPolicy::Async { interval_ms: NEVER };
+
+fn settings() -> TopicSettings {
+    TopicSettings {
+        partitions: PARTITIONS,
+        framing: Framing::Lines,
+        key_separator: Some(b":".to_vec()),
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    }
+}
+
+/// Message `i`: keyed by `i % 5`, of varying length.
+fn message(i: usize) -> Vec<u8> {
+    format!("k{}:message {i} {}\n", i % 5, "x".repeat(i * 37 % 300)).into_bytes()
+}
+
+/// The `i` of `message(i)`.
+fn number(message: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(message);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn key_of(message: &[u8]) -> String {
+    String::from_utf8_lossy(message)
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// What a test appended and was told was stored.
+#[derive(Clone, Default)]
+struct Acknowledged {
+    /// Per partition, in offset order.
+    partitions: Vec<Vec<Vec<u8>>>,
+    /// (partition, offset) of each, in the order they were appended.
+    order: Vec<(usize, usize)>,
+}
+
+impl Acknowledged {
+    fn new() -> Acknowledged {
+        Acknowledged {
+            partitions: vec![Vec::new(); PARTITIONS as usize],
+            order: Vec::new(),
+        }
+    }
+
+    fn counts(&self) -> Vec<usize> {
+        self.partitions.iter().map(Vec::len).collect()
+    }
+
+    fn push(&mut self, partition: usize, message: Vec<u8>) {
+        self.order
+            .push((partition, self.partitions[partition].len()));
+        self.partitions[partition].push(message);
+    }
+}
+
+/// Appends messages `from..to` to topic `t`, one or two per batch, recording each
+/// acknowledged one. Returns the first error.
+fn append(
+    store: &Store,
+    acked: &mut Acknowledged,
+    range: std::ops::Range<usize>,
+) -> Result<(), StoreError> {
+    let topic = store.topic("t").unwrap();
+    let mut i = range.start;
+    while i < range.end {
+        let batch: Vec<Vec<u8>> = (i..(i + 1 + i % 2).min(range.end)).map(message).collect();
+        let index = (i % PARTITIONS as usize) as u32;
+        let partition = topic.partition(index).unwrap();
+        let messages: Vec<NewMessage<'_>> = batch
+            .iter()
+            .map(|m| NewMessage {
+                payload: m,
+                key_len: Some(m.iter().position(|&b| b == b':').unwrap()),
+            })
+            .collect();
+        store.append_batch(&partition, &messages)?;
+        for message in batch.iter() {
+            acked.push(index as usize, message.clone());
+        }
+        i += batch.len();
+    }
+    Ok(())
+}
+
+/// Every message the store serves, per partition, read both one by one and as segment
+/// bytes (which must agree).
+fn served(store: &Store, topic: &Topic) -> Vec<Vec<Vec<u8>>> {
+    let mut all = Vec::new();
+    for partition in topic.partitions() {
+        assert_eq!(partition.start_offset(), 0, "nothing was removed");
+        let messages: Vec<Vec<u8>> = (0..partition.end_offset())
+            .map(|offset| store.read_message(&partition, offset).expect("read"))
+            .collect();
+        let mut segments = Vec::new();
+        for segment in partition.segments() {
+            let reader = store.open_segment(&partition, segment.base_offset).unwrap();
+            let mut bytes = vec![0u8; segment.bytes as usize];
+            assert_eq!(reader.read_at(0, &mut bytes).unwrap(), bytes.len());
+            segments.extend_from_slice(&bytes);
+        }
+        assert_eq!(
+            segments,
+            messages.concat(),
+            "segment bytes and messages agree"
+        );
+        all.push(messages);
+    }
+    all
+}
+
+/// The newest message of each key the store finds.
+fn newest_by_key(store: &Store, topic: &Topic) -> HashMap<String, usize> {
+    let mut found = HashMap::new();
+    for key in 0..5 {
+        let key = format!("k{key}");
+        store
+            .for_each_key_match(topic, None, key.as_bytes(), |m| {
+                found.insert(key.clone(), number(m.payload().unwrap()));
+                ControlFlow::Break(())
+            })
+            .unwrap();
+    }
+    found
+}
+
+/// The store holds, per partition, a prefix of what was appended there that is at least as
+/// long as `at_least` says, each message whole and in order, and key lookups answer with
+/// the newest of those. Returns the prefix lengths.
+fn assert_holds_a_prefix(store: &Store, appended: &Acknowledged, at_least: &[usize]) -> Vec<usize> {
+    let topic = store.topic("t").expect("topic survives");
+    let served = served(store, &topic);
+    for (index, messages) in served.iter().enumerate() {
+        let expected = &appended.partitions[index];
+        assert!(
+            messages.len() >= at_least[index] && messages.len() <= expected.len(),
+            "partition {index}: {} messages served, {} durable, {} appended",
+            messages.len(),
+            at_least[index],
+            expected.len()
+        );
+        assert!(
+            messages[..] == expected[..messages.len()],
+            "partition {index}: what is served is not what was appended"
+        );
+    }
+    // Messages of one key are spread over partitions: the newest is the one appended last.
+    let mut newest_expected = HashMap::new();
+    for &(index, position) in &appended.order {
+        if position < served[index].len() {
+            let message = &appended.partitions[index][position];
+            newest_expected.insert(key_of(message), number(message));
+        }
+    }
+    assert_eq!(newest_by_key(store, &topic), newest_expected, "key lookups");
+    served.iter().map(Vec::len).collect()
+}
+
+/// What a machine crash leaves in place of bytes that were never made durable.
+#[derive(Clone, Copy, Debug)]
+enum Fill {
+    Zeros,
+    Garbage,
+    /// The page cache wrote some pages back on its own (every other page, from `phase`), the
+    /// rest are as they were last made durable or zero: out-of-order writeback.
+    PartlyWrittenBack {
+        phase: u64,
+    },
+}
+
+const FILLS: [Fill; 4] = [
+    Fill::Zeros,
+    Fill::Garbage,
+    Fill::PartlyWrittenBack { phase: 0 },
+    Fill::PartlyWrittenBack { phase: 1 },
+];
+
+/// Copies the data directory `from` to `to` as a power loss now would leave it: a followed
+/// file keeps only what was made durable (the rest per `fill`), a file whose name was never
+/// synced into its directory is gone. The copy's files count as durable from then on.
+fn crash_copy(from: &Path, to: &Path, fill: Fill) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            crash_copy(&entry.path(), &target, fill);
+            continue;
+        }
+        let current = std::fs::read(entry.path()).unwrap();
+        let bytes = match durable_image(&entry.path()) {
+            None => current,
+            Some(image) if !image.linked => continue,
+            Some(image) => {
+                let mut bytes: Vec<u8> = match fill {
+                    Fill::Zeros | Fill::PartlyWrittenBack { .. } => vec![0; current.len()],
+                    Fill::Garbage => (0..current.len())
+                        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+                        .collect(),
+                };
+                for range in &image.durable {
+                    let (start, end) =
+                        (range.start as usize, (range.end as usize).min(bytes.len()));
+                    bytes[start..end].copy_from_slice(&image.bytes[start..end]);
+                }
+                if let Fill::PartlyWrittenBack { phase } = fill {
+                    for (page, chunk) in bytes.chunks_mut(4096).enumerate() {
+                        if (page as u64 + phase) % 2 == 0 {
+                            let at = page * 4096;
+                            chunk.copy_from_slice(&current[at..at + chunk.len()]);
+                        }
+                    }
+                }
+                bytes
+            }
+        };
+        std::fs::write(&target, bytes).unwrap();
+        assume_durable(&target);
+    }
+}
+
+/// A store opened on a crash copy of a data directory.
+struct AfterPowerLoss {
+    copy: tempfile::TempDir,
+    store: Arc<Store>,
+    /// Messages held per partition.
+    held: Vec<usize>,
+}
+
+/// Opens a crash copy of `dir` and checks it holds a prefix of `appended`, at least
+/// `at_least` long per partition.
+fn reopen_after_power_loss(
+    dir: &Path,
+    fill: Fill,
+    config: StoreConfig,
+    appended: &Acknowledged,
+    at_least: &[usize],
+) -> AfterPowerLoss {
+    let copy = tempfile::tempdir().unwrap();
+    crash_copy(dir, copy.path(), fill);
+    let store = Store::open(copy.path(), config)
+        .unwrap_or_else(|e| panic!("opening after a power loss ({fill:?}): {e}"));
+    let held = assert_holds_a_prefix(&store, appended, at_least);
+    AfterPowerLoss { copy, store, held }
+}
+
+fn new_store(dir: &Path, flush: FlushPolicy) -> Arc<Store> {
+    let store = Store::open(dir, config(flush)).unwrap();
+    store.create_topic("t", settings()).unwrap();
+    store
+}
+
+#[test]
+fn with_sync_flush_every_acknowledged_append_survives_a_power_loss() {
+    let _scenario = FailScenario::setup();
+    record_durability();
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path(), FlushPolicy::Sync);
+    let mut acked = Acknowledged::new();
+    let mut appended = 0;
+    // Crash points after a few appends, across segment and commit-log file rolls.
+    for crash_after in [1, 8, 40, 90] {
+        append(&store, &mut acked, appended..crash_after).unwrap();
+        appended = crash_after;
+        for fill in FILLS {
+            let config = config(FlushPolicy::Sync);
+            reopen_after_power_loss(dir.path(), fill, config, &acked, &acked.counts());
+        }
+    }
+}
+
+#[test]
+fn with_async_flush_what_was_synced_survives_and_what_is_lost_is_a_whole_tail() {
+    let _scenario = FailScenario::setup();
+    record_durability();
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path(), ASYNC);
+    let mut appended = Acknowledged::new();
+    let mut synced = vec![0; PARTITIONS as usize];
+    let mut next = 0;
+    for (sync_after, then_append) in [(5, 3), (30, 25), (60, 40)] {
+        append(&store, &mut appended, next..sync_after).unwrap();
+        store.sync().unwrap();
+        synced = appended.counts();
+        append(&store, &mut appended, sync_after..sync_after + then_append).unwrap();
+        next = sync_after + then_append;
+        for fill in FILLS {
+            reopen_after_power_loss(dir.path(), fill, config(ASYNC), &appended, &synced);
+        }
+    }
+    assert!(synced.iter().all(|&n| n > 0));
+}
+
+#[test]
+fn a_checkpoint_vouches_only_for_what_is_durable() {
+    let _scenario = FailScenario::setup();
+    record_durability();
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path(), ASYNC);
+    let mut appended = Acknowledged::new();
+    append(&store, &mut appended, 0..50).unwrap();
+    // A checkpoint is written while appends go on: everything appended before it began is
+    // durable, and what it records (log end, partition ends, index size) holds after a crash.
+    let before_checkpoint = appended.counts();
+    let appender = {
+        let store = store.clone();
+        let mut more = appended.clone();
+        std::thread::spawn(move || {
+            append(&store, &mut more, 50..120).unwrap();
+            more
+        })
+    };
+    store.checkpoint().unwrap();
+    let appended = appender.join().unwrap();
+    for fill in FILLS {
+        let first = reopen_after_power_loss(
+            dir.path(),
+            fill,
+            config(ASYNC),
+            &appended,
+            &before_checkpoint,
+        );
+        // Recovery's own checkpoint vouches only for what it made durable: a second power
+        // loss right after reopening keeps the same messages.
+        first.store.halt_without_cleanup();
+        let second = reopen_after_power_loss(
+            first.copy.path(),
+            fill,
+            config(ASYNC),
+            &appended,
+            &first.held,
+        );
+        assert_eq!(second.held, first.held);
+    }
+}
+
+/// Message `i` again, the same length but other bytes.
+fn rewritten(i: usize) -> Vec<u8> {
+    String::from_utf8(message(i))
+        .unwrap()
+        .replace('x', "y")
+        .into_bytes()
+}
+
+#[test]
+fn a_tail_recovery_cut_stays_cut_after_a_second_power_loss() {
+    let _scenario = FailScenario::setup();
+    record_durability();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 64 * 1024,
+        ..config(ASYNC)
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    store.create_topic("t", settings()).unwrap();
+    let mut appended = Acknowledged::new();
+    append(&store, &mut appended, 0..20).unwrap();
+    store.sync().unwrap();
+    append(&store, &mut appended, 20..120).unwrap();
+    let sync = StoreConfig {
+        flush: FlushPolicy::Sync,
+        ..config
+    };
+    let mut resurrections_possible = 0;
+    for phase in [0, 1] {
+        let fill = Fill::PartlyWrittenBack { phase };
+        let first = reopen_after_power_loss(dir.path(), fill, sync.clone(), &appended, &[0; 3]);
+        let lost: Vec<(usize, usize)> = (appended.order.iter())
+            .filter(|&&(partition, position)| position >= first.held[partition])
+            .copied()
+            .collect();
+        first.store.close().unwrap();
+        // Whatever was lost is appended again, the same lengths with other bytes, so that a
+        // record boundary of the new log meets one of the old, stale tail: an old record the
+        // recovery cut off must not come back after a second power loss.
+        for again in 1..lost.len().min(10) {
+            let retry = tempfile::tempdir().unwrap();
+            crash_copy(first.copy.path(), retry.path(), Fill::Zeros);
+            let store = Store::open(retry.path(), sync.clone()).unwrap();
+            let topic = store.topic("t").unwrap();
+            let mut expected = Acknowledged::new();
+            for &(partition, position) in &appended.order {
+                if position < first.held[partition] {
+                    expected.push(partition, appended.partitions[partition][position].clone());
+                }
+            }
+            for &(partition, position) in &lost[..again] {
+                let i = number(&appended.partitions[partition][position]);
+                let payload = rewritten(i);
+                let owner = topic.partition(partition as u32).unwrap();
+                store
+                    .append(
+                        &owner,
+                        &payload,
+                        Some(payload.iter().position(|&b| b == b':').unwrap()),
+                    )
+                    .unwrap();
+                expected.push(partition, payload);
+            }
+            store.halt_without_cleanup();
+            let second = reopen_after_power_loss(
+                retry.path(),
+                Fill::Zeros,
+                sync.clone(),
+                &expected,
+                &expected.counts(),
+            );
+            assert_eq!(
+                second.held,
+                expected.counts(),
+                "phase {phase}, {again} appended again"
+            );
+            resurrections_possible += 1;
+        }
+    }
+    assert!(resurrections_possible > 0);
+}
