@@ -460,3 +460,30 @@ fn a_tail_recovery_cut_stays_cut_after_a_second_power_loss() {
     }
     assert!(resurrections_possible > 0);
 }
+
+#[test]
+fn a_key_is_found_although_every_key_hash_collides() {
+    let _scenario = FailScenario::setup();
+    fail::cfg("format::key_hash", "return").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(ASYNC)).unwrap();
+    let topic = store.create_topic("t", settings()).unwrap();
+    let (zero, one) = (topic.partition(0).unwrap(), topic.partition(1).unwrap());
+    store.append(&zero, b"a:first\n", Some(1)).unwrap();
+    store.append(&one, b"b:second\n", Some(1)).unwrap();
+    store.append(&zero, b"ab:third\n", Some(2)).unwrap();
+    let newest = |key: &[u8], partition: Option<u32>| {
+        let mut found = None;
+        store
+            .for_each_key_match(&topic, partition, key, |m| {
+                found = Some(m.payload().unwrap().to_vec());
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        found
+    };
+    assert_eq!(newest(b"a", None).as_deref(), Some(&b"a:first\n"[..]));
+    assert_eq!(newest(b"b", None).as_deref(), Some(&b"b:second\n"[..]));
+    assert_eq!(newest(b"b", Some(0)), None);
+    assert_eq!(newest(b"c", None), None);
+}
