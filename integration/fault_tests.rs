@@ -487,3 +487,115 @@ fn a_key_is_found_although_every_key_hash_collides() {
     assert_eq!(newest(b"b", Some(0)), None);
     assert_eq!(newest(b"c", None), None);
 }
+
+/// How a store is reopened after a failure.
+#[derive(Clone, Copy, Debug)]
+enum Reopen {
+    Clean,
+    AfterAKill,
+}
+
+fn reopen(store: Arc<Store>, how: Reopen, config: StoreConfig) -> Arc<Store> {
+    let dir = store.dir().to_owned();
+    match how {
+        Reopen::Clean => store.close().unwrap(),
+        Reopen::AfterAKill => store.halt_without_cleanup(),
+    }
+    drop(store);
+    Store::open(&dir, config).unwrap()
+}
+
+/// The store serves exactly what was acknowledged: each message once, whole, in order.
+fn assert_serves_exactly(store: &Store, acked: &Acknowledged) {
+    assert_eq!(
+        assert_holds_a_prefix(store, acked, &acked.counts()),
+        acked.counts()
+    );
+}
+
+/// An injected error is the one asked for: ENOSPC is a full disk, EIO an io error.
+fn assert_injected(error: &StoreError, arg: &str) {
+    let arg = arg.split('@').next().unwrap();
+    match arg {
+        "enospc" | "short" => assert!(matches!(error, StoreError::DiskFull(_)), "{arg}: {error:?}"),
+        _ => assert_eq!(error.errno(), libc::EIO, "{arg}: {error:?}"),
+    }
+    assert!(error.to_string().contains("(injected)"), "{error}");
+}
+
+/// Appends one message at a time from `next` until one fails (returned) or `until`.
+fn append_until_a_failure(
+    store: &Store,
+    acked: &mut Acknowledged,
+    next: &mut usize,
+    until: usize,
+) -> Option<StoreError> {
+    while *next < until {
+        let result = append(store, acked, *next..*next + 1);
+        *next += 1;
+        if let Err(error) = result {
+            return Some(error);
+        }
+    }
+    None
+}
+
+/// Injects an error into the `skip`th next call of each file-layer step an append takes
+/// (queue and index growth, new queue, index and commit-log files: segment and file rolls)
+/// and checks the failed append stored nothing, reads go on, and after the failure is
+/// removed — and after a reopen, clean or after a kill — every acknowledged message is
+/// there exactly once and nothing else.
+#[test]
+fn a_failed_append_stores_nothing_and_the_store_recovers_from_it() {
+    let _scenario = FailScenario::setup();
+    let mut hit = HashMap::new();
+    // `ERROR@TEXT` fails only files whose path holds TEXT.
+    for (failpoint, arg) in [
+        ("mapped::allocate", "enospc@/queues/"),
+        ("mapped::allocate", "short@/queues/"),
+        ("mapped::allocate", "eio@/queues/"),
+        ("mapped::create", "enospc@/queues/"),
+        ("mapped::create", "eio@/queues/"),
+        ("mapped::create", "enospc@/index/"),
+        ("mapped::create", "eio@/index/"),
+        ("mapped::create", "enospc@/commitlog/"),
+        ("mapped::create", "eio@/commitlog/"),
+    ] {
+        for (skip, how) in [
+            (0, Reopen::Clean),
+            (1, Reopen::AfterAKill),
+            (4, Reopen::Clean),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = new_store(dir.path(), ASYNC);
+            let mut acked = Acknowledged::new();
+            append(&store, &mut acked, 0..25).unwrap();
+            fail::cfg(failpoint, &format!("{skip}*off->return({arg})")).unwrap();
+            let mut next = 25;
+            let failed = append_until_a_failure(&store, &mut acked, &mut next, 400);
+            let Some(error) = failed else {
+                fail::remove(failpoint);
+                continue;
+            };
+            let text = error.to_string();
+            let step = ["/commitlog/", "/queues/", "/index/"]
+                .into_iter()
+                .find(|kind| text.contains(kind))
+                .unwrap_or_else(|| panic!("an error of no file: {text}"));
+            *hit.entry((failpoint, step)).or_insert(0) += 1;
+            assert_injected(&error, arg);
+            assert_serves_exactly(&store, &acked);
+            // Still failing: still refused, still nothing stored.
+            assert!(append(&store, &mut acked, next..next + 1).is_err());
+            fail::remove(failpoint);
+            append(&store, &mut acked, next + 1..next + 60).unwrap();
+            assert_serves_exactly(&store, &acked);
+            store = reopen(store, how, config(ASYNC));
+            assert_serves_exactly(&store, &acked);
+            append(&store, &mut acked, next + 60..next + 70).unwrap();
+            assert_serves_exactly(&store, &acked);
+        }
+    }
+    // Queue growth, new queue files (segment rolls), index files and commit-log rolls.
+    assert_eq!(hit.len(), 4, "every step was reached: {hit:?}");
+}

@@ -133,3 +133,17 @@ pub fn assume_durable(path: &Path) {
         replaced(path, &std::fs::read(path).unwrap_or_default());
     }
 }
+
+/// Whether failpoint `name` fires for an operation on `path`, and with what argument. An
+/// argument `ERROR@TEXT` fires only for paths that contain TEXT, so a test can fail one kind
+/// of file: `return(enospc@/commitlog/)` fails commit-log files and lets queue files be.
+pub(crate) fn fires(name: &str, path: &Path) -> Option<Option<String>> {
+    let arg = fail::eval(name, |arg| arg)?;
+    match arg.as_deref().and_then(|arg| arg.split_once('@')) {
+        Some((error, only)) => path
+            .to_string_lossy()
+            .contains(only)
+            .then(|| Some(error.to_owned())),
+        None => Some(arg),
+    }
+}

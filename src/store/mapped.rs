@@ -10,6 +10,17 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{Result, StoreError};
 
+/// Returns the error failpoint `$name` injects into an operation on `$path`, if it fires
+/// (only with the `failpoints` feature; nothing otherwise).
+macro_rules! inject {
+    ($name:literal, $path:expr, $what:literal) => {
+        #[cfg(feature = "failpoints")]
+        if let Some(arg) = super::faults::fires($name, $path) {
+            return Err(injected($path, $what, arg));
+        }
+    };
+}
+
 pub struct MappedFile {
     path: PathBuf,
     file: File,
@@ -22,7 +33,7 @@ impl MappedFile {
     /// Creates a file whose first `allocate` bytes are allocated, mapping `capacity` bytes of
     /// address space so that later growth needs no new mapping.
     pub fn create(path: &Path, capacity: u64, allocate: u64) -> Result<MappedFile> {
-        fail::fail_point!("mapped::create", |arg| Err(injected(path, "creating", arg)));
+        inject!("mapped::create", path, "creating");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -42,7 +53,7 @@ impl MappedFile {
 
     /// Opens an existing file; its current length counts as allocated.
     pub fn open(path: &Path, capacity: u64) -> Result<MappedFile> {
-        fail::fail_point!("mapped::open", |arg| Err(injected(path, "opening", arg)));
+        inject!("mapped::open", path, "opening");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -93,7 +104,10 @@ impl MappedFile {
         if len <= have {
             return Ok(());
         }
-        fail::fail_point!("mapped::allocate", |arg| self.fail_allocation(len, arg));
+        #[cfg(feature = "failpoints")]
+        if let Some(arg) = super::faults::fires("mapped::allocate", &self.path) {
+            return self.fail_allocation(len, arg);
+        }
         // SAFETY: plain syscall on an fd we own.
         let rc = unsafe {
             libc::fallocate(
@@ -186,9 +200,7 @@ impl MappedFile {
         if end <= at {
             return Ok(());
         }
-        fail::fail_point!("mapped::flush", |arg| Err(injected(
-            &self.path, "flushing", arg
-        )));
+        inject!("mapped::flush", &self.path, "flushing");
         self.map
             .flush_range(at as usize, (end - at) as usize)
             .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))?;
@@ -248,7 +260,7 @@ impl MappedFile {
 
 /// Removes a file; one already gone is fine.
 pub fn remove_file(path: &Path) -> Result<()> {
-    fail::fail_point!("mapped::remove", |arg| Err(injected(path, "removing", arg)));
+    inject!("mapped::remove", path, "removing");
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
