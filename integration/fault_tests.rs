@@ -837,7 +837,7 @@ proptest::proptest! {
     fn a_damaged_data_directory_opens_or_is_refused_and_serves_nothing_wrong(
         killed in proptest::bool::ANY,
         damages in proptest::collection::vec(
-            (proptest::prelude::any::<FileDamage>()), 1..6),
+            proptest::prelude::any::<FileDamage>(), 1..6),
     ) {
         let _scenario = FailScenario::setup();
         let (template, acked) = &damage_templates()[usize::from(killed)];
