@@ -293,11 +293,7 @@ impl CommitLog {
             if first.base + self.file_bytes > needed_from || first.base >= write_base {
                 break;
             }
-            fail::fail_point!("commitlog::remove", |arg| Err(super::mapped::injected(
-                first.data.path(),
-                "removing",
-                arg
-            )));
+            super::mapped::inject!("commitlog::remove", first.data.path(), "removing");
             std::fs::remove_file(first.data.path()).map_err(|e| {
                 StoreError::io(format!("removing {}", first.data.path().display()), e)
             })?;
@@ -490,7 +486,12 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<Log
     let started = std::time::Instant::now();
     let data = MappedFile::create(&path, file_bytes, file_bytes)?;
     // The file's name must be durable before a flush of its records can promise anything.
-    super::meta::sync_dir(dir)?;
+    if let Err(error) = super::meta::sync_dir(dir) {
+        drop(data);
+        // Left behind, it would stop every later attempt to make this file.
+        let _ = std::fs::remove_file(&path);
+        return Err(error);
+    }
     if warm {
         data.warm(0, WARM_AHEAD.min(file_bytes));
     }

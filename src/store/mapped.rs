@@ -16,10 +16,11 @@ macro_rules! inject {
     ($name:literal, $path:expr, $what:literal) => {
         #[cfg(feature = "failpoints")]
         if let Some(arg) = super::faults::fires($name, $path) {
-            return Err(injected($path, $what, arg));
+            return Err(super::mapped::injected($path, $what, arg));
         }
     };
 }
+pub(super) use inject;
 
 pub struct MappedFile {
     path: PathBuf,

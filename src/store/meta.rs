@@ -128,13 +128,14 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let temporary = dir.join(format!("{name}.tmp"));
     let io = |what: &str, e| StoreError::io(format!("{what} {}", path.display()), e);
-    fail::fail_point!("meta::write_atomically", |arg| {
-        if crate::store::faults::is_short(arg.as_deref()) {
+    #[cfg(feature = "failpoints")]
+    if let Some(arg) = super::faults::fires("meta::write_atomically", &path) {
+        if super::faults::is_short(arg.as_deref()) {
             // A write that ran out of space part way through.
             let _ = std::fs::write(&temporary, &bytes[..bytes.len() / 2]);
         }
-        Err(super::mapped::injected(&path, "writing", arg))
-    });
+        return Err(super::mapped::injected(&path, "writing", arg));
+    }
     let mut file = std::fs::File::create(&temporary).map_err(|e| io("writing", e))?;
     file.write_all(bytes).map_err(|e| io("writing", e))?;
     file.sync_all().map_err(|e| io("syncing", e))?;
@@ -147,11 +148,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    fail::fail_point!("meta::sync_dir", |arg| Err(super::mapped::injected(
-        dir,
-        "syncing directory",
-        arg
-    )));
+    super::mapped::inject!("meta::sync_dir", dir, "syncing directory");
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))?;
