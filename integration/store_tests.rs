@@ -204,29 +204,6 @@ fn commitfs_now() -> i64 {
 }
 
 #[test]
-fn a_key_is_found_although_the_index_hash_collides() {
-    // One slot: every key hashes into the same chain, so only the key bytes tell them apart.
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        index_slots: 1,
-        ..small_config()
-    };
-    let store = Store::open(dir.path(), config).unwrap();
-    let topic = store.create_topic("t", settings(1)).unwrap();
-    let partition = topic.partition(0).unwrap();
-    append_keyed(&store, &partition, b"a:first\n");
-    append_keyed(&store, &partition, b"b:second\n");
-    let mut newest = None;
-    store
-        .for_each_key_match(&topic, None, b"a", |m| {
-            newest = Some(m.payload().unwrap().to_vec());
-            ControlFlow::Break(())
-        })
-        .unwrap();
-    assert_eq!(newest.as_deref(), Some(&b"a:first\n"[..]));
-}
-
-#[test]
 fn a_clean_reopen_keeps_everything_without_scanning() {
     let dir = tempfile::tempdir().unwrap();
     let mut expected = Vec::new();
@@ -690,32 +667,6 @@ fn appends_from_many_threads_keep_every_partition_gapless() {
     for partition in store.topic("t").unwrap().partitions() {
         assert_eq!(partition.end_offset(), 1000);
     }
-}
-
-#[test]
-fn sync_flush_policy_appends_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        flush: FlushPolicy::Sync,
-        ..small_config()
-    };
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    let partition = store
-        .create_topic("t", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
-    for i in 0..30 {
-        store.append(&partition, &message(i), None).unwrap();
-    }
-    store.sync().unwrap();
-    store.halt_without_cleanup();
-    drop(store);
-    let store = Store::open(dir.path(), config).unwrap();
-    assert_eq!(
-        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
-        30
-    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -448,3 +448,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const EXAMPLES: [&str; 2] = [
+        include_str!("../mount-config/commitfs.toml"),
+        include_str!("../mount-config/tiny-segments.toml"),
+    ];
+
+    proptest! {
+        #![proptest_config(fuzzing::config(300))]
+
+        /// Any configuration text is accepted or refused with a message naming the file; a
+        /// refusal of a damaged example names a line or a key.
+        #[test]
+        fn any_configuration_parses_or_is_refused_naming_the_file(
+            bytes in fuzzing::garbage_or_damaged(
+                proptest::sample::select(&EXAMPLES[..]).prop_map(|t| t.as_bytes().to_vec()),
+                300,
+            )
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(error) = Config::parse(&text, "fuzz.toml") {
+                let message = error.to_string();
+                prop_assert!(message.starts_with("fuzz.toml: "), "{}", message);
+                prop_assert!(message.len() > "fuzz.toml: ".len());
+            }
+        }
+    }
+}

@@ -4,3 +4,6 @@
 pub mod config;
 pub mod fs;
 pub mod store;
+
+#[cfg(test)]
+mod fuzzing;

@@ -266,3 +266,83 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    /// Days since 1970-01-01 by counting, as a reference for the closed formula.
+    fn days_by_counting(year: i64, month: i64, day: i64) -> i64 {
+        let year_days = |y| if is_leap_year(y) { 366 } else { 365 };
+        let mut days: i64 = if year >= 1970 {
+            (1970..year).map(year_days).sum()
+        } else {
+            -(year..1970).map(year_days).sum::<i64>()
+        };
+        days += (1..month).map(|m| days_in_month(year, m)).sum::<i64>();
+        days + day - 1
+    }
+
+    /// A valid RFC 3339 time and its milliseconds since the epoch, computed by counting.
+    fn rfc3339() -> impl Strategy<Value = (String, i64)> {
+        let date = (
+            0i64..=9999,
+            1i64..=12,
+            1i64..=31,
+            0i64..24,
+            0i64..60,
+            0i64..=60,
+        );
+        let zone = prop_oneof![
+            Just(None),
+            (any::<bool>(), 0i64..24, 0i64..60).prop_map(Some)
+        ];
+        (date, 0i64..1000, zone, any::<bool>()).prop_map(
+            |((year, month, day, hour, minute, second), millis, zone, lower)| {
+                let day = day.min(days_in_month(year, month));
+                let (suffix, offset) = match zone {
+                    None => (if lower { "z" } else { "Z" }.to_owned(), 0),
+                    Some((west, h, m)) => {
+                        let sign = if west { '-' } else { '+' };
+                        let offset = (h * 60 + m) * if west { -1 } else { 1 };
+                        (format!("{sign}{h:02}:{m:02}"), offset)
+                    }
+                };
+                let text = format!(
+                    "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}{suffix}"
+                );
+                let seconds = days_by_counting(year, month, day) * 86_400
+                    + hour * 3_600
+                    + minute * 60
+                    + second
+                    - offset * 60;
+                (text, seconds * 1_000 + millis)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1000))]
+
+        #[test]
+        fn a_valid_time_parses_to_the_counted_milliseconds((text, ms) in rfc3339()) {
+            prop_assert_eq!(parse_timestamp_ms(&text), Some(ms));
+            prop_assert_eq!(parse_timestamp_ms(&ms.to_string()), Some(ms));
+        }
+
+        /// Damaged times and arbitrary text parse or are refused, never panic; a time that
+        /// parses converts to a `SystemTime`.
+        #[test]
+        fn any_text_parses_or_is_refused(
+            bytes in fuzzing::garbage_or_damaged(rfc3339().prop_map(|(t, _)| t.into_bytes()), 40)
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(ms) = parse_timestamp_ms(&text) {
+                let _ = system_time(ms);
+            }
+        }
+    }
+}

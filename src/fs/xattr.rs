@@ -393,3 +393,100 @@ mod tests {
         assert_eq!(parse_time(b"soon").unwrap_err().errno(), libc::EINVAL);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const HOLDERS: [XattrHolder; 5] = [
+        XattrHolder::Root,
+        XattrHolder::Topic,
+        XattrHolder::Partition,
+        XattrHolder::Segment,
+        XattrHolder::Plain,
+    ];
+
+    /// Attribute names as users write them: known names, prefixes with keys and arguments.
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        let known: Vec<&str> = HOLDERS.iter().flat_map(|&h| fixed_names(h)).collect();
+        let prefixes = vec![
+            "user.key.",
+            "user.offsets.",
+            "user.offset.",
+            "user.time.",
+            "user.",
+        ];
+        prop_oneof![
+            proptest::sample::select(known).prop_map(|n| n.as_bytes().to_vec()),
+            (
+                proptest::sample::select(prefixes),
+                proptest::collection::vec(any::<u8>(), 0..20)
+            )
+                .prop_map(|(prefix, rest)| [prefix.as_bytes(), &rest].concat()),
+        ]
+    }
+
+    /// Values as users write them to settings.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string().into_bytes()),
+            Just(b"-1".to_vec()),
+            Just(b" 3\n".to_vec()),
+            Just(b"lines".to_vec()),
+            Just(b"raw".to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1000))]
+
+        /// Every name parses or is unknown on every kind of node; a per-key or argument name
+        /// keeps exactly the bytes after its prefix.
+        #[test]
+        fn any_attribute_name_parses_or_is_unknown(
+            name in fuzzing::garbage_or_damaged(name(), 300)
+        ) {
+            for holder in HOLDERS {
+                let argument = match XattrName::parse(holder, &name) {
+                    Some(XattrName::Key(rest)) => Some((KEY_PREFIX, rest)),
+                    Some(XattrName::Offsets(rest)) => Some((OFFSETS_PREFIX, rest)),
+                    Some(XattrName::Offset(rest)) => {
+                        let _ = parse_offset(rest);
+                        Some((OFFSET_PREFIX, rest))
+                    }
+                    Some(XattrName::Time(rest)) => {
+                        let _ = parse_time(rest);
+                        Some((TIME_PREFIX, rest))
+                    }
+                    _ => None,
+                };
+                if let Some((prefix, rest)) = argument {
+                    prop_assert_eq!([prefix, rest].concat(), name.clone());
+                }
+            }
+        }
+
+        /// Every value parses or is refused with EINVAL; a retention limit reads back as it
+        /// was set, and a size probe never returns a cut value.
+        #[test]
+        fn any_setting_value_parses_or_is_refused_with_einval(
+            value in fuzzing::garbage_or_damaged(value(), 40),
+            buffer_size in any::<u32>(),
+        ) {
+            let refused_with_einval = |errno: i32| errno == libc::EINVAL;
+            if let Err(e) = parse_partitions(&value) { prop_assert!(refused_with_einval(e.errno())); }
+            if let Err(e) = parse_framing(&value) { prop_assert!(refused_with_einval(e.errno())); }
+            if let Err(e) = parse_key_separator(&value) { prop_assert!(refused_with_einval(e.errno())); }
+            match parse_retention(&value) {
+                Ok(limit) => prop_assert_eq!(parse_retention(&format_retention(limit)).ok(), Some(limit)),
+                Err(e) => prop_assert!(refused_with_einval(e.errno())),
+            }
+            if let Ok(XattrReply::Value(served)) = fit(value.clone(), buffer_size) {
+                prop_assert_eq!(served, value);
+            }
+        }
+    }
+}

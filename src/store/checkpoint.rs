@@ -147,3 +147,49 @@ mod tests {
         assert!(Checkpoint::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    fn checkpoint() -> impl Strategy<Value = Vec<u8>> {
+        let mark = any::<(u32, u32, u64, u64)>().prop_map(|(topic_id, partition, end, start)| {
+            PartitionMark {
+                topic_id,
+                partition,
+                end,
+                start,
+            }
+        });
+        let index = any::<Option<(u64, u32)>>()
+            .prop_map(|mark| mark.map(|(file_base, count)| IndexMark { file_base, count }));
+        (any::<u64>(), index, proptest::collection::vec(mark, 0..20)).prop_map(
+            |(commit_log_end, index, partitions)| {
+                Checkpoint {
+                    commit_log_end,
+                    index,
+                    partitions,
+                }
+                .encode()
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1000))]
+
+        /// Whatever decodes is exactly what encodes to those bytes (damage never decodes into
+        /// some other checkpoint).
+        #[test]
+        fn a_checkpoint_decoded_from_any_bytes_re_encodes_to_them(
+            bytes in fuzzing::garbage_or_damaged(checkpoint(), 600)
+        ) {
+            if let Ok(decoded) = Checkpoint::decode(&bytes) {
+                prop_assert_eq!(decoded.encode(), bytes);
+            }
+        }
+    }
+}

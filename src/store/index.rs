@@ -464,3 +464,79 @@ pub fn verify_file(
     }
     count - 1
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const SLOTS: u32 = 4;
+    const CAPACITY: u32 = 16;
+
+    /// The bytes of an index file holding `entries` (key hash, commit-log offset).
+    fn index_file(entries: Vec<(u64, u64)>) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let index = KeyIndex::open(dir.path(), SLOTS, CAPACITY).unwrap();
+        let mut room = index.reserve(entries.len() as u32, 0).unwrap();
+        for (hash, offset) in entries {
+            room.insert(hash, offset);
+        }
+        drop(room);
+        let path = index.files.read()[0].data.path().to_owned();
+        std::fs::read(path).unwrap()
+    }
+
+    fn valid_file() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec((1u64..8, 0u64..10_000), 1..15).prop_map(index_file)
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(200))]
+
+        /// A damaged index file is refused as corrupt or opens, and then lookups, recovery's
+        /// truncation, inserts and retention over it neither panic nor answer with an entry
+        /// of another hash.
+        #[test]
+        fn a_damaged_index_file_opens_or_is_refused_and_never_panics(
+            bytes in fuzzing::garbage_or_damaged(valid_file(), 700),
+            base in prop_oneof![Just(0u64), any::<u64>()],
+            hashes in proptest::collection::vec(0u64..10, 1..6),
+            mark in any::<Option<u32>>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(format::file_name(base % 10_000)), &bytes).unwrap();
+            let Ok(index) = KeyIndex::open(dir.path(), SLOTS, CAPACITY) else {
+                return Ok(());
+            };
+            let base = base % 10_000;
+            for &hash in &hashes {
+                index.lookup(hash, |offset| {
+                    let entry_found = index.files.read().iter().any(|f| {
+                        (1..f.count()).any(|n| f.entry(n).0 == hash && f.entry(n).1 == offset)
+                    });
+                    assert!(entry_found, "lookup({hash}) answered {offset}, not an entry of that hash");
+                    ControlFlow::Continue(())
+                });
+            }
+            let _ = index.holds(IndexMark { file_base: base, count: mark.unwrap_or(1) });
+            index
+                .truncate_to(mark.map(|count| IndexMark { file_base: base, count }))
+                .unwrap();
+            if let Ok(mut room) = index.reserve(2, 20_000) {
+                room.insert(hashes[0], 20_000);
+                room.insert(hashes[0], 20_100);
+                drop(room);
+                let mut newest = None;
+                index.lookup(hashes[0], |offset| {
+                    newest = Some(offset);
+                    ControlFlow::Break(())
+                });
+                prop_assert_eq!(newest, Some(20_100));
+            }
+            let _ = index.mark();
+            index.remove_before(15_000).unwrap();
+        }
+    }
+}

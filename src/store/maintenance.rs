@@ -144,25 +144,38 @@ impl Store {
     /// `retention_check_interval_ms`). Applies every topic's retention, removes commit-log files no partition needs any
     /// more, and enforces the store-wide disk ceiling.
     pub fn enforce_retention(&self) -> Result<()> {
-        let now = now_ms();
         let mut changed = false;
+        let outcome = self.remove_expired(&mut changed);
+        if !changed {
+            return outcome;
+        }
+        // What was removed is recorded even when a later step failed: a crash must not move
+        // a partition's start back (the next pass would see nothing changed, and write none).
+        let index = self.index.remove_before(self.log.min_offset());
+        let checkpoint = self.checkpoint();
+        outcome.and(index).and(checkpoint)
+    }
+
+    /// Moves partition starts and removes commit-log files as retention and the disk ceiling
+    /// say; `changed` tells whether anything was removed, also when a step then failed.
+    fn remove_expired(&self, changed: &mut bool) -> Result<()> {
+        let now = now_ms();
         for topic in self.topics() {
             let settings = topic.settings();
             if settings.retention_ms.is_none() && settings.retention_bytes.is_none() {
                 continue;
             }
             for partition in topic.partitions() {
-                changed |= partition.apply_retention(
-                    now,
-                    settings.retention_ms,
-                    settings.retention_bytes,
-                )?;
+                let moved =
+                    partition.apply_retention(now, settings.retention_ms, settings.retention_bytes);
+                // A failure part way may already have moved the start.
+                *changed |= moved.as_ref().map_or(true, |&moved| moved);
+                moved?;
             }
         }
-        changed |= !self
-            .log
-            .delete_files_before(self.needed_log_offset())?
-            .is_empty();
+        let deleted = self.log.delete_files_before(self.needed_log_offset());
+        *changed |= deleted.as_ref().map_or(true, |files| !files.is_empty());
+        deleted?;
         if let Some(ceiling) = self.config.max_disk_bytes {
             while self.disk_usage() > ceiling {
                 let Some(oldest) = self.log.oldest_sealed_file() else {
@@ -173,6 +186,7 @@ impl Store {
                     break;
                 };
                 let file_end = oldest + self.log.file_bytes();
+                *changed = true;
                 for topic in self.topics() {
                     for partition in topic.partitions() {
                         if let Some((from, to)) = partition.drop_messages_before(file_end)? {
@@ -185,12 +199,7 @@ impl Store {
                     }
                 }
                 self.log.delete_files_before(file_end)?;
-                changed = true;
             }
-        }
-        if changed {
-            self.index.remove_before(self.log.min_offset())?;
-            self.checkpoint()?;
         }
         Ok(())
     }

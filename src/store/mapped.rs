@@ -10,6 +10,18 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{Result, StoreError};
 
+/// Returns the error failpoint `$name` injects into an operation on `$path`, if it fires
+/// (only with the `failpoints` feature; nothing otherwise).
+macro_rules! inject {
+    ($name:literal, $path:expr, $what:literal) => {
+        #[cfg(feature = "failpoints")]
+        if let Some(arg) = super::faults::fires($name, $path) {
+            return Err(super::mapped::injected($path, $what, arg));
+        }
+    };
+}
+pub(super) use inject;
+
 pub struct MappedFile {
     path: PathBuf,
     file: File,
@@ -22,12 +34,15 @@ impl MappedFile {
     /// Creates a file whose first `allocate` bytes are allocated, mapping `capacity` bytes of
     /// address space so that later growth needs no new mapping.
     pub fn create(path: &Path, capacity: u64, allocate: u64) -> Result<MappedFile> {
+        inject!("mapped::create", path, "creating");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        #[cfg(feature = "failpoints")]
+        super::faults::created(path);
         let mapped = Self::map(path, file, capacity, 0)?;
         if let Err(error) = mapped.allocate(allocate) {
             drop(mapped);
@@ -43,6 +58,7 @@ impl MappedFile {
     /// through the map on a full disk is a `SIGBUS` (a store on any file system, a read on
     /// tmpfs). A disk too full to fill the holes refuses the open with `ENOSPC`.
     pub fn open(path: &Path, capacity: u64) -> Result<MappedFile> {
+        inject!("mapped::open", path, "opening");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -107,6 +123,10 @@ impl MappedFile {
         if len <= have {
             return Ok(());
         }
+        #[cfg(feature = "failpoints")]
+        if let Some(arg) = super::faults::fires("mapped::allocate", &self.path) {
+            return self.fail_allocation(len, arg);
+        }
         if let Err(error) = fallocate(&self.file, 0, have, len - have) {
             if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
                 return Err(StoreError::io(
@@ -147,7 +167,11 @@ impl MappedFile {
     /// Bytes `[at, at + len)`. The caller guarantees the range is allocated and not being
     /// written concurrently (it was published before this read).
     pub fn bytes(&self, at: u64, len: usize) -> &[u8] {
-        assert!(at + len as u64 <= self.capacity(), "read past the mapping");
+        assert!(
+            at.checked_add(len as u64)
+                .is_some_and(|end| end <= self.capacity()),
+            "read past the mapping"
+        );
         // SAFETY: in bounds of the mapping (checked above); see the caller's guarantee.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len) }
     }
@@ -156,7 +180,8 @@ impl MappedFile {
     /// until it publishes it) and has allocated it.
     pub fn write(&self, at: u64, data: &[u8]) {
         assert!(
-            at + data.len() as u64 <= self.allocated(),
+            at.checked_add(data.len() as u64)
+                .is_some_and(|end| end <= self.allocated()),
             "store past the allocated blocks"
         );
         // SAFETY: in bounds and allocated (checked above); exclusive by the caller's guarantee.
@@ -200,9 +225,13 @@ impl MappedFile {
         if end <= at {
             return Ok(());
         }
+        inject!("mapped::flush", &self.path, "flushing");
         self.map
             .flush_range(at as usize, (end - at) as usize)
-            .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))
+            .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))?;
+        #[cfg(feature = "failpoints")]
+        super::faults::made_durable(&self.path, at, self.bytes(at, (end - at) as usize));
+        Ok(())
     }
 
     /// Zeroes `[at, allocated)` while keeping the blocks allocated: used to cut a torn tail so
@@ -268,9 +297,38 @@ fn fallocate(file: &File, mode: i32, from: u64, len: u64) -> std::io::Result<()>
 
 /// Removes a file; one already gone is fine.
 pub fn remove_file(path: &Path) -> Result<()> {
+    inject!("mapped::remove", path, "removing");
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// The error a failpoint injects into an operation on `path`.
+#[cfg(feature = "failpoints")]
+pub(super) fn injected(path: &Path, what: &str, arg: Option<String>) -> StoreError {
+    let error = super::faults::injected_error(arg.as_deref());
+    StoreError::io(format!("{what} {} (injected)", path.display()), error)
+}
+
+#[cfg(feature = "failpoints")]
+impl MappedFile {
+    /// An injected allocation failure; a `short` one allocates half of what was asked first,
+    /// as a real `fallocate` that runs out of space part way may.
+    fn fail_allocation(&self, len: u64, arg: Option<String>) -> Result<()> {
+        if super::faults::is_short(arg.as_deref()) {
+            let have = self.allocated();
+            // SAFETY: plain syscall on an fd we own.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    0,
+                    have as libc::off_t,
+                    ((len - have) / 2) as libc::off_t,
+                )
+            };
+        }
+        Err(injected(&self.path, "allocating", arg))
     }
 }

@@ -7,6 +7,8 @@ pub mod check;
 mod checkpoint;
 mod commitlog;
 mod error;
+#[cfg(feature = "failpoints")]
+pub mod faults;
 mod format;
 mod index;
 mod maintenance;

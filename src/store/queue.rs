@@ -321,3 +321,71 @@ impl ConsumeQueue {
         self.dir.join(format::file_name(base))
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const ENTRIES_PER_FILE: u64 = 8;
+
+    /// A queue file's bytes: entries pointing at growing commit-log offsets.
+    fn queue_file() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec((0u64..1000, 48u32..200), 0..10).prop_map(|steps| {
+            let mut at = 0;
+            let mut bytes = Vec::new();
+            for (gap, size) in steps {
+                at += gap;
+                let entry = QueueEntry {
+                    commit_log_offset: at,
+                    size,
+                    key_hash: u64::from(size),
+                };
+                bytes.extend_from_slice(&entry.encode());
+            }
+            bytes
+        })
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(200))]
+
+        /// A queue directory with damaged or misnamed files opens or is refused as corrupt,
+        /// and every question asked of it is answered without a panic.
+        #[test]
+        fn any_queue_files_open_and_answer_without_a_panic(
+            files in proptest::collection::vec(
+                (0u64..40, fuzzing::garbage_or_damaged(queue_file(), 300)), 0..4),
+            odd_name in prop_oneof![Just(None), "[0-9]{20}".prop_map(Some), ".{1,8}".prop_map(Some)],
+            questions in proptest::collection::vec((0u64..50, 0u64..50, any::<u64>()), 1..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            for (base, bytes) in &files {
+                std::fs::write(dir.path().join(format::file_name(*base)), bytes).unwrap();
+            }
+            if let Some(name) = odd_name.filter(|n| !n.contains('/') && n != "." && n != "..") {
+                let _ = std::fs::write(dir.path().join(name), b"x");
+            }
+            let Ok(queue) = ConsumeQueue::open(dir.path(), ENTRIES_PER_FILE) else {
+                return Ok(());
+            };
+            for (from, to, log_offset) in questions {
+                let _ = queue.entry(from);
+                let _ = queue.covers(from, to);
+                let found = queue.first_at_or_after(from, to, log_offset);
+                prop_assert!(from >= to || (from..=to).contains(&found));
+                let _ = queue.flush(from, to);
+            }
+            let mut active = None;
+            if queue.reserve(&mut active, 3, 11).is_ok() {
+                let entry = QueueEntry { commit_log_offset: 1, size: 48, key_hash: 0 };
+                queue.put(&mut active, 10, &entry);
+                prop_assert_eq!(queue.entry(10), Some(entry));
+            }
+            let _ = queue.remove_from(20);
+            let _ = queue.remove_before(9);
+        }
+    }
+}

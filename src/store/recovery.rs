@@ -60,6 +60,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let checkpoint = Checkpoint::load(dir)?;
     check_data_against_meta(dir, &meta, checkpoint.as_ref())?;
     let unclean = meta::abort_marker_exists(dir);
+    let machine_restarted = unclean && meta::abort_marker_predates_boot(dir);
     // Nothing was written so far, so a refusal above leaves the store exactly as it was.
     meta::create_abort_marker(dir)?;
     remove_orphan_queues(dir, &meta)?;
@@ -88,6 +89,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         last_skip: None,
         lost: Vec::new(),
         records: 0,
+        machine_restarted,
     };
     let recovered = scanner.recover(&plan)?;
     let lost = scanner.lost;
@@ -665,6 +667,10 @@ struct Scanner<'a> {
     last_skip: Option<u64>,
     lost: Vec<LostMessages>,
     records: u64,
+    /// The last stop was a crash of the machine: past the checkpoint, pages that were never
+    /// synced may be lost in any order, so invalid bytes with valid records after them are
+    /// what a power loss leaves, not damage.
+    machine_restarted: bool,
 }
 
 /// Where a scan of one file stopped.
@@ -883,7 +889,8 @@ impl Scanner<'_> {
             true => Some((path.clone(), position)),
             false => self.next_valid_record(files, bytes, position)?,
         };
-        if let Some((next_path, next_byte)) = next_valid {
+        let power_loss = self.machine_restarted && end >= self.durable;
+        if let Some((next_path, next_byte)) = next_valid.clone().filter(|_| !power_loss) {
             return Err(self.needs_repair(format!(
                 "commit log {} byte {position}: {reason}, and a valid record follows at {} byte {next_byte}: the log is damaged before its end, not torn by a crash",
                 path.display(),
@@ -904,6 +911,19 @@ impl Scanner<'_> {
         );
         for &base in &files[1..] {
             let later = self.log_dir.join(format::file_name(base));
+            if next_valid.is_some() {
+                // Records written after the cut, never synced before the power went: kept
+                // aside (the log no longer lists the file), never deleted.
+                let aside = later.with_extension("unsynced");
+                tracing::warn!(
+                    "the machine went down since the last mount: keeping {} aside as {}",
+                    later.display(),
+                    aside.display()
+                );
+                std::fs::rename(&later, &aside)
+                    .map_err(|e| StoreError::io(format!("renaming {}", later.display()), e))?;
+                continue;
+            }
             tracing::info!(
                 "removing commit-log file {} past the log's end",
                 later.display()
