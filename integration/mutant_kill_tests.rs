@@ -1,7 +1,8 @@
 //! Behaviour that `cargo mutants` over `src/store/` found untested (issue 9): each test here
 //! fails with the mutant it is named after in the report, in-process, without a mount.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, TopicSettings};
@@ -66,6 +67,25 @@ fn assert_messages(store: &Store, count: u64) {
     }
 }
 
+/// Every file under `dir` (relative path) with its bytes; directories as `None`.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(dir).unwrap().to_path_buf();
+            if path.is_dir() {
+                found.insert(relative, None);
+                pending.push(path);
+            } else {
+                found.insert(relative, Some(std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    found
+}
+
 /// A checkpoint file cut short (a damaged disk, a copy that stopped) is ignored, never a
 /// panic: the store rebuilds from the log and keeps every message. Shorter than its 8-byte
 /// magic it must not even be looked at (mutant: `||` → `&&` in `Checkpoint::decode`).
@@ -81,4 +101,36 @@ fn a_checkpoint_cut_short_is_ignored_and_every_message_stays() {
         assert_messages(&store, 25);
         store.close().unwrap();
     }
+}
+
+/// A checkpoint that exists but cannot be read (here a directory: EISDIR, which root cannot
+/// bypass as it does permissions) refuses the open with the file named, rather than being
+/// taken for absent: it may vouch for messages a rebuild would not know were lost. Nothing
+/// is changed, so the store opens whole once the file is readable again (mutant: the
+/// `NotFound` guard in `Checkpoint::load` → `true`).
+#[test]
+fn an_unreadable_checkpoint_refuses_the_open_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 25);
+    let checkpoint = dir.path().join("checkpoint");
+    let saved = std::fs::read(&checkpoint).unwrap();
+    std::fs::remove_file(&checkpoint).unwrap();
+    std::fs::create_dir(&checkpoint).unwrap();
+    let before = tree(dir.path());
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("an unreadable checkpoint must refuse the open");
+    assert!(
+        error.to_string().contains("checkpoint"),
+        "the error names the checkpoint: {error}"
+    );
+    assert!(
+        tree(dir.path()) == before,
+        "the failed open changed the directory"
+    );
+    std::fs::remove_dir(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, saved).unwrap();
+    let store = open(dir.path());
+    assert_messages(&store, 25);
+    store.close().unwrap();
 }
