@@ -2,6 +2,7 @@
 //! fails with the mutant it is named after in the report, in-process, without a mount.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -132,5 +133,43 @@ fn an_unreadable_checkpoint_refuses_the_open_and_changes_nothing() {
     std::fs::write(&checkpoint, saved).unwrap();
     let store = open(dir.path());
     assert_messages(&store, 25);
+    store.close().unwrap();
+}
+
+/// A key may be the whole message (the store API allows it, and recovery reads such a record
+/// back): it is stored, read back, found by its key, and survives a reopen. One byte longer
+/// than the message is refused (mutant: `>` → `>=` or `==` in `check_messages`).
+#[test]
+fn a_key_as_long_as_its_message_is_stored_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    let whole_key = b"all-key";
+    let outcome = store
+        .append(&partition, whole_key, Some(whole_key.len()))
+        .expect("a key as long as the message is accepted");
+    assert!(store
+        .append(&partition, whole_key, Some(whole_key.len() + 1))
+        .is_err());
+    store.close().unwrap();
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 1);
+    assert_eq!(
+        store
+            .read_message(&partition, outcome.first_offset)
+            .unwrap(),
+        whole_key
+    );
+    let mut found = Vec::new();
+    store
+        .for_each_key_match(&topic, None, whole_key, |m| {
+            found.push((m.offset, m.payload().unwrap().to_vec()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(found, vec![(outcome.first_offset, whole_key.to_vec())]);
     store.close().unwrap();
 }
