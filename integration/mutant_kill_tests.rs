@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, TopicSettings};
+use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, StoreError, TopicSettings};
 
 fn small_config() -> StoreConfig {
     StoreConfig {
@@ -172,4 +172,58 @@ fn a_key_as_long_as_its_message_is_stored_and_found() {
         .unwrap();
     assert_eq!(found, vec![(outcome.first_offset, whole_key.to_vec())]);
     store.close().unwrap();
+}
+
+/// A `store.toml` that exists but cannot be read (a directory: EISDIR) is an I/O error
+/// naming it, and changes nothing; never "store.toml is missing … run `commitfs check
+/// --repair`", whose rebuild would lose every topic name (mutant: the `NotFound` guard in
+/// `Meta::load` → `true`).
+#[test]
+fn an_unreadable_store_toml_is_an_io_error_not_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 25);
+    let meta = dir.path().join("store.toml");
+    let saved = std::fs::read(&meta).unwrap();
+    std::fs::remove_file(&meta).unwrap();
+    std::fs::create_dir(&meta).unwrap();
+    let before = tree(dir.path());
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("an unreadable store.toml must refuse the open");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::Io { .. }), "{text}");
+    assert!(text.contains("store.toml"), "{text}");
+    assert!(
+        tree(dir.path()) == before,
+        "the failed open changed the directory"
+    );
+    std::fs::remove_dir(&meta).unwrap();
+    std::fs::write(&meta, saved).unwrap();
+    let store = open(dir.path());
+    assert_messages(&store, 25);
+    store.close().unwrap();
+}
+
+/// A `store.toml` whose `next_topic_id` is not above every topic's id would give the next
+/// topic an id in use, mixing two topics' messages: the open refuses it (mutant: `||` → `&&`
+/// in `Meta::validate`). The topic is empty: one holding messages is refused anyway, as
+/// data of an id not given out.
+#[test]
+fn a_topic_id_at_next_topic_id_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 0);
+    let meta = dir.path().join("store.toml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    assert!(text.contains("next_topic_id = 2"), "{text}");
+    std::fs::write(
+        &meta,
+        text.replacen("next_topic_id = 2", "next_topic_id = 1", 1),
+    )
+    .unwrap();
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("a topic id at next_topic_id must refuse the open");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
+    assert!(text.contains("next_topic_id"), "{text}");
 }
