@@ -227,3 +227,76 @@ fn a_topic_id_at_next_topic_id_refuses_the_open() {
     assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
     assert!(text.contains("next_topic_id"), "{text}");
 }
+
+/// An empty message (the store API allows one) is a record of the header alone: stored,
+/// read back, and passed over by recovery after a crash, which must not take it for damage
+/// (mutant: `<` → `<=` at the record-size check in `decode_header`).
+#[test]
+fn an_empty_message_survives_a_crash_and_reads_back_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for payload in [&b"before\n"[..], b"", b"after\n"] {
+        store.append(&partition, payload, None).unwrap();
+    }
+    store.halt_without_cleanup();
+    drop(store);
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 3);
+    assert_eq!(store.read_message(&partition, 0).unwrap(), b"before\n");
+    assert_eq!(store.read_message(&partition, 1).unwrap(), b"");
+    assert_eq!(store.read_message(&partition, 2).unwrap(), b"after\n");
+    store.close().unwrap();
+}
+
+/// The consume-queue file of topic 1, partition 0, holding offset 0.
+fn first_queue_file(dir: &Path) -> PathBuf {
+    let wanted = Path::new("queues/1/0").join("0".repeat(20));
+    assert!(tree(dir).contains_key(&wanted), "{wanted:?} not found");
+    dir.join(wanted)
+}
+
+/// A garbled consume-queue entry pointing into the last bytes of a commit-log file makes
+/// the read of that message fail (EIO at the mount), never panic the daemon, and the other
+/// messages read on (mutant: `<` → `==` at the length check in `decode_header`).
+#[test]
+fn a_queue_entry_pointing_at_a_files_last_bytes_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 25);
+    let queue = first_queue_file(dir.path());
+    let mut bytes = std::fs::read(&queue).unwrap();
+    let near_the_end = small_config().commit_log_file_bytes - 4;
+    bytes[0..8].copy_from_slice(&near_the_end.to_le_bytes());
+    std::fs::write(&queue, bytes).unwrap();
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert!(store.read_message(&partition, 0).is_err());
+    for offset in 1..25 {
+        assert_eq!(
+            store.read_message(&partition, offset).unwrap(),
+            message(offset)
+        );
+    }
+    store.close().unwrap();
+}
+
+/// A record whose size field was damaged to less than a header, reached by a key lookup
+/// (which reads the key before the CRC), is an error naming the damage, never a panic
+/// (mutant: `<` → `==` at the record-size check in `decode_header`).
+#[test]
+fn a_key_lookup_reaching_a_record_with_a_too_small_size_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 25);
+    // The first record of the log, message 0 (key "key-0"), starts at byte 0.
+    let log_file = dir.path().join("commitlog").join("0".repeat(20));
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    bytes[0..4].copy_from_slice(&10u32.to_le_bytes());
+    std::fs::write(&log_file, bytes).unwrap();
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    let result = store.for_each_key_match(&topic, None, b"key-0", |_| ControlFlow::Continue(()));
+    assert!(result.is_err(), "the damaged record went unnoticed");
+    store.close().unwrap();
+}
