@@ -300,3 +300,62 @@ fn a_key_lookup_reaching_a_record_with_a_too_small_size_is_an_error() {
     assert!(result.is_err(), "the damaged record went unnoticed");
     store.close().unwrap();
 }
+
+/// Appends raw payloads of the given sizes to topic "t" and stops the way a crash does.
+fn crashed_store_with_sizes(dir: &Path, payload_sizes: &[usize]) {
+    let store = open(dir);
+    let topic = store.create_topic("t", settings(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for (i, &size) in payload_sizes.iter().enumerate() {
+        let payload = vec![b'a' + (i % 26) as u8; size];
+        store.append(&partition, &payload, None).unwrap();
+    }
+    store.halt_without_cleanup();
+}
+
+/// A commit-log file filled to its last 8 bytes ends with an end-of-file marker exactly 8
+/// bytes long; recovery after a crash must read it as the end of the file, not as damage
+/// before the next file's records (mutant: `<` → `<=` at the length check in `scan_record`).
+#[test]
+fn a_file_filled_to_its_last_eight_bytes_recovers_after_a_crash() {
+    const HEADER: usize = 48;
+    let file_bytes = small_config().commit_log_file_bytes as usize;
+    // Sixteen records of 4,000 bytes and one of 1,528: 65,528 bytes, the file less 8.
+    let mut sizes = vec![4000 - HEADER; 16];
+    sizes.push(file_bytes - 8 - 16 * 4000 - HEADER);
+    sizes.extend([100, 200]);
+    let dir = tempfile::tempdir().unwrap();
+    crashed_store_with_sizes(dir.path(), &sizes);
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), sizes.len() as u64);
+    for (offset, &size) in sizes.iter().enumerate() {
+        let read = store.read_message(&partition, offset as u64).unwrap();
+        assert_eq!(read, vec![b'a' + (offset % 26) as u8; size]);
+    }
+    store.close().unwrap();
+}
+
+/// An end-of-file marker whose size does not reach the end of its file is damage, not the
+/// end of the file: the records after it (here in the next file) must not be passed over,
+/// so after a crash the open refuses (mutant: the `size == rest.len()` guard → `true`).
+#[test]
+fn an_end_of_file_marker_with_a_wrong_size_refuses_the_open() {
+    let sizes = vec![4000 - 48; 20];
+    let dir = tempfile::tempdir().unwrap();
+    crashed_store_with_sizes(dir.path(), &sizes);
+    // Over the third record of the first file: an end-of-file marker 100 bytes long.
+    let log_file = dir.path().join("commitlog").join("0".repeat(20));
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    let at = 2 * 4000;
+    bytes[at..at + 4].copy_from_slice(&100u32.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&0xC0F5_B1A4u32.to_le_bytes());
+    std::fs::write(&log_file, bytes).unwrap();
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .expect("damage before the log's end must refuse the open");
+    assert!(
+        error.to_string().contains("00000000000000000000"),
+        "the error names the file: {error}"
+    );
+}
