@@ -359,3 +359,30 @@ fn an_end_of_file_marker_with_a_wrong_size_refuses_the_open() {
         "the error names the file: {error}"
     );
 }
+
+/// FNV-1a 64, written out from its definition, as README "On-disk format" specifies the
+/// key hash: over the topic id (4 bytes, little-endian), then the key bytes.
+fn fnv1a_64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The key hash is part of the on-disk format (consume-queue entries and index files keep
+/// it), so files written by one build must be read by the next: each queue entry holds
+/// FNV-1a 64 of its topic id and key (mutants: `key_hash` → 1, `^=` → `|=` or `&=`).
+#[test]
+fn queue_entries_hold_the_documented_fnv1a_key_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 25);
+    // The first queue file holds offsets 0..segment_messages.
+    let bytes = std::fs::read(first_queue_file(dir.path())).unwrap();
+    for offset in 0..u64::from(small_config().segment_messages) {
+        let entry = &bytes[offset as usize * 20..offset as usize * 20 + 20];
+        let stored = u64::from_le_bytes(entry[12..20].try_into().unwrap());
+        let key = format!("key-{}", offset % 5).into_bytes();
+        let topic_id = 1u32.to_le_bytes();
+        let expected = fnv1a_64(topic_id.into_iter().chain(key)).max(1);
+        assert_eq!(stored, expected, "key hash of offset {offset}");
+    }
+}
