@@ -355,3 +355,34 @@ mod fuzz {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(commit_log_file_bytes: u64, index_entries: u32) -> Layout {
+        Layout {
+            commit_log_file_bytes,
+            segment_messages: 1,
+            index_slots: 1,
+            index_entries,
+        }
+    }
+
+    /// The bounds the error message promises, each side of each (found by `cargo mutants`:
+    /// no test held them).
+    #[test]
+    fn layout_bounds_are_the_ones_the_message_gives() {
+        let max = u64::from(u32::MAX);
+        assert!(layout(4096, 2).validate().is_ok());
+        assert!(layout(max, 2).validate().is_ok());
+        assert!(layout(4095, 2).validate().is_err());
+        assert!(layout(max + 1, 2).validate().is_err());
+        assert!(layout(4096, 1).validate().is_err());
+        let no_slots = Layout {
+            index_slots: 0,
+            ..layout(4096, 2)
+        };
+        assert!(no_slots.validate().is_err());
+    }
+}
