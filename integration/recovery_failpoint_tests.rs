@@ -4,33 +4,22 @@
 
 use std::path::Path;
 
-use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, TopicSettings};
+use commitfs::store::{Store, StoreConfig, TopicSettings};
+
+mod fixtures;
 
 fn small_config() -> StoreConfig {
     StoreConfig {
-        commit_log_file_bytes: 64 * 1024,
         segment_messages: 100,
-        max_message_bytes: 4096,
-        flush: FlushPolicy::Async { interval_ms: 1000 },
-        checkpoint_interval_ms: 3_600_000,
-        retention_check_interval_ms: 3_600_000,
-        max_disk_bytes: None,
-        index_slots: 64,
         index_entries: 10_000,
-        warm_mapped_files: false,
+        ..fixtures::small_store_config()
     }
 }
 
 fn settings(partitions: u32) -> TopicSettings {
     TopicSettings {
-        partitions,
-        framing: Framing::Lines,
         key_separator: None,
-        retention_ms: None,
-        retention_bytes: None,
-        owner_uid: 0,
-        owner_gid: 0,
-        mode: 0o755,
+        ..fixtures::keyed_topic(partitions)
     }
 }
 

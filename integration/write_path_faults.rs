@@ -10,37 +10,21 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use commitfs::store::{
-    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, StoreError, Topic,
-    TopicSettings,
+    NewMessage, Partition, Store, StoreConfig, StoreError, Topic, TopicSettings,
 };
 use fail::FailScenario;
 
+mod fixtures;
+
 fn config() -> StoreConfig {
     StoreConfig {
-        commit_log_file_bytes: 64 * 1024,
-        segment_messages: 10,
-        max_message_bytes: 4096,
-        flush: FlushPolicy::Async { interval_ms: 1000 },
-        checkpoint_interval_ms: 3_600_000,
-        retention_check_interval_ms: 3_600_000,
-        max_disk_bytes: None,
         index_slots: 16,
-        index_entries: 1000,
-        warm_mapped_files: false,
+        ..fixtures::small_store_config()
     }
 }
 
 fn settings(partitions: u32) -> TopicSettings {
-    TopicSettings {
-        partitions,
-        framing: Framing::Lines,
-        key_separator: Some(b":".to_vec()),
-        retention_ms: None,
-        retention_bytes: None,
-        owner_uid: 0,
-        owner_gid: 0,
-        mode: 0o755,
-    }
+    fixtures::keyed_topic(partitions)
 }
 
 fn keyed(payload: &[u8]) -> NewMessage<'_> {
