@@ -12,9 +12,9 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Mutex;
 
-use common::{
-    assert_errno, kafka_partition, partition_lines, xattr_get, xattr_text, xattr_u64, Config, Mount,
-};
+#[cfg(feature = "failpoints")]
+use common::partition_lines;
+use common::{assert_errno, kafka_partition, xattr_get, xattr_text, xattr_u64, Config, Mount};
 
 /// Serialises the spawning of daemons, so each inherits only its own test's failpoints.
 static DAEMON_ENVIRONMENT: Mutex<()> = Mutex::new(());
