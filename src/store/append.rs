@@ -40,6 +40,18 @@ impl Fence {
         }
     }
 
+    /// Fences the store after a flush of the log failed: the kernel may have dropped the
+    /// failed pages' dirty state, so a later flush could report success without writing
+    /// them (Postgres's "fsyncgate"); only a remount, which recovers from what is on disk,
+    /// is trustworthy again.
+    pub fn after_failed_flush(&self, error: &StoreError) {
+        self.fenced.store(true, Ordering::Release);
+        tracing::error!(
+            "flushing the commit log failed: {error}; {}",
+            StoreError::Fenced
+        );
+    }
+
     /// Fences the store if it is dropped while its thread unwinds from a panic.
     fn on_unwind(&self) -> FenceOnUnwind<'_> {
         FenceOnUnwind(self)

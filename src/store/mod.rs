@@ -449,7 +449,7 @@ impl Store {
             })?
         };
         if self.config.flush == FlushPolicy::Sync {
-            self.log.flush()?;
+            self.sync()?;
         }
         Ok(outcome)
     }
@@ -463,8 +463,11 @@ impl Store {
     }
 
     /// Everything appended before the call is durable when it returns.
+    /// A failure fences the store (see [`append::Fence::after_failed_flush`]).
     pub fn sync(&self) -> Result<()> {
-        self.log.flush()
+        self.log
+            .flush()
+            .inspect_err(|error| self.fence.after_failed_flush(error))
     }
 
     pub fn open_segment(
