@@ -300,7 +300,8 @@ fn crashed_store_with_sizes(dir: &Path, payload_sizes: &[usize]) {
 /// before the next file's records (mutant: `<` → `<=` at the length check in `scan_record`).
 #[test]
 fn a_file_filled_to_its_last_eight_bytes_recovers_after_a_crash() {
-    const HEADER: usize = 48;
+    // An unkeyed message in a batch of its own: the batch header and its end slot.
+    const HEADER: usize = 52 + 4;
     let file_bytes = small_config().commit_log_file_bytes as usize;
     // Sixteen records of 4,000 bytes and one of 1,528: 65,528 bytes, the file less 8.
     let mut sizes = vec![4000 - HEADER; 16];
@@ -323,7 +324,7 @@ fn a_file_filled_to_its_last_eight_bytes_recovers_after_a_crash() {
 /// so after a crash the open refuses (mutant: the `size == rest.len()` guard → `true`).
 #[test]
 fn an_end_of_file_marker_with_a_wrong_size_refuses_the_open() {
-    let sizes = vec![4000 - 48; 20];
+    let sizes = vec![4000 - (52 + 4); 20];
     let dir = tempfile::tempdir().unwrap();
     crashed_store_with_sizes(dir.path(), &sizes);
     // Over the third record of the first file: an end-of-file marker 100 bytes long.
@@ -350,18 +351,27 @@ fn fnv1a_64(bytes: impl IntoIterator<Item = u8>) -> u64 {
     })
 }
 
-/// The key hash is part of the on-disk format (consume-queue entries and index files keep
-/// it), so files written by one build must be read by the next: each queue entry holds
-/// FNV-1a 64 of its topic id and key (mutants: `key_hash` → 1, `^=` → `|=` or `&=`).
+/// The key hash is part of the on-disk format (index files keep it), so files written by one
+/// build must be read by the next: each index entry holds FNV-1a 64 of its topic id and key
+/// (mutants: `key_hash` → 1, `^=` → `|=` or `&=`).
 #[test]
-fn queue_entries_hold_the_documented_fnv1a_key_hash() {
+fn index_entries_hold_the_documented_fnv1a_key_hash() {
     let dir = tempfile::tempdir().unwrap();
     filled_store(dir.path(), 25);
-    // The first queue file holds offsets 0..segment_messages.
-    let bytes = std::fs::read(first_queue_file(dir.path())).unwrap();
-    for offset in 0..u64::from(small_config().segment_messages) {
-        let entry = &bytes[offset as usize * 20..offset as usize * 20 + 20];
-        let stored = u64::from_le_bytes(entry[12..20].try_into().unwrap());
+    let index_dir = dir.path().join("index");
+    let first = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let bytes = std::fs::read(first.path()).unwrap();
+    // README "On-disk format": a 64-byte header, 4 bytes per slot, then 24-byte entries
+    // from entry 1 on, in the order the messages were stored; the hash is an entry's first
+    // 8 bytes.
+    let entries_at = 64 + 4 * small_config().index_slots as usize;
+    for offset in 0..25u64 {
+        let at = entries_at + (offset as usize + 1) * 24;
+        let stored = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
         let key = format!("key-{}", offset % 5).into_bytes();
         let topic_id = 1u32.to_le_bytes();
         let expected = fnv1a_64(topic_id.into_iter().chain(key)).max(1);

@@ -132,6 +132,10 @@ fn disk_usage_counts_a_removed_file_an_open_reader_still_maps() {
 
 /// A store, cleanly closed, whose topic `t` has `count` messages of about 1 KiB (keys
 /// `k0`..`k4`), spread over several commit-log files.
+/// The commit-log bytes of one keyed message of `append_n(…, 1000)` in a batch of its own
+/// (README "On-disk format"): the batch header, its end and key-length slots, its bytes.
+const ONE_MESSAGE_BATCH: u64 = 52 + 8 + 1004;
+
 fn closed_store(dir: &Path, count: usize) {
     let store = Store::open(dir, config()).unwrap();
     let partition = store
@@ -181,17 +185,21 @@ fn messages_in_a_zeroed_commit_log_file_are_eio_not_empty() {
     let partition = topic.partition(0).unwrap();
     assert_eq!((partition.start_offset(), partition.end_offset()), (0, 150));
     assert_names(partition.segment(0).unwrap_err(), &zeroed, 0);
-    assert_names(partition.locate(3).unwrap_err(), &zeroed, 3 * 1052);
+    assert_names(
+        partition.locate(3).unwrap_err(),
+        &zeroed,
+        3 * ONE_MESSAGE_BATCH,
+    );
     assert_names(
         store.read_message(&partition, 3).unwrap_err(),
         &zeroed,
-        3 * 1052,
+        3 * ONE_MESSAGE_BATCH,
     );
     // Every timestamp is at or after 0: the search runs down into the zeroed file.
     assert_names(
         partition.offset_for_time(0).unwrap_err(),
         &zeroed,
-        37 * 1052,
+        37 * ONE_MESSAGE_BATCH,
     );
     assert_names(store.open_segment(&partition, 0).err().unwrap(), &zeroed, 0);
     // The key index's newest candidates are in later files; the damaged ones are reached

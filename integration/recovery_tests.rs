@@ -99,14 +99,14 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Start of every record of one commit-log file.
+/// Start of every batch of one commit-log file (these tests append one message per batch).
 fn record_starts(bytes: &[u8]) -> Vec<usize> {
     let mut starts = Vec::new();
     let mut at = 0;
     while at + 8 <= bytes.len() {
         let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         let magic = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        if magic != 0xC0F5_1A01 || size < 48 {
+        if magic != 0xC0F5_BA7C || size < 52 {
             break;
         }
         starts.push(at);

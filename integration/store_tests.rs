@@ -211,7 +211,7 @@ fn a_clean_reopen_keeps_everything_without_scanning() {
     // opens with every offset; the damaged message is refused when read, never served.
     let log = dir.path().join("commitlog").join("00000000000000000000");
     let mut bytes = std::fs::read(&log).unwrap();
-    bytes[48 + 3] ^= 0x20; // inside the first message's payload
+    bytes[KEYED_BATCH_OVERHEAD + 3] ^= 0x20; // inside the first message's payload
     std::fs::write(&log, &bytes).unwrap();
     let store = open(dir.path());
     let topic = store.topic("t").unwrap();
@@ -230,8 +230,12 @@ fn a_clean_reopen_keeps_everything_without_scanning() {
     );
 }
 
+/// Commit-log bytes of one keyed message in a batch of its own besides its payload (README
+/// "On-disk format"): the batch header, then its end and key-length slots.
+const KEYED_BATCH_OVERHEAD: usize = 52 + 8;
+
 /// Writes `count` messages to one partition, then stops as a crashed process would.
-/// Returns the messages and each record's (start, end) byte range in the commit log.
+/// Returns the messages and each one's batch's (start, end) byte range in the commit log.
 fn crashed_store(dir: &Path, count: usize) -> (Vec<Vec<u8>>, Vec<(usize, usize)>) {
     let store = open(dir);
     let partition = store
@@ -245,8 +249,8 @@ fn crashed_store(dir: &Path, count: usize) -> (Vec<Vec<u8>>, Vec<(usize, usize)>
     for i in 0..count {
         let payload = message(i);
         append_keyed(&store, &partition, &payload);
-        ranges.push((position, position + 48 + payload.len()));
-        position += 48 + payload.len();
+        ranges.push((position, position + KEYED_BATCH_OVERHEAD + payload.len()));
+        position += KEYED_BATCH_OVERHEAD + payload.len();
         messages.push(payload);
     }
     store.halt_without_cleanup();

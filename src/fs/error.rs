@@ -81,6 +81,7 @@ impl From<StoreError> for FsError {
             StoreError::DiskFull(_) => (libc::ENOSPC, L::WARN),
             StoreError::Corrupt { .. } => (libc::EIO, L::ERROR),
             StoreError::NeedsRepair { .. } => (libc::EIO, L::ERROR),
+            StoreError::UnsupportedFormat { .. } => (libc::EIO, L::ERROR),
             StoreError::Io { source, .. } => match source.raw_os_error() {
                 Some(libc::ENOSPC | libc::EDQUOT) => (libc::ENOSPC, L::WARN),
                 _ => (libc::EIO, L::ERROR),

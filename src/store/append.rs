@@ -1,19 +1,21 @@
-//! Appending: a partition encodes its messages and reserves their consume-queue room under
-//! its own writer lock; the records are then copied into the commit log under the log's
-//! append lock, together with their key-index entries, and published.
+//! Appending: a partition hashes its messages' keys and reserves their consume-queue room
+//! under its own writer lock; under the log's append lock the messages are then cut into
+//! batches (one header and CRC for many messages), copied into the commit log together with
+//! their key-index entries, and published.
 //!
 //! Everything an append can fail for (consume-queue room, key-index room, commit-log files)
 //! is obtained before its first byte is copied, so a failed append stores nothing. From the
 //! first byte copied to the partitions' published ends nothing can fail; should something
 //! panic there all the same, the store is fenced: see [`Fence`].
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::MutexGuard;
 
 use super::commitlog::{Appender, CommitLog};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry, RecordHeader, RECORD_HEADER_BYTES};
+use super::format::{self, BatchHeader, MessageAt, QueueEntry};
 use super::index::{IndexRoom, KeyIndex};
 use super::partition::{Partition, WriteState};
 use super::{now_ms, AppendOutcome, NewMessage};
@@ -77,10 +79,12 @@ pub(super) struct AppendTo<'s> {
     pub max_message_bytes: usize,
 }
 
-/// Room for the encoding of a batch: a slot per message.
+/// Room for what an append learns about each message: a slot per message.
 pub(super) struct Scratch<'s> {
-    pub headers: &'s mut [[u8; RECORD_HEADER_BYTES]],
-    pub positions: &'s mut [u64],
+    /// Global offsets of each message's bytes and of its batch, once copied.
+    pub payload_positions: &'s mut [u64],
+    pub batch_positions: &'s mut [u64],
+    /// 0 for a message without a key.
     pub key_hashes: &'s mut [u64],
 }
 
@@ -88,37 +92,36 @@ impl<'s> Scratch<'s> {
     /// Runs `f` with room for `count` messages, on the stack when there is one.
     pub fn with<T>(count: usize, f: impl FnOnce(Scratch<'_>) -> T) -> T {
         if count == 1 {
-            let (mut headers, mut positions, mut key_hashes) =
-                ([[0u8; RECORD_HEADER_BYTES]; 1], [0; 1], [0; 1]);
+            let (mut payloads, mut batches, mut key_hashes) = ([0; 1], [0; 1], [0; 1]);
             return f(Scratch {
-                headers: &mut headers,
-                positions: &mut positions,
+                payload_positions: &mut payloads,
+                batch_positions: &mut batches,
                 key_hashes: &mut key_hashes,
             });
         }
-        let mut headers = vec![[0u8; RECORD_HEADER_BYTES]; count];
-        let (mut positions, mut key_hashes) = (vec![0; count], vec![0; count]);
+        let (mut payloads, mut batches) = (vec![0; count], vec![0; count]);
+        let mut key_hashes = vec![0; count];
         f(Scratch {
-            headers: &mut headers,
-            positions: &mut positions,
+            payload_positions: &mut payloads,
+            batch_positions: &mut batches,
             key_hashes: &mut key_hashes,
         })
     }
 
     /// The first `count` slots, and the rest.
     fn split(self, count: usize) -> (Scratch<'s>, Scratch<'s>) {
-        let (headers, more_headers) = self.headers.split_at_mut(count);
-        let (positions, more_positions) = self.positions.split_at_mut(count);
+        let (payloads, more_payloads) = self.payload_positions.split_at_mut(count);
+        let (batches, more_batches) = self.batch_positions.split_at_mut(count);
         let (key_hashes, more_key_hashes) = self.key_hashes.split_at_mut(count);
         (
             Scratch {
-                headers,
-                positions,
+                payload_positions: payloads,
+                batch_positions: batches,
                 key_hashes,
             },
             Scratch {
-                headers: more_headers,
-                positions: more_positions,
+                payload_positions: more_payloads,
+                batch_positions: more_batches,
                 key_hashes: more_key_hashes,
             },
         )
@@ -143,8 +146,8 @@ fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Resu
     Ok(())
 }
 
-/// One partition's batch, encoded, with its consume-queue room reserved; holds the
-/// partition's writer lock until it is published or dropped.
+/// One partition's messages, keys hashed, with their consume-queue room reserved; holds the
+/// partition's writer lock until they are published or dropped.
 pub(super) struct Staged<'a> {
     partition: &'a Partition,
     state: MutexGuard<'a, WriteState>,
@@ -152,7 +155,9 @@ pub(super) struct Staged<'a> {
     scratch: Scratch<'a>,
     first_offset: u64,
     timestamp: i64,
-    /// The active segment's size once the batch is in.
+    /// Whether its batches carry key lengths.
+    keyed: bool,
+    /// The active segment's size once the messages are in.
     segment_bytes: u64,
 }
 
@@ -171,8 +176,8 @@ impl Partition {
         Ok(staged[0].outcome())
     }
 
-    /// Takes the writer lock, stamps and encodes the batch (outside the append lock: only
-    /// the copy is serial) and reserves its consume-queue room.
+    /// Takes the writer lock, stamps the messages and hashes their keys (outside the append
+    /// lock: only the copy is serial) and reserves their consume-queue room.
     fn stage<'a>(
         &'a self,
         messages: &'a [NewMessage<'a>],
@@ -182,18 +187,19 @@ impl Partition {
         if self.topic_deleted.load(Ordering::Acquire) {
             return Err(StoreError::NoSuchTopic(self.topic_name.clone()));
         }
-        // The queue entry's cache line loads while the records are encoded.
+        // The queue entry's cache line loads while the keys are hashed.
         self.queue.prefetch(&state.queue_file, state.next);
         let mut staged = Staged {
             partition: self,
             first_offset: state.next,
             timestamp: now_ms().max(state.last_timestamp),
+            keyed: messages.iter().any(|m| m.key_len.is_some()),
             segment_bytes: state.segment_bytes,
             state,
             messages,
             scratch,
         };
-        staged.encode();
+        staged.hash_keys();
         fail::fail_point!("append::reserve-queue", |_| Err(StoreError::DiskFull(
             "reserving consume-queue room (failpoint append::reserve-queue)".into()
         )));
@@ -207,33 +213,20 @@ impl Partition {
     }
 }
 
+/// One batch of a commit: the staged partition, which of its messages, and its header.
+struct PlannedBatch {
+    staged: usize,
+    messages: Range<usize>,
+    header: BatchHeader,
+}
+
 impl Staged<'_> {
-    /// Fills the scratch headers (with their CRCs) and key hashes.
-    fn encode(&mut self) {
-        let partition = self.partition;
-        let slots = self.scratch.headers.iter_mut();
-        let slots = slots.zip(self.scratch.key_hashes.iter_mut());
-        let offsets = self.first_offset..;
-        for ((offset, message), (bytes, key_hash)) in offsets.zip(self.messages).zip(slots) {
-            if offset % partition.segment_messages == 0 {
-                self.segment_bytes = 0;
-            }
-            let header = RecordHeader {
-                size: (RECORD_HEADER_BYTES + message.payload.len()) as u32,
-                topic_id: partition.topic_id,
-                partition: partition.index,
-                key_len: message.key_len.map(|k| k as u32),
-                offset,
-                timestamp: self.timestamp,
-                segment_position: self.segment_bytes,
-            };
-            *key_hash = message.key_len.map_or(0, |k| {
-                format::key_hash(partition.topic_id, &message.payload[..k])
-            });
-            header.encode(bytes);
-            let crc = format::record_crc(bytes, message.payload);
-            bytes[8..12].copy_from_slice(&crc.to_le_bytes());
-            self.segment_bytes += message.payload.len() as u64;
+    fn hash_keys(&mut self) {
+        let topic_id = self.partition.topic_id;
+        for (message, hash) in self.messages.iter().zip(self.scratch.key_hashes.iter_mut()) {
+            *hash = message
+                .key_len
+                .map_or(0, |k| format::key_hash(topic_id, &message.payload[..k]));
         }
     }
 
@@ -242,21 +235,100 @@ impl Staged<'_> {
         self.scratch.key_hashes.iter().filter(|&&h| h != 0).count() as u32
     }
 
-    fn record_sizes(&self) -> impl Iterator<Item = u64> + '_ {
-        let sizes = self.messages.iter();
-        sizes.map(|m| (RECORD_HEADER_BYTES + m.payload.len()) as u64)
+    /// Cuts the messages into batches that fit where the log's writer will put them
+    /// (`local`: its position in a file of `file_bytes`, moved past each batch). A batch
+    /// never spans segments or files and stays under `MAX_BATCH_BYTES` unless one message
+    /// alone is bigger.
+    fn plan(
+        &mut self,
+        staged: usize,
+        local: &mut u64,
+        file_bytes: u64,
+        plan: &mut Vec<PlannedBatch>,
+    ) -> Result<()> {
+        let segment_messages = self.partition.segment_messages;
+        let slot_bytes = format::table_bytes(1, self.keyed) as u64;
+        let (mut next, count) = (0, self.messages.len());
+        while next < count {
+            let first_offset = self.first_offset + next as u64;
+            if first_offset % segment_messages == 0 {
+                self.segment_bytes = 0;
+            }
+            let room = file_bytes.saturating_sub(*local + format::BLANK_BYTES as u64);
+            let limit = room.min(format::MAX_BATCH_BYTES as u64);
+            let (mut end, mut size) = (next, format::BATCH_HEADER_BYTES as u64);
+            while end < count {
+                let starts_segment = (self.first_offset + end as u64) % segment_messages == 0;
+                if end > next && starts_segment {
+                    break;
+                }
+                let cost = slot_bytes + self.messages[end].payload.len() as u64;
+                if size + cost > if end == next { room } else { limit } {
+                    break;
+                }
+                size += cost;
+                end += 1;
+            }
+            if end == next {
+                if *local == 0 {
+                    // `max_message_bytes` is fitted to the files when the store opens.
+                    return Err(StoreError::MessageTooLarge {
+                        size: self.messages[next].payload.len(),
+                        max: room.saturating_sub(size + slot_bytes) as usize,
+                    });
+                }
+                *local = 0;
+                continue;
+            }
+            let header = BatchHeader {
+                size: size as u32,
+                topic_id: self.partition.topic_id,
+                partition: self.partition.index,
+                count: (end - next) as u32,
+                first_offset,
+                timestamp: self.timestamp,
+                segment_position: self.segment_bytes,
+                keyed: self.keyed,
+            };
+            self.segment_bytes += (header.size as usize - header.payload_start()) as u64;
+            *local += size;
+            plan.push(PlannedBatch {
+                staged,
+                messages: next..end,
+                header,
+            });
+            next = end;
+        }
+        Ok(())
     }
 
-    /// Copies the records into the log and indexes their keys, in log order. The append
+    /// Copies one planned batch into the log and indexes its keys, in log order. The append
     /// lock is held, and every file and entry was reserved.
-    fn copy(&mut self, appender: &mut Appender<'_>, index: &mut IndexRoom<'_>) {
+    fn copy(
+        &mut self,
+        batch: &PlannedBatch,
+        table: &mut Vec<u8>,
+        appender: &mut Appender<'_>,
+        index: &mut IndexRoom<'_>,
+    ) {
+        let messages = &self.messages[batch.messages.clone()];
+        table.clear();
+        let slots = messages.iter().map(|m| (m.payload.len(), m.key_len));
+        format::encode_table(table, slots, batch.header.keyed);
+        let at = appender.copy_batch(&batch.header, table, messages.iter().map(|m| m.payload));
+        let mut position = at + batch.header.payload_start() as u64;
         let scratch = &mut self.scratch;
-        let slots = scratch.positions.iter_mut().zip(scratch.key_hashes.iter());
-        let records = scratch.headers.iter().zip(self.messages);
-        for ((header, message), (position, &key_hash)) in records.zip(slots) {
-            *position = appender.copy(header, message.payload);
+        for (number, slot) in batch.messages.clone().enumerate() {
+            scratch.payload_positions[slot] = position;
+            scratch.batch_positions[slot] = at;
+            position += self.messages[slot].payload.len() as u64;
+            let key_hash = scratch.key_hashes[slot];
             if key_hash != 0 {
-                index.insert(key_hash, *position);
+                let place = MessageAt {
+                    batch: at,
+                    index: number as u32,
+                };
+                index.insert(key_hash, place);
             }
         }
     }
@@ -267,14 +339,17 @@ impl Staged<'_> {
         let partition = self.partition;
         let state = &mut *self.state;
         let scratch = &self.scratch;
-        let entries = scratch.positions.iter().zip(scratch.key_hashes.iter());
-        for ((offset, message), (&position, &key_hash)) in
-            (self.first_offset..).zip(self.messages).zip(entries)
+        let places = scratch
+            .payload_positions
+            .iter()
+            .zip(scratch.batch_positions.iter());
+        for ((offset, message), (&position, &batch)) in
+            (self.first_offset..).zip(self.messages).zip(places)
         {
             let entry = QueueEntry {
                 commit_log_offset: position,
-                size: (RECORD_HEADER_BYTES + message.payload.len()) as u32,
-                key_hash,
+                size: message.payload.len() as u32,
+                batch,
             };
             partition.queue.put(&mut state.queue_file, offset, &entry);
         }
@@ -335,17 +410,25 @@ pub(super) fn append_together<'a>(
     })
 }
 
-/// Copies staged batches into the log under one hold of the append lock, after reserving
-/// their index room and commit-log files there, then publishes them.
+/// Copies staged messages into the log under one hold of the append lock, after cutting
+/// them into batches and reserving their index room and commit-log files there, then
+/// publishes them.
 fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
     let keyed = staged.iter().map(Staged::keyed_count).sum();
     let fence = {
         let mut appender = to.log.appender();
         let mut index = to.index.reserve(keyed, appender.position())?;
-        appender.reserve(staged.iter().flat_map(Staged::record_sizes))?;
+        let file_bytes = appender.file_bytes();
+        let mut local = appender.position() % file_bytes;
+        let mut plan = Vec::new();
+        for (number, batch) in staged.iter_mut().enumerate() {
+            batch.plan(number, &mut local, file_bytes, &mut plan)?;
+        }
+        appender.reserve(plan.iter().map(|batch| u64::from(batch.header.size)))?;
         let fence = to.fence.on_unwind();
-        for batch in staged.iter_mut() {
-            batch.copy(&mut appender, &mut index);
+        let mut table = Vec::new();
+        for batch in &plan {
+            staged[batch.staged].copy(batch, &mut table, &mut appender, &mut index);
         }
         appender.publish();
         fence

@@ -303,15 +303,16 @@ impl LogWalk {
             while position < bytes.len() {
                 let at = base + position as u64;
                 match format::scan_record(&bytes[position..]) {
-                    Scanned::Record(header) => {
-                        report.records += 1;
+                    Scanned::Record(batch) => {
+                        let header = batch.header;
+                        report.records += u64::from(header.count);
                         let key = (header.topic_id, header.partition);
                         if let Some(why) = meta.and_then(|m| m.disowns(key.0, key.1)) {
                             if disowned.insert(key) {
                                 report.damage(format!(
                                     "{} byte {position}: message {} of {why}",
                                     path.display(),
-                                    header.offset
+                                    header.first_offset
                                 ));
                             }
                         }
@@ -358,11 +359,11 @@ impl LogWalk {
         }
     }
 
-    /// A record of a partition: its offset must follow the partition's previous one, unless
-    /// a damaged or skipped span (at `breaks`) lies between.
+    /// A batch of a partition: its first offset must follow the partition's previous one,
+    /// unless a damaged or skipped span (at `breaks`) lies between.
     fn see(
         &mut self,
-        header: &format::RecordHeader,
+        header: &format::BatchHeader,
         at: u64,
         breaks: Option<u64>,
         path: &Path,
@@ -372,16 +373,16 @@ impl LogWalk {
         let key = (header.topic_id, header.partition);
         if let Some(seen) = self.partitions.get(&key) {
             let lost_in_span = breaks.is_some_and(|b| b > seen.last_record);
-            if header.offset > seen.next && lost_in_span {
+            if header.first_offset > seen.next && lost_in_span {
                 report.note(format!(
                     "topic id {} partition {}: offsets {}..{} lie in a damaged or skipped span",
-                    key.0, key.1, seen.next, header.offset
+                    key.0, key.1, seen.next, header.first_offset
                 ));
-            } else if header.offset > seen.next {
+            } else if header.first_offset > seen.next {
                 report.damage(format!(
                     "{} byte {position}: message {} of topic id {} partition {} where {} was expected",
                     path.display(),
-                    header.offset,
+                    header.first_offset,
                     key.0,
                     key.1,
                     seen.next
@@ -392,7 +393,7 @@ impl LogWalk {
         self.partitions.insert(
             key,
             PartitionSeen {
-                next: next.max(header.offset + 1),
+                next: next.max(header.end_offset()),
                 last_record: at,
             },
         );
@@ -458,18 +459,12 @@ impl LogWalk {
         Some((j, next_base, next_position))
     }
 
-    /// The record a queue or index entry points at, if it is stored.
-    fn record_at(&self, offset: u64) -> Option<Scanned> {
+    /// What lies where a queue or index entry says a batch is, if its file is stored.
+    fn record_at(&self, offset: u64) -> Option<Scanned<'_>> {
         let base = offset - offset % self.file_bytes;
         let file = self.files.get(&base)?;
         let bytes = file.bytes(0, self.file_bytes as usize);
         Some(format::scan_record(&bytes[(offset - base) as usize..]))
-    }
-
-    fn payload_of(&self, offset: u64, header: &format::RecordHeader) -> &[u8] {
-        let base = offset - offset % self.file_bytes;
-        let at = offset - base + format::RECORD_HEADER_BYTES as u64;
-        self.files[&base].bytes(at, header.payload_len())
     }
 }
 
@@ -606,31 +601,36 @@ fn entry_problem(
     entry: &QueueEntry,
     walk: &LogWalk,
 ) -> Option<String> {
-    let at = entry.commit_log_offset;
-    let header = match walk.record_at(at) {
+    let at = entry.batch;
+    let batch = match walk.record_at(at) {
         None => {
             return Some(format!(
                 "points at commit-log offset {at}, in no stored file"
             ))
         }
-        Some(Scanned::Record(header)) => header,
+        Some(Scanned::Record(batch)) => batch,
         Some(_) => {
             return Some(format!(
-                "points at commit-log offset {at}, which holds no valid record"
+                "points at commit-log offset {at}, which holds no valid batch"
             ))
         }
     };
-    let key_hash = header.key_len.map_or(0, |k| {
-        format::key_hash(topic_id, &walk.payload_of(at, &header)[..k as usize])
-    });
-    let matches = (header.topic_id, header.partition, header.offset)
-        == (topic_id, partition, offset)
-        && header.size == entry.size
-        && key_hash == entry.key_hash;
+    let header = batch.header;
+    let message = offset
+        .checked_sub(header.first_offset)
+        .and_then(|index| batch.message(u32::try_from(index).ok()?));
+    let matches = (header.topic_id, header.partition) == (topic_id, partition)
+        && message.is_some_and(|message| {
+            at.checked_add(u64::from(message.payload_at)) == Some(entry.commit_log_offset)
+                && message.len == entry.size
+        });
     (!matches).then(|| {
         format!(
-            "points at commit-log offset {at}, the record of message {} of topic id {} partition {}",
-            header.offset, header.topic_id, header.partition
+            "points at commit-log offset {at}, the batch of messages {}..{} of topic id {} partition {}",
+            header.first_offset,
+            header.end_offset(),
+            header.topic_id,
+            header.partition
         )
     })
 }
@@ -655,16 +655,14 @@ fn check_index(
         let bytes = std::fs::read(&path)
             .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         let count = (base == mark.file_base).then_some(mark.count);
-        let hash_at = |offset: u64| -> Option<Option<u64>> {
-            if offset < first_log {
+        let hash_at = |at: format::MessageAt| -> Option<Option<u64>> {
+            if at.batch < first_log {
                 return None;
             }
-            Some(match walk.record_at(offset) {
-                Some(Scanned::Record(header)) => header.key_len.map(|k| {
-                    format::key_hash(
-                        header.topic_id,
-                        &walk.payload_of(offset, &header)[..k as usize],
-                    )
+            Some(match walk.record_at(at.batch) {
+                Some(Scanned::Record(batch)) => batch.message(at.index).and_then(|message| {
+                    let key = &batch.payload(&message)[..message.key_len? as usize];
+                    Some(format::key_hash(batch.header.topic_id, key))
                 }),
                 _ => None,
             })

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::error::{Result, StoreError};
-use super::format::{self, RecordHeader, BLANK_BYTES, BLANK_MAGIC, RECORD_HEADER_BYTES};
+use super::format::{self, BatchHeader, MessageAt, RecordHeader, BLANK_BYTES, BLANK_MAGIC};
 use super::mapped::MappedFile;
 
 pub struct LogFile {
@@ -19,11 +19,15 @@ pub struct LogFile {
     pub data: MappedFile,
 }
 
-/// A record found in the log, through a handle on its file (an `Arc` that keeps the bytes
+/// A message found in the log, through a handle on its file (an `Arc` that keeps the bytes
 /// mapped while it is used, or a plain borrow on a hot path).
 pub struct Record<F> {
     file: F,
-    position: u64,
+    /// Where its batch starts in the file, and the batch's size.
+    batch_at: u64,
+    batch_size: u32,
+    /// The offset after its batch's last message.
+    batch_end_offset: u64,
     pub header: RecordHeader,
 }
 
@@ -32,27 +36,49 @@ pub type RecordRef = Record<Arc<LogFile>>;
 impl<F: Deref<Target = LogFile>> Record<F> {
     pub fn payload(&self) -> &[u8] {
         self.file.data.bytes(
-            self.position + RECORD_HEADER_BYTES as u64,
+            self.batch_at + u64::from(self.header.payload_at),
             self.header.payload_len(),
         )
     }
 
-    /// Whether the record's bytes still match the CRC32C stored in it.
+    /// The bytes of this message and the later ones of its batch: a stretch of its segment.
+    pub fn payload_to_batch_end(&self) -> &[u8] {
+        let from = u64::from(self.header.payload_at);
+        self.file.data.bytes(
+            self.batch_at + from,
+            (u64::from(self.batch_size) - from) as usize,
+        )
+    }
+
+    pub fn batch_end_offset(&self) -> u64 {
+        self.batch_end_offset
+    }
+
+    /// Whether its batch's bytes still match the CRC32C stored in it.
     pub fn crc_matches(&self) -> bool {
         format::crc_matches(
             self.file
                 .data
-                .bytes(self.position, self.header.size as usize),
+                .bytes(self.batch_at, self.batch_size as usize),
         )
     }
 
-    /// The commit-log file holding the record, and the record's byte offset in it.
+    /// The commit-log file holding the message.
     pub fn path(&self) -> PathBuf {
         self.file.data.path().to_owned()
     }
 
+    /// Where its batch starts in its file.
     pub fn position(&self) -> u64 {
-        self.position
+        self.batch_at
+    }
+
+    /// Where it lies in the log.
+    pub fn at(&self) -> MessageAt {
+        MessageAt {
+            batch: self.file.base + self.batch_at,
+            index: self.header.index,
+        }
     }
 
     pub fn key(&self) -> Option<&[u8]> {
@@ -263,9 +289,10 @@ impl CommitLog {
             .collect()
     }
 
-    /// The record at `offset`, if its file is still stored.
-    pub fn record_at(&self, offset: u64) -> Option<RecordRef> {
-        record_in(self.file_at(offset)?, offset)
+    /// The message at `at`, if its file is still stored and something that looks like its
+    /// batch is there.
+    pub fn message_at(&self, at: MessageAt) -> Option<RecordRef> {
+        message_in(self.file_at(at.batch)?, at)
     }
 
     /// Makes everything written before the call durable. Concurrent callers share one
@@ -364,47 +391,65 @@ impl CommitLog {
     }
 }
 
-/// The record at global `offset` of `file`, if something that looks like a record is
-/// there: a damaged queue or index entry must not make a reader run off the mapping. Its
-/// CRC is checked where its bytes are served.
-pub(super) fn record_in<F: Deref<Target = LogFile>>(file: F, offset: u64) -> Option<Record<F>> {
-    let position = offset.checked_sub(file.base)?;
+/// The header of the batch at global offset `batch` of `file`, if something that looks like
+/// a batch is there: a damaged queue or index entry must not make a reader run off the
+/// mapping. Its CRC is checked where its bytes are served.
+pub(super) fn batch_in(file: &LogFile, batch: u64) -> Option<BatchHeader> {
+    let position = batch.checked_sub(file.base)?;
     let rest = file.data.capacity().checked_sub(position)?;
-    let header = format::decode_header(file.data.bytes(position, rest as usize)).ok()?;
+    format::decode_header(file.data.bytes(position, rest as usize))
+        .ok()
+        .map(|batch| batch.header)
+}
+
+/// Message `at.index` of the batch at `at.batch` in `file`, if the batch's header and its
+/// table slots for the message look right.
+pub(super) fn message_in<F: Deref<Target = LogFile>>(file: F, at: MessageAt) -> Option<Record<F>> {
+    let position = at.batch.checked_sub(file.base)?;
+    let rest = file.data.capacity().checked_sub(position)?;
+    let batch = format::decode_header(file.data.bytes(position, rest as usize)).ok()?;
+    let (header, batch_size) = (batch.message(at.index)?, batch.header.size);
+    let batch_end_offset = batch.header.end_offset();
     Some(Record {
         file,
-        position,
+        batch_at: position,
+        batch_size,
+        batch_end_offset,
         header,
     })
 }
 
-/// Whether a record of `size` bytes fits at `local` in a file, leaving room for the
+/// Whether a batch of `size` bytes fits at `local` in a file, leaving room for the
 /// end-of-file marker.
 fn fits(file_bytes: u64, local: u64, size: u64) -> bool {
     local + size + BLANK_BYTES as u64 <= file_bytes
 }
 
-/// Holds the append lock. Records are copied into the map while it is held, so the log has
-/// no holes: recovery may cut only at the first invalid record.
+/// Holds the append lock. Batches are copied into the map while it is held, so the log has
+/// no holes: recovery may cut only at the first invalid batch.
 pub struct Appender<'a> {
     log: &'a CommitLog,
     writer: parking_lot::MutexGuard<'a, Writer>,
 }
 
 impl Appender<'_> {
-    /// The global offset where the next record goes.
+    /// The global offset where the next batch goes.
     pub fn position(&self) -> u64 {
         self.writer.position
     }
 
-    /// Obtains every file that records of these sizes, copied in this order, need. Called
+    pub fn file_bytes(&self) -> u64 {
+        self.log.file_bytes
+    }
+
+    /// Obtains every file that batches of these sizes, copied in this order, need. Called
     /// before the first byte of an append is copied, so a full disk fails the whole append
-    /// and leaves no partial records.
-    pub fn reserve(&mut self, record_sizes: impl Iterator<Item = u64>) -> Result<()> {
+    /// and leaves no partial batches.
+    pub fn reserve(&mut self, batch_sizes: impl Iterator<Item = u64>) -> Result<()> {
         let file_bytes = self.log.file_bytes;
         let mut base = self.writer.file.base;
         let mut local = self.writer.position - base;
-        for size in record_sizes {
+        for size in batch_sizes {
             if !fits(file_bytes, local, size) {
                 base += file_bytes;
                 self.log.next_file(base)?;
@@ -415,18 +460,36 @@ impl Appender<'_> {
         Ok(())
     }
 
-    /// Copies one encoded record (header with its CRC, then the payload) and returns its
-    /// global offset. [`reserve`](Self::reserve) obtained the file it goes to.
-    pub fn copy(&mut self, header: &[u8; RECORD_HEADER_BYTES], payload: &[u8]) -> u64 {
-        let size = (RECORD_HEADER_BYTES + payload.len()) as u64;
+    /// Copies one batch (its header's fields, its table, its messages' bytes), seals it
+    /// with its CRC32C, and returns its global offset. [`reserve`](Self::reserve) obtained
+    /// the file it goes to.
+    pub fn copy_batch<'p>(
+        &mut self,
+        header: &BatchHeader,
+        table: &[u8],
+        payloads: impl Iterator<Item = &'p [u8]>,
+    ) -> u64 {
+        let size = u64::from(header.size);
         let mut local = self.writer.position - self.writer.file.base;
         if !fits(self.log.file_bytes, local, size) {
             self.roll(local);
             local = 0;
         }
         let data = &self.writer.file.data;
-        data.write(local + RECORD_HEADER_BYTES as u64, payload);
-        data.write(local, header);
+        let mut at = local + format::BATCH_HEADER_BYTES as u64;
+        data.write(at, table);
+        at += table.len() as u64;
+        for payload in payloads {
+            data.write(at, payload);
+            at += payload.len() as u64;
+        }
+        debug_assert_eq!(at, local + size, "batch size disagrees with its contents");
+        let mut head = header.encode();
+        data.write(local + 12, &head[12..]);
+        // One CRC over the batch as it lies in the map, still in the cache.
+        let crc = format::batch_crc(data.bytes(local, size as usize));
+        head[8..12].copy_from_slice(&crc.to_le_bytes());
+        data.write(local, &head[..12]);
         let offset = self.writer.position;
         self.writer.position += size;
         offset
@@ -603,45 +666,27 @@ mod fuzz {
     use super::*;
     use crate::fuzzing;
 
-    /// A commit-log file holding a record of `payload` at `at`, the rest zeroes.
-    fn file_with_a_record() -> impl Strategy<Value = Vec<u8>> {
-        (
-            proptest::collection::vec(any::<u8>(), 0..100),
-            0usize..64,
-            any::<Option<u8>>(),
-        )
-            .prop_map(|(payload, at, key)| {
-                let header = RecordHeader {
-                    size: (RECORD_HEADER_BYTES + payload.len()) as u32,
-                    topic_id: 1,
-                    partition: 0,
-                    key_len: key.map(|k| u32::from(k).min(payload.len() as u32)),
-                    offset: 7,
-                    timestamp: 1,
-                    segment_position: 0,
-                };
-                let mut head = [0u8; RECORD_HEADER_BYTES];
-                header.encode(&mut head);
-                let crc = format::record_crc(&head, &payload);
-                head[8..12].copy_from_slice(&crc.to_le_bytes());
-                let mut bytes = vec![0u8; at];
-                bytes.extend_from_slice(&head);
-                bytes.extend_from_slice(&payload);
-                bytes.resize(bytes.len() + 16, 0);
-                bytes
-            })
+    /// A commit-log file holding a batch at `at`, the rest zeroes.
+    fn file_with_a_batch() -> impl Strategy<Value = Vec<u8>> {
+        (format::fuzz::batch(), 0usize..64).prop_map(|(batch, at)| {
+            let mut bytes = vec![0u8; at];
+            bytes.extend_from_slice(&batch);
+            bytes.resize(bytes.len() + 16, 0);
+            bytes
+        })
     }
 
     proptest! {
         #![proptest_config(fuzzing::config(200))]
 
-        /// A queue or index entry may name any offset: whatever `record_in` returns there stays
-        /// inside the file, and its payload, key and CRC can be read without a panic.
+        /// A queue or index entry may name any offset and any message number: whatever
+        /// `message_in` returns there stays inside the file, and its payload, key and CRC
+        /// can be read without a panic.
         #[test]
-        fn a_record_at_any_offset_of_any_file_stays_inside_the_file(
-            bytes in fuzzing::garbage_or_damaged(file_with_a_record(), 512),
+        fn a_message_at_any_offset_of_any_file_stays_inside_the_file(
+            bytes in fuzzing::garbage_or_damaged(file_with_a_batch(), 512),
             base in prop_oneof![Just(0u64), Just(4096), any::<u64>()],
-            offsets in proptest::collection::vec(0u64..600, 1..16),
+            offsets in proptest::collection::vec((0u64..600, 0u32..8), 1..16),
             wild in prop_oneof![any::<u64>(), (u64::MAX - 64..=u64::MAX)],
         ) {
             let dir = tempfile::tempdir().unwrap();
@@ -649,11 +694,14 @@ mod fuzz {
             let data = MappedFile::create(&dir.path().join("log"), capacity, capacity).unwrap();
             data.write(0, &bytes);
             let file = LogFile { base, data };
-            for offset in offsets.iter().map(|o| base.wrapping_add(*o)).chain([wild]) {
-                if let Some(record) = record_in(&file, offset) {
-                    let end = record.position() + u64::from(record.header.size);
+            let places = offsets.iter().map(|&(o, i)| (base.wrapping_add(o), i));
+            for (batch, index) in places.chain([(wild, 0)]) {
+                let _ = batch_in(&file, batch);
+                if let Some(record) = message_in(&file, MessageAt { batch, index }) {
+                    let end = record.position() + u64::from(record.batch_size);
                     prop_assert!(end <= capacity);
                     prop_assert_eq!(record.payload().len(), record.header.payload_len());
+                    prop_assert!(record.payload_to_batch_end().len() >= record.payload().len());
                     prop_assert!(record.key().is_none_or(|k| k.len() <= record.payload().len()));
                     let _ = record.crc_matches();
                 }

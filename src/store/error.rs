@@ -35,6 +35,14 @@ pub enum StoreError {
     /// until `commitfs check --repair` decides.
     #[error("{what}; run `commitfs check --repair {}` to repair it", .dir.display())]
     NeedsRepair { dir: PathBuf, what: String },
+    /// A store another release of commitfs wrote, in an on-disk format this one cannot read.
+    #[error("{}: written in on-disk format {found}; this commitfs reads format {supported}: {advice}", .path.display())]
+    UnsupportedFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+        advice: &'static str,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

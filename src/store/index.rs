@@ -11,13 +11,14 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use super::error::{Result, StoreError};
-use super::format::{self, le_u32, le_u64};
+use super::format::{self, le_u32, le_u64, MessageAt};
 use super::mapped::{remove_file, MappedFile};
 
 const MAGIC: u32 = 0xC0F5_1DC5;
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 pub const HEADER_BYTES: u64 = 64;
-pub const ENTRY_BYTES: u64 = 20;
+/// Key hash (8), batch offset (8), message number in the batch (4), previous entry (4).
+pub const ENTRY_BYTES: u64 = 24;
 const ENTRY_CHUNK: u64 = 65_536;
 const COUNT_AT: u64 = 16;
 
@@ -123,12 +124,12 @@ impl IndexFile {
             .atomic_u32(HEADER_BYTES + (hash % u64::from(self.slots)) * 4)
     }
 
-    fn entry(&self, number: u32) -> (u64, u64, u32) {
+    fn entry(&self, number: u32) -> (u64, MessageAt, u32) {
         let bytes = self.data.bytes(
             self.entries_at() + u64::from(number) * ENTRY_BYTES,
             ENTRY_BYTES as usize,
         );
-        (le_u64(bytes, 0), le_u64(bytes, 8), le_u32(bytes, 16))
+        decode_entry(bytes)
     }
 
     /// The largest commit-log offset indexed here (entries go in in log order, so the
@@ -147,33 +148,34 @@ impl IndexFile {
         Ok(())
     }
 
-    fn insert(&self, hash: u64, commit_log_offset: u64) {
+    fn insert(&self, hash: u64, at: MessageAt) {
         let number = self.count();
         let slot = self.slot(hash);
         let mut entry = [0u8; ENTRY_BYTES as usize];
         entry[0..8].copy_from_slice(&hash.to_le_bytes());
-        entry[8..16].copy_from_slice(&commit_log_offset.to_le_bytes());
-        entry[16..20].copy_from_slice(&slot.load(Ordering::Acquire).to_le_bytes());
+        entry[8..16].copy_from_slice(&at.batch.to_le_bytes());
+        entry[16..20].copy_from_slice(&at.index.to_le_bytes());
+        entry[20..24].copy_from_slice(&slot.load(Ordering::Acquire).to_le_bytes());
         self.data
             .write(self.entries_at() + u64::from(number) * ENTRY_BYTES, &entry);
-        let end = self.end_offset().max(commit_log_offset);
+        let end = self.end_offset().max(at.batch);
         self.data.write(32, &end.to_le_bytes());
         // The count first, then the slot: a reader that sees the slot sees a valid entry.
         self.count_cell().store(number + 1, Ordering::Release);
         slot.store(number, Ordering::Release);
     }
 
-    /// Calls `f` with the commit-log offset of every entry whose hash is `hash`, newest first.
-    fn walk(&self, hash: u64, f: &mut impl FnMut(u64) -> ControlFlow<()>) -> ControlFlow<()> {
+    /// Calls `f` with the place of every entry whose hash is `hash`, newest first.
+    fn walk(&self, hash: u64, f: &mut impl FnMut(MessageAt) -> ControlFlow<()>) -> ControlFlow<()> {
         // The slot before the count: `insert` stores the count first, so a count loaded
         // after the slot covers the entry the slot names (loaded the other way round, a
         // concurrent insert could hide the whole chain).
         let mut number = self.slot(hash).load(Ordering::Acquire);
         let count = self.count();
         while number != 0 && number < count {
-            let (entry_hash, offset, previous) = self.entry(number);
+            let (entry_hash, at, previous) = self.entry(number);
             if entry_hash == hash {
-                f(offset)?;
+                f(at)?;
             }
             // Links only point backwards; anything else is damage, so stop.
             if previous >= number {
@@ -192,9 +194,9 @@ impl IndexFile {
         self.data.write(HEADER_BYTES, &zeroes);
         let mut last = self.base;
         for number in 1..count {
-            let (hash, offset, _) = self.entry(number);
+            let (hash, at, _) = self.entry(number);
             self.slot(hash).store(number, Ordering::Relaxed);
-            last = last.max(offset);
+            last = last.max(at.batch);
         }
         self.data.write(32, &last.to_le_bytes());
         self.count_cell().store(count, Ordering::Release);
@@ -221,9 +223,9 @@ pub struct IndexRoom<'a> {
 }
 
 impl IndexRoom<'_> {
-    /// Adds the entry (key hash, commit-log offset) of a record just copied into the log;
-    /// its room was reserved, so this cannot fail.
-    pub fn insert(&mut self, hash: u64, commit_log_offset: u64) {
+    /// Adds the entry (key hash, place) of a message just copied into the log; its room was
+    /// reserved, so this cannot fail.
+    pub fn insert(&mut self, hash: u64, at: MessageAt) {
         let full = |file: &IndexFile| file.count() >= file.capacity;
         if self.current.as_deref().is_none_or(full) {
             let files = self.index.files.read();
@@ -236,7 +238,7 @@ impl IndexRoom<'_> {
         self.current
             .as_ref()
             .expect("index room reserved before the records were copied")
-            .insert(hash, commit_log_offset);
+            .insert(hash, at);
     }
 }
 
@@ -320,8 +322,8 @@ impl KeyIndex {
         Ok(file)
     }
 
-    /// Commit-log offsets of entries with this hash, newest first, until `f` breaks.
-    pub fn lookup(&self, hash: u64, mut f: impl FnMut(u64) -> ControlFlow<()>) {
+    /// Places of the messages whose entries have this hash, newest first, until `f` breaks.
+    pub fn lookup(&self, hash: u64, mut f: impl FnMut(MessageAt) -> ControlFlow<()>) {
         let files = self.files.read().clone();
         for file in files.iter().rev() {
             if file.walk(hash, &mut f).is_break() {
@@ -408,13 +410,13 @@ pub fn sizes_in(dir: &Path) -> Option<(u32, u32)> {
 
 /// Checks the bytes of one index file without writing: its header, every slot and chain
 /// link among its first `count` entries (all in use, if `None`), and each entry's key hash
-/// against its record (`hash_at`: `None` if the record is no longer stored, `Some(None)`
-/// if there is no valid keyed record there). Reports each problem with its byte; returns
+/// against its message (`hash_at`: `None` if the message is no longer stored, `Some(None)`
+/// if there is no valid keyed message there). Reports each problem with its byte; returns
 /// the entries checked.
 pub fn verify_file(
     bytes: &[u8],
     count: Option<u32>,
-    hash_at: impl Fn(u64) -> Option<Option<u64>>,
+    hash_at: impl Fn(MessageAt) -> Option<Option<u64>>,
     mut problem: impl FnMut(u64, String),
 ) -> u32 {
     if bytes.len() < HEADER_BYTES as usize
@@ -446,23 +448,34 @@ pub fn verify_file(
     for number in 1..count {
         let at = entries_at + u64::from(number) * ENTRY_BYTES;
         let entry = &bytes[at as usize..(at + ENTRY_BYTES) as usize];
-        let (hash, offset, previous) = (le_u64(entry, 0), le_u64(entry, 8), le_u32(entry, 16));
+        let (hash, place, previous) = decode_entry(entry);
         if previous >= number {
             problem(
                 at,
                 format!("entry {number} links to entry {previous}, not an older one"),
             );
         }
-        match hash_at(offset) {
+        match hash_at(place) {
             Some(Some(found)) if found == hash => {}
             None => {}
             Some(_) => problem(
                 at,
-                format!("entry {number} names commit-log offset {offset}, which holds no record with its key"),
+                format!(
+                    "entry {number} names message {} of the batch at commit-log offset {}, which holds no message with its key",
+                    place.index, place.batch
+                ),
             ),
         }
     }
     count - 1
+}
+
+fn decode_entry(bytes: &[u8]) -> (u64, MessageAt, u32) {
+    let at = MessageAt {
+        batch: le_u64(bytes, 8),
+        index: le_u32(bytes, 16),
+    };
+    (le_u64(bytes, 0), at, le_u32(bytes, 20))
 }
 
 #[cfg(test)]
@@ -475,13 +488,20 @@ mod fuzz {
     const SLOTS: u32 = 4;
     const CAPACITY: u32 = 16;
 
-    /// The bytes of an index file holding `entries` (key hash, commit-log offset).
+    fn at(batch: u64) -> MessageAt {
+        MessageAt {
+            batch,
+            index: (batch % 3) as u32,
+        }
+    }
+
+    /// The bytes of an index file holding `entries` (key hash, batch offset).
     fn index_file(entries: Vec<(u64, u64)>) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let index = KeyIndex::open(dir.path(), SLOTS, CAPACITY).unwrap();
         let mut room = index.reserve(entries.len() as u32, 0).unwrap();
-        for (hash, offset) in entries {
-            room.insert(hash, offset);
+        for (hash, batch) in entries {
+            room.insert(hash, at(batch));
         }
         drop(room);
         let path = index.files.read()[0].data.path().to_owned();
@@ -516,7 +536,7 @@ mod fuzz {
                     let entry_found = index.files.read().iter().any(|f| {
                         (1..f.count()).any(|n| f.entry(n).0 == hash && f.entry(n).1 == offset)
                     });
-                    assert!(entry_found, "lookup({hash}) answered {offset}, not an entry of that hash");
+                    assert!(entry_found, "lookup({hash}) answered {offset:?}, not an entry of that hash");
                     ControlFlow::Continue(())
                 });
             }
@@ -525,15 +545,15 @@ mod fuzz {
                 .truncate_to(mark.map(|count| IndexMark { file_base: base, count }))
                 .unwrap();
             if let Ok(mut room) = index.reserve(2, 20_000) {
-                room.insert(hashes[0], 20_000);
-                room.insert(hashes[0], 20_100);
+                room.insert(hashes[0], at(20_000));
+                room.insert(hashes[0], at(20_100));
                 drop(room);
                 let mut newest = None;
                 index.lookup(hashes[0], |offset| {
                     newest = Some(offset);
                     ControlFlow::Break(())
                 });
-                prop_assert_eq!(newest, Some(20_100));
+                prop_assert_eq!(newest, Some(at(20_100)));
             }
             let _ = index.mark();
             index.remove_before(15_000).unwrap();

@@ -10,7 +10,9 @@ use super::error::{Result, StoreError};
 use super::{Framing, TopicSettings, MAX_PARTITIONS};
 
 pub const META_FILE: &str = "store.toml";
-const FORMAT_VERSION: u32 = 1;
+/// 2: messages stored in batches (one header and CRC per batch), key-index entries of 24
+/// bytes.
+const FORMAT_VERSION: u32 = 2;
 
 /// Settings that decide the layout of files on disk, fixed when the store is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,13 +125,16 @@ impl Meta {
             reason: e.to_string(),
         })?;
         if meta.format_version != FORMAT_VERSION {
-            return Err(StoreError::Corrupt {
+            let advice = if meta.format_version < FORMAT_VERSION {
+                "mount it with the older commitfs that wrote it and copy its topics into a new data directory mounted by this one (cat each partition's segments into the new partition's active file); nothing here was changed"
+            } else {
+                "it was written by a newer commitfs; use that release. Nothing here was changed"
+            };
+            return Err(StoreError::UnsupportedFormat {
                 path,
-                offset: 0,
-                reason: format!(
-                    "format version {} is not {FORMAT_VERSION}",
-                    meta.format_version
-                ),
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+                advice,
             });
         }
         Ok(Some(meta))

@@ -144,7 +144,7 @@ pub struct KeyMatch<'a> {
     pub offset: u64,
     pub timestamp: i64,
     /// Grows in the order messages were stored, across partitions.
-    pub store_order: u64,
+    pub store_order: (u64, u32),
     record: &'a commitlog::RecordRef,
 }
 
@@ -505,19 +505,19 @@ impl Store {
         // The index gives candidates newest first; only the stored key bytes decide. A
         // candidate whose record cannot be read might be the answer: that is an error.
         let mut damage = None;
-        self.index.lookup(hash, |position| {
-            let Some(record) = self.log.record_at(position) else {
-                let stored = (self.log.min_offset()..self.log.written_end()).contains(&position);
+        self.index.lookup(hash, |at| {
+            let Some(record) = self.log.message_at(at) else {
+                let stored = (self.log.min_offset()..self.log.written_end()).contains(&at.batch);
                 if !stored {
                     // Removed with its commit-log file.
                     return ControlFlow::Continue(());
                 }
                 damage = Some(StoreError::Corrupt {
-                    path: self.log.path_of(position),
-                    offset: position % self.log.file_bytes(),
+                    path: self.log.path_of(at.batch),
+                    offset: at.batch % self.log.file_bytes(),
                     reason: format!(
-                        "the key index of topic {} points here, where no valid record is",
-                        topic.name
+                        "the key index of topic {} points at message {} of a batch here, where no valid batch holds one",
+                        topic.name, at.index
                     ),
                 });
                 return ControlFlow::Break(());
@@ -536,7 +536,7 @@ impl Store {
                 partition: header.partition,
                 offset: header.offset,
                 timestamp: header.timestamp,
-                store_order: position,
+                store_order: (at.batch, at.index),
                 record: &record,
             })
         });

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::commitlog::{CommitLog, LogFile, Record, RecordRef};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry, RecordHeader, Scanned};
+use super::format::{self, BatchHeader, MessageAt, QueueEntry, RecordHeader, Scanned};
 use super::queue::{ConsumeQueue, QueueFile};
 use super::TopicSettings;
 
@@ -209,21 +209,21 @@ impl Partition {
         Ok(partition)
     }
 
-    /// The header of message `offset`, whose queue entry and record are read with `pread`
-    /// and checked whole (size, magic, CRC32C, owner).
+    /// Message `offset`, whose queue entry and batch are read with `pread` and checked whole
+    /// (size, magic, CRC32C, table, owner).
     fn read_record_from_disk(&self, offset: u64) -> Result<RecordHeader> {
         let entry = self
             .queue
             .read_entry_from_disk(offset)?
             .ok_or_else(|| self.entry_damage(offset, "its consume-queue entry is missing"))?;
-        let at = entry.commit_log_offset;
+        let at = entry.batch;
         let file = self
             .log
             .file_at(at)
             .ok_or_else(|| self.nowhere(offset, at))?;
         let position = at - file.base;
         let room = file.data.capacity() - position;
-        let mut header = [0u8; format::RECORD_HEADER_BYTES];
+        let mut header = [0u8; format::BATCH_HEADER_BYTES];
         let header_len = header.len().min(room as usize);
         file.data
             .read_exact_at(position, &mut header[..header_len])?;
@@ -231,12 +231,24 @@ impl Partition {
         let mut bytes = vec![0u8; size as usize];
         file.data.read_exact_at(position, &mut bytes)?;
         match format::scan_record(&bytes) {
-            Scanned::Record(header) if self.owns(&header, offset) => Ok(header),
-            Scanned::Record(header) => Err(self.foreign_record(offset, at, &header)),
+            Scanned::Record(batch) if self.owns(&batch.header, offset) => {
+                let index = (offset - batch.header.first_offset) as u32;
+                match batch.message(index) {
+                    Some(message) if Self::agrees(&entry, &message) => Ok(message),
+                    _ => Err(self.disagreeing_entry(offset)),
+                }
+            }
+            Scanned::Record(batch) => Err(self.foreign_record(offset, at, &batch.header)),
             Scanned::EndOfFile => Err(self.record_damage(offset, at, "an end-of-file marker")),
             Scanned::Skip(_) => Err(self.record_damage(offset, at, "a repaired (skipped) span")),
             Scanned::Invalid(why) => Err(self.record_damage(offset, at, why)),
         }
+    }
+
+    /// Whether a queue entry says where `message` lies, as its batch's table does.
+    fn agrees(entry: &QueueEntry, message: &RecordHeader) -> bool {
+        entry.batch.checked_add(u64::from(message.payload_at)) == Some(entry.commit_log_offset)
+            && entry.size == message.len
     }
 
     pub fn topic_id(&self) -> u32 {
@@ -278,7 +290,7 @@ impl Partition {
     /// and it is undamaged (for callers to whom a missing message is no error).
     pub(super) fn record(&self, offset: u64) -> Option<RecordRef> {
         let entry = self.entry(offset)?;
-        self.record_for(offset, entry, self.log.file_at(entry.commit_log_offset))
+        self.record_for(offset, entry, self.log.file_at(entry.batch))
             .ok()
     }
 
@@ -292,9 +304,7 @@ impl Partition {
         let found = self
             .entry(offset)
             .ok_or_else(|| self.entry_damage(offset, "its consume-queue entry is missing"))
-            .and_then(|entry| {
-                self.record_for(offset, entry, self.log.file_at(entry.commit_log_offset))
-            });
+            .and_then(|entry| self.record_for(offset, entry, self.log.file_at(entry.batch)));
         match found {
             Ok(record) => Ok(Some(record)),
             // Retention moves the start before it removes files.
@@ -303,21 +313,33 @@ impl Partition {
         }
     }
 
-    /// The record `entry` (message `offset`'s queue entry) points at in `file`, the
-    /// commit-log file holding that position if it is stored.
+    /// The message `entry` (message `offset`'s queue entry) points at in `file`, the
+    /// commit-log file holding its batch if it is stored.
     fn record_for<F: Deref<Target = LogFile>>(
         &self,
         offset: u64,
         entry: QueueEntry,
         file: Option<F>,
     ) -> Result<Record<F>> {
-        let at = entry.commit_log_offset;
+        let at = entry.batch;
         let file = file.ok_or_else(|| self.nowhere(offset, at))?;
-        match super::commitlog::record_in(file, at) {
-            Some(record) if self.owns(&record.header, offset) => Ok(record),
-            Some(record) => Err(self.foreign_record(offset, at, &record.header)),
-            None => Err(self.record_damage(offset, at, "no valid record header")),
+        let batch = super::commitlog::batch_in(&file, at)
+            .ok_or_else(|| self.record_damage(offset, at, "no valid batch header"))?;
+        if !self.owns(&batch, offset) {
+            return Err(self.foreign_record(offset, at, &batch));
         }
+        let index = (offset - batch.first_offset) as u32;
+        match super::commitlog::message_in(file, MessageAt { batch: at, index }) {
+            Some(record) if Self::agrees(&entry, &record.header) => Ok(record),
+            _ => Err(self.disagreeing_entry(offset)),
+        }
+    }
+
+    fn disagreeing_entry(&self, offset: u64) -> StoreError {
+        self.entry_damage(
+            offset,
+            "its consume-queue entry disagrees with its batch's table",
+        )
     }
 
     /// Message `offset`'s queue entry is missing or unreadable.
@@ -342,7 +364,7 @@ impl Partition {
         )
     }
 
-    /// The commit log holds no valid record of message `offset` at `at`.
+    /// The commit log holds no valid batch of message `offset` at `at`.
     fn record_damage(&self, offset: u64, at: u64, found: &str) -> StoreError {
         StoreError::Corrupt {
             path: self.log.path_of(at),
@@ -354,18 +376,21 @@ impl Partition {
         }
     }
 
-    fn foreign_record(&self, offset: u64, at: u64, header: &RecordHeader) -> StoreError {
+    fn foreign_record(&self, offset: u64, at: u64, header: &BatchHeader) -> StoreError {
         let found = format!(
-            "a record of topic id {} partition {} offset {}",
-            header.topic_id, header.partition, header.offset
+            "a batch of topic id {} partition {} offsets {}..{}",
+            header.topic_id,
+            header.partition,
+            header.first_offset,
+            header.end_offset()
         );
         self.record_damage(offset, at, &found)
     }
 
-    /// Whether `header` is that of message `offset` of this partition: a damaged queue entry
-    /// must not serve another partition's message.
-    fn owns(&self, header: &RecordHeader, offset: u64) -> bool {
-        header.offset == offset
+    /// Whether `header` is that of a batch holding message `offset` of this partition: a
+    /// damaged queue entry must not serve another partition's message.
+    fn owns(&self, header: &BatchHeader, offset: u64) -> bool {
+        (header.first_offset..header.end_offset()).contains(&offset)
             && header.topic_id == self.topic_id
             && header.partition == self.index
     }
@@ -417,7 +442,7 @@ impl Partition {
                 let entry = self.entry(offset).ok_or_else(|| {
                     self.entry_damage(offset, "its consume-queue entry is missing")
                 })?;
-                self.record_for(offset, entry, self.log.file_at(entry.commit_log_offset))
+                self.record_for(offset, entry, self.log.file_at(entry.batch))
             };
             Some((read(first)?, read(last_end - 1)?))
         } else {
@@ -491,12 +516,14 @@ impl Partition {
         let tail = (info.messages > 0 && info.sealed)
             .then(|| self.entry(first + info.messages - 1))
             .flatten();
+        // A batch lies in one file with its messages: the files from the first message's
+        // batch to the last message's bytes hold every batch the segment needs.
         let (from, to) = match (head, tail) {
             (Some(head), Some(tail)) => (
-                head.commit_log_offset,
+                head.batch,
                 tail.commit_log_offset.saturating_add(u64::from(tail.size)),
             ),
-            (Some(head), None) => (head.commit_log_offset, log_end),
+            (Some(head), None) => (head.batch, log_end),
             (None, _) => (log_end, log_end),
         };
         Ok(SegmentReader {
@@ -506,6 +533,7 @@ impl Partition {
             shift: OnceLock::new(),
             queue_file: Mutex::new(self.queue.file(base_offset)),
             log_files: self.log.files_between(from, to),
+            verified_batch: AtomicU64::new(0),
         })
     }
 }
@@ -526,7 +554,7 @@ pub(super) fn verify<F: Deref<Target = LogFile>>(record: &Record<F>) -> Result<(
         path: record.path(),
         offset: record.position(),
         reason: format!(
-            "CRC32C mismatch in message {} of partition {}",
+            "CRC32C mismatch in the batch holding message {} of partition {}",
             record.header.offset, record.header.partition
         ),
     })
@@ -546,6 +574,9 @@ pub struct SegmentReader {
     shift: OnceLock<u64>,
     queue_file: Mutex<Option<Arc<QueueFile>>>,
     log_files: Vec<Arc<LogFile>>,
+    /// The batch whose CRC32C was checked last, plus one (0: none): sequential reads check
+    /// each batch once, not once per read.
+    verified_batch: AtomicU64,
 }
 
 impl SegmentReader {
@@ -593,7 +624,7 @@ impl SegmentReader {
 
     fn record(&self, offset: u64) -> Result<RecordRef> {
         let entry = self.entry(&*self.queue_file(offset)?, offset)?;
-        let at = entry.commit_log_offset;
+        let at = entry.batch;
         let file = self
             .pinned_file(at)
             .cloned()
@@ -617,7 +648,7 @@ impl SegmentReader {
         f: impl FnOnce(&Record<&LogFile>) -> T,
     ) -> Result<T> {
         let entry = self.entry(queue, offset)?;
-        let at = entry.commit_log_offset;
+        let at = entry.batch;
         if let Some(file) = self.pinned_file(at) {
             return self
                 .partition
@@ -661,13 +692,9 @@ impl SegmentReader {
         let mut offset = low;
         while filled < buf.len() && offset < end {
             let from = target + filled as u64;
-            let copied = self.with_record(&queue, offset, |record| {
-                let payload = record.payload();
+            let (copied, next) = self.with_record(&queue, offset, |record| {
                 let message_start = record.header.segment_position;
-                if from >= message_start.saturating_add(payload.len() as u64) {
-                    return Ok(0);
-                }
-                // Messages tile the segment; a record that starts past `from` is not this
+                // Messages tile the segment; a message that starts past `from` is not this
                 // partition's next message (a damaged queue entry).
                 let Some(skip) = from.checked_sub(message_start) else {
                     return Err(self.partition.entry_damage(
@@ -675,15 +702,32 @@ impl SegmentReader {
                         &format!("its record starts at segment byte {message_start}, past byte {from} where it should"),
                     ));
                 };
-                verify(record)?;
-                let skip = skip as usize;
-                let n = (payload.len() - skip).min(buf.len() - filled);
-                buf[filled..filled + n].copy_from_slice(&payload[skip..skip + n]);
-                Ok(n)
-            })?;
-            filled += copied?;
-            offset += 1;
+                // This message and the rest of its batch are one stretch of the segment,
+                // all published together.
+                let stretch = record.payload_to_batch_end();
+                let batch_end = record.batch_end_offset();
+                let Some(rest) = stretch.get(skip as usize..).filter(|r| !r.is_empty()) else {
+                    return Ok((0, batch_end));
+                };
+                self.verify_once(record)?;
+                let n = rest.len().min(buf.len() - filled);
+                buf[filled..filled + n].copy_from_slice(&rest[..n]);
+                Ok((n, batch_end))
+            })??;
+            filled += copied;
+            offset = next;
         }
         Ok(filled)
+    }
+
+    /// Checks the CRC32C of `record`'s batch unless it was the last batch checked.
+    fn verify_once(&self, record: &Record<&LogFile>) -> Result<()> {
+        let mark = record.at().batch.wrapping_add(1);
+        if self.verified_batch.load(Ordering::Relaxed) == mark {
+            return Ok(());
+        }
+        verify(record)?;
+        self.verified_batch.store(mark, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -341,7 +341,7 @@ mod fuzz {
                 let entry = QueueEntry {
                     commit_log_offset: at,
                     size,
-                    key_hash: u64::from(size),
+                    batch: u64::from(size),
                 };
                 bytes.extend_from_slice(&entry.encode());
             }
@@ -380,7 +380,7 @@ mod fuzz {
             }
             let mut active = None;
             if queue.reserve(&mut active, 3, 11).is_ok() {
-                let entry = QueueEntry { commit_log_offset: 1, size: 48, key_hash: 0 };
+                let entry = QueueEntry { commit_log_offset: 1, size: 48, batch: 0 };
                 queue.put(&mut active, 10, &entry);
                 prop_assert_eq!(queue.entry(10), Some(entry));
             }

@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use super::checkpoint::Checkpoint;
 use super::commitlog::{self, CommitLog};
 use super::error::{Result, StoreError};
-use super::format::{self, QueueEntry, Scanned, LOST_MESSAGE, RECORD_HEADER_BYTES};
+use super::format::{self, MessageAt, QueueEntry, Scanned, LOST_MESSAGE};
 use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
@@ -572,12 +572,12 @@ enum Dispatch {
 }
 
 impl Recovering {
-    /// Takes the record of `header` at commit-log offset `position`. `after_skip`: a skip
-    /// marker lies between this partition's previous record and this one.
+    /// Takes message `header` of the batch at commit-log offset `batch`. `after_skip`: a
+    /// skip marker lies between this partition's previous batch and this one.
     fn dispatch(
         &mut self,
         header: &format::RecordHeader,
-        position: u64,
+        batch: u64,
         key: Option<&[u8]>,
         index: &KeyIndex,
         after_skip: bool,
@@ -624,16 +624,20 @@ impl Recovering {
             &mut self.active_file,
             offset,
             &QueueEntry {
-                commit_log_offset: position,
-                size: header.size,
-                key_hash,
+                commit_log_offset: batch + u64::from(header.payload_at),
+                size: header.len,
+                batch,
             },
         );
         if key_hash != 0 {
-            index.reserve(1, position)?.insert(key_hash, position);
+            let at = MessageAt {
+                batch,
+                index: header.index,
+            };
+            index.reserve(1, batch)?.insert(key_hash, at);
         }
         self.next = Some(offset + 1);
-        self.last_record = Some(position);
+        self.last_record = Some(batch);
         Ok(outcome)
     }
 
@@ -644,7 +648,7 @@ impl Recovering {
         let lost = QueueEntry {
             commit_log_offset: LOST_MESSAGE,
             size: 0,
-            key_hash: 0,
+            batch: LOST_MESSAGE,
         };
         for offset in from..to {
             self.queue.put(&mut self.active_file, offset, &lost);
@@ -770,7 +774,7 @@ impl Scanner<'_> {
             }
         }
         tracing::info!(
-            "recovery scanned {} bytes ({} records) in {:?}",
+            "recovery scanned {} bytes ({} messages) in {:?}",
             end.saturating_sub(from),
             self.records,
             started.elapsed()
@@ -792,21 +796,23 @@ impl Scanner<'_> {
                 return Ok(FileScan::Ended);
             }
             match format::scan_record(&bytes[position..]) {
-                Scanned::Record(header) => {
-                    let size = header.size as usize;
-                    let payload = &bytes[position + RECORD_HEADER_BYTES..position + size];
-                    let key = header.key_len.map(|k| &payload[..k as usize]);
+                Scanned::Record(batch) => {
                     let at = base + position as u64;
-                    if let Some(reason) = self.dispatch(&header, at, key)? {
-                        return Ok(FileScan::Invalid {
-                            position,
-                            reason,
-                            valid: true,
-                        });
+                    for message in batch.messages() {
+                        let key = message
+                            .key_len
+                            .map(|k| &batch.payload(&message)[..k as usize]);
+                        if let Some(reason) = self.dispatch(&message, at, key)? {
+                            return Ok(FileScan::Invalid {
+                                position,
+                                reason,
+                                valid: true,
+                            });
+                        }
+                        self.records += 1;
                     }
-                    position += size;
+                    position += batch.header.size as usize;
                     *end = base + position as u64;
-                    self.records += 1;
                 }
                 Scanned::Skip(len) => {
                     position += len;
@@ -966,11 +972,12 @@ impl Scanner<'_> {
     }
 }
 
-/// A message must fit in one commit-log file with its header and the end-of-file marker. A
-/// store created with small files keeps them, so a larger configured maximum is lowered.
+/// A message must fit in one commit-log file in a batch of its own, with the end-of-file
+/// marker. A store created with small files keeps them, so a larger configured maximum is
+/// lowered.
 fn fit_max_message(config: &mut StoreConfig) {
     let room = (config.commit_log_file_bytes as usize)
-        .saturating_sub(RECORD_HEADER_BYTES + format::BLANK_BYTES);
+        .saturating_sub(format::batch_size(1, true, 0) + format::BLANK_BYTES);
     if config.max_message_bytes > room {
         tracing::warn!(
             "max_message_bytes {} does not fit in this store's {}-byte commit-log files; using {room}",
