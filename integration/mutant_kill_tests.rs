@@ -1,7 +1,6 @@
 //! Behaviour that `cargo mutants` over `src/store/` found untested (issue 9): each test here
 //! fails with the mutant it is named after in the report, in-process, without a mount.
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,25 +49,6 @@ fn assert_messages(store: &Store, count: u64) {
     }
 }
 
-/// Every file under `dir` (relative path) with its bytes; directories as `None`.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
-    let mut found = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(at) = pending.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let path = entry.unwrap().path();
-            let relative = path.strip_prefix(dir).unwrap().to_path_buf();
-            if path.is_dir() {
-                found.insert(relative, None);
-                pending.push(path);
-            } else {
-                found.insert(relative, Some(std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    found
-}
-
 /// A checkpoint file cut short (a damaged disk, a copy that stopped) is ignored, never a
 /// panic: the store rebuilds from the log and keeps every message. Shorter than its 8-byte
 /// magic it must not even be looked at (mutant: `||` → `&&` in `Checkpoint::decode`).
@@ -99,7 +79,7 @@ fn an_unreadable_checkpoint_refuses_the_open_and_changes_nothing() {
     let saved = std::fs::read(&checkpoint).unwrap();
     std::fs::remove_file(&checkpoint).unwrap();
     std::fs::create_dir(&checkpoint).unwrap();
-    let before = tree(dir.path());
+    let before = fixtures::tree(dir.path());
     let error = Store::open(dir.path(), small_config())
         .err()
         .expect("an unreadable checkpoint must refuse the open");
@@ -108,7 +88,7 @@ fn an_unreadable_checkpoint_refuses_the_open_and_changes_nothing() {
         "the error names the checkpoint: {error}"
     );
     assert!(
-        tree(dir.path()) == before,
+        fixtures::tree(dir.path()) == before,
         "the failed open changed the directory"
     );
     std::fs::remove_dir(&checkpoint).unwrap();
@@ -168,7 +148,7 @@ fn an_unreadable_store_toml_is_an_io_error_not_a_missing_file() {
     let saved = std::fs::read(&meta).unwrap();
     std::fs::remove_file(&meta).unwrap();
     std::fs::create_dir(&meta).unwrap();
-    let before = tree(dir.path());
+    let before = fixtures::tree(dir.path());
     let error = Store::open(dir.path(), small_config())
         .err()
         .expect("an unreadable store.toml must refuse the open");
@@ -176,7 +156,7 @@ fn an_unreadable_store_toml_is_an_io_error_not_a_missing_file() {
     assert!(matches!(error, StoreError::Io { .. }), "{text}");
     assert!(text.contains("store.toml"), "{text}");
     assert!(
-        tree(dir.path()) == before,
+        fixtures::tree(dir.path()) == before,
         "the failed open changed the directory"
     );
     std::fs::remove_dir(&meta).unwrap();
@@ -236,7 +216,10 @@ fn an_empty_message_survives_a_crash_and_reads_back_empty() {
 /// The consume-queue file of topic 1, partition 0, holding offset 0.
 fn first_queue_file(dir: &Path) -> PathBuf {
     let wanted = Path::new("queues/1/0").join("0".repeat(20));
-    assert!(tree(dir).contains_key(&wanted), "{wanted:?} not found");
+    assert!(
+        fixtures::tree(dir).contains_key(&wanted),
+        "{wanted:?} not found"
+    );
     dir.join(wanted)
 }
 

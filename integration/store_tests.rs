@@ -297,7 +297,7 @@ fn a_torn_last_record_is_cut_at_every_byte_position() {
     let (start, end) = *ranges.last().unwrap();
     for cut in start..end {
         let dir = tempfile::tempdir().unwrap();
-        copy_dir(template.path(), dir.path());
+        fixtures::copy_dir(template.path(), dir.path());
         let log = dir.path().join("commitlog").join("00000000000000000000");
         let mut bytes = std::fs::read(&log).unwrap();
         bytes[cut..end].fill(0);
@@ -314,7 +314,7 @@ fn a_flipped_bit_in_the_last_record_cuts_it_and_elsewhere_refuses_the_open() {
         let (start, end) = ranges[damaged];
         for bit in [0, 37, 8 * (end - start) - 1] {
             let dir = tempfile::tempdir().unwrap();
-            copy_dir(template.path(), dir.path());
+            fixtures::copy_dir(template.path(), dir.path());
             let log = dir.path().join("commitlog").join("00000000000000000000");
             let mut bytes = std::fs::read(&log).unwrap();
             bytes[start + bit / 8] ^= 1 << (bit % 8);
@@ -652,19 +652,6 @@ fn appends_from_many_threads_keep_every_partition_gapless() {
     let store = open(dir.path());
     for partition in store.topic("t").unwrap().partitions() {
         assert_eq!(partition.end_offset(), 1000);
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
