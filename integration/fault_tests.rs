@@ -35,7 +35,6 @@ fn config(flush: FlushPolicy) -> StoreConfig {
         // can keep one and lose the other.
         index_slots: 1000,
         index_entries: 64,
-        warm_mapped_files: false,
     }
 }
 

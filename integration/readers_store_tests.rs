@@ -24,7 +24,6 @@ fn config() -> StoreConfig {
         max_disk_bytes: None,
         index_slots: 64,
         index_entries: 10_000,
-        warm_mapped_files: false,
     }
 }
 

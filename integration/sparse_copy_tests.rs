@@ -20,7 +20,6 @@ fn config() -> StoreConfig {
         max_disk_bytes: None,
         index_slots: 64,
         index_entries: 1000,
-        warm_mapped_files: false,
     }
 }
 

@@ -59,7 +59,6 @@ fn config() -> StoreConfig {
         max_disk_bytes: None,
         index_slots: 7,
         index_entries: 50,
-        warm_mapped_files: false,
     }
 }
 

@@ -104,6 +104,56 @@ fn a_panic_between_the_log_and_the_partition_fences_the_store_until_it_is_reopen
     );
 }
 
+/// The commit log is written with `pwrite`: a write that fails (a disk error, or one that
+/// stored part of the batches first) fails its append with the error and fences the store
+/// (index entries for the batches went in), after zeroing what reached the file; the
+/// reopened store recovers every earlier message and none of the failed append.
+#[test]
+fn a_failed_write_of_the_commit_log_fails_the_append_and_fences_the_store() {
+    for failure in ["1*return(eio@commitlog)", "1*return(short@commitlog)"] {
+        let _scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        let topic = store.create_topic("t", settings(1)).unwrap();
+        let p = partition(&store, 0);
+        let earlier: Vec<String> = (0..5).map(|i| format!("k{i}:earlier\n")).collect();
+        let batch: Vec<NewMessage<'_>> = earlier.iter().map(|m| keyed(m.as_bytes())).collect();
+        store.append_batch(&p, &batch).unwrap();
+
+        fail::cfg("mapped::write_at", failure).unwrap();
+        let failed: Vec<String> = (0..40)
+            .map(|i| format!("k{}:failed {i}\n", i % 5))
+            .collect();
+        let batch: Vec<NewMessage<'_>> = failed.iter().map(|m| keyed(m.as_bytes())).collect();
+        let refused = store.append_batch(&p, &batch);
+        fail::remove("mapped::write_at");
+        assert!(
+            matches!(
+                &refused,
+                Err(StoreError::Io { .. } | StoreError::DiskFull(_))
+            ),
+            "{failure}: {refused:?}"
+        );
+        assert_eq!(p.end_offset(), 5, "{failure}");
+        let refused = store.append(&p, b"k0:after\n", Some(2));
+        assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+        assert_eq!(messages(&store, &p), earlier, "{failure}");
+        drop(store);
+
+        let store = Store::open(dir.path(), config()).unwrap();
+        let topic_again = store.topic("t").unwrap();
+        let p = partition(&store, 0);
+        assert_eq!(messages(&store, &p), earlier, "{failure}");
+        assert_eq!(
+            key_matches(&store, &topic_again, "k1"),
+            [(0, 1, "k1:earlier\n".into())]
+        );
+        let next = store.append(&p, b"k0:after the reopen\n", Some(2)).unwrap();
+        assert_eq!(next.first_offset, 5, "{failure}");
+        drop(topic);
+    }
+}
+
 #[test]
 fn a_full_disk_for_a_new_key_index_file_fails_the_append_and_stores_nothing() {
     let _scenario = FailScenario::setup();

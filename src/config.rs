@@ -34,7 +34,9 @@ struct ConfigFile {
     max_disk_bytes: u64,
     index_slots: u32,
     index_entries: u32,
-    warm_mapped_files: bool,
+    /// Retired: the commit log is written with `pwrite`, so there is nothing to pre-touch.
+    /// Accepted so that older configuration files still mount.
+    warm_mapped_files: Option<bool>,
 
     partitions: u32,
     framing: Framing,
@@ -76,7 +78,7 @@ impl Default for ConfigFile {
             max_disk_bytes: store.max_disk_bytes.unwrap_or(0),
             index_slots: store.index_slots,
             index_entries: store.index_entries,
-            warm_mapped_files: store.warm_mapped_files,
+            warm_mapped_files: None,
             partitions: 1,
             framing: Framing::Lines,
             key_separator: String::new(),
@@ -255,8 +257,12 @@ impl ConfigFile {
             max_disk_bytes: (self.max_disk_bytes > 0).then_some(self.max_disk_bytes),
             index_slots: at_least("index_slots", self.index_slots, 1)?,
             index_entries: at_least("index_entries", self.index_entries, 2)?,
-            warm_mapped_files: self.warm_mapped_files,
         };
+        if self.warm_mapped_files.is_some() {
+            tracing::warn!(
+                "warm_mapped_files no longer has an effect (the commit log is written with pwrite, which needs no pre-touched pages); remove it from the configuration"
+            );
+        }
         let fs = FsSettings {
             entry_ttl: Duration::from_millis(self.entry_ttl_ms),
             attr_ttl: Duration::from_millis(self.attr_ttl_ms),

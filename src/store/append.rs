@@ -4,9 +4,10 @@
 //! their key-index entries, and published.
 //!
 //! Everything an append can fail for (consume-queue room, key-index room, commit-log files)
-//! is obtained before its first byte is copied, so a failed append stores nothing. From the
-//! first byte copied to the partitions' published ends nothing can fail; should something
-//! panic there all the same, the store is fenced: see [`Fence`].
+//! is obtained before its first byte is copied, so a failed append stores nothing. After
+//! that only the `pwrite` of its batches into the log can fail (a disk error): what reached
+//! the file is zeroed again and the store is fenced, as it is should something panic before
+//! the partitions' ends are published: see [`Fence`].
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,17 @@ impl Fence {
         self.fenced.store(true, Ordering::Release);
         tracing::error!(
             "flushing the commit log failed: {error}; {}",
+            StoreError::Fenced
+        );
+    }
+
+    /// Fences the store after writing an append's batches into the log failed: index
+    /// entries for them went in, and the log may hold part of them. A remount recovers from
+    /// what the log holds.
+    pub fn after_failed_write(&self, error: &StoreError) {
+        self.fenced.store(true, Ordering::Release);
+        tracing::error!(
+            "writing to the commit log failed: {error}; {}",
             StoreError::Fenced
         );
     }
@@ -310,12 +322,12 @@ impl Staged<'_> {
         table: &mut Vec<u8>,
         appender: &mut Appender<'_>,
         index: &mut IndexRoom<'_>,
-    ) {
+    ) -> Result<()> {
         let messages = &self.messages[batch.messages.clone()];
         table.clear();
         let slots = messages.iter().map(|m| (m.payload.len(), m.key_len));
         format::encode_table(table, slots, batch.header.keyed);
-        let at = appender.copy_batch(&batch.header, table, messages.iter().map(|m| m.payload));
+        let at = appender.copy_batch(&batch.header, table, messages.iter().map(|m| m.payload))?;
         let mut position = at + batch.header.payload_start() as u64;
         let scratch = &mut self.scratch;
         for (number, slot) in batch.messages.clone().enumerate() {
@@ -331,6 +343,7 @@ impl Staged<'_> {
                 index.insert(key_hash, place);
             }
         }
+        Ok(())
     }
 
     /// Writes the consume-queue entries and publishes the partition's new end: readers see
@@ -427,10 +440,15 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
         appender.reserve(plan.iter().map(|batch| u64::from(batch.header.size)))?;
         let fence = to.fence.on_unwind();
         let mut table = Vec::new();
-        for batch in &plan {
-            staged[batch.staged].copy(batch, &mut table, &mut appender, &mut index);
+        let copied = plan.iter().try_for_each(|batch| {
+            staged[batch.staged].copy(batch, &mut table, &mut appender, &mut index)
+        });
+        if let Err(error) = copied.and_then(|()| appender.publish()) {
+            // Index entries went in for batches the log may hold in part.
+            appender.discard_unpublished();
+            to.fence.after_failed_write(&error);
+            return Err(error);
         }
-        appender.publish();
         fence
     };
     fail::fail_point!("append::after-log-publish");

@@ -830,7 +830,6 @@ fn repair(
         segment_messages: layout.segment_messages,
         index_slots: layout.index_slots,
         index_entries: layout.index_entries,
-        warm_mapped_files: false,
         ..StoreConfig::default()
     };
     let opened = recovery::open_locked(dir, lock, config)?;

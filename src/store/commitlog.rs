@@ -87,18 +87,16 @@ impl<F: Deref<Target = LogFile>> Record<F> {
     }
 }
 
-/// Where the next record goes; guarded by the append lock.
+/// Where the next batch goes; guarded by the append lock.
 struct Writer {
     file: Arc<LogFile>,
-    /// Global byte offset of the next record.
+    /// Global byte offset of the next batch.
     position: u64,
-    /// Warming has been asked for up to this global offset.
-    warm_requested: u64,
+    /// Batches copied since the last write to the file, which end at `position`: an append
+    /// writes all its batches with one `pwrite` (writing through the map would make the
+    /// kernel zero every fresh page first).
+    unwritten: Vec<u8>,
 }
-
-/// How far ahead of the writer the preparer thread faults pages in: far enough that the
-/// writer never waits for it, near enough that no more is zeroed than is about to be used.
-const WARM_AHEAD: u64 = 64 << 20;
 
 /// The next file, made ahead of need by a background thread so a roll does not stall.
 struct Preparer {
@@ -110,15 +108,12 @@ struct Preparer {
 struct PreparedSlot {
     wanted: Option<u64>,
     ready: Option<Arc<LogFile>>,
-    /// A range of a file to fault in: the file and local offsets.
-    warm: Option<(Arc<LogFile>, u64, u64)>,
     stop: bool,
 }
 
 pub struct CommitLog {
     dir: PathBuf,
     file_bytes: u64,
-    warm: bool,
     /// Oldest first; contiguous.
     files: RwLock<Vec<Arc<LogFile>>>,
     /// Files removed from the log that a reader may still map: their blocks stay on disk
@@ -142,7 +137,6 @@ impl CommitLog {
     pub fn open(
         dir: &Path,
         file_bytes: u64,
-        warm: bool,
         end: u64,
         durable: u64,
         zero_tail: bool,
@@ -174,8 +168,7 @@ impl CommitLog {
             last if end == write_base
                 && last.is_none_or(|last| last.base + file_bytes == write_base) =>
             {
-                // Warmed by the preparer thread, not here: opening must not wait for it.
-                let file = Arc::new(create_file(dir, write_base, file_bytes, false)?);
+                let file = Arc::new(create_file(dir, write_base, file_bytes)?);
                 files.push(file.clone());
                 file
             }
@@ -201,13 +194,12 @@ impl CommitLog {
         let log = CommitLog {
             dir: dir.to_owned(),
             file_bytes,
-            warm,
             files: RwLock::new(files),
             removed: Mutex::new(Vec::new()),
             writer: Mutex::new(Writer {
                 file: current,
                 position: end,
-                warm_requested: end,
+                unwritten: Vec::new(),
             }),
             written_end: AtomicU64::new(end),
             flushed_end: AtomicU64::new(durable.min(end)),
@@ -221,15 +213,14 @@ impl CommitLog {
 
     /// Starts the thread that makes the file at `next` (and those after it) ahead of need.
     fn start_preparer(&self, next: u64) -> Result<()> {
-        let (preparer, dir, warm) = (self.preparer.clone(), self.dir.clone(), self.warm);
+        let (preparer, dir) = (self.preparer.clone(), self.dir.clone());
         let file_bytes = self.file_bytes;
         let thread = std::thread::Builder::new()
             .name("commitlog-prepare".into())
-            .spawn(move || prepare_files(&preparer, &dir, file_bytes, warm))
+            .spawn(move || prepare_files(&preparer, &dir, file_bytes))
             .map_err(|e| StoreError::io("starting the file preparer", e))?;
         *self.preparer_thread.lock() = Some(thread);
         self.request_next(next);
-        self.appender().request_warming();
         Ok(())
     }
 
@@ -368,7 +359,7 @@ impl CommitLog {
         };
         let file = match prepared {
             Some(file) if file.base == base => file,
-            _ => Arc::new(create_file(&self.dir, base, self.file_bytes, self.warm)?),
+            _ => Arc::new(create_file(&self.dir, base, self.file_bytes)?),
         };
         self.files.write().push(file.clone());
         self.request_next(base + self.file_bytes);
@@ -462,37 +453,51 @@ impl Appender<'_> {
 
     /// Copies one batch (its header's fields, its table, its messages' bytes), seals it
     /// with its CRC32C, and returns its global offset. [`reserve`](Self::reserve) obtained
-    /// the file it goes to.
+    /// the file it goes to. The bytes reach the file at [`publish`](Self::publish) (or when
+    /// the file is full); an error there leaves the batches unwritten.
     pub fn copy_batch<'p>(
         &mut self,
         header: &BatchHeader,
         table: &[u8],
         payloads: impl Iterator<Item = &'p [u8]>,
-    ) -> u64 {
+    ) -> Result<u64> {
         let size = u64::from(header.size);
-        let mut local = self.writer.position - self.writer.file.base;
+        let local = self.writer.position - self.writer.file.base;
         if !fits(self.log.file_bytes, local, size) {
+            self.write_out()?;
             self.roll(local);
-            local = 0;
         }
-        let data = &self.writer.file.data;
-        let mut at = local + format::BATCH_HEADER_BYTES as u64;
-        data.write(at, table);
-        at += table.len() as u64;
+        let batch = &mut self.writer.unwritten;
+        let start = batch.len();
+        batch.extend_from_slice(&header.encode());
+        batch.extend_from_slice(table);
         for payload in payloads {
-            data.write(at, payload);
-            at += payload.len() as u64;
+            batch.extend_from_slice(payload);
         }
-        debug_assert_eq!(at, local + size, "batch size disagrees with its contents");
-        let mut head = header.encode();
-        data.write(local + 12, &head[12..]);
-        // One CRC over the batch as it lies in the map, still in the cache.
-        let crc = format::batch_crc(data.bytes(local, size as usize));
-        head[8..12].copy_from_slice(&crc.to_le_bytes());
-        data.write(local, &head[..12]);
+        debug_assert_eq!(
+            (batch.len() - start) as u64,
+            size,
+            "batch size disagrees with its contents"
+        );
+        let crc = format::batch_crc(&batch[start..]);
+        batch[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
         let offset = self.writer.position;
         self.writer.position += size;
-        offset
+        Ok(offset)
+    }
+
+    /// Writes the batches copied since the last write into the current file.
+    fn write_out(&mut self) -> Result<()> {
+        let writer = &mut *self.writer;
+        if writer.unwritten.is_empty() {
+            return Ok(());
+        }
+        let at = writer.position - writer.file.base - writer.unwritten.len() as u64;
+        writer.file.data.write_at(at, &writer.unwritten)?;
+        writer.unwritten.clear();
+        // One append's batches are at most a few MiB; keep no more than that between them.
+        writer.unwritten.shrink_to(4 * format::MAX_BATCH_BYTES);
+        Ok(())
     }
 
     /// Ends the current file with an end-of-file marker at `local` and moves to the next.
@@ -507,46 +512,37 @@ impl Appender<'_> {
             .file_at(self.writer.file.base + file_bytes)
             .expect("the next file was obtained before the copy");
         self.writer.position = next.base;
-        self.writer.warm_requested = next.base + WARM_AHEAD.min(file_bytes);
         self.writer.file = next;
     }
 
-    /// Makes the records appended so far visible to readers and to flushes.
-    pub fn publish(&mut self) {
+    /// After a failed write: overwrites with zeroes whatever part of the batches copied since
+    /// the last publish reached the files, so that recovery finds the log ending at the last
+    /// published batch and a write is stored whole or not at all. Best effort: the disk has
+    /// just failed, and the store is fenced whatever happens here.
+    pub fn discard_unpublished(&mut self) {
+        let (from, to) = (self.log.written_end(), self.writer.position);
+        self.writer.unwritten.clear();
+        for file in self.log.files_between(from, to) {
+            let start = from.max(file.base) - file.base;
+            let end = to.min(file.base + self.log.file_bytes) - file.base;
+            if let Err(error) = file.data.zero_range(start, end) {
+                tracing::error!("undoing a failed append: {error}");
+            }
+        }
+    }
+
+    /// Writes the batches copied so far into the file and makes them visible to readers and
+    /// to flushes.
+    pub fn publish(&mut self) -> Result<()> {
+        self.write_out()?;
         self.log
             .written_end
             .store(self.writer.position, Ordering::Release);
-        if self.writer.position + WARM_AHEAD / 2 > self.writer.warm_requested {
-            self.request_warming();
-        }
-    }
-
-    /// Asks the preparer thread to fault in the current file up to `WARM_AHEAD` past the
-    /// write position, so that appends find their pages ready.
-    fn request_warming(&mut self) {
-        let writer = &mut *self.writer;
-        let file_end = writer.file.base + self.log.file_bytes;
-        let to = (writer.position + WARM_AHEAD).min(file_end);
-        let from = writer.warm_requested.clamp(writer.position, to);
-        writer.warm_requested = to;
-        if !self.log.warm || from >= to {
-            return;
-        }
-        let (from, to) = (from - writer.file.base, to - writer.file.base);
-        let mut slot = self.log.preparer.slot.lock();
-        // A request not yet taken up is extended rather than replaced.
-        let from = match &slot.warm {
-            Some((pending, pending_from, _)) if pending.base == writer.file.base => {
-                from.min(*pending_from)
-            }
-            _ => from,
-        };
-        slot.warm = Some((writer.file.clone(), from, to));
-        self.log.preparer.wake.notify_all();
+        Ok(())
     }
 }
 
-fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<LogFile> {
+fn create_file(dir: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
     let path = dir.join(format::file_name(base));
     let started = std::time::Instant::now();
     let data = MappedFile::create(&path, file_bytes, file_bytes)?;
@@ -557,9 +553,6 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<Log
         let _ = std::fs::remove_file(&path);
         return Err(error);
     }
-    if warm {
-        data.warm(0, WARM_AHEAD.min(file_bytes));
-    }
     let took = started.elapsed();
     if took > std::time::Duration::from_millis(10) {
         tracing::debug!("creating {} took {:?}", path.display(), took);
@@ -567,15 +560,11 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64, warm: bool) -> Result<Log
     Ok(LogFile { base, data })
 }
 
-fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64, warm: bool) {
+fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
     let mut slot = preparer.slot.lock();
     loop {
         if slot.stop {
             return;
-        }
-        if let Some((file, from, to)) = slot.warm.take() {
-            parking_lot::MutexGuard::unlocked(&mut slot, || file.data.warm(from, to));
-            continue;
         }
         let wanted = match slot.wanted {
             Some(base) if slot.ready.as_ref().is_none_or(|f| f.base != base) => base,
@@ -587,9 +576,8 @@ fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64, warm: bool) {
         if let Some(stale) = slot.ready.take() {
             let _ = std::fs::remove_file(stale.data.path());
         }
-        let made = parking_lot::MutexGuard::unlocked(&mut slot, || {
-            create_file(dir, wanted, file_bytes, warm)
-        });
+        let made =
+            parking_lot::MutexGuard::unlocked(&mut slot, || create_file(dir, wanted, file_bytes));
         match made {
             Ok(file) => slot.ready = Some(Arc::new(file)),
             Err(error) => {

@@ -194,6 +194,48 @@ impl MappedFile {
         }
     }
 
+    /// Writes `data` at `at` with `pwrite`, not through the map: the kernel then copies into
+    /// fresh page-cache pages without zeroing them first. The range is allocated and owned
+    /// by the caller, as for [`write`](Self::write).
+    pub fn write_at(&self, at: u64, data: &[u8]) -> Result<()> {
+        assert!(
+            at.checked_add(data.len() as u64)
+                .is_some_and(|end| end <= self.allocated()),
+            "write past the allocated blocks"
+        );
+        use std::os::unix::fs::FileExt;
+        #[cfg(feature = "failpoints")]
+        if let Some(arg) = super::faults::fires("mapped::write_at", &self.path) {
+            // A `short` write stores half the bytes first, as a disk failing part way may.
+            if super::faults::is_short(arg.as_deref()) {
+                let _ = self.file.write_all_at(&data[..data.len() / 2], at);
+            }
+            return Err(injected(&self.path, "writing", arg));
+        }
+        self.file.write_all_at(data, at).map_err(|e| {
+            StoreError::io(
+                format!(
+                    "writing {} bytes at byte {at} of {}",
+                    data.len(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Writes zeroes over `[at, end)` with `pwrite`.
+    pub fn zero_range(&self, at: u64, end: u64) -> Result<()> {
+        let zeroes = vec![0u8; (end.saturating_sub(at) as usize).min(1 << 20)];
+        let mut position = at;
+        while position < end {
+            let n = ((end - position) as usize).min(zeroes.len());
+            self.write_at(position, &zeroes[..n])?;
+            position += n as u64;
+        }
+        Ok(())
+    }
+
     /// Hints the CPU to start loading the cache line at `at`: a store there soon will then
     /// not wait for memory (with thousands of partitions, each append's queue entry lands on
     /// a different page).
@@ -252,25 +294,6 @@ impl MappedFile {
             position += n as u64;
         }
         Ok(())
-    }
-
-    /// Faults `[from, to)` into the page cache ahead of use (RocketMQ's warm-up), so the
-    /// appender does not pay for allocating and zeroing pages. Read faults, not write faults:
-    /// the pages stay clean and cost no writeback.
-    pub fn warm(&self, from: u64, to: u64) {
-        let to = to.min(self.allocated());
-        if from >= to {
-            return;
-        }
-        let start = from - from % 4096;
-        let advised = self.map.advise_range(
-            memmap2::Advice::PopulateRead,
-            start as usize,
-            (to - start) as usize,
-        );
-        if let Err(error) = advised {
-            tracing::debug!("warming {} skipped: {error}", self.path.display());
-        }
     }
 }
 

@@ -51,7 +51,6 @@ pub struct StoreConfig {
     pub max_disk_bytes: Option<u64>,
     pub index_slots: u32,
     pub index_entries: u32,
-    pub warm_mapped_files: bool,
 }
 
 impl Default for StoreConfig {
@@ -66,7 +65,6 @@ impl Default for StoreConfig {
             max_disk_bytes: None,
             index_slots: 5_000_000,
             index_entries: 20_000_000,
-            warm_mapped_files: true,
         }
     }
 }
@@ -506,8 +504,14 @@ impl Store {
         // candidate whose record cannot be read might be the answer: that is an error.
         let mut damage = None;
         self.index.lookup(hash, |at| {
+            // Index entries go in before their batches are written and published: a
+            // candidate past the log's published end is not stored yet.
+            let published = self.log.written_end();
+            if at.batch >= published {
+                return ControlFlow::Continue(());
+            }
             let Some(record) = self.log.message_at(at) else {
-                let stored = (self.log.min_offset()..self.log.written_end()).contains(&at.batch);
+                let stored = (self.log.min_offset()..published).contains(&at.batch);
                 if !stored {
                     // Removed with its commit-log file.
                     return ControlFlow::Continue(());

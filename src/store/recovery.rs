@@ -98,7 +98,6 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let log = Arc::new(CommitLog::open(
         &log_dir,
         layout.commit_log_file_bytes,
-        config.warm_mapped_files,
         recovered.end,
         recovered.durable,
         recovered.cut,

@@ -435,7 +435,6 @@ fn store_config() -> StoreConfig {
         max_message_bytes: MAX_MESSAGE,
         index_slots: 64,
         index_entries: 4096,
-        warm_mapped_files: false,
         ..StoreConfig::default()
     }
 }

@@ -17,7 +17,6 @@ fn open_store(dir: &Path, segment_messages: u32) -> Arc<Store> {
         segment_messages,
         index_slots: 64,
         index_entries: 1024,
-        warm_mapped_files: false,
         ..StoreConfig::default()
     };
     Store::open(dir, config).unwrap()

@@ -28,7 +28,6 @@ fn open(dir: TempDir, segment_messages: u32, partitions: u32) -> Fixture {
         max_message_bytes: 4096,
         index_slots: 64,
         index_entries: 1024,
-        warm_mapped_files: false,
         ..StoreConfig::default()
     };
     let store = Store::open(dir.path(), config).unwrap();
