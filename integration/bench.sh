@@ -244,6 +244,15 @@ echo "| keyed / unkeyed, 1 partition, through append | $(fmt "$(rate "$(speed ke
 echo "| cat into a partition / native | $(fmt "$(rate "$(speed cat commitfs)" "$(speed cat native)")") | 1.00 | ≥ 0.5 |"
 echo "| echo loop / bindfs | $(fmt "$(rate "$(speed echo commitfs)" "$(speed echo bindfs)")") | | ≥ 1 |"
 
+# Every run's seconds, to show the noise behind each median.
+echo
+echo "| seconds per run | native | bindfs | commitfs |"
+echo "|---|---|---|---|"
+for key in cat keyed1 keyedmany unkeyed1 echo read1 read2; do
+    echo "| $key | ${RESULT[$key,native]}| ${RESULT[$key,bindfs]}| ${RESULT[$key,commitfs]}|"
+done
+echo "| getfattr, stat | | | ${RESULT[getfattr,commitfs]}; ${RESULT[stat,commitfs]}|"
+
 g=$(rate "$LOOKUPS" "$(med getfattr commitfs)")
 s=$(rate "$LOOKUPS" "$(med stat commitfs)")
 echo
