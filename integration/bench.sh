@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Mount benchmark: the same shell commands on the native file system, on bindfs (a plain FUSE
-# passthrough: what any FUSE file system pays) and on commitfs, in one run, printed as one
-# Markdown table with each figure's ratio to native. Every figure is the median of $REPS runs.
+# passthrough: what any FUSE file system pays) and on commitfs, in one run, printed as
+# Markdown tables with each figure's ratio to native. Every figure is the median of $REPS runs.
 #
 #   integration/bench.sh            # needs root, /dev/fuse, fuse3, attr, bindfs
 #   REPS=5 LINES=2000000 integration/bench.sh
 #
+# Rows: one `cat` into a partition; keyed lines through a topic's `append` into 1 and into
+# 10,000 partitions, and unkeyed lines through `append` (native and bindfs: the same `cat`
+# appended to a plain file); an `echo` loop; reads of a sealed segment; key lookups; and the
+# data directory's size per byte of message.
+#
 # The machine is shared and noisy: compare the ratios of one run, not absolute figures across
-# runs.
+# runs. Every command that touches a mount runs under `timeout`, and the EXIT trap unmounts
+# whatever is still mounted however the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +21,11 @@ REPS=${REPS:-3}
 LINES=${LINES:-2000000}      # 100-byte lines for the append and read rows
 ECHOES=${ECHOES:-20000}      # iterations of the echo loop
 LOOKUPS=${LOOKUPS:-2000}     # getfattr / stat process calls
+KEYS=20000                   # distinct keys of the keyed lines (kNNNNN:)
+MANY_PARTITIONS=10000
+LIMIT=${LIMIT:-600}          # seconds any one command may take
 
-for tool in bindfs getfattr fusermount3; do
+for tool in bindfs getfattr setfattr fusermount3; do
     command -v "$tool" >/dev/null || { echo "bench.sh needs $tool (apt-get install -y bindfs attr fuse3)" >&2; exit 1; }
 done
 cargo build --release --quiet
@@ -24,13 +33,20 @@ BIN=$PWD/target/release/commitfs
 
 WORK=$(mktemp -d /var/tmp/commitfs-bench.XXXXXX)
 NATIVE=$WORK/native BSRC=$WORK/bindfs-src BMNT=$WORK/bindfs CDATA=$WORK/cfs-data CMNT=$WORK/cfs
-mkdir -p "$NATIVE" "$BSRC" "$BMNT" "$CDATA" "$CMNT"
+DDATA=$WORK/size-data DMNT=$WORK/size
+mkdir -p "$NATIVE" "$BSRC" "$BMNT" "$CDATA" "$CMNT" "$DDATA" "$DMNT"
+unmount() { # MOUNTPOINT: a stuck mount is detached lazily rather than left behind
+    mountpoint -q "$1" || return 0
+    timeout 60 umount "$1" || umount -l "$1"
+}
 cleanup() {
-    mountpoint -q "$CMNT" && umount "$CMNT"
-    mountpoint -q "$BMNT" && fusermount3 -u "$BMNT"
+    unmount "$CMNT"
+    unmount "$DMNT"
+    if mountpoint -q "$BMNT"; then timeout 60 fusermount3 -u "$BMNT" || fusermount3 -uz "$BMNT"; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 # One segment holds every line, plus one more line to seal it: the read rows read a sealed
 # segment of LINES x 100 bytes.
@@ -39,29 +55,53 @@ segment_messages = $LINES
 partitions = 1
 EOF
 
-python3 - "$WORK/lines" "$LINES" <<'EOF'
+python3 - "$WORK" "$LINES" "$KEYS" <<'EOF'
 import sys
-path, count = sys.argv[1], int(sys.argv[2])
-with open(path, "w") as out:
+work, count, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(work + "/lines", "w") as out:
     for i in range(count):
         out.write(("key-%08d " % i).ljust(99, "x") + "\n")
+# Keyed lines: key kNNNNN, keys in turn, 100 bytes with the newline.
+with open(work + "/keyed", "w") as out:
+    for i in range(count):
+        out.write(("k%05d:" % (i % keys)).ljust(99, "y") + "\n")
 EOF
 LINE=$(head -n 1 "$WORK/lines")
-cat "$WORK/lines" >/dev/null   # the input comes from the page cache in every run
+cat "$WORK/lines" "$WORK/keyed" >/dev/null   # the input comes from the page cache in every run
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+bounded() { timeout "$LIMIT" "$@"; }
+daemon_pid() { pgrep -f -- "commitfs mount --config [^ ]+ $1 "; }
+stopped() { # DATA_DIR: the daemon closes its store after umount returns; wait for it to exit
+    local i
+    for i in $(seq 600); do daemon_pid "$1" >/dev/null || return 0; sleep 0.1; done
+    echo "bench.sh: the daemon on $1 is still running a minute after its unmount" >&2
+    return 1
+}
 
+# Topics of the append rows: keyed with 1 and with 10,000 partitions, unkeyed with 1.
+make_topics() {
+    mkdir "$CMNT/bench" "$CMNT/keyed1" "$CMNT/keyed$MANY_PARTITIONS" "$CMNT/unkeyed1"
+    for topic in keyed1 "keyed$MANY_PARTITIONS"; do
+        bounded setfattr -n user.key_separator -v : "$CMNT/$topic"
+    done
+    bounded setfattr -n user.partitions -v "$MANY_PARTITIONS" "$CMNT/keyed$MANY_PARTITIONS"
+    # Warm-up: one line of every key creates the files of every partition the keys reach, so
+    # the row measures steady-state appends.
+    head -n "$KEYS" "$WORK/keyed" | bounded cat >>"$CMNT/keyed$MANY_PARTITIONS/append"
+}
 mount_all() {
     bindfs "$BSRC" "$BMNT"
-    "$BIN" mount --config "$WORK/bench.toml" "$CDATA" "$CMNT"
-    mkdir "$CMNT/bench"
+    bounded "$BIN" mount --config "$WORK/bench.toml" "$CDATA" "$CMNT"
+    make_topics
 }
 unmount_all() {
-    umount "$CMNT"
-    fusermount3 -u "$BMNT"
+    bounded umount "$CMNT"
+    stopped "$CDATA"
+    bounded fusermount3 -u "$BMNT"
     rm -rf "${CDATA:?}"/* "${BSRC:?}"/* "${NATIVE:?}"/*
 }
 
@@ -79,49 +119,95 @@ read_file() {
         *) append_file "$1" ;;
     esac
 }
+# The append rows: commitfs writes to TOPIC/append, the others to a plain file of that name.
+topic_append_file() { # FS TOPIC
+    case $1 in
+        native) echo "$NATIVE/$2" ;;
+        bindfs) echo "$BMNT/$2" ;;
+        commitfs) echo "$CMNT/$2/append" ;;
+    esac
+}
 
 declare -A RESULT
 record() { RESULT[$1,$2]+="$3 "; }
+timed_cat() { # ROW FS INPUT TARGET: one cat, after writeback of what earlier rows left dirty
+    sync
+    local t0 t1
+    t0=$(now); bounded cat "$3" >>"$4"; t1=$(now)
+    record "$1" "$2" "$(calc "$t1 - $t0")"
+}
 
 for rep in $(seq "$REPS"); do
     mount_all
     for fs in native bindfs commitfs; do
         f=$(append_file "$fs")
-        t0=$(now); cat "$WORK/lines" >>"$f"; t1=$(now)
-        record cat "$fs" "$(calc "$t1 - $t0")"
+        timed_cat cat "$fs" "$WORK/lines" "$f"
         echo "$LINE" >>"$f"   # seals commitfs's segment; the same line everywhere
+    done
+    for fs in native bindfs commitfs; do
+        timed_cat keyed1 "$fs" "$WORK/keyed" "$(topic_append_file "$fs" keyed1)"
+        timed_cat keyedmany "$fs" "$WORK/keyed" "$(topic_append_file "$fs" "keyed$MANY_PARTITIONS")"
+        timed_cat unkeyed1 "$fs" "$WORK/lines" "$(topic_append_file "$fs" unkeyed1)"
     done
     drop_caches
     for fs in native bindfs commitfs; do
         f=$(read_file "$fs")
-        t0=$(now); dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
+        t0=$(now); bounded dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
         record read1 "$fs" "$(calc "$t1 - $t0")"
-        t0=$(now); dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
+        t0=$(now); bounded dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
         record read2 "$fs" "$(calc "$t1 - $t0")"
     done
     for fs in native bindfs commitfs; do
         f=$(append_file "$fs")
         t0=$(now)
-        i=0; while [ $i -lt "$ECHOES" ]; do echo "$LINE" >>"$f"; i=$((i + 1)); done
+        # shellcheck disable=SC2016
+        bounded bash -c 'i=0; while [ $i -lt "$1" ]; do echo "$2" >>"$3"; i=$((i + 1)); done' \
+            _ "$ECHOES" "$LINE" "$f"
         t1=$(now)
         record echo "$fs" "$(calc "$t1 - $t0")"
     done
     # Key lookups through the index against stat, process call for process call.
-    setfattr -n user.key_separator -v ' ' "$CMNT/bench"
+    bounded setfattr -n user.key_separator -v ' ' "$CMNT/bench"
     for i in $(seq 0 999); do printf 'k%04d %s\n' "$i" "$LINE"; done >>"$CMNT/bench/0/active"
     t0=$(now)
-    for i in $(seq "$LOOKUPS"); do
-        printf -v key 'k%04d' $((i % 1000))
-        getfattr --absolute-names -n "user.key.$key" --only-values "$CMNT/bench/0" >/dev/null
-    done
+    # shellcheck disable=SC2016
+    bounded bash -c 'for i in $(seq "$1"); do
+            printf -v key "k%04d" $((i % 1000))
+            getfattr --absolute-names -n "user.key.$key" --only-values "$2" >/dev/null
+        done' _ "$LOOKUPS" "$CMNT/bench/0"
     t1=$(now)
     record getfattr commitfs "$(calc "$t1 - $t0")"
     t0=$(now)
-    for i in $(seq "$LOOKUPS"); do stat "$CMNT/bench/0" >/dev/null; done
+    # shellcheck disable=SC2016
+    bounded bash -c 'for i in $(seq "$1"); do stat "$2" >/dev/null; done' _ "$LOOKUPS" "$CMNT/bench/0"
     t1=$(now)
     record stat commitfs "$(calc "$t1 - $t0")"
     unmount_all
 done
+
+# The data directory per byte of message, for LINES unkeyed 100-byte messages in one segment.
+# Commit-log files are preallocated whole (fallocate), so `du` counts the unused tail of the
+# newest one: with 4 MiB files that tail is under 4 MiB, and the figure is given twice, with
+# the newest file counted (an upper bound) and without it (a lower bound: that file holds at
+# least one byte of data). After a clean unmount, so the file prepared ahead of the writer is
+# gone. The rest is the consume queue and the store's small files (store.toml, checkpoint,
+# the daemon's log); no key index file exists for unkeyed messages.
+LOG_FILE_BYTES=$((4 << 20))
+cat >"$WORK/size.toml" <<EOF
+commit_log_file_bytes = $LOG_FILE_BYTES
+segment_messages = $((2 * LINES))
+partitions = 1
+EOF
+bounded "$BIN" mount --config "$WORK/size.toml" "$DDATA" "$DMNT"
+mkdir "$DMNT/size"
+bounded cat "$WORK/lines" >>"$DMNT/size/0/active"
+bounded umount "$DMNT"
+stopped "$DDATA"
+allocated() { du -sB1 "$@" | awk '{s += $1} END {print s}'; }
+data_dir=$(allocated "$DDATA")
+commit_log=$(allocated "$DDATA/commitlog")
+queues=$(allocated "$DDATA/queues")
+newest_log_file=$(allocated "$(find "$DDATA/commitlog" -type f | sort | tail -n 1)")
 
 med() { echo "${RESULT[$1,$2]}" | tr ' ' '\n' | grep . | median; }
 bytes=$((LINES * 100))
@@ -141,9 +227,32 @@ row() { # name unit scale metric-per-second-of
 }
 row "cat $LINES lines of 100 B >> file (M messages/s)" cat "$LINES / 1000000" "M/s"
 row "same, MB/s" cat "$bytes / 1000000" "MB/s"
+row "cat $LINES keyed lines ($KEYS keys) >> TOPIC/append, 1 partition (M messages/s)" keyed1 "$LINES / 1000000" "M/s"
+row "same, $MANY_PARTITIONS partitions, after a warm-up write (M messages/s)" keyedmany "$LINES / 1000000" "M/s"
+row "cat $LINES unkeyed lines >> TOPIC/append, 1 partition (M messages/s)" unkeyed1 "$LINES / 1000000" "M/s"
 row "$ECHOES × echo >> file in a shell loop (k lines/s)" echo "$ECHOES / 1000" "k/s"
 row "dd bs=1M of the $((bytes / 1000000)) MB segment, first read after drop_caches (GB/s)" read1 "$bytes / 1000000000" "GB/s"
 row "dd bs=1M of the same, second read (GB/s)" read2 "$bytes / 1000000000" "GB/s"
+
+# Ratios of throughput on commitfs, against the goals of issue 7.
+speed() { rate 1 "$(med "$1" "$2")"; }
+echo
+echo "| ratio of throughputs (medians of $REPS) | commitfs | native (same cat) | goal |"
+echo "|---|---|---|---|"
+echo "| keyed, $MANY_PARTITIONS partitions / 1 partition | $(fmt "$(rate "$(speed keyedmany commitfs)" "$(speed keyed1 commitfs)")") | $(fmt "$(rate "$(speed keyedmany native)" "$(speed keyed1 native)")") | ≥ 0.9 |"
+echo "| keyed / unkeyed, 1 partition, through append | $(fmt "$(rate "$(speed keyed1 commitfs)" "$(speed unkeyed1 commitfs)")") | $(fmt "$(rate "$(speed keyed1 native)" "$(speed unkeyed1 native)")") | ≥ 0.8 |"
+echo "| cat into a partition / native | $(fmt "$(rate "$(speed cat commitfs)" "$(speed cat native)")") | 1.00 | ≥ 0.5 |"
+echo "| echo loop / bindfs | $(fmt "$(rate "$(speed echo commitfs)" "$(speed echo bindfs)")") | | ≥ 1 |"
+
+# Every run's seconds, to show the noise behind each median.
+echo
+echo "| seconds per run | native | bindfs | commitfs |"
+echo "|---|---|---|---|"
+for key in cat keyed1 keyedmany unkeyed1 echo read1 read2; do
+    echo "| $key | ${RESULT[$key,native]}| ${RESULT[$key,bindfs]}| ${RESULT[$key,commitfs]}|"
+done
+echo "| getfattr, stat | | | ${RESULT[getfattr,commitfs]}; ${RESULT[stat,commitfs]}|"
+
 g=$(rate "$LOOKUPS" "$(med getfattr commitfs)")
 s=$(rate "$LOOKUPS" "$(med stat commitfs)")
 echo
@@ -152,3 +261,12 @@ echo "|---|---|"
 echo "| getfattr -n user.key.K --only-values PARTITION_DIR | $(fmt "$g") |"
 echo "| stat PARTITION_DIR | $(fmt "$s") |"
 echo "| getfattr / stat | $(fmt "$(rate "$g" "$s")") |"
+
+echo
+echo "| data directory after $LINES unkeyed 100-B messages ($((bytes / 1000000)) MB), clean unmount, $((LOG_FILE_BYTES >> 20)) MiB commit-log files | bytes (du) | ÷ message bytes |"
+echo "|---|---|---|"
+echo "| whole directory (upper bound: counts the newest commit-log file's unused tail) | $data_dir | $(fmt "$(rate "$data_dir" "$bytes")") |"
+echo "| whole directory less the newest commit-log file (lower bound) | $((data_dir - newest_log_file)) | $(fmt "$(rate "$data_dir - $newest_log_file" "$bytes")") |"
+echo "| of it: commit log (all files) | $commit_log | $(fmt "$(rate "$commit_log" "$bytes")") |"
+echo "| of it: consume queues | $queues | $(fmt "$(rate "$queues" "$bytes")") |"
+echo "| goal | | ≤ 1.30 |"
