@@ -975,7 +975,8 @@ impl Scanner<'_> {
 /// marker. A store created with small files keeps them, so a larger configured maximum is
 /// lowered.
 fn fit_max_message(config: &mut StoreConfig) {
-    let room = (config.commit_log_file_bytes as usize)
+    // A batch's size is a u32, whatever the files' size.
+    let room = (config.commit_log_file_bytes.min(u64::from(u32::MAX)) as usize)
         .saturating_sub(format::batch_size(1, true, 0) + format::BLANK_BYTES);
     if config.max_message_bytes > room {
         tracing::warn!(
