@@ -60,7 +60,7 @@ fn mkdir_creates_a_topic_with_partition_dirs_an_append_file_and_active_symlinks(
     for p in 0..3 {
         assert_eq!(
             ls(&m, &format!("orders/{p}")),
-            [segment_name(0).as_str(), "active"]
+            [segment_name(0).as_str(), "active", "stream"]
         );
         assert_eq!(
             m.sh_ok(&format!("readlink orders/{p}/active")).trim(),
@@ -114,7 +114,8 @@ fn segments_roll_every_segment_messages_and_are_named_by_their_base_offset() {
             segment_name(0),
             segment_name(100),
             segment_name(200),
-            "active".into()
+            "active".into(),
+            "stream".into()
         ]
     );
     assert_eq!(m.sh_ok("readlink t/0/active").trim(), segment_name(200));
@@ -148,7 +149,7 @@ fn segments_roll_every_segment_messages_and_are_named_by_their_base_offset() {
         [0, 100, 200, 300]
             .map(segment_name)
             .into_iter()
-            .chain(["active".into()])
+            .chain(["active".into(), "stream".into()])
             .collect::<Vec<_>>()
     );
     assert_eq!(m.sh_ok("readlink t/0/active").trim(), segment_name(300));
@@ -210,8 +211,12 @@ fn fifty_megabytes_cat_into_active_reads_back_byte_for_byte_across_rolls() {
     // `ls -l` shows the true sizes; st_blocks follows them, so `du` is right.
     let listing = m.sh_ok("ls -l t/0");
     let mut sizes = HashMap::new();
-    // Regular files only: the `active -> …` symlink line ends in a segment name too.
-    for line in listing.lines().filter(|l| l.starts_with('-')) {
+    // Segment files only: the `active -> …` symlink line ends in a segment name too, and
+    // `stream` holds every segment's bytes again.
+    for line in listing
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.ends_with(" stream"))
+    {
         let fields: Vec<&str> = line.split_whitespace().collect();
         sizes.insert(
             fields[fields.len() - 1].to_owned(),
@@ -1075,7 +1080,7 @@ fn retention_removes_whole_expired_sealed_segments_and_open_ones_stay_readable()
 
     m.sh_ok("setfattr -n user.retention_ms -v 1 t");
     wait_until(Duration::from_secs(30), "expired segments to go", || {
-        ls(&m, "t/0") == [segment_name(300), "active".into()]
+        ls(&m, "t/0") == [segment_name(300), "active".into(), "stream".into()]
     });
     assert_eq!(xattr_u64(&m.path("t/0"), "user.start_offset"), 300);
     assert_eq!(xattr_u64(&m.path("t/0"), "user.end_offset"), 350);

@@ -284,7 +284,7 @@ fn crashed_store_with_sizes(dir: &Path, payload_sizes: &[usize]) {
 #[test]
 fn a_file_filled_to_its_last_eight_bytes_recovers_after_a_crash() {
     // An unkeyed message in a batch of its own: the batch header and its end slot.
-    const HEADER: usize = 52 + 4;
+    const HEADER: usize = 60 + 4;
     let file_bytes = small_config().commit_log_file_bytes as usize;
     // Sixteen records of 4,000 bytes and one of 1,528: 65,528 bytes, the file less 8.
     let mut sizes = vec![4000 - HEADER; 16];
@@ -307,7 +307,7 @@ fn a_file_filled_to_its_last_eight_bytes_recovers_after_a_crash() {
 /// so after a crash the open refuses (mutant: the `size == rest.len()` guard → `true`).
 #[test]
 fn an_end_of_file_marker_with_a_wrong_size_refuses_the_open() {
-    let sizes = vec![4000 - (52 + 4); 20];
+    let sizes = vec![4000 - (60 + 4); 20];
     let dir = tempfile::tempdir().unwrap();
     crashed_store_with_sizes(dir.path(), &sizes);
     // Over the third record of the first file: an end-of-file marker 100 bytes long.

@@ -133,7 +133,7 @@ fn disk_usage_counts_a_removed_file_an_open_reader_still_maps() {
 /// `k0`..`k4`), spread over several commit-log files.
 /// The commit-log bytes of one keyed message of `append_n(…, 1000)` in a batch of its own
 /// (README "On-disk format"): the batch header, its end and key-length slots, its bytes.
-const ONE_MESSAGE_BATCH: u64 = 52 + 8 + 1004;
+const ONE_MESSAGE_BATCH: u64 = 60 + 8 + 1004;
 
 fn closed_store(dir: &Path, count: usize) {
     let store = Store::open(dir, config()).unwrap();

@@ -106,7 +106,7 @@ fn record_starts(bytes: &[u8]) -> Vec<usize> {
     while at + 8 <= bytes.len() {
         let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         let magic = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        if magic != 0xC0F5_BA7C || size < 52 {
+        if magic != 0xC0F5_BA7C || size < 60 {
             break;
         }
         starts.push(at);

@@ -232,7 +232,7 @@ fn a_clean_reopen_keeps_everything_without_scanning() {
 
 /// Commit-log bytes of one keyed message in a batch of its own besides its payload (README
 /// "On-disk format"): the batch header, then its end and key-length slots.
-const KEYED_BATCH_OVERHEAD: usize = 52 + 8;
+const KEYED_BATCH_OVERHEAD: usize = 60 + 8;
 
 /// Writes `count` messages to one partition, then stops as a crashed process would.
 /// Returns the messages and each one's batch's (start, end) byte range in the commit log.

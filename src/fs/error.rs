@@ -76,6 +76,7 @@ impl From<StoreError> for FsError {
             StoreError::NoSuchPartition { .. } => (libc::ENOENT, L::DEBUG),
             StoreError::NoSuchSegment { .. } => (libc::ENOENT, L::DEBUG),
             StoreError::OffsetOutOfRange { .. } => (libc::ENODATA, L::DEBUG),
+            StoreError::BeforeStreamStart { .. } => (libc::ENXIO, L::DEBUG),
             StoreError::MessageTooLarge { .. } => (libc::EFBIG, L::INFO),
             StoreError::InvalidSetting(_) => (libc::EINVAL, L::INFO),
             StoreError::DiskFull(_) => (libc::ENOSPC, L::WARN),

@@ -14,8 +14,9 @@
 //! other segments    0 | kind 5 (3) | serial (60), from the mount's table
 //! ```
 //!
-//! `kind` is 1 for a topic directory, 2 for its `append` file, 3 for a partition directory
-//! and 4 for a partition's `active` symlink (the partition field is 0 where unused). A
+//! `kind` is 1 for a topic directory, 2 for its `append` file, 3 for a partition directory,
+//! 4 for a partition's `active` symlink and 6 for its `stream` file (the partition field is
+//! 0 where unused). A
 //! segment's number is its base offset divided by `segment_messages`, which it always
 //! divides. A segment gets a derived number when its topic id is below 2^20 (a million
 //! topics), its partition below 2^17 and its number below 2^26 (67 million segments);
@@ -37,6 +38,7 @@ const KIND_APPEND: u64 = 2;
 const KIND_PARTITION: u64 = 3;
 const KIND_ACTIVE_LINK: u64 = 4;
 const KIND_LISTED_SEGMENT: u64 = 5;
+const KIND_STREAM: u64 = 6;
 
 /// Bits of a topic id a derived segment number has room for.
 pub const SEGMENT_TOPIC_BITS: u32 = 20;
@@ -69,6 +71,10 @@ pub enum Inode {
         partition: u32,
     },
     ActiveLink {
+        topic: u32,
+        partition: u32,
+    },
+    Stream {
         topic: u32,
         partition: u32,
     },
@@ -109,6 +115,7 @@ impl Inode {
             Inode::Append { topic } => tagged(KIND_APPEND, topic, 0),
             Inode::Partition { topic, partition } => tagged(KIND_PARTITION, topic, partition),
             Inode::ActiveLink { topic, partition } => tagged(KIND_ACTIVE_LINK, topic, partition),
+            Inode::Stream { topic, partition } => tagged(KIND_STREAM, topic, partition),
             Inode::Segment {
                 topic,
                 partition,
@@ -145,6 +152,7 @@ impl Inode {
             KIND_APPEND if partition == 0 => Some(Inode::Append { topic }),
             KIND_PARTITION => Some(Inode::Partition { topic, partition }),
             KIND_ACTIVE_LINK => Some(Inode::ActiveLink { topic, partition }),
+            KIND_STREAM => Some(Inode::Stream { topic, partition }),
             KIND_LISTED_SEGMENT => Some(Inode::ListedSegment {
                 serial: ino & low_bits(KIND_SHIFT),
             }),
@@ -263,7 +271,7 @@ mod tests {
     fn foreign_numbers_do_not_decode() {
         assert_eq!(Inode::decode(0), None);
         assert_eq!(Inode::decode(2), None);
-        assert_eq!(Inode::decode(6 << KIND_SHIFT), None);
+        assert_eq!(Inode::decode(7 << KIND_SHIFT), None);
         assert_eq!(Inode::decode(KIND_TOPIC << KIND_SHIFT | 1), None);
     }
 

@@ -15,6 +15,7 @@ pub enum XattrHolder {
     Topic,
     Partition,
     Segment,
+    Stream,
     /// `append` and `active`: no attributes.
     Plain,
 }
@@ -53,6 +54,7 @@ pub enum XattrName<'a> {
     Offset(&'a [u8]),
     Time(&'a [u8]),
     Segment(SegmentFact),
+    StartPosition,
 }
 
 const READ_REQUESTS: &str = "user.stats.read_requests";
@@ -72,6 +74,7 @@ const SEGMENT_FACTS: [(&str, SegmentFact); 6] = [
     ("user.sealed", SegmentFact::Sealed),
 ];
 const START_OFFSET: &str = "user.start_offset";
+const START_POSITION: &str = "user.start_position";
 const END_OFFSET: &str = "user.end_offset";
 const KEY_PREFIX: &[u8] = b"user.key.";
 const OFFSETS_PREFIX: &[u8] = b"user.offsets.";
@@ -116,6 +119,9 @@ impl<'a> XattrName<'a> {
                 }
             }
             XattrHolder::Segment => lookup(&SEGMENT_FACTS, name).map(XattrName::Segment),
+            XattrHolder::Stream => {
+                (name == START_POSITION.as_bytes()).then_some(XattrName::StartPosition)
+            }
             XattrHolder::Plain => None,
         }
     }
@@ -128,6 +134,7 @@ pub fn fixed_names(holder: XattrHolder) -> Vec<&'static str> {
         XattrHolder::Topic => SETTINGS.iter().map(|(name, _)| *name).collect(),
         XattrHolder::Partition => vec![START_OFFSET, END_OFFSET],
         XattrHolder::Segment => SEGMENT_FACTS.iter().map(|(name, _)| *name).collect(),
+        XattrHolder::Stream => vec![START_POSITION],
         XattrHolder::Plain => Vec::new(),
     }
 }
@@ -326,7 +333,7 @@ mod tests {
     #[test]
     fn every_listed_name_parses_on_its_holder() {
         use XattrHolder::*;
-        for holder in [Root, Topic, Partition, Segment, Plain] {
+        for holder in [Root, Topic, Partition, Segment, Stream, Plain] {
             for name in fixed_names(holder) {
                 assert!(
                     XattrName::parse(holder, name.as_bytes()).is_some(),
@@ -401,11 +408,12 @@ mod fuzz {
     use super::*;
     use crate::fuzzing;
 
-    const HOLDERS: [XattrHolder; 5] = [
+    const HOLDERS: [XattrHolder; 6] = [
         XattrHolder::Root,
         XattrHolder::Topic,
         XattrHolder::Partition,
         XattrHolder::Segment,
+        XattrHolder::Stream,
         XattrHolder::Plain,
     ];
 

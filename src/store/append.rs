@@ -171,6 +171,8 @@ pub(super) struct Staged<'a> {
     keyed: bool,
     /// The active segment's size once the messages are in.
     segment_bytes: u64,
+    /// The partition's `stream` size once the messages are in.
+    stream_bytes: u64,
 }
 
 impl Partition {
@@ -207,6 +209,7 @@ impl Partition {
             timestamp: now_ms().max(state.last_timestamp),
             keyed: messages.iter().any(|m| m.key_len.is_some()),
             segment_bytes: state.segment_bytes,
+            stream_bytes: state.stream_bytes,
             state,
             messages,
             scratch,
@@ -300,9 +303,12 @@ impl Staged<'_> {
                 first_offset,
                 timestamp: self.timestamp,
                 segment_position: self.segment_bytes,
+                stream_position: self.stream_bytes,
                 keyed: self.keyed,
             };
-            self.segment_bytes += (header.size as usize - header.payload_start()) as u64;
+            let payload_bytes = header.payload_bytes() as u64;
+            self.segment_bytes += payload_bytes;
+            self.stream_bytes += payload_bytes;
             *local += size;
             plan.push(PlannedBatch {
                 staged,
@@ -369,10 +375,14 @@ impl Staged<'_> {
         let end_offset = self.first_offset + self.messages.len() as u64;
         state.next = end_offset;
         state.segment_bytes = self.segment_bytes;
+        state.stream_bytes = self.stream_bytes;
         state.last_timestamp = self.timestamp;
         partition
             .last_timestamp
             .store(self.timestamp, Ordering::Release);
+        partition
+            .stream_end
+            .store(self.stream_bytes, Ordering::Release);
         partition.end.store(end_offset, Ordering::Release);
     }
 

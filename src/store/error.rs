@@ -19,6 +19,8 @@ pub enum StoreError {
     NoSuchSegment { topic: String, base: u64 },
     #[error("offset {offset} is not stored (start {start}, end {end})")]
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("byte {position} of the stream is no longer stored: it starts at byte {start}")]
+    BeforeStreamStart { position: u64, start: u64 },
     #[error("message of {size} bytes exceeds max_message_bytes ({max})")]
     MessageTooLarge { size: usize, max: usize },
     #[error("invalid setting: {0}")]

@@ -2,7 +2,7 @@
 
 /// Commit-log batch header: see README "On-disk format". A batch holds consecutive
 /// messages of one partition, appended together; its header and CRC are paid once.
-pub const BATCH_HEADER_BYTES: usize = 52;
+pub const BATCH_HEADER_BYTES: usize = 60;
 pub const BATCH_MAGIC: u32 = 0xC0F5_BA7C;
 /// Marks the unused tail of a commit-log file: the next batch is in the next file.
 pub const BLANK_MAGIC: u32 = 0xC0F5_B1A4;
@@ -39,6 +39,9 @@ pub struct BatchHeader {
     pub timestamp: i64,
     /// Byte position of the first message inside its segment; a batch never spans segments.
     pub segment_position: u64,
+    /// Byte position of the first message in its partition's `stream`: every byte the
+    /// partition stored before it.
+    pub stream_position: u64,
     pub keyed: bool,
 }
 
@@ -73,8 +76,9 @@ impl BatchHeader {
         out[24..32].copy_from_slice(&self.first_offset.to_le_bytes());
         out[32..40].copy_from_slice(&self.timestamp.to_le_bytes());
         out[40..48].copy_from_slice(&self.segment_position.to_le_bytes());
+        out[48..56].copy_from_slice(&self.stream_position.to_le_bytes());
         let flags = if self.keyed { HAS_KEYS } else { 0 };
-        out[48..52].copy_from_slice(&flags.to_le_bytes());
+        out[56..60].copy_from_slice(&flags.to_le_bytes());
         out
     }
 }
@@ -103,6 +107,8 @@ pub struct RecordHeader {
     pub timestamp: i64,
     /// Byte position of this message inside its segment.
     pub segment_position: u64,
+    /// Byte position of this message in its partition's `stream`.
+    pub stream_position: u64,
     pub key_len: Option<u32>,
     pub len: u32,
     /// Its number inside the batch.
@@ -156,6 +162,7 @@ impl<'a> Batch<'a> {
             offset: header.first_offset + u64::from(index),
             timestamp: header.timestamp,
             segment_position: header.segment_position + start as u64,
+            stream_position: header.stream_position + start as u64,
             key_len,
             len: len as u32,
             index,
@@ -201,7 +208,7 @@ pub fn decode_header(rest: &[u8]) -> Result<Batch<'_>, &'static str> {
     if le_u32(rest, 4) != BATCH_MAGIC {
         return Err("unknown magic");
     }
-    let flags = le_u32(rest, 48);
+    let flags = le_u32(rest, 56);
     if flags & !HAS_KEYS != 0 {
         return Err("unknown batch flags");
     }
@@ -213,6 +220,7 @@ pub fn decode_header(rest: &[u8]) -> Result<Batch<'_>, &'static str> {
         first_offset: le_u64(rest, 24),
         timestamp: le_u64(rest, 32) as i64,
         segment_position: le_u64(rest, 40),
+        stream_position: le_u64(rest, 48),
         keyed: flags & HAS_KEYS != 0,
     };
     let size = header.size as usize;
@@ -225,10 +233,14 @@ pub fn decode_header(rest: &[u8]) -> Result<Batch<'_>, &'static str> {
     if header.count == 0 {
         return Err("batch without messages");
     }
+    let payload_bytes = size as u64 - table_end;
+    let overflows = |position: u64| position.checked_add(payload_bytes).is_none();
     if header
         .first_offset
         .checked_add(u64::from(header.count))
         .is_none()
+        || overflows(header.segment_position)
+        || overflows(header.stream_position)
     {
         return Err("batch offsets out of bounds");
     }
@@ -433,6 +445,7 @@ mod tests {
             first_offset: 42,
             timestamp: 1_700_000_000_000,
             segment_position: 99,
+            stream_position: 1099,
             keyed: false,
         }
     }
@@ -456,9 +469,10 @@ mod tests {
             (
                 messages[2].offset,
                 messages[2].segment_position,
+                messages[2].stream_position,
                 messages[2].len
             ),
-            (44, 99 + 5, 4)
+            (44, 99 + 5, 1099 + 5, 4)
         );
         assert_eq!(batch.payload(&messages[0]), b"k:abc");
         assert_eq!(messages[0].key_len, Some(1));
@@ -532,10 +546,10 @@ pub(crate) mod fuzz {
         );
         (
             proptest::collection::vec(message, 1..6),
-            any::<(u32, u32, u64, i64, u64)>(),
+            any::<(u32, u32, u64, i64, u64, u64)>(),
         )
             .prop_map(
-                |(messages, (topic_id, partition, first, timestamp, position))| {
+                |(messages, (topic_id, partition, first, timestamp, position, stream))| {
                     let header = BatchHeader {
                         size: 0,
                         topic_id,
@@ -544,6 +558,7 @@ pub(crate) mod fuzz {
                         first_offset: first >> 1,
                         timestamp,
                         segment_position: position >> 1,
+                        stream_position: stream >> 1,
                         keyed: false,
                     };
                     let messages: Vec<(&[u8], Option<usize>)> = messages

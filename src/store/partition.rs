@@ -126,6 +126,8 @@ pub(super) struct WriteState {
     pub next: u64,
     /// Bytes of the active segment so far: the position of the next message in it.
     pub segment_bytes: u64,
+    /// Bytes the partition ever stored: the position of the next message in its `stream`.
+    pub stream_bytes: u64,
     pub last_timestamp: i64,
     /// The consume-queue file appends go to.
     pub queue_file: Option<Arc<QueueFile>>,
@@ -145,6 +147,8 @@ pub struct Partition {
     pub(super) end: AtomicU64,
     pub(super) start: AtomicU64,
     pub(super) last_timestamp: AtomicI64,
+    /// Published with `end`: the size of the partition's `stream`.
+    pub(super) stream_end: AtomicU64,
     /// Consume-queue entries below this offset are on disk.
     pub(super) flushed: AtomicU64,
 }
@@ -177,12 +181,14 @@ impl Partition {
             writer: Mutex::new(WriteState {
                 next: end,
                 segment_bytes: 0,
+                stream_bytes: 0,
                 last_timestamp: 0,
                 queue_file: None,
             }),
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),
             last_timestamp: AtomicI64::new(0),
+            stream_end: AtomicU64::new(0),
             flushed: AtomicU64::new(durable.min(end)),
         };
         // With nothing stored (the disk ceiling took every message) the last record may be
@@ -202,6 +208,10 @@ impl Partition {
             } else {
                 last.segment_position + last.payload_len() as u64
             };
+            writer.stream_bytes = last.stream_position + last.payload_len() as u64;
+            partition
+                .stream_end
+                .store(writer.stream_bytes, Ordering::Release);
             partition
                 .last_timestamp
                 .store(last.timestamp, Ordering::Release);
@@ -497,6 +507,92 @@ impl Partition {
             .ok_or(StoreError::OffsetOutOfRange { offset, start, end })?;
         verify(&record)?;
         Ok(record.payload().to_vec())
+    }
+
+    /// The size of the partition's `stream`: every byte it ever stored.
+    pub fn stream_end(&self) -> u64 {
+        self.stream_end.load(Ordering::Acquire)
+    }
+
+    /// The first byte of the `stream` still stored (its size when nothing is).
+    pub fn stream_start(&self) -> Result<u64> {
+        // Retention may move the start while we look: a few tries find it still there.
+        for _ in 0..3 {
+            let start = self.start_offset();
+            if start >= self.end_offset() {
+                return Ok(self.stream_end());
+            }
+            if let Some(first) = self.stored_record(start)? {
+                return Ok(first.header.stream_position);
+            }
+        }
+        Err(StoreError::Corrupt {
+            path: self.queue.dir().to_owned(),
+            offset: 0,
+            reason: format!(
+                "{} partition {}: its first message kept moving while being read",
+                self.topic_name, self.index
+            ),
+        })
+    }
+
+    /// Fills `buf` from byte `position` of the partition's `stream` (its messages' bytes in
+    /// offset order, as one file that never rolls); returns 0 at its end. Bytes below the
+    /// first message still stored are an error ([`StoreError::BeforeStreamStart`]). Each
+    /// batch served from is checked against its CRC32C.
+    pub fn read_stream(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
+        let end = self.end_offset();
+        let (start_position, stream_end) = (self.stream_start()?, self.stream_end());
+        if position < start_position {
+            return Err(StoreError::BeforeStreamStart {
+                position,
+                start: start_position,
+            });
+        }
+        if position >= stream_end || buf.is_empty() {
+            return Ok(0);
+        }
+        let gone = || StoreError::BeforeStreamStart {
+            position,
+            start: self.stream_start().unwrap_or(stream_end),
+        };
+        // The last message starting at or before `position`.
+        let (mut low, mut high) = (self.start_offset(), end);
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            let record = self.stored_record(middle)?.ok_or_else(gone)?;
+            if record.header.stream_position <= position {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        let mut filled = 0;
+        let mut offset = low;
+        while filled < buf.len() && offset < end {
+            let from = position + filled as u64;
+            let Some(record) = self.stored_record(offset)? else {
+                return if filled > 0 { Ok(filled) } else { Err(gone()) };
+            };
+            let Some(skip) = from.checked_sub(record.header.stream_position) else {
+                return Err(self.entry_damage(
+                    offset,
+                    &format!(
+                        "its message starts at stream byte {}, past byte {from} where it should",
+                        record.header.stream_position
+                    ),
+                ));
+            };
+            let stretch = record.payload_to_batch_end();
+            if let Some(rest) = stretch.get(skip as usize..).filter(|r| !r.is_empty()) {
+                verify(&record)?;
+                let n = rest.len().min(buf.len() - filled);
+                buf[filled..filled + n].copy_from_slice(&rest[..n]);
+                filled += n;
+            }
+            offset = record.batch_end_offset();
+        }
+        Ok(filled)
     }
 
     /// A reader of segment `base_offset` that keeps its data readable until dropped. It

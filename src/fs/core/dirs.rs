@@ -9,7 +9,9 @@ use parking_lot::Mutex;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::inode::ROOT;
 
-use super::{segment_file_name, CommitFs, DirectoryReplier, Node, ACTIVE_LINK, APPEND_FILE};
+use super::{
+    segment_file_name, CommitFs, DirectoryReplier, Node, ACTIVE_LINK, APPEND_FILE, STREAM_FILE,
+};
 
 /// An open directory: the listing taken when it was read from the start, so later pages
 /// continue the same listing even while topics or segments come and go.
@@ -111,6 +113,8 @@ impl CommitFs {
                 }
                 let link = self.inode_of(&Node::ActiveLink(topic.clone(), partition.clone()));
                 entries.push(entry(link, FileType::Symlink, ACTIVE_LINK));
+                let stream = self.inode_of(&Node::Stream(topic.clone(), partition.clone()));
+                entries.push(entry(stream, FileType::RegularFile, STREAM_FILE));
             }
             _ => {
                 return Err(FsError::refused(

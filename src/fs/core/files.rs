@@ -49,10 +49,26 @@ struct Writer {
     partial: Mutex<PartialLine>,
 }
 
+/// What an open file reads.
+enum Reader {
+    Segment(SegmentReader),
+    /// A partition's `stream`: its messages at positions that never move.
+    Stream(Arc<Partition>),
+}
+
+impl Reader {
+    fn read_at(&self, position: u64, buf: &mut [u8]) -> crate::store::Result<usize> {
+        match self {
+            Reader::Segment(reader) => reader.read_at(position, buf),
+            Reader::Stream(partition) => partition.read_stream(position, buf),
+        }
+    }
+}
+
 pub(super) struct OpenFile {
     ino: u64,
     topic: Arc<Topic>,
-    reader: Option<SegmentReader>,
+    reader: Option<Reader>,
     writer: Option<Writer>,
 }
 
@@ -153,10 +169,27 @@ impl CommitFs {
                     *self.writers_on.lock().entry(ino).or_default() += 1;
                 }
                 if reads {
-                    file.reader = Some(self.store.open_segment(partition, info.base_offset)?);
+                    let reader = self.store.open_segment(partition, info.base_offset)?;
+                    file.reader = Some(Reader::Segment(reader));
                     fopen |= self.read_cache_policy(ino, info.sealed, flags);
                 }
                 (file, fopen)
+            }
+            Node::Stream(topic, partition) => {
+                if writes || flags & libc::O_TRUNC != 0 {
+                    return refuse(
+                        libc::EPERM,
+                        ": stream is read-only; append to the partition's active segment",
+                    );
+                }
+                let file = OpenFile {
+                    ino,
+                    topic: topic.clone(),
+                    reader: Some(Reader::Stream(partition.clone())),
+                    writer: None,
+                };
+                // It grows with every append: nothing of it is cached.
+                (file, FopenFlags::FOPEN_DIRECT_IO)
             }
             Node::Root | Node::Topic(_) | Node::Partition(..) => {
                 return refuse(libc::EISDIR, " is a directory")
@@ -401,7 +434,9 @@ impl CommitFs {
                 .files
                 .find(|file| file.ino == ino && file.reader.is_some()),
         }?;
-        let reader = open.reader.as_ref()?;
+        let Some(Reader::Segment(reader)) = &open.reader else {
+            return None;
+        };
         Some(
             reader
                 .info()

@@ -37,8 +37,11 @@ use super::xattr::XattrHolder;
 /// `st_blksize`: `cat` and `cp` size their buffers from it, and one FUSE request carries at
 /// most 1 MiB, so 1 MiB makes one `cat >> active` write one request.
 const PREFERRED_IO_BYTES: u32 = 1 << 20;
+/// `st_blksize` of a partition's `stream` (see its attributes).
+const STREAM_BLOCK_BYTES: u32 = 4096;
 
 const ACTIVE_LINK: &str = "active";
+const STREAM_FILE: &str = "stream";
 const APPEND_FILE: &str = "append";
 
 /// How the mount presents the store: cache lifetimes and what `mkdir` gives a new topic.
@@ -113,6 +116,8 @@ enum Node {
     Append(Arc<Topic>),
     Partition(Arc<Topic>, Arc<Partition>),
     ActiveLink(Arc<Topic>, Arc<Partition>),
+    /// The partition's messages as one read-only file that never rolls.
+    Stream(Arc<Topic>, Arc<Partition>),
     Segment(Arc<Topic>, Arc<Partition>, SegmentInfo),
 }
 
@@ -123,6 +128,7 @@ impl Node {
             Node::Topic(_) => XattrHolder::Topic,
             Node::Partition(..) => XattrHolder::Partition,
             Node::Segment(..) => XattrHolder::Segment,
+            Node::Stream(..) => XattrHolder::Stream,
             Node::Append(_) | Node::ActiveLink(..) => XattrHolder::Plain,
         }
     }
@@ -136,6 +142,9 @@ impl Node {
             Node::Partition(topic, partition) => format!("{}/{}", topic.name(), partition.index()),
             Node::ActiveLink(topic, partition) => {
                 format!("{}/{}/{ACTIVE_LINK}", topic.name(), partition.index())
+            }
+            Node::Stream(topic, partition) => {
+                format!("{}/{}/{STREAM_FILE}", topic.name(), partition.index())
             }
             Node::Segment(topic, partition, info) => {
                 format!(
@@ -271,6 +280,11 @@ impl CommitFs {
                 let partition = topic.partition(partition).ok_or_else(gone)?;
                 Node::ActiveLink(topic, partition)
             }
+            Inode::Stream { topic, partition } => {
+                let topic = self.topic_by_id(topic).ok_or_else(gone)?;
+                let partition = topic.partition(partition).ok_or_else(gone)?;
+                Node::Stream(topic, partition)
+            }
             Inode::Segment {
                 topic,
                 partition,
@@ -341,6 +355,11 @@ impl CommitFs {
                 partition: partition.index(),
             }
             .encode(),
+            Node::Stream(topic, partition) => Inode::Stream {
+                topic: topic.id(),
+                partition: partition.index(),
+            }
+            .encode(),
             Node::Segment(topic, partition, info) => {
                 self.segment_inode(topic, partition, info.base_offset)
             }
@@ -375,6 +394,9 @@ impl CommitFs {
                 if bytes == ACTIVE_LINK.as_bytes() {
                     return Ok(Node::ActiveLink(topic.clone(), partition.clone()));
                 }
+                if bytes == STREAM_FILE.as_bytes() {
+                    return Ok(Node::Stream(topic.clone(), partition.clone()));
+                }
                 let base = parse_segment_file_name(bytes).ok_or_else(missing)?;
                 let info = partition
                     .segment(base)
@@ -382,10 +404,12 @@ impl CommitFs {
                     .ok_or_else(missing)?;
                 Ok(Node::Segment(topic.clone(), partition.clone(), info))
             }
-            Node::Append(_) | Node::ActiveLink(..) | Node::Segment(..) => Err(FsError::refused(
-                libc::ENOTDIR,
-                format!("{} is not a directory", parent.path()),
-            )),
+            Node::Append(_) | Node::ActiveLink(..) | Node::Stream(..) | Node::Segment(..) => {
+                Err(FsError::refused(
+                    libc::ENOTDIR,
+                    format!("{} is not a directory", parent.path()),
+                ))
+            }
         }
     }
 
@@ -482,6 +506,27 @@ impl CommitFs {
                     topic.created_ms(),
                 );
                 (attr, self.settings.attr_ttl)
+            }
+            Node::Stream(topic, partition) => {
+                let (mode, owner) = topic_owner(topic);
+                let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
+                let mut attr = file_attr(
+                    ino,
+                    FileType::RegularFile,
+                    mode & 0o444,
+                    partition.stream_end(),
+                    1,
+                    owner,
+                    mtime,
+                    topic.created_ms(),
+                );
+                attr.blocks = attr.size.div_ceil(512);
+                // `tail` reads a file no bigger than one st_blksize from byte 0, which is
+                // ENXIO once retention has removed the first messages: a small block lets it
+                // seek to the end instead.
+                attr.blksize = STREAM_BLOCK_BYTES;
+                // It grows with every append: never cached.
+                (attr, Duration::ZERO)
             }
             Node::Segment(topic, partition, info) => {
                 return self.segment_attr(ino, topic, info, partition.last_timestamp(), 1);
@@ -601,6 +646,11 @@ impl CommitFs {
             Node::Segment(_, _, info) if info.sealed => {
                 if ownership || changes.size.is_some() || times {
                     return refuse("sealed segments are immutable");
+                }
+            }
+            Node::Stream(..) => {
+                if ownership || changes.size.is_some() || times {
+                    return refuse("stream is read-only: it is the partition's messages");
                 }
             }
             Node::Segment(..) => {
@@ -730,7 +780,7 @@ impl CommitFs {
             Node::Segment(..) => {
                 "segments cannot be removed one by one; retention removes old segments"
             }
-            Node::Append(_) | Node::ActiveLink(..) => {
+            Node::Append(_) | Node::ActiveLink(..) | Node::Stream(..) => {
                 "it is part of the topic and goes with it (rmdir the topic)"
             }
             Node::Root | Node::Topic(_) | Node::Partition(..) => {

@@ -1016,6 +1016,7 @@ impl Case {
         let mut listing = vec![".".to_owned(), "..".to_owned()];
         listing.extend(bases.iter().map(|&base| segment_file_name(base as u64)));
         listing.push("active".to_owned());
+        listing.push("stream".to_owned());
         same(h.list(dir), listing, || format!("ls {name}/{p}"))?;
         let number = |n: usize| Ok(n.to_string().into_bytes());
         same(
@@ -1058,6 +1059,24 @@ impl Case {
                 )?;
             }
         }
+        // `stream`: every message of the partition, as one file.
+        let path = format!("{name}/{p}/stream");
+        let stream = h.lookup(&path).expect("stream");
+        let all: Vec<u8> = messages
+            .iter()
+            .flat_map(|m| m.payload.iter().copied())
+            .collect();
+        let attr = h.fs.getattr(stream, None).expect("getattr").attr;
+        same(attr.size, all.len() as u64, || format!("size of {path}"))?;
+        same(h.read(stream, 0, all.len() + 10), Ok(all.clone()), || {
+            format!("bytes of {path}")
+        })?;
+        let middle = all.len() / 2;
+        same(
+            h.read(stream, middle, all.len()),
+            Ok(all[middle..].to_vec()),
+            || format!("bytes of {path} from {middle}"),
+        )?;
         Ok(())
     }
 }

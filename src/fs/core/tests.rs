@@ -159,7 +159,7 @@ fn mkdir_makes_a_topic_with_its_partitions_append_file_and_active_link() {
     assert_eq!(f.list("t"), [".", "..", "append", "0", "1"]);
     assert_eq!(
         f.list("t/0"),
-        [".", "..", "00000000000000000000.log", "active"]
+        [".", "..", "00000000000000000000.log", "active", "stream"]
     );
     let topic = f.fs.getattr(f.ino("t"), None).unwrap().attr;
     assert_eq!(

@@ -82,6 +82,9 @@ impl CommitFs {
                     )),
                 }
             }
+            (XattrName::StartPosition, Node::Stream(_, partition)) => {
+                number(partition.stream_start()?)
+            }
             (XattrName::Segment(fact), Node::Segment(_, partition, info)) => {
                 let end = partition
                     .end_offset()
