@@ -4,6 +4,7 @@
 
 mod append;
 pub mod check;
+pub mod dump;
 mod checkpoint;
 mod commitlog;
 mod error;
