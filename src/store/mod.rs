@@ -155,6 +155,12 @@ impl KeyMatch<'_> {
     }
 }
 
+/// Appends per topic, for the metrics.
+fn count_appended(partition: &Partition, messages: &[NewMessage<'_>]) {
+    let bytes = messages.iter().map(|m| m.payload.len() as u64).sum();
+    crate::metrics::appended(&partition.topic_name, messages.len() as u64, bytes);
+}
+
 /// The most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 100_000;
 
@@ -417,11 +423,13 @@ impl Store {
         partition: &Partition,
         messages: &[NewMessage<'_>],
     ) -> Result<AppendOutcome> {
-        self.appending(|to| {
+        let outcome = self.appending(|to| {
             Scratch::with(messages.len(), |scratch| {
                 partition.append(to, messages, scratch)
             })
-        })
+        })?;
+        count_appended(partition, messages);
+        Ok(outcome)
     }
 
     /// Appends a batch to each of several partitions as one: all of them or, on error, none
@@ -431,7 +439,11 @@ impl Store {
         &self,
         batches: &[(&Partition, &[NewMessage<'_>])],
     ) -> Result<Vec<AppendOutcome>> {
-        self.appending(|to| append::append_together(to, batches))
+        let outcomes = self.appending(|to| append::append_together(to, batches))?;
+        for (partition, messages) in batches {
+            count_appended(partition, messages);
+        }
+        Ok(outcomes)
     }
 
     /// Runs an append with what it needs of the store, then (with `flush = "sync"`) waits

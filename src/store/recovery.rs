@@ -53,6 +53,7 @@ pub struct LostMessages {
 
 /// Opens the store in `dir`, whose `lock` the caller holds.
 pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
+    let started = std::time::Instant::now();
     raise_open_file_limit();
     let meta = settle_meta(dir, &mut config)?;
     fit_max_message(&mut config);
@@ -109,6 +110,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         dir.display(),
         recovered.end
     );
+    crate::metrics::store_opened(started.elapsed());
     Ok(Opened { store, lost })
 }
 
