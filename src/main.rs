@@ -92,6 +92,7 @@ fn main() -> ExitCode {
             &CheckOptions {
                 repair,
                 segment_messages,
+                progress: true,
             },
         ),
         Command::Dump {

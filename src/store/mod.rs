@@ -16,6 +16,7 @@ mod maintenance;
 mod mapped;
 mod meta;
 mod partition;
+pub mod progress;
 mod queue;
 mod recovery;
 
