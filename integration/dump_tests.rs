@@ -57,7 +57,9 @@ fn awkward_payloads() -> Vec<(Option<usize>, Vec<u8>)> {
 /// payload several times, some in batches of several messages. Returns what was written.
 fn fill(store: &Store) -> Written {
     let mut written = Written::new();
-    let orders = store.create_topic("orders", fixtures::keyed_topic(3)).unwrap();
+    let orders = store
+        .create_topic("orders", fixtures::keyed_topic(3))
+        .unwrap();
     let blobs = store.create_topic("blobs", raw_topic(2)).unwrap();
     let payloads = awkward_payloads();
     for round in 0..4u32 {
@@ -75,7 +77,11 @@ fn fill(store: &Store) -> Written {
             for (i, message) in batch.iter().enumerate() {
                 let key = message.key_len.map(|k| message.payload[..k].to_vec());
                 written.insert(
-                    (topic.name().to_owned(), partition.index(), outcome.first_offset + i as u64),
+                    (
+                        topic.name().to_owned(),
+                        partition.index(),
+                        outcome.first_offset + i as u64,
+                    ),
                     (key, message.payload.to_vec()),
                 );
             }
@@ -160,7 +166,10 @@ fn as_written(lines: &[Line]) -> Written {
     let mut last = BTreeMap::new();
     for line in lines {
         assert_eq!(line.get("crc"), "ok");
-        let place = (line.get("topic").to_owned(), line.number("partition") as u32);
+        let place = (
+            line.get("topic").to_owned(),
+            line.number("partition") as u32,
+        );
         let offset = line.number("offset");
         if let Some(previous) = last.insert(place.clone(), offset) {
             assert!(offset > previous, "offsets of {place:?} do not rise");
@@ -195,8 +204,16 @@ fn dump_prints_every_message_with_its_key_bytes_and_time_one_line_each() {
     }
     // Greppable: a key's messages are the lines that name it.
     let text = String::from_utf8(output.stdout).unwrap();
-    let user2 = written.values().filter(|(k, _)| k.as_deref() == Some(b"user 2")).count();
-    assert_eq!(text.lines().filter(|l| l.contains(" key=user\\x202 ")).count(), user2);
+    let user2 = written
+        .values()
+        .filter(|(k, _)| k.as_deref() == Some(b"user 2"))
+        .count();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" key=user\\x202 "))
+            .count(),
+        user2
+    );
 }
 
 #[test]
@@ -233,7 +250,9 @@ fn topic_partition_and_from_select_exactly_those_messages() {
 fn a_deleted_topics_messages_still_in_the_log_are_shown_by_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let gone = store.create_topic("gone", fixtures::keyed_topic(1)).unwrap();
+    let gone = store
+        .create_topic("gone", fixtures::keyed_topic(1))
+        .unwrap();
     store
         .append(&gone.partition(0).unwrap(), b"k:old\n", Some(1))
         .unwrap();
@@ -361,7 +380,11 @@ fn exit_status_2_when_there_is_nothing_to_dump_or_it_is_in_use() {
     assert_eq!(missing.status.code(), Some(2));
     let empty = commitfs_dump(dir.path(), &[]);
     assert_eq!(empty.status.code(), Some(2));
-    assert!(stderr(&empty).contains("holds no commitfs store"), "{}", stderr(&empty));
+    assert!(
+        stderr(&empty).contains("holds no commitfs store"),
+        "{}",
+        stderr(&empty)
+    );
     let store = open(dir.path());
     fill(&store);
     let busy = commitfs_dump(dir.path(), &[]);
@@ -370,14 +393,20 @@ fn exit_status_2_when_there_is_nothing_to_dump_or_it_is_in_use() {
     drop(store);
     let unknown = commitfs_dump(dir.path(), &["--topic", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(stderr(&unknown).contains("\"nope\""), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("\"nope\""),
+        "{}",
+        stderr(&unknown)
+    );
 }
 
 #[test]
 fn a_reader_that_stops_early_ends_the_dump_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let topic = store.create_topic("many", fixtures::keyed_topic(1)).unwrap();
+    let topic = store
+        .create_topic("many", fixtures::keyed_topic(1))
+        .unwrap();
     let partition = topic.partition(0).unwrap();
     let line = [b'x'; 99];
     for _ in 0..200 {
@@ -393,7 +422,12 @@ fn a_reader_that_stops_early_ends_the_dump_quietly() {
     drop(store);
     // 20,000 lines of about 200 bytes: far more than the pipe and the dump's buffer hold.
     let output = Command::new("timeout")
-        .args(["60", "bash", "-c", "set -o pipefail; \"$0\" dump \"$1\" | head -n 1"])
+        .args([
+            "60",
+            "bash",
+            "-c",
+            "set -o pipefail; \"$0\" dump \"$1\" | head -n 1",
+        ])
         .arg(env!("CARGO_BIN_EXE_commitfs"))
         .arg(dir.path())
         .output()

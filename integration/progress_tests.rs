@@ -111,10 +111,16 @@ fn check_prints_a_plain_line_per_commit_log_file_when_not_on_a_terminal() {
     let seen = percentages(&stderr, "check");
     assert!(seen.len() >= files, "{stderr}");
     assert_eq!(seen.last(), Some(&100), "{stderr}");
-    assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "{stderr:?}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
     // The report stays on stdout, without progress in it.
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.lines().last().unwrap().contains(" 0 damaged"), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap().contains(" 0 damaged"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("% of the commit log"), "{stdout}");
 }
 
@@ -134,6 +140,9 @@ fn check_draws_a_bar_on_a_terminal() {
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
     let terminal = String::from_utf8_lossy(&output.stdout);
-    assert!(terminal.contains("check [") && terminal.contains("B/s"), "{terminal:?}");
+    assert!(
+        terminal.contains("check [") && terminal.contains("B/s"),
+        "{terminal:?}"
+    );
     assert!(percentages(&terminal, "check").is_empty(), "{terminal:?}");
 }

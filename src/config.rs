@@ -213,7 +213,9 @@ fn metrics_address(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
     text.parse().map(Some).map_err(|_| {
         bad(
             "metrics_listen",
-            format!("{text:?} is not an address and port like \"127.0.0.1:9464\" or \"[::1]:9464\""),
+            format!(
+                "{text:?} is not an address and port like \"127.0.0.1:9464\" or \"[::1]:9464\""
+            ),
         )
     })
 }

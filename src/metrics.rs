@@ -86,6 +86,9 @@ pub fn store_opened(elapsed: Duration) {
     METRICS.open_seconds.set(elapsed.as_secs_f64());
 }
 
+/// Reads one of a topic's counts.
+type CountOf = fn(&TopicCounts) -> u64;
+
 /// The per-topic counters, encoded at each scrape.
 #[derive(Debug)]
 struct TopicCollector;
@@ -98,7 +101,7 @@ impl Collector for TopicCollector {
             .iter()
             .map(|(name, counts)| (name.clone(), counts.clone()))
             .collect();
-        let families: [(&str, &str, fn(&TopicCounts) -> u64); 2] = [
+        let families: [(&str, &str, CountOf); 2] = [
             (
                 "appended_messages",
                 "Messages appended, by topic, since the daemon started",
@@ -126,7 +129,9 @@ struct StoreCollector(Arc<Store>);
 
 impl std::fmt::Debug for StoreCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("StoreCollector").field(&self.0.dir()).finish()
+        f.debug_tuple("StoreCollector")
+            .field(&self.0.dir())
+            .finish()
     }
 }
 

@@ -275,7 +275,11 @@ impl LogWalk {
         let durable = checkpoint.map_or(0, |c| c.commit_log_end);
         let progress = progress.then(|| {
             let from = walk.files.keys().next().copied().unwrap_or(0);
-            let to = walk.files.keys().last().map_or(from, |&b| b + walk.file_bytes);
+            let to = walk
+                .files
+                .keys()
+                .last()
+                .map_or(from, |&b| b + walk.file_bytes);
             ScanProgress::new("check", Output::for_stderr(to - from), from, to)
         });
         walk.scan(&log_dir, meta, durable, progress, report);

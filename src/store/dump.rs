@@ -354,9 +354,18 @@ mod tests {
 
     #[test]
     fn escaping_keeps_one_message_on_one_line_and_text_readable() {
-        assert_eq!(escaped(b"plain text: \xc3\xa9t\xc3\xa9", false), "plain text: été");
-        assert_eq!(escaped(b"a\\b\nc\td\re\x00\x7f", false), "a\\\\b\\nc\\td\\re\\x00\\x7f");
-        assert_eq!(escaped(b"not utf-8: \xff\xc3", false), "not utf-8: \\xff\\xc3");
+        assert_eq!(
+            escaped(b"plain text: \xc3\xa9t\xc3\xa9", false),
+            "plain text: été"
+        );
+        assert_eq!(
+            escaped(b"a\\b\nc\td\re\x00\x7f", false),
+            "a\\\\b\\nc\\td\\re\\x00\\x7f"
+        );
+        assert_eq!(
+            escaped(b"not utf-8: \xff\xc3", false),
+            "not utf-8: \\xff\\xc3"
+        );
         assert_eq!(escaped(b"a key", true), "a\\x20key");
         assert_eq!(escaped(b"a payload", false), "a payload");
         let mut key = Vec::new();

@@ -4,9 +4,9 @@
 
 mod append;
 pub mod check;
-pub mod dump;
 mod checkpoint;
 mod commitlog;
+pub mod dump;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod faults;
