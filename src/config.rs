@@ -23,6 +23,7 @@ struct ConfigFile {
     attr_ttl_ms: u64,
     sealed_segment_ttl_ms: u64,
     read_ahead_kb: u32,
+    metrics_listen: String,
 
     commit_log_file_bytes: u64,
     segment_messages: u32,
@@ -68,6 +69,7 @@ impl Default for ConfigFile {
             attr_ttl_ms: 1_000,
             sealed_segment_ttl_ms: 3_600_000,
             read_ahead_kb: 1024,
+            metrics_listen: String::new(),
             commit_log_file_bytes: store.commit_log_file_bytes,
             segment_messages: store.segment_messages,
             max_message_bytes: store.max_message_bytes as u64,
@@ -203,6 +205,21 @@ fn within<T: PartialOrd + std::fmt::Display>(
     Ok(value)
 }
 
+/// `metrics_listen`: empty (nothing listens) or an address and port.
+fn metrics_address(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        bad(
+            "metrics_listen",
+            format!(
+                "{text:?} is not an address and port like \"127.0.0.1:9464\" or \"[::1]:9464\""
+            ),
+        )
+    })
+}
+
 impl ConfigFile {
     fn validate(self) -> Result<Config, String> {
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|error| {
@@ -280,6 +297,7 @@ impl ConfigFile {
             allow_other: self.allow_other,
             n_threads: n_threads as usize,
             read_ahead_kb: within("read_ahead_kb", self.read_ahead_kb, 0, 16_384)?,
+            metrics_listen: metrics_address(&self.metrics_listen)?,
         };
         Ok(Config {
             log_level: self.log_level,
@@ -313,7 +331,8 @@ mod tests {
             MountSettings {
                 allow_other: false,
                 n_threads: 2,
-                read_ahead_kb: 1024
+                read_ahead_kb: 1024,
+                metrics_listen: None,
             }
         );
         assert_eq!(config.fs.topic_defaults.partitions, 1);
@@ -352,7 +371,7 @@ mod tests {
         let config = Config::parse(
             "segment_messages = 5\nflush = \"sync\"\nmax_disk_bytes = 1000000\npartitions = 3\n\
              key_separator = \"\\t\"\nretention_ms = 60000\nallow_other = true\nn_threads = 1\n\
-             sealed_segment_ttl_ms = 5",
+             sealed_segment_ttl_ms = 5\nmetrics_listen = \"127.0.0.1:9464\"",
             "f",
         )
         .unwrap();
@@ -369,7 +388,8 @@ mod tests {
             MountSettings {
                 allow_other: true,
                 n_threads: 1,
-                read_ahead_kb: 1024
+                read_ahead_kb: 1024,
+                metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
             }
         );
     }
@@ -432,6 +452,8 @@ mod tests {
             ("retention_ms = -2", "retention_ms"),
             ("retention_bytes = -5", "retention_bytes"),
             ("index_entries = 1", "index_entries"),
+            ("metrics_listen = \"localhost\"", "metrics_listen"),
+            ("metrics_listen = \"127.0.0.1\"", "metrics_listen"),
             ("key_separator = \"a\\nb\"", "key_separator"),
             ("log_level = \"loud=[\"", "log_level"),
         ] {

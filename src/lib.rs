@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod fs;
+pub mod metrics;
 pub mod store;
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use commitfs::config::Config;
 use commitfs::fs::MountRequest;
 use commitfs::store::check::CheckOptions;
+use commitfs::store::dump::DumpOptions;
+use commitfs::store::StoreError;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +54,22 @@ enum Command {
         /// Directory holding the store.
         data_dir: PathBuf,
     },
+    /// Print the messages of the store in DATA_DIR as text, one line each, in commit-log
+    /// order, offline (refused while it is mounted). Exit status: 0 dumped, 1 damage found
+    /// in the commit log (messages around it are still printed), 2 could not dump.
+    Dump {
+        /// Only this topic's messages.
+        #[arg(long, value_name = "T")]
+        topic: Option<String>,
+        /// Only this partition's messages (of every topic, without --topic).
+        #[arg(long, value_name = "P")]
+        partition: Option<u32>,
+        /// Only messages at this offset or later.
+        #[arg(long, value_name = "OFFSET", default_value_t = 0)]
+        from: u64,
+        /// Directory holding the store.
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +92,20 @@ fn main() -> ExitCode {
             &CheckOptions {
                 repair,
                 segment_messages,
+                progress: true,
+            },
+        ),
+        Command::Dump {
+            topic,
+            partition,
+            from,
+            data_dir,
+        } => dump(
+            &data_dir,
+            &DumpOptions {
+                topic,
+                partition,
+                from,
             },
         ),
     }
@@ -128,6 +160,27 @@ fn check(data_dir: &Path, options: &CheckOptions) -> ExitCode {
         }
         Err(error) => {
             eprintln!("commitfs check: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Messages to stdout (buffered: a dump may be gigabytes), notes and damage to stderr. A
+/// reader that stops early (`| head`) ends the dump quietly.
+fn dump(data_dir: &Path, options: &DumpOptions) -> ExitCode {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    match commitfs::store::dump::dump(data_dir, options, &mut out) {
+        Ok(report) => {
+            for note in &report.notes {
+                eprintln!("{note}");
+            }
+            ExitCode::from(u8::from(report.damaged))
+        }
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("commitfs dump: {error}");
             ExitCode::from(2)
         }
     }

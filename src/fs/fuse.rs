@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileHandle, FileType, Filesystem, INodeNo, InitFlags, KernelConfig,
@@ -45,12 +45,14 @@ impl FuseAdapter {
         ino: INodeNo,
         core: impl FnOnce() -> FsResult<T>,
     ) -> Result<T, Errno> {
+        let started = Instant::now();
         let guarded = catch_unwind(AssertUnwindSafe(|| {
             core().map_err(|error| {
                 log_refusal(op, ino, &error);
                 Errno::from_i32(error.errno())
             })
         }));
+        crate::metrics::request_served(op, started.elapsed());
         guarded.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
@@ -317,6 +319,7 @@ impl Filesystem for FuseAdapter {
         let delivered = self.call("read", ino, || {
             self.fs.read(fh.0, offset, size, |bytes| {
                 if let Some(reply) = reply.take() {
+                    crate::metrics::read_served(bytes.len());
                     reply.data(bytes);
                 }
             })

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use fuser::{MountOption, Session, SessionACL, SessionUnmounter};
 
+use crate::metrics::MetricsListener;
 use crate::store::{Store, StoreConfig, StoreError};
 
 use super::core::{CommitFs, FsSettings};
@@ -29,6 +30,8 @@ pub struct MountSettings {
     pub n_threads: usize,
     /// Kernel read-ahead for the mount in KiB; 0 leaves the kernel's default.
     pub read_ahead_kb: u32,
+    /// Where Prometheus metrics are served (`/metrics`); None: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Everything `commitfs mount` was asked to do.
@@ -71,6 +74,11 @@ pub enum MountError {
     Session(io::Error),
     #[error("closing the store: {0}")]
     Close(StoreError),
+    #[error("metrics_listen = \"{address}\": {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 /// A mount point whose daemon died (kill -9, a crash) answers ENOTCONN until unmounted.
@@ -202,11 +210,20 @@ fn serve(
     // Before the store starts its threads, so every thread inherits the blocked mask and
     // only the watcher ever sees SIGTERM/SIGINT.
     let signals = StopSignals::block().map_err(MountError::Session)?;
+    let metrics = request.mount.metrics_listen.map(bind_metrics).transpose()?;
     let store =
         Store::open(data_dir, request.store.clone()).map_err(|source| MountError::Store {
             dir: data_dir.to_owned(),
             source,
         })?;
+    let metrics = metrics.map(|listener| listener.serve(store.clone()));
+    let metrics = match metrics.transpose() {
+        Ok(metrics) => metrics,
+        Err(error) => {
+            close_store(&store);
+            return Err(MountError::Session(error));
+        }
+    };
     let fs = CommitFs::new(store.clone(), request.fs.clone());
     let mut session = match Session::new(
         FuseAdapter::new(fs),
@@ -241,6 +258,7 @@ fn serve(
     on_ready();
     let served = session.run();
     tracing::info!("{} unmounted; closing the store", mountpoint.display());
+    drop(metrics);
     let closed = store.close();
     served.map_err(MountError::Session)?;
     closed.map_err(MountError::Close)
@@ -273,6 +291,10 @@ fn set_read_ahead(mountpoint: &Path, kib: u32) {
             "read_ahead_kb: writing {knob}: {error} (needs root); keeping the kernel's default"
         ),
     }
+}
+
+fn bind_metrics(address: std::net::SocketAddr) -> Result<MetricsListener, MountError> {
+    MetricsListener::bind(address).map_err(|source| MountError::Metrics { address, source })
 }
 
 fn close_store(store: &Store) {

@@ -18,6 +18,7 @@ use super::format::{self, QueueEntry, Scanned, LOST_MESSAGE, QUEUE_ENTRY_BYTES};
 use super::index;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta, TopicRecord};
+use super::progress::{Output, ScanProgress};
 use super::recovery::{self, LOG_DIR};
 use super::{Framing, StoreConfig, TopicSettings};
 
@@ -26,6 +27,9 @@ pub struct CheckOptions {
     pub repair: bool,
     /// `segment_messages` for rebuilding a lost `store.toml`, when the files cannot tell it.
     pub segment_messages: Option<u32>,
+    /// Show how far the walk over the commit log is, on stderr: a bar on a terminal, plain
+    /// lines otherwise.
+    pub progress: bool,
 }
 
 /// One line of the report.
@@ -103,6 +107,7 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<CheckReport> {
         &layout,
         meta.as_ref(),
         checkpoint.as_ref(),
+        options.progress,
         &mut report,
     )?;
     if let (Some(meta), Some(checkpoint)) = (&meta, &checkpoint) {
@@ -232,6 +237,7 @@ impl LogWalk {
         layout: &Layout,
         meta: Option<&Meta>,
         checkpoint: Option<&Checkpoint>,
+        progress: bool,
         report: &mut CheckReport,
     ) -> Result<LogWalk> {
         let log_dir = dir.join(LOG_DIR);
@@ -267,7 +273,16 @@ impl LogWalk {
             previous = Some(base);
         }
         let durable = checkpoint.map_or(0, |c| c.commit_log_end);
-        walk.scan(&log_dir, meta, durable, report);
+        let progress = progress.then(|| {
+            let from = walk.files.keys().next().copied().unwrap_or(0);
+            let to = walk
+                .files
+                .keys()
+                .last()
+                .map_or(from, |&b| b + walk.file_bytes);
+            ScanProgress::new("check", Output::for_stderr(to - from), from, to)
+        });
+        walk.scan(&log_dir, meta, durable, progress, report);
         Ok(walk)
     }
 
@@ -276,10 +291,15 @@ impl LogWalk {
         log_dir: &Path,
         meta: Option<&Meta>,
         durable: u64,
+        progress: Option<ScanProgress>,
         report: &mut CheckReport,
     ) {
         let files = std::mem::take(&mut self.files);
-        self.scan_files(&files, log_dir, meta, durable, report);
+        let mut progress = progress;
+        self.scan_files(&files, log_dir, meta, durable, &mut progress, report);
+        if let Some(progress) = progress {
+            progress.finish();
+        }
         self.files = files;
     }
 
@@ -290,6 +310,7 @@ impl LogWalk {
         log_dir: &Path,
         meta: Option<&Meta>,
         durable: u64,
+        progress: &mut Option<ScanProgress>,
         report: &mut CheckReport,
     ) {
         let bases: Vec<u64> = files.keys().copied().collect();
@@ -318,6 +339,9 @@ impl LogWalk {
                         }
                         self.see(&header, at, breaks, &path, position, report);
                         position += header.size as usize;
+                        if let Some(progress) = progress {
+                            progress.at(base + position as u64);
+                        }
                     }
                     Scanned::Skip(len) => {
                         report.note(format!(
@@ -351,6 +375,9 @@ impl LogWalk {
                     }
                 }
                 self.end = base + position as u64;
+            }
+            if let Some(progress) = progress {
+                progress.file_done(base + self.file_bytes);
             }
             if next_file.is_some() {
                 self.end = base + self.file_bytes;

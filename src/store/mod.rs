@@ -6,6 +6,7 @@ mod append;
 pub mod check;
 mod checkpoint;
 mod commitlog;
+pub mod dump;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod faults;
@@ -15,6 +16,7 @@ mod maintenance;
 mod mapped;
 mod meta;
 mod partition;
+pub mod progress;
 mod queue;
 mod recovery;
 
@@ -152,6 +154,12 @@ impl KeyMatch<'_> {
         partition::verify(self.record)?;
         Ok(self.record.payload())
     }
+}
+
+/// Appends per topic, for the metrics.
+fn count_appended(partition: &Partition, messages: &[NewMessage<'_>]) {
+    let bytes = messages.iter().map(|m| m.payload.len() as u64).sum();
+    crate::metrics::appended(&partition.topic_name, messages.len() as u64, bytes);
 }
 
 /// The most partitions a topic may have.
@@ -416,11 +424,13 @@ impl Store {
         partition: &Partition,
         messages: &[NewMessage<'_>],
     ) -> Result<AppendOutcome> {
-        self.appending(|to| {
+        let outcome = self.appending(|to| {
             Scratch::with(messages.len(), |scratch| {
                 partition.append(to, messages, scratch)
             })
-        })
+        })?;
+        count_appended(partition, messages);
+        Ok(outcome)
     }
 
     /// Appends a batch to each of several partitions as one: all of them or, on error, none
@@ -430,7 +440,11 @@ impl Store {
         &self,
         batches: &[(&Partition, &[NewMessage<'_>])],
     ) -> Result<Vec<AppendOutcome>> {
-        self.appending(|to| append::append_together(to, batches))
+        let outcomes = self.appending(|to| append::append_together(to, batches))?;
+        for (partition, messages) in batches {
+            count_appended(partition, messages);
+        }
+        Ok(outcomes)
     }
 
     /// Runs an append with what it needs of the store, then (with `flush = "sync"`) waits

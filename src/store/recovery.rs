@@ -21,6 +21,7 @@ use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
 use super::partition::PartitionOffsets;
+use super::progress::{Output, ScanProgress};
 use super::queue::{ConsumeQueue, QueueFile};
 use super::{maintenance, Store, StoreConfig};
 
@@ -53,6 +54,7 @@ pub struct LostMessages {
 
 /// Opens the store in `dir`, whose `lock` the caller holds.
 pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
+    let started = std::time::Instant::now();
     raise_open_file_limit();
     let meta = settle_meta(dir, &mut config)?;
     fit_max_message(&mut config);
@@ -90,6 +92,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         lost: Vec::new(),
         records: 0,
         machine_restarted,
+        progress: None,
     };
     let recovered = scanner.recover(&plan)?;
     let lost = scanner.lost;
@@ -109,6 +112,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         dir.display(),
         recovered.end
     );
+    crate::metrics::store_opened(started.elapsed());
     Ok(Opened { store, lost })
 }
 
@@ -674,6 +678,8 @@ struct Scanner<'a> {
     /// synced may be lost in any order, so invalid bytes with valid records after them are
     /// what a power loss leaves, not damage.
     machine_restarted: bool,
+    /// Log lines saying how far a scan is.
+    progress: Option<ScanProgress>,
 }
 
 /// Where a scan of one file stopped.
@@ -742,6 +748,8 @@ impl Scanner<'_> {
             .into_iter()
             .filter(|&b| b + file_bytes > from)
             .collect();
+        let to = bases.last().map_or(from, |&last| last + file_bytes);
+        self.progress = Some(ScanProgress::new("recovery", Output::Log, from, to));
         let mut end = from;
         for (i, &base) in bases.iter().enumerate() {
             if base != from - from % file_bytes + i as u64 * file_bytes {
@@ -812,6 +820,9 @@ impl Scanner<'_> {
                     }
                     position += batch.header.size as usize;
                     *end = base + position as u64;
+                    if let Some(progress) = &mut self.progress {
+                        progress.at(*end);
+                    }
                 }
                 Scanned::Skip(len) => {
                     position += len;

@@ -1,0 +1,148 @@
+//! Progress of long walks over the commit log (issue 10): recovery logs how far it is
+//! (percent and MB/s); `commitfs check` prints plain lines when it is not on a terminal and
+//! draws a bar on one. The line interval is shrunk here (process-wide, so these tests have
+//! a binary of their own) instead of making a scan that takes seconds.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use commitfs::store::{NewMessage, Store};
+
+mod fixtures;
+
+/// A store whose commit log fills several 64 KiB files; left as a crash leaves it when
+/// `crash`, closed cleanly otherwise. Returns how many commit-log files it has.
+fn store_of_several_files(dir: &Path, crash: bool) -> usize {
+    let store = Store::open(dir, fixtures::small_store_config()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
+    let line = [b'x'; 500];
+    for i in 0..800u32 {
+        let partition = topic.partition(i % 2).unwrap();
+        store
+            .append_batch(
+                &partition,
+                &[NewMessage {
+                    payload: &line,
+                    key_len: None,
+                }],
+            )
+            .unwrap();
+    }
+    if crash {
+        store.halt_without_cleanup();
+    }
+    drop(store);
+    let files = std::fs::read_dir(dir.join("commitlog")).unwrap().count();
+    assert!(files >= 5, "{files} commit-log files");
+    files
+}
+
+/// Log lines written while `run` runs on this thread.
+fn logs_of(run: impl FnOnce()) -> String {
+    #[derive(Clone)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured(Arc::new(Mutex::new(Vec::new())));
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = captured.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// The percentages of lines like "WHAT: 45% of the commit log (… MiB), 12.3 MB/s".
+fn percentages(text: &str, what: &str) -> Vec<u32> {
+    let prefix = format!("{what}: ");
+    text.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(&prefix)? + prefix.len()..];
+            let (percent, rest) = rest.split_once("% of the commit log (")?;
+            assert!(rest.ends_with(" MB/s"), "{line}");
+            Some(percent.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn recovery_logs_how_far_its_scan_is_in_percent_and_mb_per_second() {
+    commitfs::store::progress::set_line_interval(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    store_of_several_files(dir.path(), true);
+    let logs = logs_of(|| {
+        Store::open(dir.path(), fixtures::small_store_config())
+            .unwrap()
+            .close()
+            .unwrap();
+    });
+    let seen = percentages(&logs, "recovery");
+    assert!(seen.len() >= 5, "{logs}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(*seen.last().unwrap() >= 90, "{seen:?}");
+}
+
+#[test]
+fn check_prints_a_plain_line_per_commit_log_file_when_not_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = store_of_several_files(dir.path(), false);
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_commitfs"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let seen = percentages(&stderr, "check");
+    assert!(seen.len() >= files, "{stderr}");
+    assert_eq!(seen.last(), Some(&100), "{stderr}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
+    // The report stays on stdout, without progress in it.
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.lines().last().unwrap().contains(" 0 damaged"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("% of the commit log"), "{stdout}");
+}
+
+#[test]
+fn check_draws_a_bar_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    store_of_several_files(dir.path(), false);
+    // `script` runs the command on a pseudo-terminal of its own.
+    let command = format!(
+        "{} check {}",
+        env!("CARGO_BIN_EXE_commitfs"),
+        dir.path().display()
+    );
+    let output = Command::new("timeout")
+        .args(["60", "script", "-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        terminal.contains("check [") && terminal.contains("B/s"),
+        "{terminal:?}"
+    );
+    assert!(percentages(&terminal, "check").is_empty(), "{terminal:?}");
+}
