@@ -58,30 +58,36 @@ pub struct KernelMount {
 
 /// Why a direct mount is not possible, so `fusermount3` has to make it.
 pub fn needs_fusermount(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EACCES) | Some(libc::EPERM)
-    )
+    matches!(error.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
 /// Mounts on `mountpoint`; returns the descriptor to serve and the mount.
 pub fn mount(mountpoint: &Path, options: &KernelOptions) -> io::Result<(OwnedFd, KernelMount)> {
+    // Tests make the kernel mount fail after the store was opened.
+    fail::fail_point!("kernel_mount::mount", |_| Err(io::Error::other(
+        "injected failure (failpoint kernel_mount::mount)"
+    )));
     let (fd, method) = match mount_direct(mountpoint, options) {
         Ok(fd) => (fd, Method::Direct),
         Err(error) if needs_fusermount(&error) => {
             tracing::info!(
                 "mounting through {FUSERMOUNT}: this user cannot mount directly ({error})"
             );
-            (mount_with_fusermount(mountpoint, options)?, Method::Fusermount)
+            (
+                mount_with_fusermount(mountpoint, options)?,
+                Method::Fusermount,
+            )
         }
         Err(error) => return Err(error),
     };
-    let device = top_mount(mountpoint)?.map(|top| top.device).ok_or_else(|| {
-        io::Error::other(format!(
-            "{} is not in /proc/self/mountinfo after mounting",
-            mountpoint.display()
-        ))
-    })?;
+    let device = top_mount(mountpoint)?
+        .map(|top| top.device)
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "{} is not in /proc/self/mountinfo after mounting",
+                mountpoint.display()
+            ))
+        })?;
     Ok((
         fd,
         KernelMount {
@@ -200,9 +206,18 @@ fn mount_with_fusermount(mountpoint: &Path, options: &KernelOptions) -> io::Resu
         Ok(fd) => Ok(fd),
         Err(_) => {
             let said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            let hint = if said.contains("failed to open /dev/fuse") {
+                " (/dev/fuse is closed to this user, so no FUSE file system can be mounted by \
+                 it: Debian's default is mode 0666; or mount as root)"
+            } else {
+                ""
+            };
             Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{FUSERMOUNT} refused the mount ({}): {said}", output.status),
+                format!(
+                    "{FUSERMOUNT} refused the mount ({}): {said}{hint}",
+                    output.status
+                ),
             ))
         }
     }
@@ -286,7 +301,11 @@ fn unescape(field: &str) -> Vec<u8> {
         });
         match octal {
             Some(digits) => {
-                out.push(digits.iter().fold(0u8, |n, d| n.wrapping_mul(8) + (d - b'0')));
+                out.push(
+                    digits
+                        .iter()
+                        .fold(0u8, |n, d| n.wrapping_mul(8) + (d - b'0')),
+                );
                 at += 4;
             }
             None => {

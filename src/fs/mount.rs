@@ -128,9 +128,7 @@ impl MountError {
                 exit_code::KERNEL_MOUNT
             }
             MountError::Daemon { code, .. } => *code,
-            MountError::Fork(_) | MountError::Session(_) | MountError::Close(_) => {
-                exit_code::OTHER
-            }
+            MountError::Fork(_) | MountError::Session(_) | MountError::Close(_) => exit_code::OTHER,
         }
     }
 }
@@ -453,14 +451,14 @@ fn serve(
         mountpoint: mountpoint.to_owned(),
         source,
     };
-    let (fd, kernel_mount) = match kernel_mount::mount(mountpoint, &kernel_options(request, data_dir))
-    {
-        Ok(mounted) => mounted,
-        Err(source) => {
-            closer.close_and_log();
-            return Err(mount_failed(source));
-        }
-    };
+    let (fd, kernel_mount) =
+        match kernel_mount::mount(mountpoint, &kernel_options(request, data_dir)) {
+            Ok(mounted) => mounted,
+            Err(source) => {
+                closer.close_and_log();
+                return Err(mount_failed(source));
+            }
+        };
     let kernel_mount = Arc::new(kernel_mount);
     let fs = CommitFs::new(store.clone(), request.fs.clone());
     let started = Session::from_fd(
@@ -487,7 +485,11 @@ fn serve(
         }
     };
     if request.mount.read_ahead_kb > 0 {
-        set_read_ahead(mountpoint, kernel_mount.device(), request.mount.read_ahead_kb);
+        set_read_ahead(
+            mountpoint,
+            kernel_mount.device(),
+            request.mount.read_ahead_kb,
+        );
     }
     tracing::info!(
         "commitfs {} mounted on {}{}",

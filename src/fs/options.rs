@@ -27,8 +27,7 @@ pub struct MountOptions {
 
 /// Read by mount(8), fstab or systemd, never by the file system.
 const FSTAB_ONLY: &[&str] = &[
-    "defaults", "auto", "noauto", "nofail", "_netdev", "user", "users", "nouser", "owner",
-    "group",
+    "defaults", "auto", "noauto", "nofail", "_netdev", "user", "users", "nouser", "owner", "group",
 ];
 
 /// Parses the `-o` arguments, each a comma-separated list.
