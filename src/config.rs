@@ -16,6 +16,7 @@ use crate::store::{FlushPolicy, Framing, StoreConfig, MAX_PARTITIONS};
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
     log_level: String,
+    log_max_bytes: u64,
 
     allow_other: bool,
     n_threads: u32,
@@ -63,6 +64,7 @@ impl Default for ConfigFile {
         };
         ConfigFile {
             log_level: "info".to_owned(),
+            log_max_bytes: 10 << 20,
             allow_other: false,
             n_threads: 2,
             entry_ttl_ms: 1_000,
@@ -95,6 +97,8 @@ impl Default for ConfigFile {
 pub struct Config {
     /// The log filter when `RUST_LOG` is not set.
     pub log_level: String,
+    /// The daemon's log file is renamed to `commitfs.log.1` when it reaches this size.
+    pub log_max_bytes: u64,
     pub store: StoreConfig,
     pub fs: FsSettings,
     pub mount: MountSettings,
@@ -301,6 +305,7 @@ impl ConfigFile {
         };
         Ok(Config {
             log_level: self.log_level,
+            log_max_bytes: at_least("log_max_bytes", self.log_max_bytes, 4096)?,
             store,
             fs,
             mount,

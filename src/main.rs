@@ -1,13 +1,14 @@
 //! The `commitfs` command: parses its arguments and configuration, then hands over to
-//! `commitfs::fs::mount`.
+//! `commitfs::fs::mount`. Besides its subcommands it takes the form mount(8) and fstab use
+//! through mount.fuse3: `commitfs DATA_DIR MOUNTPOINT -o OPTIONS`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use commitfs::config::Config;
-use commitfs::fs::MountRequest;
+use commitfs::fs::{MountOptions, MountRequest};
 use commitfs::store::check::CheckOptions;
 use commitfs::store::dump::DumpOptions;
 use commitfs::store::StoreError;
@@ -16,17 +17,42 @@ use commitfs::store::StoreError;
 #[command(
     name = "commitfs",
     version,
-    about = "A log filesystem: Kafka-style topics and segment files over one commit log"
+    about = "A log filesystem: Kafka-style topics and segment files over one commit log",
+    override_usage = "commitfs <COMMAND>\n       \
+                      commitfs DATA_DIR MOUNTPOINT [-o OPTIONS]   (how mount(8) and fstab run it)",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    helper: HelperArgs,
+}
+
+/// `mount -t fuse.commitfs DATA_DIR MOUNTPOINT -o OPTIONS` runs `commitfs DATA_DIR
+/// MOUNTPOINT -o OPTIONS`: a mount in the background, as `commitfs mount` makes.
+#[derive(Args)]
+struct HelperArgs {
+    /// Directory holding the store (the form mount(8) uses).
+    #[arg(required = true)]
+    data_dir: Option<PathBuf>,
+    /// Directory to mount on.
+    #[arg(required = true)]
+    mountpoint: Option<PathBuf>,
+    /// Mount options, comma-separated: config=FILE, allow_other, ro, noexec, …; fstab's
+    /// nofail, noauto, _netdev, x-systemd.* are ignored.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Mount the store in DATA_DIR on MOUNTPOINT; returns once the mount is ready.
-    /// Stop it with `umount MOUNTPOINT` (or `fusermount3 -u`).
+    /// Stop it with `umount MOUNTPOINT` (or `fusermount3 -u`). Exit status: 0 mounted,
+    /// 2 bad arguments, options or configuration, 3 mount point unusable (missing, not a
+    /// directory, already a mount), 4 store unusable (in use, damaged, data directory not
+    /// writable), 5 the kernel mount failed, 1 anything else.
     Mount {
         /// Configuration file (TOML); without it the built-in defaults serve.
         #[arg(long, value_name = "FILE")]
@@ -34,6 +60,9 @@ enum Command {
         /// Stay in the foreground and log to stderr instead of DATA_DIR/commitfs.log.
         #[arg(long)]
         foreground: bool,
+        /// Mount options, as with mount(8): allow_other, ro, noexec, config=FILE, …
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
         /// Directory holding the store; created if missing.
         data_dir: PathBuf,
         /// Directory to mount on.
@@ -76,18 +105,20 @@ fn main() -> ExitCode {
     // Fault-injection tests configure failpoints in the daemon through FAILPOINTS.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    match Cli::parse().command {
-        Command::Mount {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Mount {
             config,
             foreground,
+            options,
             data_dir,
             mountpoint,
-        } => mount(config, foreground, data_dir, mountpoint),
-        Command::Check {
+        }) => mount(config, foreground, &options, data_dir, mountpoint),
+        Some(Command::Check {
             repair,
             segment_messages,
             data_dir,
-        } => check(
+        }) => check(
             &data_dir,
             &CheckOptions {
                 repair,
@@ -95,12 +126,12 @@ fn main() -> ExitCode {
                 progress: true,
             },
         ),
-        Command::Dump {
+        Some(Command::Dump {
             topic,
             partition,
             from,
             data_dir,
-        } => dump(
+        }) => dump(
             &data_dir,
             &DumpOptions {
                 topic,
@@ -108,36 +139,69 @@ fn main() -> ExitCode {
                 from,
             },
         ),
+        None => {
+            let HelperArgs {
+                data_dir,
+                mountpoint,
+                options,
+            } = cli.helper;
+            let (Some(data_dir), Some(mountpoint)) = (data_dir, mountpoint) else {
+                unreachable!("clap requires DATA_DIR and MOUNTPOINT without a subcommand");
+            };
+            mount(None, false, &options, data_dir, mountpoint)
+        }
     }
 }
+
+/// A bad command line, option or configuration: the exit code clap uses for usage errors.
+const USAGE: u8 = 2;
 
 fn mount(
     config: Option<PathBuf>,
     foreground: bool,
+    options: &[String],
     data_dir: PathBuf,
     mountpoint: PathBuf,
 ) -> ExitCode {
-    let config = match Config::load(config.as_deref()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("commitfs: {error}");
-            return ExitCode::from(2);
-        }
+    let refuse = |error: &dyn std::fmt::Display| {
+        eprintln!("commitfs: {error}");
+        ExitCode::from(USAGE)
     };
+    let options = match commitfs::fs::parse_mount_options(options) {
+        Ok(options) => options,
+        Err(error) => return refuse(&error),
+    };
+    let MountOptions {
+        config: config_option,
+        allow_other,
+        flags,
+    } = options;
+    let config_path = match (config, config_option) {
+        (Some(_), Some(_)) => return refuse(&"--config and -o config= both name a file"),
+        (config, config_option) => config.or(config_option),
+    };
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return refuse(&error),
+    };
+    let mut settings = config.mount;
+    settings.allow_other |= allow_other;
     let request = MountRequest {
         data_dir,
         mountpoint,
         foreground,
         log_level: config.log_level,
+        log_max_bytes: config.log_max_bytes,
         store: config.store,
         fs: config.fs,
-        mount: config.mount,
+        mount: settings,
+        flags,
     };
     match commitfs::fs::mount(request) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("commitfs: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_code())
         }
     }
 }

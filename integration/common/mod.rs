@@ -298,6 +298,40 @@ impl Mount {
         self.daemon_pid = Some(pid);
     }
 
+    /// The config file the mount uses.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The pid of the daemon this guard stops on drop, if any.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.daemon_pid
+    }
+
+    /// After a test mounted by other means (mount(8), another user, its own `commitfs
+    /// mount`): finds the daemon serving `mnt`, so drop stops it.
+    pub fn adopt_daemon(&mut self) {
+        assert!(self.daemon_pid.is_none(), "already has a daemon");
+        self.daemon_pid = Some(find_daemon(&self.mnt).unwrap_or_else(|| {
+            panic!(
+                "no commitfs daemon process found serving {}\n{}",
+                self.mnt.display(),
+                self.log_tail(40)
+            )
+        }));
+    }
+
+    /// Whether the daemon has exited (then drop no longer stops it).
+    pub fn daemon_exited(&mut self) -> bool {
+        match self.daemon_pid {
+            Some(pid) if is_alive(pid) => false,
+            _ => {
+                self.daemon_pid = None;
+                true
+            }
+        }
+    }
+
     /// A clean stop (`fusermount3 -u`), waiting for the daemon to exit; panics if it does not.
     pub fn unmount(&mut self) {
         let pid = self.daemon_pid.take().expect("not mounted");

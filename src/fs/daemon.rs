@@ -5,9 +5,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
 
 const READY: &[u8] = b"ready";
+/// The exit code when the daemon died without saying why.
+const FAILED: u8 = 1;
 
 pub enum Forked {
     /// In the parent: wait for the child's word.
@@ -45,18 +49,20 @@ pub struct Child {
 }
 
 impl Child {
-    /// Waits until the daemon reports. `Ok` once the mount is ready; otherwise the reason
-    /// it gave, or how it died without giving one.
-    pub fn wait_until_ready(mut self, log: &Path) -> Result<(), String> {
+    /// Waits until the daemon reports. `Ok` once the mount is ready; otherwise the exit
+    /// code and reason it gave, or how it died without giving one.
+    pub fn wait_until_ready(mut self, log: &Path) -> Result<(), (u8, String)> {
         let mut report = Vec::new();
         if let Err(error) = self.pipe.read_to_end(&mut report) {
-            return Err(format!("waiting for the daemon: {error}"));
+            return Err((FAILED, format!("waiting for the daemon: {error}")));
         }
         if report == READY {
             return Ok(());
         }
-        if !report.is_empty() {
-            return Err(String::from_utf8_lossy(&report).into_owned());
+        if let Some((code, reason)) = String::from_utf8_lossy(&report).split_once(':') {
+            if let Ok(code) = code.parse() {
+                return Err((code, reason.to_owned()));
+            }
         }
         let mut status = 0;
         // SAFETY: `status` is a valid place for waitpid to write.
@@ -68,9 +74,12 @@ impl Child {
         } else {
             format!("exited with status {}", libc::WEXITSTATUS(status))
         };
-        Err(format!(
-            "the daemon {how} before the mount was ready; see {}",
-            log.display()
+        Err((
+            FAILED,
+            format!(
+                "the daemon {how} before the mount was ready; see {}",
+                log.display()
+            ),
         ))
     }
 }
@@ -85,9 +94,10 @@ impl Readiness {
         self.report(READY);
     }
 
-    /// Reports why the mount failed, unless it was already reported ready.
-    pub fn fail(&mut self, reason: &str) {
-        self.report(reason.as_bytes());
+    /// Reports why the mount failed and the exit code that says so, unless it was already
+    /// reported ready.
+    pub fn fail(&mut self, code: u8, reason: &str) {
+        self.report(format!("{code}:{reason}").as_bytes());
     }
 
     fn report(&mut self, message: &[u8]) {
@@ -106,16 +116,7 @@ pub fn detach(log: &Path) -> io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    let log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("opening the log {}: {error}", log.display()),
-            )
-        })?;
+    let log_file = open_log(log)?;
     for (from, to) in [
         (&null, libc::STDIN_FILENO),
         (&null, libc::STDOUT_FILENO),
@@ -132,4 +133,87 @@ pub fn detach(log: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     std::env::set_current_dir("/")
+}
+
+/// The daemon's log file, kept under a size bound: once it reaches `max_bytes` it is renamed
+/// to `NAME.1` (replacing the one before) and a new one is started. The daemon's stderr is
+/// moved to each new file too, so a panic message lands where the log is.
+pub struct RotatingLog {
+    path: PathBuf,
+    max_bytes: u64,
+    /// Bytes in the current file; the lock also keeps lines whole across threads.
+    written: Mutex<u64>,
+}
+
+impl RotatingLog {
+    /// The log at `path`, which `detach` made the daemon's stderr.
+    pub fn new(path: &Path, max_bytes: u64) -> RotatingLog {
+        let written = std::fs::metadata(path).map_or(0, |m| m.len());
+        RotatingLog {
+            path: path.to_owned(),
+            max_bytes,
+            written: Mutex::new(written),
+        }
+    }
+
+    fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        let mut written = self.written.lock();
+        if *written > 0 && *written + line.len() as u64 > self.max_bytes {
+            // A log that cannot be rotated (the disk is full) keeps growing rather than
+            // losing lines.
+            if self.rotate().is_ok() {
+                *written = 0;
+            }
+        }
+        io::stderr().write_all(line)?;
+        *written += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&self) -> io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        let fresh = open_log(&self.path)?;
+        // SAFETY: both descriptors are open; dup2 replaces stderr atomically.
+        if unsafe { libc::dup2(fresh.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// One event's writer: tracing formats a whole line, then writes it here in one call.
+pub struct LogLine<'a>(&'a RotatingLog);
+
+impl Write for LogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_line(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RotatingLog {
+    type Writer = LogLine<'a>;
+
+    fn make_writer(&'a self) -> LogLine<'a> {
+        LogLine(self)
+    }
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("opening the log {}: {error}", path.display()),
+            )
+        })
 }

@@ -11,9 +11,12 @@ mod framing;
 mod fuse;
 mod handles;
 mod inode;
+mod kernel_mount;
 mod mount;
+mod options;
 mod time;
 mod xattr;
 
 pub use self::core::{FsSettings, TopicDefaults};
-pub use self::mount::{mount, MountError, MountRequest, MountSettings};
+pub use self::mount::{exit_code, mount, MountError, MountRequest, MountSettings};
+pub use self::options::{parse as parse_mount_options, MountFlags, MountOptions};

@@ -579,6 +579,8 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Tests make a close slow here, to send a second signal in the middle of one.
+        fail::fail_point!("store::close");
         self.maintenance.stop();
         let _quiet = self.quiesce.write();
         self.log.stop();

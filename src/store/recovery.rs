@@ -402,10 +402,15 @@ fn plan_recovery(
 }
 
 fn rebuild(reasons: Vec<String>, first_log_file: Option<u64>, durable: u64) -> Plan {
-    tracing::warn!(
-        "rebuilding consume queues and the key index from the whole commit log: {}",
-        reasons.join("; ")
-    );
+    if first_log_file.is_none() {
+        // No commit log yet: a new store, nothing to rebuild.
+        tracing::info!("new store: no commit log yet");
+    } else {
+        tracing::warn!(
+            "rebuilding consume queues and the key index from the whole commit log: {}",
+            reasons.join("; ")
+        );
+    }
     Plan::Rebuild {
         first: first_log_file.unwrap_or(0),
         durable,
@@ -920,11 +925,20 @@ impl Scanner<'_> {
                 self.durable
             )));
         }
-        tracing::warn!(
-            "commit log {} byte {position}: {reason}; cutting the torn tail there after {} records recovered",
-            path.display(),
-            self.records
-        );
+        if reason == "zeroes (never written)" {
+            // The usual end after an unclean stop: the log simply ends where writing stopped.
+            tracing::info!(
+                "commit log ends at {} byte {position}; {} records since the checkpoint recovered",
+                path.display(),
+                self.records
+            );
+        } else {
+            tracing::warn!(
+                "commit log {} byte {position}: {reason}: a write torn by the unclean stop; the log now ends there ({} records since the checkpoint recovered before it)",
+                path.display(),
+                self.records
+            );
+        }
         for &base in &files[1..] {
             let later = self.log_dir.join(format::file_name(base));
             if next_valid.is_some() {
