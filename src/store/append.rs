@@ -198,11 +198,7 @@ impl Partition {
             "reserving consume-queue room (failpoint append::reserve-queue)".into()
         )));
         let end_offset = staged.first_offset + messages.len() as u64;
-        self.queue.reserve(
-            &mut staged.state.queue_file,
-            staged.first_offset,
-            end_offset,
-        )?;
+        self.reserve_queue(&mut staged.state, staged.first_offset, end_offset)?;
         Ok(staged)
     }
 }

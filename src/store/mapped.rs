@@ -107,6 +107,26 @@ impl MappedFile {
         &self.path
     }
 
+    /// Gives the file the name `to` (its map, blocks and descriptor stay as they are). On
+    /// failure the file is removed: it was made under a name nothing else knows.
+    pub fn rename(mut self, to: &Path) -> Result<MappedFile> {
+        let renamed = (|| {
+            inject!("mapped::rename", &self.path, "renaming");
+            std::fs::rename(&self.path, to).map_err(|e| {
+                StoreError::io(
+                    format!("renaming {} to {}", self.path.display(), to.display()),
+                    e,
+                )
+            })
+        })();
+        if let Err(error) = renamed {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(error);
+        }
+        self.path = to.to_owned();
+        Ok(self)
+    }
+
     pub fn capacity(&self) -> u64 {
         self.map.len() as u64
     }
@@ -254,9 +274,13 @@ impl MappedFile {
         Ok(())
     }
 
-    /// Faults `[from, to)` into the page cache ahead of use (RocketMQ's warm-up), so the
-    /// appender does not pay for allocating and zeroing pages. Read faults, not write faults:
-    /// the pages stay clean and cost no writeback.
+    /// Faults `[from, to)` into the page cache for writing ahead of use (RocketMQ's
+    /// warm-up), so the appender finds its pages present and writable and does not pay for
+    /// allocating and zeroing them (a read fault would leave a write fault, and its zeroing,
+    /// to the appender). The pages become dirty zero pages: the kernel may write them back
+    /// before the records arrive, which recovery reads as the log's end, and the blocks are
+    /// allocated, so no `SIGBUS` and no `ENOSPC` can come of it. Where the kernel has no
+    /// `MADV_POPULATE_WRITE` (before Linux 5.14) nothing is warmed.
     pub fn warm(&self, from: u64, to: u64) {
         let to = to.min(self.allocated());
         if from >= to {
@@ -264,7 +288,7 @@ impl MappedFile {
         }
         let start = from - from % 4096;
         let advised = self.map.advise_range(
-            memmap2::Advice::PopulateRead,
+            memmap2::Advice::PopulateWrite,
             start as usize,
             (to - start) as usize,
         );

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::error::{Result, StoreError};
 use super::format::{self, QueueEntry, QUEUE_ENTRY_BYTES};
@@ -14,6 +14,9 @@ use super::mapped::{remove_file, MappedFile};
 
 const FIRST_CHUNK_BYTES: u64 = 4096;
 const MAX_CHUNK_BYTES: u64 = 1 << 20;
+/// A file made ahead of need carries this suffix until an append adopts it: recovery and
+/// `commitfs check` see only 20-digit names, so one nobody used holds no claim on anything.
+const PREPARED_SUFFIX: &str = ".prepared";
 
 pub struct QueueFile {
     pub base: u64,
@@ -53,10 +56,19 @@ impl Slot {
     }
 }
 
+/// A file made by the preparer thread for the segment at `base`, not yet in the queue.
+struct Prepared {
+    base: u64,
+    data: MappedFile,
+}
+
 pub struct ConsumeQueue {
     dir: PathBuf,
     entries_per_file: u64,
     files: RwLock<BTreeMap<u64, Slot>>,
+    /// Held while a file is made (ahead of need or by the writer), so the two never race
+    /// for the same name; holds the file made ahead of need, if any.
+    prepared: Mutex<Option<Prepared>>,
 }
 
 impl ConsumeQueue {
@@ -64,6 +76,7 @@ impl ConsumeQueue {
     pub fn open(dir: &Path, entries_per_file: u64) -> Result<ConsumeQueue> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        remove_prepared_files(dir)?;
         let mut files = BTreeMap::new();
         for base in super::commitlog::list_files(dir)? {
             let path = dir.join(format::file_name(base));
@@ -85,6 +98,7 @@ impl ConsumeQueue {
             dir: dir.to_owned(),
             entries_per_file,
             files: RwLock::new(files),
+            prepared: Mutex::new(None),
         })
     }
 
@@ -205,7 +219,7 @@ impl ConsumeQueue {
             if active.as_ref().is_none_or(|f| f.base != base) {
                 *active = Some(match self.file(base) {
                     Some(file) => file,
-                    None => self.create_file(base)?,
+                    None => self.adopt_or_create(base)?,
                 });
             }
             let file = active.as_ref().expect("set above");
@@ -249,10 +263,53 @@ impl ConsumeQueue {
             .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode());
     }
 
-    fn create_file(&self, base: u64) -> Result<Arc<QueueFile>> {
-        let path = self.path(base);
+    /// The segment whose file should be made ahead of need once `[from, to)` is reserved:
+    /// the next one, when these entries pass the middle of the segment `to - 1` lies in.
+    pub fn next_to_prepare(&self, from: u64, to: u64) -> Option<u64> {
+        let last = to.checked_sub(1)?;
+        let base = self.segment_base(last);
+        let middle = base + self.entries_per_file / 2;
+        (from <= middle && middle <= last).then_some(base + self.entries_per_file)
+    }
+
+    /// Makes the file of the segment at `base` ahead of need, under a name recovery ignores,
+    /// unless the queue has it already. Replaces a prepared file of another segment (one
+    /// nobody adopted: a segment roll came sooner, or retention took its place).
+    pub fn prepare(&self, base: u64) -> Result<()> {
+        let mut prepared = self.prepared.lock();
+        if prepared.as_ref().is_some_and(|p| p.base == base)
+            || self.files.read().contains_key(&base)
+        {
+            return Ok(());
+        }
+        if let Some(stale) = prepared.take() {
+            remove_file(stale.data.path())?;
+        }
+        let path = self.prepared_path(base);
+        // Left by a preparation that failed part way (its file is removed; a kill may not).
+        remove_file(&path)?;
         let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
         let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
+        *prepared = Some(Prepared { base, data });
+        Ok(())
+    }
+
+    /// The file of the segment at `base` for its first append: the one made ahead of need,
+    /// renamed into place (no allocation, no new mapping), or else a new one.
+    fn adopt_or_create(&self, base: u64) -> Result<Arc<QueueFile>> {
+        let mut prepared = self.prepared.lock();
+        if let Some(file) = self.file(base) {
+            return Ok(file);
+        }
+        let path = self.path(base);
+        let data = match prepared.take() {
+            Some(ready) if ready.base == base => ready.data.rename(&path)?,
+            other => {
+                *prepared = other;
+                let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+                MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?
+            }
+        };
         let file = Arc::new(QueueFile { base, data });
         self.files.write().insert(base, Slot::Mapped(file.clone()));
         Ok(file)
@@ -314,12 +371,40 @@ impl ConsumeQueue {
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.files.read().values().map(Slot::allocated).sum()
+        let prepared = self
+            .prepared
+            .lock()
+            .as_ref()
+            .map_or(0, |p| p.data.allocated());
+        prepared + self.files.read().values().map(Slot::allocated).sum::<u64>()
     }
 
     fn path(&self, base: u64) -> PathBuf {
         self.dir.join(format::file_name(base))
     }
+
+    fn prepared_path(&self, base: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}{PREPARED_SUFFIX}", format::file_name(base)))
+    }
+}
+
+/// Removes files made ahead of need that a stop left unadopted (they hold no entry).
+fn remove_prepared_files(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let prepared = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(PREPARED_SUFFIX))
+            .is_some_and(|base| format::parse_file_name(base).is_some());
+        if prepared {
+            remove_file(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
