@@ -166,17 +166,19 @@ impl Partition {
         scratch: Scratch<'a>,
     ) -> Result<AppendOutcome> {
         check_messages(messages, to.max_message_bytes)?;
-        let mut staged = [self.stage(messages, scratch)?];
+        let mut staged = [self.stage(messages, scratch, now_ms())?];
         commit(to, &mut staged)?;
         Ok(staged[0].outcome())
     }
 
-    /// Takes the writer lock, stamps and encodes the batch (outside the append lock: only
-    /// the copy is serial) and reserves its consume-queue room.
+    /// Takes the writer lock, stamps (with `now`, or the partition's last timestamp if that
+    /// is later) and encodes the batch (outside the append lock: only the copy is serial)
+    /// and reserves its consume-queue room.
     fn stage<'a>(
         &'a self,
         messages: &'a [NewMessage<'a>],
         scratch: Scratch<'a>,
+        now: i64,
     ) -> Result<Staged<'a>> {
         let state = self.writer.lock();
         if self.topic_deleted.load(Ordering::Acquire) {
@@ -187,7 +189,7 @@ impl Partition {
         let mut staged = Staged {
             partition: self,
             first_offset: state.next,
-            timestamp: now_ms().max(state.last_timestamp),
+            timestamp: now.max(state.last_timestamp),
             segment_bytes: state.segment_bytes,
             state,
             messages,
@@ -312,13 +314,15 @@ pub(super) fn append_together<'a>(
         ));
     }
     let total = batches.iter().map(|(_, messages)| messages.len()).sum();
+    // One clock read for the whole append, not one per partition.
+    let now = now_ms();
     Scratch::with(total, |mut scratch| {
         let mut staged = Vec::with_capacity(batches.len());
         for &i in &order {
             let (partition, messages) = batches[i];
             let (mine, rest) = scratch.split(messages.len());
             scratch = rest;
-            staged.push(partition.stage(messages, mine)?);
+            staged.push(partition.stage(messages, mine, now)?);
         }
         commit(to, &mut staged)?;
         let mut outcomes: Vec<(usize, AppendOutcome)> = order

@@ -153,8 +153,7 @@ pub struct Partition {
     pub(super) index: u32,
     pub(super) segment_messages: u64,
     pub(super) log: Arc<CommitLog>,
-    /// Shared with the preparer thread's jobs, which make its files ahead of need.
-    pub(super) queue: Arc<ConsumeQueue>,
+    pub(super) queue: ConsumeQueue,
     pub(super) writer: Mutex<WriteState>,
     /// Messages below this offset are completely stored: readers go no further.
     pub(super) end: AtomicU64,
@@ -179,10 +178,9 @@ impl Partition {
     /// append that first needs it does not. Should that fail (a full disk), the append makes
     /// it itself and reports the error.
     pub(super) fn prepare_queue_file(&self, base: u64) {
-        let queue = Arc::downgrade(&self.queue);
+        let queue = self.queue.prepare_handle();
         let deleted = self.topic_deleted.clone();
         self.log.prepare_later(Box::new(move || {
-            let Some(queue) = queue.upgrade() else { return };
             if deleted.load(Ordering::Acquire) {
                 return;
             }
@@ -217,7 +215,7 @@ impl Partition {
             index,
             segment_messages,
             log,
-            queue: Arc::new(queue),
+            queue,
             writer: Mutex::new(WriteState {
                 next: end,
                 segment_bytes: 0,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -63,12 +63,32 @@ struct Prepared {
 }
 
 pub struct ConsumeQueue {
+    /// Here as well as in `shared`: the append path reads it for every message, and must
+    /// not follow a pointer to another cache line for it.
+    entries_per_file: u64,
+    shared: Arc<Shared>,
+}
+
+/// What the preparer thread reaches through a [`PrepareHandle`].
+struct Shared {
     dir: PathBuf,
     entries_per_file: u64,
     files: RwLock<BTreeMap<u64, Slot>>,
     /// Held while a file is made (ahead of need or by the writer), so the two never race
     /// for the same name; holds the file made ahead of need, if any.
     prepared: Mutex<Option<Prepared>>,
+}
+
+/// Lets the preparer thread make a queue's files ahead of need without keeping the queue.
+pub struct PrepareHandle(Weak<Shared>);
+
+impl PrepareHandle {
+    /// [`Shared::prepare`], if the queue still exists.
+    pub fn prepare(&self, base: u64) -> Result<()> {
+        self.0
+            .upgrade()
+            .map_or(Ok(()), |shared| shared.prepare(base))
+    }
 }
 
 impl ConsumeQueue {
@@ -95,10 +115,13 @@ impl ConsumeQueue {
             files.insert(base, Slot::OnDisk { len });
         }
         Ok(ConsumeQueue {
-            dir: dir.to_owned(),
             entries_per_file,
-            files: RwLock::new(files),
-            prepared: Mutex::new(None),
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                entries_per_file,
+                files: RwLock::new(files),
+                prepared: Mutex::new(None),
+            }),
         })
     }
 
@@ -107,7 +130,7 @@ impl ConsumeQueue {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     pub fn segment_base(&self, offset: u64) -> u64 {
@@ -115,10 +138,10 @@ impl ConsumeQueue {
     }
 
     pub fn file(&self, base: u64) -> Option<Arc<QueueFile>> {
-        if let Slot::Mapped(file) = self.files.read().get(&base)? {
+        if let Slot::Mapped(file) = self.shared.files.read().get(&base)? {
             return Some(file.clone());
         }
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         let slot = files.get_mut(&base)?;
         if let Slot::OnDisk { .. } = slot {
             let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
@@ -189,7 +212,7 @@ impl ConsumeQueue {
 
     /// Bases of the files on disk, oldest first.
     pub fn file_bases(&self) -> Vec<u64> {
-        self.files.read().keys().copied().collect()
+        self.shared.files.read().keys().copied().collect()
     }
 
     /// Whether entries `[from, to)` all lie in allocated parts of existing files.
@@ -197,7 +220,7 @@ impl ConsumeQueue {
         let mut offset = from;
         while offset < to {
             let base = self.segment_base(offset);
-            let Some(allocated) = self.files.read().get(&base).map(Slot::allocated) else {
+            let Some(allocated) = self.shared.files.read().get(&base).map(Slot::allocated) else {
                 return false;
             };
             let file_end = base + self.entries_per_file;
@@ -272,32 +295,14 @@ impl ConsumeQueue {
         (from <= middle && middle <= last).then_some(base + self.entries_per_file)
     }
 
-    /// Makes the file of the segment at `base` ahead of need, under a name recovery ignores,
-    /// unless the queue has it already. Replaces a prepared file of another segment (one
-    /// nobody adopted: a segment roll came sooner, or retention took its place).
-    pub fn prepare(&self, base: u64) -> Result<()> {
-        let mut prepared = self.prepared.lock();
-        if prepared.as_ref().is_some_and(|p| p.base == base)
-            || self.files.read().contains_key(&base)
-        {
-            return Ok(());
-        }
-        if let Some(stale) = prepared.take() {
-            remove_file(stale.data.path())?;
-        }
-        let path = self.prepared_path(base);
-        // Left by a preparation that failed part way (its file is removed; a kill may not).
-        remove_file(&path)?;
-        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
-        let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
-        *prepared = Some(Prepared { base, data });
-        Ok(())
+    pub fn prepare_handle(&self) -> PrepareHandle {
+        PrepareHandle(Arc::downgrade(&self.shared))
     }
 
     /// The file of the segment at `base` for its first append: the one made ahead of need,
     /// renamed into place (no allocation, no new mapping), or else a new one.
     fn adopt_or_create(&self, base: u64) -> Result<Arc<QueueFile>> {
-        let mut prepared = self.prepared.lock();
+        let mut prepared = self.shared.prepared.lock();
         if let Some(file) = self.file(base) {
             return Ok(file);
         }
@@ -311,7 +316,10 @@ impl ConsumeQueue {
             }
         };
         let file = Arc::new(QueueFile { base, data });
-        self.files.write().insert(base, Slot::Mapped(file.clone()));
+        self.shared
+            .files
+            .write()
+            .insert(base, Slot::Mapped(file.clone()));
         Ok(file)
     }
 
@@ -334,7 +342,7 @@ impl ConsumeQueue {
     /// Removes the files of segments that end at or before `offset`. Open readers keep their
     /// mapping of a removed file.
     pub fn remove_before(&self, offset: u64) -> Result<()> {
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         while let Some((&base, _)) = files.first_key_value() {
             if base + self.entries_per_file > offset {
                 break;
@@ -347,7 +355,7 @@ impl ConsumeQueue {
 
     /// Removes every file (before a rebuild from the commit log).
     pub fn remove_all(&self) -> Result<()> {
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         for &base in files.keys() {
             remove_file(&self.path(base))?;
         }
@@ -358,7 +366,7 @@ impl ConsumeQueue {
     /// Removes files past the segment holding `end` (left by an unclean stop).
     pub fn remove_from(&self, end: u64) -> Result<()> {
         let keep_through = self.segment_base(end);
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         let stale: Vec<u64> = files
             .range(keep_through + 1..)
             .map(|(&base, _)| base)
@@ -372,11 +380,47 @@ impl ConsumeQueue {
 
     pub fn disk_bytes(&self) -> u64 {
         let prepared = self
+            .shared
             .prepared
             .lock()
             .as_ref()
             .map_or(0, |p| p.data.allocated());
-        prepared + self.files.read().values().map(Slot::allocated).sum::<u64>()
+        prepared
+            + self
+                .shared
+                .files
+                .read()
+                .values()
+                .map(Slot::allocated)
+                .sum::<u64>()
+    }
+
+    fn path(&self, base: u64) -> PathBuf {
+        self.shared.path(base)
+    }
+}
+
+impl Shared {
+    /// Makes the file of the segment at `base` ahead of need, under a name recovery ignores,
+    /// unless the queue has it already. Replaces a prepared file of another segment (one
+    /// nobody adopted: a segment roll came sooner, or retention took its place).
+    fn prepare(&self, base: u64) -> Result<()> {
+        let mut prepared = self.prepared.lock();
+        if prepared.as_ref().is_some_and(|p| p.base == base)
+            || self.files.read().contains_key(&base)
+        {
+            return Ok(());
+        }
+        if let Some(stale) = prepared.take() {
+            remove_file(stale.data.path())?;
+        }
+        let path = self.prepared_path(base);
+        // Left by a preparation that failed part way (its file is removed; a kill may not).
+        remove_file(&path)?;
+        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+        let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
+        *prepared = Some(Prepared { base, data });
+        Ok(())
     }
 
     fn path(&self, base: u64) -> PathBuf {
