@@ -186,9 +186,15 @@ fn prepared_files_nobody_used_neither_confuse_recovery_nor_check() {
         report.findings
     );
 
+    let made = |path: &Path| std::fs::metadata(path).unwrap().created().unwrap();
+    let first_made = made(&prepared(&unwritten_dir, 0));
+
     let store = Store::open(dir.path(), config()).unwrap();
     let topic = store.topic("t").unwrap();
     let (written, unwritten) = (topic.partition(0).unwrap(), topic.partition(1).unwrap());
+    // Reused, not made again: a store of many partitions never written would otherwise
+    // remake all their files at every open.
+    assert_eq!(made(&prepared(&unwritten_dir, 0)), first_made);
     assert_eq!(contents(&store, &written), lines(0, 6));
     assert_eq!(unwritten.end_offset(), 0);
     append_lines(&store, &written, 6, 12);

@@ -96,7 +96,7 @@ impl ConsumeQueue {
     pub fn open(dir: &Path, entries_per_file: u64) -> Result<ConsumeQueue> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        remove_prepared_files(dir)?;
+        let leftovers = prepared_files(dir)?;
         let mut files = BTreeMap::new();
         for base in super::commitlog::list_files(dir)? {
             let path = dir.join(format::file_name(base));
@@ -114,13 +114,14 @@ impl ConsumeQueue {
                 .len();
             files.insert(base, Slot::OnDisk { len });
         }
+        let prepared = keep_one_prepared(leftovers, &files, entries_per_file)?;
         Ok(ConsumeQueue {
             entries_per_file,
             shared: Arc::new(Shared {
                 dir: dir.to_owned(),
                 entries_per_file,
                 files: RwLock::new(files),
-                prepared: Mutex::new(None),
+                prepared: Mutex::new(prepared),
             }),
         })
     }
@@ -433,22 +434,54 @@ impl Shared {
     }
 }
 
-/// Removes files made ahead of need that a stop left unadopted (they hold no entry).
-fn remove_prepared_files(dir: &Path) -> Result<()> {
+/// Files made ahead of need that a stop left unadopted, by base, with their paths.
+fn prepared_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    let mut found = BTreeMap::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
-        let prepared = name
+        let base = name
             .to_str()
             .and_then(|name| name.strip_suffix(PREPARED_SUFFIX))
-            .is_some_and(|base| format::parse_file_name(base).is_some());
-        if prepared {
-            remove_file(&entry.path())?;
+            .and_then(format::parse_file_name);
+        if let Some(base) = base {
+            found.insert(base, entry.path());
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// Keeps the newest leftover prepared file for reuse (it holds no entry: a file is renamed
+/// into place before its first entry is written), so a store of many partitions that were
+/// never written does not make all their files again at every open; removes the others,
+/// and one whose segment has a file already or whose name no segment can have.
+fn keep_one_prepared(
+    mut leftovers: BTreeMap<u64, PathBuf>,
+    files: &BTreeMap<u64, Slot>,
+    entries_per_file: u64,
+) -> Result<Option<Prepared>> {
+    let newest = leftovers.pop_last();
+    for path in leftovers.values() {
+        remove_file(path)?;
+    }
+    let Some((base, path)) = newest else {
+        return Ok(None);
+    };
+    if base % entries_per_file != 0 || files.contains_key(&base) {
+        remove_file(&path)?;
+        return Ok(None);
+    }
+    let capacity = entries_per_file * QUEUE_ENTRY_BYTES as u64;
+    match MappedFile::open(&path, capacity) {
+        Ok(data) => Ok(Some(Prepared { base, data })),
+        Err(error) => {
+            tracing::warn!("a consume-queue file made ahead of need is made again: {error}");
+            remove_file(&path)?;
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]
