@@ -185,17 +185,19 @@ impl Partition {
         scratch: Scratch<'a>,
     ) -> Result<AppendOutcome> {
         check_messages(messages, to.max_message_bytes)?;
-        let mut staged = [self.stage(messages, scratch)?];
+        let mut staged = [self.stage(messages, scratch, now_ms())?];
         commit(to, &mut staged)?;
         Ok(staged[0].outcome())
     }
 
-    /// Takes the writer lock, stamps the messages and hashes their keys (outside the append
-    /// lock: only the copy is serial) and reserves their consume-queue room.
+    /// Takes the writer lock, stamps the messages (with `now`, or the partition's last
+    /// timestamp if that is later) and hashes their keys (outside the append lock: only the
+    /// copy is serial) and reserves their consume-queue room.
     fn stage<'a>(
         &'a self,
         messages: &'a [NewMessage<'a>],
         scratch: Scratch<'a>,
+        now: i64,
     ) -> Result<Staged<'a>> {
         let state = self.writer.lock();
         if self.topic_deleted.load(Ordering::Acquire) {
@@ -206,7 +208,7 @@ impl Partition {
         let mut staged = Staged {
             partition: self,
             first_offset: state.next,
-            timestamp: now_ms().max(state.last_timestamp),
+            timestamp: now.max(state.last_timestamp),
             keyed: messages.iter().any(|m| m.key_len.is_some()),
             segment_bytes: state.segment_bytes,
             stream_bytes: state.stream_bytes,
@@ -219,11 +221,7 @@ impl Partition {
             "reserving consume-queue room (failpoint append::reserve-queue)".into()
         )));
         let end_offset = staged.first_offset + messages.len() as u64;
-        self.queue.reserve(
-            &mut staged.state.queue_file,
-            staged.first_offset,
-            end_offset,
-        )?;
+        self.reserve_queue(&mut staged.state, staged.first_offset, end_offset)?;
         Ok(staged)
     }
 }
@@ -414,13 +412,15 @@ pub(super) fn append_together<'a>(
         ));
     }
     let total = batches.iter().map(|(_, messages)| messages.len()).sum();
+    // One clock read for the whole append, not one per partition.
+    let now = now_ms();
     Scratch::with(total, |mut scratch| {
         let mut staged = Vec::with_capacity(batches.len());
         for &i in &order {
             let (partition, messages) = batches[i];
             let (mine, rest) = scratch.split(messages.len());
             scratch = rest;
-            staged.push(partition.stage(messages, mine)?);
+            staged.push(partition.stage(messages, mine, now)?);
         }
         commit(to, &mut staged)?;
         let mut outcomes: Vec<(usize, AppendOutcome)> = order

@@ -104,10 +104,16 @@ struct Preparer {
     wake: Condvar,
 }
 
+/// Work for the preparer thread that is not the commit log's: making a partition's next
+/// consume-queue file, say.
+pub type PrepareJob = Box<dyn FnOnce() + Send>;
+
 #[derive(Default)]
 struct PreparedSlot {
     wanted: Option<u64>,
     ready: Option<Arc<LogFile>>,
+    /// Done in order, after the next commit-log file.
+    jobs: std::collections::VecDeque<PrepareJob>,
     stop: bool,
 }
 
@@ -338,6 +344,16 @@ impl CommitLog {
         (first < write_base).then_some(first)
     }
 
+    /// Has the preparer thread run `job` soon, off the write path. Jobs not run by the time
+    /// the log stops are dropped.
+    pub fn prepare_later(&self, job: PrepareJob) {
+        let mut slot = self.preparer.slot.lock();
+        if !slot.stop {
+            slot.jobs.push_back(job);
+            self.preparer.wake.notify_all();
+        }
+    }
+
     fn request_next(&self, base: u64) {
         let mut slot = self.preparer.slot.lock();
         slot.wanted = Some(base);
@@ -354,6 +370,10 @@ impl CommitLog {
             // Wait for a preparation in progress rather than racing it for the same file.
             while slot.wanted == Some(base) && slot.ready.is_none() && !slot.stop {
                 self.preparer.wake.wait(&mut slot);
+            }
+            // Taken: the preparer must not make it again before the next request.
+            if slot.wanted == Some(base) {
+                slot.wanted = None;
             }
             slot.ready.take()
         };
@@ -560,32 +580,43 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
     Ok(LogFile { base, data })
 }
 
+/// The preparer thread: the next commit-log file first (an appender may be waiting for it),
+/// then jobs.
 fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
     let mut slot = preparer.slot.lock();
     loop {
         if slot.stop {
+            slot.jobs.clear();
             return;
         }
-        let wanted = match slot.wanted {
-            Some(base) if slot.ready.as_ref().is_none_or(|f| f.base != base) => base,
-            _ => {
-                preparer.wake.wait(&mut slot);
+        match slot.wanted {
+            Some(wanted) if slot.ready.as_ref().is_none_or(|f| f.base != wanted) => {
+                if let Some(stale) = slot.ready.take() {
+                    let _ = std::fs::remove_file(stale.data.path());
+                }
+                let made = parking_lot::MutexGuard::unlocked(&mut slot, || {
+                    create_file(dir, wanted, file_bytes)
+                });
+                match made {
+                    Ok(file) => slot.ready = Some(Arc::new(file)),
+                    Err(error) => {
+                        tracing::warn!("preparing the next commit-log file failed: {error}");
+                        // Unless a newer request came meanwhile.
+                        if slot.wanted == Some(wanted) {
+                            slot.wanted = None;
+                        }
+                    }
+                }
+                preparer.wake.notify_all();
                 continue;
             }
-        };
-        if let Some(stale) = slot.ready.take() {
-            let _ = std::fs::remove_file(stale.data.path());
+            _ => {}
         }
-        let made =
-            parking_lot::MutexGuard::unlocked(&mut slot, || create_file(dir, wanted, file_bytes));
-        match made {
-            Ok(file) => slot.ready = Some(Arc::new(file)),
-            Err(error) => {
-                tracing::warn!("preparing the next commit-log file failed: {error}");
-                slot.wanted = None;
-            }
+        if let Some(job) = slot.jobs.pop_front() {
+            parking_lot::MutexGuard::unlocked(&mut slot, job);
+            continue;
         }
-        preparer.wake.notify_all();
+        preparer.wake.wait(&mut slot);
     }
 }
 

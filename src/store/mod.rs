@@ -313,7 +313,7 @@ impl Store {
             id: record.id,
             created_ms: record.created_ms,
             settings: RwLock::new(record.settings()),
-            partitions: RwLock::new(Vec::new()),
+            partitions: RwLock::new(Arc::new(Vec::new())),
             deleted: Arc::new(AtomicBool::new(false)),
             next_keyless: AtomicU32::new(0),
             queue_dir: recovery::queue_dir(&self.dir, record.id),
@@ -329,22 +329,26 @@ impl Store {
         count: u32,
         marks: &HashMap<(u32, u32), PartitionOffsets>,
     ) -> Result<()> {
-        let mut partitions = topic.partitions.write();
-        for index in partitions.len() as u32..count {
+        let mut table = topic.partitions.write();
+        let mut partitions = table.to_vec();
+        let added = (partitions.len() as u32..count).try_for_each(|index| {
             let queue = queue::ConsumeQueue::open(
                 &topic.queue_dir.join(index.to_string()),
                 u64::from(self.layout.segment_messages),
             )?;
             let offsets = marks.get(&(topic.id, index)).copied().unwrap_or_default();
-            partitions.push(Arc::new(Partition::new(
-                topic,
-                index,
-                self.log.clone(),
-                queue,
-                offsets,
-            )?));
-        }
-        Ok(())
+            let partition = Partition::new(topic, index, self.log.clone(), queue, offsets)?;
+            // The file the next append goes to, made off the write path.
+            let base = partition.queue.segment_base(offsets.end);
+            if partition.queue.file_bases().last() != Some(&base) {
+                partition.prepare_queue_file(base);
+            }
+            partitions.push(Arc::new(partition));
+            Ok(())
+        });
+        // Those made before a failure stay, as they would have one by one.
+        *table = Arc::new(partitions);
+        added
     }
 
     /// Deletes a topic and all its messages. Its commit-log records go when retention

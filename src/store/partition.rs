@@ -20,7 +20,9 @@ pub struct Topic {
     pub(super) id: u32,
     pub(super) created_ms: i64,
     pub(super) settings: RwLock<TopicSettings>,
-    pub(super) partitions: RwLock<Vec<Arc<Partition>>>,
+    /// Replaced whole when partitions are added, so a writer takes the table with one
+    /// reference count, not one per partition.
+    pub(super) partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
     pub(super) deleted: Arc<AtomicBool>,
     pub(super) next_keyless: AtomicU32,
     pub(super) queue_dir: PathBuf,
@@ -58,6 +60,11 @@ impl Topic {
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions.read().to_vec()
+    }
+
+    /// Every partition, index by index, as of now.
+    pub fn partition_table(&self) -> Arc<Vec<Arc<Partition>>> {
         self.partitions.read().clone()
     }
 
@@ -68,7 +75,14 @@ impl Topic {
     /// Kafka's Java-client choice for a keyed message, `(murmur2(key) & 0x7fffffff) % n`;
     /// keyless messages go to the partitions in turn.
     pub fn choose_partition(&self, key: Option<&[u8]>) -> u32 {
-        let count = self.partitions.read().len().max(1) as u32;
+        let count = self.partitions.read().len() as u32;
+        self.choose_partition_of(count, key)
+    }
+
+    /// [`choose_partition`](Self::choose_partition) among the first `count` partitions (the
+    /// length of a [`partition_table`](Self::partition_table)).
+    pub fn choose_partition_of(&self, count: u32, key: Option<&[u8]>) -> u32 {
+        let count = count.max(1);
         match key {
             Some(key) => (super::murmur2(key) & 0x7fff_ffff) % count,
             None => self.next_keyless.fetch_add(1, Ordering::Relaxed) % count,
@@ -151,6 +165,34 @@ pub struct Partition {
     pub(super) stream_end: AtomicU64,
     /// Consume-queue entries below this offset are on disk.
     pub(super) flushed: AtomicU64,
+}
+
+impl Partition {
+    /// Reserves consume-queue room for `[from, to)` (see [`ConsumeQueue::reserve`]); once
+    /// the segment is half full, has the next segment's file made ahead of need.
+    pub(super) fn reserve_queue(&self, state: &mut WriteState, from: u64, to: u64) -> Result<()> {
+        self.queue.reserve(&mut state.queue_file, from, to)?;
+        if let Some(next) = self.queue.next_to_prepare(from, to) {
+            self.prepare_queue_file(next);
+        }
+        Ok(())
+    }
+
+    /// Has the preparer thread make the consume-queue file of the segment at `base`, so the
+    /// append that first needs it does not. Should that fail (a full disk), the append makes
+    /// it itself and reports the error.
+    pub(super) fn prepare_queue_file(&self, base: u64) {
+        let queue = self.queue.prepare_handle();
+        let deleted = self.topic_deleted.clone();
+        self.log.prepare_later(Box::new(move || {
+            if deleted.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(error) = queue.prepare(base) {
+                tracing::warn!("making a consume-queue file ahead of need failed: {error}");
+            }
+        }));
+    }
 }
 
 impl Partition {

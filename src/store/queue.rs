@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::error::{Result, StoreError};
 use super::format::{self, QueueEntry, QUEUE_ENTRY_BYTES};
@@ -14,6 +14,9 @@ use super::mapped::{remove_file, MappedFile};
 
 const FIRST_CHUNK_BYTES: u64 = 4096;
 const MAX_CHUNK_BYTES: u64 = 1 << 20;
+/// A file made ahead of need carries this suffix until an append adopts it: recovery and
+/// `commitfs check` see only 20-digit names, so one nobody used holds no claim on anything.
+const PREPARED_SUFFIX: &str = ".prepared";
 
 pub struct QueueFile {
     pub base: u64,
@@ -53,10 +56,39 @@ impl Slot {
     }
 }
 
+/// A file made by the preparer thread for the segment at `base`, not yet in the queue.
+struct Prepared {
+    base: u64,
+    data: MappedFile,
+}
+
 pub struct ConsumeQueue {
+    /// Here as well as in `shared`: the append path reads it for every message, and must
+    /// not follow a pointer to another cache line for it.
+    entries_per_file: u64,
+    shared: Arc<Shared>,
+}
+
+/// What the preparer thread reaches through a [`PrepareHandle`].
+struct Shared {
     dir: PathBuf,
     entries_per_file: u64,
     files: RwLock<BTreeMap<u64, Slot>>,
+    /// Held while a file is made (ahead of need or by the writer), so the two never race
+    /// for the same name; holds the file made ahead of need, if any.
+    prepared: Mutex<Option<Prepared>>,
+}
+
+/// Lets the preparer thread make a queue's files ahead of need without keeping the queue.
+pub struct PrepareHandle(Weak<Shared>);
+
+impl PrepareHandle {
+    /// [`Shared::prepare`], if the queue still exists.
+    pub fn prepare(&self, base: u64) -> Result<()> {
+        self.0
+            .upgrade()
+            .map_or(Ok(()), |shared| shared.prepare(base))
+    }
 }
 
 impl ConsumeQueue {
@@ -64,6 +96,7 @@ impl ConsumeQueue {
     pub fn open(dir: &Path, entries_per_file: u64) -> Result<ConsumeQueue> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let leftovers = prepared_files(dir)?;
         let mut files = BTreeMap::new();
         for base in super::commitlog::list_files(dir)? {
             let path = dir.join(format::file_name(base));
@@ -81,10 +114,15 @@ impl ConsumeQueue {
                 .len();
             files.insert(base, Slot::OnDisk { len });
         }
+        let prepared = keep_one_prepared(leftovers, &files, entries_per_file)?;
         Ok(ConsumeQueue {
-            dir: dir.to_owned(),
             entries_per_file,
-            files: RwLock::new(files),
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                entries_per_file,
+                files: RwLock::new(files),
+                prepared: Mutex::new(prepared),
+            }),
         })
     }
 
@@ -93,7 +131,7 @@ impl ConsumeQueue {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     pub fn segment_base(&self, offset: u64) -> u64 {
@@ -101,10 +139,10 @@ impl ConsumeQueue {
     }
 
     pub fn file(&self, base: u64) -> Option<Arc<QueueFile>> {
-        if let Slot::Mapped(file) = self.files.read().get(&base)? {
+        if let Slot::Mapped(file) = self.shared.files.read().get(&base)? {
             return Some(file.clone());
         }
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         let slot = files.get_mut(&base)?;
         if let Slot::OnDisk { .. } = slot {
             let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
@@ -175,7 +213,7 @@ impl ConsumeQueue {
 
     /// Bases of the files on disk, oldest first.
     pub fn file_bases(&self) -> Vec<u64> {
-        self.files.read().keys().copied().collect()
+        self.shared.files.read().keys().copied().collect()
     }
 
     /// Whether entries `[from, to)` all lie in allocated parts of existing files.
@@ -183,7 +221,7 @@ impl ConsumeQueue {
         let mut offset = from;
         while offset < to {
             let base = self.segment_base(offset);
-            let Some(allocated) = self.files.read().get(&base).map(Slot::allocated) else {
+            let Some(allocated) = self.shared.files.read().get(&base).map(Slot::allocated) else {
                 return false;
             };
             let file_end = base + self.entries_per_file;
@@ -205,7 +243,7 @@ impl ConsumeQueue {
             if active.as_ref().is_none_or(|f| f.base != base) {
                 *active = Some(match self.file(base) {
                     Some(file) => file,
-                    None => self.create_file(base)?,
+                    None => self.adopt_or_create(base)?,
                 });
             }
             let file = active.as_ref().expect("set above");
@@ -249,12 +287,40 @@ impl ConsumeQueue {
             .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode());
     }
 
-    fn create_file(&self, base: u64) -> Result<Arc<QueueFile>> {
+    /// The segment whose file should be made ahead of need once `[from, to)` is reserved:
+    /// the next one, when these entries pass the middle of the segment `to - 1` lies in.
+    pub fn next_to_prepare(&self, from: u64, to: u64) -> Option<u64> {
+        let last = to.checked_sub(1)?;
+        let base = self.segment_base(last);
+        let middle = base + self.entries_per_file / 2;
+        (from <= middle && middle <= last).then_some(base + self.entries_per_file)
+    }
+
+    pub fn prepare_handle(&self) -> PrepareHandle {
+        PrepareHandle(Arc::downgrade(&self.shared))
+    }
+
+    /// The file of the segment at `base` for its first append: the one made ahead of need,
+    /// renamed into place (no allocation, no new mapping), or else a new one.
+    fn adopt_or_create(&self, base: u64) -> Result<Arc<QueueFile>> {
+        let mut prepared = self.shared.prepared.lock();
+        if let Some(file) = self.file(base) {
+            return Ok(file);
+        }
         let path = self.path(base);
-        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
-        let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
+        let data = match prepared.take() {
+            Some(ready) if ready.base == base => ready.data.rename(&path)?,
+            other => {
+                *prepared = other;
+                let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+                MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?
+            }
+        };
         let file = Arc::new(QueueFile { base, data });
-        self.files.write().insert(base, Slot::Mapped(file.clone()));
+        self.shared
+            .files
+            .write()
+            .insert(base, Slot::Mapped(file.clone()));
         Ok(file)
     }
 
@@ -277,7 +343,7 @@ impl ConsumeQueue {
     /// Removes the files of segments that end at or before `offset`. Open readers keep their
     /// mapping of a removed file.
     pub fn remove_before(&self, offset: u64) -> Result<()> {
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         while let Some((&base, _)) = files.first_key_value() {
             if base + self.entries_per_file > offset {
                 break;
@@ -290,7 +356,7 @@ impl ConsumeQueue {
 
     /// Removes every file (before a rebuild from the commit log).
     pub fn remove_all(&self) -> Result<()> {
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         for &base in files.keys() {
             remove_file(&self.path(base))?;
         }
@@ -301,7 +367,7 @@ impl ConsumeQueue {
     /// Removes files past the segment holding `end` (left by an unclean stop).
     pub fn remove_from(&self, end: u64) -> Result<()> {
         let keep_through = self.segment_base(end);
-        let mut files = self.files.write();
+        let mut files = self.shared.files.write();
         let stale: Vec<u64> = files
             .range(keep_through + 1..)
             .map(|(&base, _)| base)
@@ -314,11 +380,107 @@ impl ConsumeQueue {
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.files.read().values().map(Slot::allocated).sum()
+        let prepared = self
+            .shared
+            .prepared
+            .lock()
+            .as_ref()
+            .map_or(0, |p| p.data.allocated());
+        prepared
+            + self
+                .shared
+                .files
+                .read()
+                .values()
+                .map(Slot::allocated)
+                .sum::<u64>()
+    }
+
+    fn path(&self, base: u64) -> PathBuf {
+        self.shared.path(base)
+    }
+}
+
+impl Shared {
+    /// Makes the file of the segment at `base` ahead of need, under a name recovery ignores,
+    /// unless the queue has it already. Replaces a prepared file of another segment (one
+    /// nobody adopted: a segment roll came sooner, or retention took its place).
+    fn prepare(&self, base: u64) -> Result<()> {
+        let mut prepared = self.prepared.lock();
+        if prepared.as_ref().is_some_and(|p| p.base == base)
+            || self.files.read().contains_key(&base)
+        {
+            return Ok(());
+        }
+        if let Some(stale) = prepared.take() {
+            remove_file(stale.data.path())?;
+        }
+        let path = self.prepared_path(base);
+        // Left by a preparation that failed part way (its file is removed; a kill may not).
+        remove_file(&path)?;
+        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+        let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
+        *prepared = Some(Prepared { base, data });
+        Ok(())
     }
 
     fn path(&self, base: u64) -> PathBuf {
         self.dir.join(format::file_name(base))
+    }
+
+    fn prepared_path(&self, base: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}{PREPARED_SUFFIX}", format::file_name(base)))
+    }
+}
+
+/// Files made ahead of need that a stop left unadopted, by base, with their paths.
+fn prepared_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    let mut found = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let base = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(PREPARED_SUFFIX))
+            .and_then(format::parse_file_name);
+        if let Some(base) = base {
+            found.insert(base, entry.path());
+        }
+    }
+    Ok(found)
+}
+
+/// Keeps the newest leftover prepared file for reuse (it holds no entry: a file is renamed
+/// into place before its first entry is written), so a store of many partitions that were
+/// never written does not make all their files again at every open; removes the others,
+/// and one whose segment has a file already or whose name no segment can have.
+fn keep_one_prepared(
+    mut leftovers: BTreeMap<u64, PathBuf>,
+    files: &BTreeMap<u64, Slot>,
+    entries_per_file: u64,
+) -> Result<Option<Prepared>> {
+    let newest = leftovers.pop_last();
+    for path in leftovers.values() {
+        remove_file(path)?;
+    }
+    let Some((base, path)) = newest else {
+        return Ok(None);
+    };
+    if base % entries_per_file != 0 || files.contains_key(&base) {
+        remove_file(&path)?;
+        return Ok(None);
+    }
+    let capacity = entries_per_file * QUEUE_ENTRY_BYTES as u64;
+    match MappedFile::open(&path, capacity) {
+        Ok(data) => Ok(Some(Prepared { base, data })),
+        Err(error) => {
+            tracing::warn!("a consume-queue file made ahead of need is made again: {error}");
+            remove_file(&path)?;
+            Ok(None)
+        }
     }
 }
 

@@ -13,7 +13,6 @@
 //! `fsync` makes the complete lines durable and leaves the partial line waiting.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -352,22 +351,29 @@ impl CommitFs {
                 ),
             ));
         }
-        let mut groups: BTreeMap<u32, Vec<NewMessage<'_>>> = BTreeMap::new();
-        for &message in messages {
-            let index = topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
-            groups.entry(index).or_default().push(message);
-        }
-        let mut partitions = Vec::with_capacity(groups.len());
-        for &index in groups.keys() {
-            partitions.push(topic.partition(index).ok_or_else(|| {
-                FsError::internal(format!("{}: partition {index} vanished", topic.name()))
-            })?);
-        }
-        let batches: Vec<(&Partition, &[NewMessage<'_>])> = partitions
-            .iter()
-            .zip(groups.values())
-            .map(|(partition, group)| (&**partition, group.as_slice()))
+        // Messages in partition order (and in their own order within one), so each
+        // partition's batch is a run of one vector: no allocation per partition.
+        let table = topic.partition_table();
+        let count = table.len() as u32;
+        let mut routes: Vec<(u32, u32)> = (0u32..)
+            .zip(messages)
+            .map(|(at, message)| {
+                let key = message.key_len.map(|len| &message.payload[..len]);
+                (topic.choose_partition_of(count, key), at)
+            })
             .collect();
+        routes.sort_unstable();
+        let ordered: Vec<NewMessage<'_>> = routes
+            .iter()
+            .map(|&(_, at)| messages[at as usize])
+            .collect();
+        let mut batches: Vec<(&Partition, &[NewMessage<'_>])> = Vec::new();
+        let mut rest = ordered.as_slice();
+        for run in routes.chunk_by(|a, b| a.0 == b.0) {
+            let (batch, after) = rest.split_at(run.len());
+            batches.push((&table[run[0].0 as usize], batch));
+            rest = after;
+        }
         self.store
             .append_to_partitions(&batches)
             .map(drop)
