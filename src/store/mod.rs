@@ -156,10 +156,23 @@ impl KeyMatch<'_> {
     }
 }
 
-/// Appends per topic, for the metrics.
-fn count_appended(partition: &Partition, messages: &[NewMessage<'_>]) {
-    let bytes = messages.iter().map(|m| m.payload.len() as u64).sum();
-    crate::metrics::appended(&partition.topic_name, messages.len() as u64, bytes);
+/// Appends per topic, for the metrics: one count per run of batches of the same topic (a
+/// write through `append` reaches thousands of partitions of one topic).
+fn count_appended(batches: &[(&Partition, &[NewMessage<'_>])]) {
+    let mut batches = batches.iter().peekable();
+    while let Some((partition, messages)) = batches.next() {
+        let (mut count, mut bytes) = (0, 0);
+        let mut add = |messages: &[NewMessage<'_>]| {
+            count += messages.len() as u64;
+            bytes += messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+        };
+        add(messages);
+        while let Some((_, more)) = batches.next_if(|(next, _)| next.topic_id == partition.topic_id)
+        {
+            add(more);
+        }
+        crate::metrics::appended(&partition.topic_name, count, bytes);
+    }
 }
 
 /// The most partitions a topic may have.
@@ -433,7 +446,7 @@ impl Store {
                 partition.append(to, messages, scratch)
             })
         })?;
-        count_appended(partition, messages);
+        count_appended(&[(partition, messages)]);
         Ok(outcome)
     }
 
@@ -445,9 +458,7 @@ impl Store {
         batches: &[(&Partition, &[NewMessage<'_>])],
     ) -> Result<Vec<AppendOutcome>> {
         let outcomes = self.appending(|to| append::append_together(to, batches))?;
-        for (partition, messages) in batches {
-            count_appended(partition, messages);
-        }
+        count_appended(batches);
         Ok(outcomes)
     }
 

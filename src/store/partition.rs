@@ -598,19 +598,11 @@ impl Partition {
             position,
             start: self.stream_start().unwrap_or(stream_end),
         };
-        // The last message starting at or before `position`.
-        let (mut low, mut high) = (self.start_offset(), end);
-        while high - low > 1 {
-            let middle = low + (high - low) / 2;
-            let record = self.stored_record(middle)?.ok_or_else(gone)?;
-            if record.header.stream_position <= position {
-                low = middle;
-            } else {
-                high = middle;
-            }
-        }
+        let mut offset = last_starting_at_or_before(self.start_offset(), end, position, |at| {
+            let record = self.stored_record(at)?.ok_or_else(gone)?;
+            Ok(record.header.stream_position)
+        })?;
         let mut filled = 0;
-        let mut offset = low;
         while filled < buf.len() && offset < end {
             let from = position + filled as u64;
             let Some(record) = self.stored_record(offset)? else {
@@ -682,6 +674,26 @@ pub struct MessageLocation {
     pub segment_base: u64,
     pub position: u64,
     pub len: u32,
+}
+
+/// The last offset in `[low, high)` whose message starts at or before byte `target`, by a
+/// binary search over `start_of` (positions rise with offsets); `low` when none does. The
+/// cost does not grow with the number of messages searched.
+fn last_starting_at_or_before(
+    mut low: u64,
+    mut high: u64,
+    target: u64,
+    start_of: impl Fn(u64) -> Result<u64>,
+) -> Result<u64> {
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if start_of(middle)? <= target {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(low)
 }
 
 pub(super) fn verify<F: Deref<Target = LogFile>>(record: &Record<F>) -> Result<()> {
@@ -816,18 +828,10 @@ impl SegmentReader {
             }
         };
         let target = position + shift;
-        // The last message starting at or before the target.
-        let (mut low, mut high) = (self.first, end);
-        while high - low > 1 {
-            let middle = low + (high - low) / 2;
-            if self.with_record(&queue, middle, |r| r.header.segment_position)? <= target {
-                low = middle;
-            } else {
-                high = middle;
-            }
-        }
+        let mut offset = last_starting_at_or_before(self.first, end, target, |at| {
+            self.with_record(&queue, at, |r| r.header.segment_position)
+        })?;
         let mut filled = 0;
-        let mut offset = low;
         while filled < buf.len() && offset < end {
             let from = target + filled as u64;
             let (copied, next) = self.with_record(&queue, offset, |record| {
