@@ -154,6 +154,39 @@ fn a_failed_write_of_the_commit_log_fails_the_append_and_fences_the_store() {
     }
 }
 
+/// An append that passed the store's first check before another append's write failed, and
+/// then waited, must be refused too: writing after the failed append's zeroed bytes would
+/// leave a hole in the log, which the next mount refuses.
+#[test]
+fn an_append_waiting_while_another_write_fails_is_refused_and_the_log_keeps_no_hole() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", settings(2)).unwrap();
+    let (p0, p1) = (partition(&store, 0), partition(&store, 1));
+    store.append(&p0, b"k0:first\n", Some(2)).unwrap();
+    // B passes the fence check, then waits in its stage while A's write fails.
+    fail::cfg("append::reserve-queue", "1*pause").unwrap();
+    let waited = std::thread::scope(|scope| {
+        let b = scope.spawn(|| store.append(&p1, b"k1:waiting\n", Some(2)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        fail::cfg("mapped::write_at", "1*return(eio@commitlog)").unwrap();
+        let failed = store.append(&p0, b"k0:failed\n", Some(2));
+        fail::remove("mapped::write_at");
+        assert!(matches!(failed, Err(StoreError::Io { .. })), "{failed:?}");
+        fail::remove("append::reserve-queue");
+        b.join().unwrap()
+    });
+    assert!(matches!(waited, Err(StoreError::Fenced)), "{waited:?}");
+    assert_eq!(key_matches(&store, &topic, "k0"), [(0, 0, "k0:first\n".into())]);
+    drop((topic, p0, p1));
+    drop(store);
+
+    let store = Store::open(dir.path(), config()).expect("no hole: the log ends before A");
+    assert_eq!(messages(&store, &partition(&store, 0)), ["k0:first\n"]);
+    assert!(messages(&store, &partition(&store, 1)).is_empty());
+}
+
 #[test]
 fn a_full_disk_for_a_new_key_index_file_fails_the_append_and_stores_nothing() {
     let _scenario = FailScenario::setup();

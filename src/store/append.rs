@@ -440,6 +440,9 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
     let keyed = staged.iter().map(Staged::keyed_count).sum();
     let fence = {
         let mut appender = to.log.appender();
+        // Checked again under the append lock: an append that failed while this one waited
+        // for the lock fenced the store, and the log's end is no longer where it says.
+        to.fence.check()?;
         let mut index = to.index.reserve(keyed, appender.position())?;
         let file_bytes = appender.file_bytes();
         let mut local = appender.position() % file_bytes;
