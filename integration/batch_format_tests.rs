@@ -286,3 +286,49 @@ fn a_store_of_the_older_format_is_refused_and_left_untouched() {
     assert!(message.contains("copy its topics"), "{message}");
     assert_eq!(fixtures::tree(dir.path()), before, "nothing changed");
 }
+
+/// A partition whose every message retention removed keeps its `stream` size across a
+/// remount (the checkpoint records it: no stored message says it any more), so positions a
+/// reader saved still name the same bytes afterwards.
+#[test]
+fn stream_positions_survive_retention_of_every_message_and_a_remount() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut settings = fixtures::keyed_topic(1);
+    settings.retention_ms = Some(1);
+    let partition = store
+        .create_topic("t", settings)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    // Exactly one segment (10 messages): sealed at once, and wholly expired below.
+    let lines: Vec<String> = (0..10).map(|i| format!("line-{i:05}\n")).collect();
+    let batch: Vec<NewMessage<'_>> = lines
+        .iter()
+        .map(|line| NewMessage {
+            payload: line.as_bytes(),
+            key_len: None,
+        })
+        .collect();
+    store.append_batch(&partition, &batch).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    store.enforce_retention().unwrap();
+    assert_eq!(partition.start_offset(), 10);
+    assert_eq!(partition.stream_end(), 110);
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.stream_end(), 110);
+    assert_eq!(partition.stream_start().unwrap(), 110);
+    store.append(&partition, b"next\n", None).unwrap();
+    let mut buf = [0u8; 16];
+    let read = partition.read_stream(110, &mut buf).unwrap();
+    assert_eq!(&buf[..read], b"next\n");
+    assert!(matches!(
+        partition.read_stream(0, &mut buf),
+        Err(StoreError::BeforeStreamStart { start: 110, .. })
+    ));
+}

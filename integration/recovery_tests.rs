@@ -304,7 +304,8 @@ fn checkpoint_without_topic(dir: &Path, topic_id: u32) {
     let bytes = std::fs::read(&path).unwrap();
     let count = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize;
     let kept: Vec<&[u8]> = (0..count)
-        .map(|i| &bytes[36 + i * 24..60 + i * 24])
+        // README "On-disk format": 32-byte partition marks after a 36-byte head.
+        .map(|i| &bytes[36 + i * 32..68 + i * 32])
         .filter(|mark| u32::from_le_bytes(mark[0..4].try_into().unwrap()) != topic_id)
         .collect();
     assert!(kept.len() < count);

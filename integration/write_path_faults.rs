@@ -178,7 +178,10 @@ fn an_append_waiting_while_another_write_fails_is_refused_and_the_log_keeps_no_h
         b.join().unwrap()
     });
     assert!(matches!(waited, Err(StoreError::Fenced)), "{waited:?}");
-    assert_eq!(key_matches(&store, &topic, "k0"), [(0, 0, "k0:first\n".into())]);
+    assert_eq!(
+        key_matches(&store, &topic, "k0"),
+        [(0, 0, "k0:first\n".into())]
+    );
     drop((topic, p0, p1));
     drop(store);
 

@@ -10,7 +10,9 @@ use super::index::IndexMark;
 use super::meta::write_atomically;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint";
-const MAGIC: &[u8; 8] = b"CFSCKPT1";
+/// 2: each partition mark also holds its stream's size.
+const MAGIC: &[u8; 8] = b"CFSCKPT2";
+const MARK_BYTES: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionMark {
@@ -20,6 +22,9 @@ pub struct PartitionMark {
     pub end: u64,
     /// First offset still stored.
     pub start: u64,
+    /// Size of the partition's `stream` at `end`: kept here because once retention has
+    /// removed every message, no record says it.
+    pub stream_end: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +36,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(40 + self.partitions.len() * 24);
+        let mut out = Vec::with_capacity(40 + self.partitions.len() * MARK_BYTES);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.commit_log_end.to_le_bytes());
         let (has_index, index_base, index_count) = match self.index {
@@ -47,6 +52,7 @@ impl Checkpoint {
             out.extend_from_slice(&mark.partition.to_le_bytes());
             out.extend_from_slice(&mark.end.to_le_bytes());
             out.extend_from_slice(&mark.start.to_le_bytes());
+            out.extend_from_slice(&mark.stream_end.to_le_bytes());
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -62,7 +68,7 @@ impl Checkpoint {
             return Err("checkpoint CRC mismatch");
         }
         let count = le_u32(body, 32) as usize;
-        if body.len() != 36 + count * 24 {
+        if body.len() as u64 != 36 + count as u64 * MARK_BYTES as u64 {
             return Err("checkpoint length does not match its partition count");
         }
         let index = (le_u32(body, 16) == 1).then(|| IndexMark {
@@ -71,12 +77,13 @@ impl Checkpoint {
         });
         let partitions = (0..count)
             .map(|i| {
-                let at = 36 + i * 24;
+                let at = 36 + i * MARK_BYTES;
                 PartitionMark {
                     topic_id: le_u32(body, at),
                     partition: le_u32(body, at + 4),
                     end: le_u64(body, at + 8),
                     start: le_u64(body, at + 16),
+                    stream_end: le_u64(body, at + 24),
                 }
             })
             .collect();
@@ -130,12 +137,14 @@ mod tests {
                     partition: 0,
                     end: 10,
                     start: 0,
+                    stream_end: 110,
                 },
                 PartitionMark {
                     topic_id: 2,
                     partition: 5,
                     end: 900,
                     start: 300,
+                    stream_end: 9_900,
                 },
             ],
         };
@@ -156,14 +165,15 @@ mod fuzz {
     use crate::fuzzing;
 
     fn checkpoint() -> impl Strategy<Value = Vec<u8>> {
-        let mark = any::<(u32, u32, u64, u64)>().prop_map(|(topic_id, partition, end, start)| {
-            PartitionMark {
+        let mark = any::<(u32, u32, u64, u64, u64)>().prop_map(
+            |(topic_id, partition, end, start, stream_end)| PartitionMark {
                 topic_id,
                 partition,
                 end,
                 start,
-            }
-        });
+                stream_end,
+            },
+        );
         let index = any::<Option<(u64, u32)>>()
             .prop_map(|mark| mark.map(|(file_base, count)| IndexMark { file_base, count }));
         (any::<u64>(), index, proptest::collection::vec(mark, 0..20)).prop_map(

@@ -436,8 +436,8 @@ fn fits(file_bytes: u64, local: u64, size: u64) -> bool {
     local + size + BLANK_BYTES as u64 <= file_bytes
 }
 
-/// Holds the append lock. Batches are copied into the map while it is held, so the log has
-/// no holes: recovery may cut only at the first invalid batch.
+/// Holds the append lock. Batches are built and written into the file while it is held, so
+/// the log has no holes: recovery may cut only at the first invalid batch.
 pub struct Appender<'a> {
     log: &'a CommitLog,
     writer: parking_lot::MutexGuard<'a, Writer>,

@@ -106,19 +106,20 @@ impl Store {
             let _quiet = self.quiesce.write();
             // No append is under way now; one that panicked has fenced the store by now.
             self.fence.check()?;
-            let partitions: Vec<(Arc<Partition>, u64, u64)> = self
+            let partitions: Vec<(Arc<Partition>, u64, u64, u64)> = self
                 .all_partitions()
                 .into_iter()
                 .map(|p| {
-                    let (start, end) = (p.start_offset(), p.end_offset());
-                    (p, start, end)
+                    let (start, end, stream_end) =
+                        (p.start_offset(), p.end_offset(), p.stream_end());
+                    (p, start, end, stream_end)
                 })
                 .collect();
             (self.log.written_end(), self.index.mark(), partitions)
         };
         self.log.flush()?;
         let mut marks = Vec::with_capacity(partitions.len());
-        for (partition, start, end) in partitions {
+        for (partition, start, end, stream_end) in partitions {
             let flushed = partition.flushed.load(std::sync::atomic::Ordering::Acquire);
             partition.queue.flush(flushed.max(start), end)?;
             partition
@@ -129,6 +130,7 @@ impl Store {
                 partition: partition.index,
                 end,
                 start,
+                stream_end,
             });
         }
         self.index.flush()?;

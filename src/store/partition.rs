@@ -133,6 +133,9 @@ pub(super) struct PartitionOffsets {
     pub end: u64,
     /// Consume-queue entries below this offset are on disk.
     pub durable: u64,
+    /// The `stream`'s size at `end` as the checkpoint recorded it, when `end` is the
+    /// checkpoint's: used when no stored message says it any more.
+    pub stream_end: Option<u64>,
 }
 
 /// State only the partition's appender touches.
@@ -210,6 +213,7 @@ impl Partition {
             start,
             end,
             durable,
+            stream_end,
         } = offsets;
         let segment_messages = queue.entries_per_file();
         let partition = Partition {
@@ -223,14 +227,14 @@ impl Partition {
             writer: Mutex::new(WriteState {
                 next: end,
                 segment_bytes: 0,
-                stream_bytes: 0,
+                stream_bytes: stream_end.unwrap_or(0),
                 last_timestamp: 0,
                 queue_file: None,
             }),
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),
             last_timestamp: AtomicI64::new(0),
-            stream_end: AtomicU64::new(0),
+            stream_end: AtomicU64::new(stream_end.unwrap_or(0)),
             flushed: AtomicU64::new(durable.min(end)),
         };
         // With nothing stored (the disk ceiling took every message) the last record may be
@@ -583,6 +587,18 @@ impl Partition {
     /// first message still stored are an error ([`StoreError::BeforeStreamStart`]). Each
     /// batch served from is checked against its CRC32C.
     pub fn read_stream(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
+        // Retention may move the start while a read searches: a position still stored is
+        // searched again rather than answered with ENXIO.
+        for _ in 0..3 {
+            match self.read_stream_once(position, buf) {
+                Err(StoreError::BeforeStreamStart { .. }) if self.stream_start()? <= position => {}
+                done => return done,
+            }
+        }
+        self.read_stream_once(position, buf)
+    }
+
+    fn read_stream_once(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
         let end = self.end_offset();
         let (start_position, stream_end) = (self.stream_start()?, self.stream_end());
         if position < start_position {

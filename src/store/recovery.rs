@@ -290,10 +290,10 @@ fn open_partitions(
     checkpoint: Option<&Checkpoint>,
     unclean: bool,
 ) -> Result<(PartitionMap<Recovering>, Vec<String>)> {
-    let marks: HashMap<(u32, u32), (u64, u64)> = checkpoint
+    let marks: HashMap<(u32, u32), (u64, u64, u64)> = checkpoint
         .iter()
         .flat_map(|c| &c.partitions)
-        .map(|m| ((m.topic_id, m.partition), (m.start, m.end)))
+        .map(|m| ((m.topic_id, m.partition), (m.start, m.end, m.stream_end)))
         .collect();
     let mut partitions = PartitionMap::default();
     let mut uncovered = Vec::new();
@@ -304,7 +304,7 @@ fn open_partitions(
                 u64::from(meta.layout.segment_messages),
             )?;
             let mark = marks.get(&(topic.id, index)).copied();
-            let (mut start, end) = mark.unwrap_or((0, 0));
+            let (mut start, end, stream_end) = mark.unwrap_or((0, 0, 0));
             let first_file = queue.file_bases().first().copied();
             // Retention may have removed files after the checkpoint was written.
             if let Some(first) = first_file {
@@ -330,6 +330,7 @@ fn open_partitions(
                     active_file: None,
                     start,
                     end,
+                    stream_end: mark.map(|_| stream_end),
                     next: Some(end),
                     last_record: None,
                 },
@@ -455,6 +456,7 @@ fn settle_offsets(
                 start,
                 end,
                 durable,
+                stream_end: partition.stream_end.filter(|_| end == partition.end),
             },
         );
     }
@@ -560,6 +562,8 @@ struct Recovering {
     start: u64,
     /// End offset at the checkpoint.
     end: u64,
+    /// The `stream`'s size at `end`, if the checkpoint has a mark for the partition.
+    stream_end: Option<u64>,
     /// The offset the next record found must have (`None`: not known yet, in a rebuild).
     next: Option<u64>,
     /// Commit-log offset of this partition's newest record found by this scan.
