@@ -208,3 +208,35 @@ fn prepared_files_nobody_used_neither_confuse_recovery_nor_check() {
     let report = check(dir.path(), &options).unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
+
+/// Descriptors this process holds open.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Files made ahead of need are closed until their first append: a topic of 2,000
+/// partitions that were never written holds no descriptor (and no map) per partition, so
+/// several such topics stay within the usual limit of open files.
+#[test]
+fn unwritten_partitions_hold_no_descriptor_for_their_prepared_files() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let before = open_descriptors();
+    let topic = store
+        .create_topic("t", fixtures::keyed_topic(2000))
+        .unwrap();
+    let queue = queue_dir(dir.path(), &topic, 1999);
+    wait_for(&prepared(&queue, 0));
+    let held = open_descriptors().saturating_sub(before);
+    assert!(
+        held < 100,
+        "{held} descriptors held for 2,000 unwritten partitions"
+    );
+    // The first append opens its prepared file, as before.
+    let partition = topic.partition(1999).unwrap();
+    append_lines(&store, &partition, 0, 3);
+    assert!(queue.join(format!("{:020}", 0)).exists());
+    assert!(!prepared(&queue, 0).exists());
+    assert_eq!(store.read_message(&partition, 2).unwrap(), b"m2\n");
+}

@@ -107,27 +107,6 @@ impl MappedFile {
         &self.path
     }
 
-    /// Gives the file the name `to` (its map, blocks and descriptor stay as they are). On
-    /// failure the file is removed: it was made under a name nothing else knows.
-    pub fn rename(mut self, to: &Path) -> Result<MappedFile> {
-        if let Err(error) = self.rename_path(to) {
-            let _ = std::fs::remove_file(&self.path);
-            return Err(error);
-        }
-        self.path = to.to_owned();
-        Ok(self)
-    }
-
-    fn rename_path(&self, to: &Path) -> Result<()> {
-        inject!("mapped::rename", &self.path, "renaming");
-        std::fs::rename(&self.path, to).map_err(|e| {
-            StoreError::io(
-                format!("renaming {} to {}", self.path.display(), to.display()),
-                e,
-            )
-        })
-    }
-
     pub fn capacity(&self) -> u64 {
         self.map.len() as u64
     }

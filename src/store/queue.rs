@@ -57,11 +57,6 @@ impl Slot {
 }
 
 /// A file made by the preparer thread for the segment at `base`, not yet in the queue.
-struct Prepared {
-    base: u64,
-    data: MappedFile,
-}
-
 pub struct ConsumeQueue {
     /// Here as well as in `shared`: the append path reads it for every message, and must
     /// not follow a pointer to another cache line for it.
@@ -75,8 +70,10 @@ struct Shared {
     entries_per_file: u64,
     files: RwLock<BTreeMap<u64, Slot>>,
     /// Held while a file is made (ahead of need or by the writer), so the two never race
-    /// for the same name; holds the file made ahead of need, if any.
-    prepared: Mutex<Option<Prepared>>,
+    /// for the same name; holds the base of the file made ahead of need, if any. That file is
+    /// closed and unmapped until adopted: a topic of many partitions holds no descriptor
+    /// per partition that was never written.
+    prepared: Mutex<Option<u64>>,
 }
 
 /// Lets the preparer thread make a queue's files ahead of need without keeping the queue.
@@ -301,18 +298,39 @@ impl ConsumeQueue {
     }
 
     /// The file of the segment at `base` for its first append: the one made ahead of need,
-    /// renamed into place (no allocation, no new mapping), or else a new one.
+    /// renamed into place and mapped (no allocation), or else a new one.
     fn adopt_or_create(&self, base: u64) -> Result<Arc<QueueFile>> {
         let mut prepared = self.shared.prepared.lock();
         if let Some(file) = self.file(base) {
             return Ok(file);
         }
         let path = self.path(base);
+        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
         let data = match prepared.take() {
-            Some(ready) if ready.base == base => ready.data.rename(&path)?,
+            Some(ready) if ready == base => {
+                let made = self.shared.prepared_path(base);
+                if let Err(error) = std::fs::rename(&made, &path) {
+                    // Made under a name nothing else knows: gone with the failure.
+                    let _ = std::fs::remove_file(&made);
+                    return Err(StoreError::io(
+                        format!("renaming {} to {}", made.display(), path.display()),
+                        error,
+                    ));
+                }
+                match MappedFile::open(&path, capacity) {
+                    Ok(data) => data,
+                    // It holds no entry yet: made again.
+                    Err(error) => {
+                        tracing::warn!(
+                            "a consume-queue file made ahead of need is made again: {error}"
+                        );
+                        remove_file(&path)?;
+                        MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?
+                    }
+                }
+            }
             other => {
                 *prepared = other;
-                let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
                 MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?
             }
         };
@@ -380,12 +398,12 @@ impl ConsumeQueue {
     }
 
     pub fn disk_bytes(&self) -> u64 {
+        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
         let prepared = self
             .shared
             .prepared
             .lock()
-            .as_ref()
-            .map_or(0, |p| p.data.allocated());
+            .map_or(0, |_| FIRST_CHUNK_BYTES.min(capacity));
         prepared
             + self
                 .shared
@@ -407,20 +425,23 @@ impl Shared {
     /// nobody adopted: a segment roll came sooner, or retention took its place).
     fn prepare(&self, base: u64) -> Result<()> {
         let mut prepared = self.prepared.lock();
-        if prepared.as_ref().is_some_and(|p| p.base == base)
-            || self.files.read().contains_key(&base)
-        {
+        if *prepared == Some(base) || self.files.read().contains_key(&base) {
             return Ok(());
         }
         if let Some(stale) = prepared.take() {
-            remove_file(stale.data.path())?;
+            remove_file(&self.prepared_path(stale))?;
         }
         let path = self.prepared_path(base);
         // Left by a preparation that failed part way (its file is removed; a kill may not).
         remove_file(&path)?;
         let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
-        let data = MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?;
-        *prepared = Some(Prepared { base, data });
+        // Allocated now, then closed and unmapped until its first append opens it.
+        drop(MappedFile::create(
+            &path,
+            capacity,
+            FIRST_CHUNK_BYTES.min(capacity),
+        )?);
+        *prepared = Some(base);
         Ok(())
     }
 
@@ -461,7 +482,7 @@ fn keep_one_prepared(
     mut leftovers: BTreeMap<u64, PathBuf>,
     files: &BTreeMap<u64, Slot>,
     entries_per_file: u64,
-) -> Result<Option<Prepared>> {
+) -> Result<Option<u64>> {
     let newest = leftovers.pop_last();
     for path in leftovers.values() {
         remove_file(path)?;
@@ -473,15 +494,8 @@ fn keep_one_prepared(
         remove_file(&path)?;
         return Ok(None);
     }
-    let capacity = entries_per_file * QUEUE_ENTRY_BYTES as u64;
-    match MappedFile::open(&path, capacity) {
-        Ok(data) => Ok(Some(Prepared { base, data })),
-        Err(error) => {
-            tracing::warn!("a consume-queue file made ahead of need is made again: {error}");
-            remove_file(&path)?;
-            Ok(None)
-        }
-    }
+    // Opened, and made again if it cannot be, by its first append.
+    Ok(Some(base))
 }
 
 #[cfg(test)]
