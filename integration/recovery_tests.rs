@@ -539,3 +539,51 @@ fn a_torn_tail_before_an_empty_prepared_file_is_still_cut() {
     let next = store.append(&partition, b"after\n", None).unwrap();
     assert_eq!(next.first_offset, 1199);
 }
+
+/// Minor page faults of the calling thread so far.
+fn thread_page_faults() -> i64 {
+    // SAFETY: getrusage fills the struct it is given; zeroes are a valid value for it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid, writable rusage.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) },
+        0
+    );
+    usage.ru_minflt
+}
+
+/// Recovery after an unclean stop reads what was written since the checkpoint, not the
+/// never-written rest of a 1 GiB commit-log file (which it used to read page by page,
+/// zero-filling each: 4.7 s through the mount for 8 KB written). Counted in page faults of
+/// the opening thread, not in time.
+#[test]
+fn recovery_after_a_crash_does_not_read_the_unwritten_rest_of_the_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 1 << 30,
+        max_message_bytes: 4096,
+        ..small_config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let partition = store
+        .create_topic("a", settings(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for offset in 0..100 {
+        store
+            .append(&partition, &message("a", 0, offset), None)
+            .unwrap();
+    }
+    store.halt_without_cleanup();
+    drop((store, partition));
+
+    let before = thread_page_faults();
+    let store = Store::open(dir.path(), config).unwrap();
+    let faults = thread_page_faults() - before;
+    let partition = store.topic("a").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 100);
+    // Reading it all took 923 faults here (the kernel maps large folios of the rest at once);
+    // what was written takes about 10.
+    assert!(faults < 100, "{faults} page faults to recover 100 messages");
+}

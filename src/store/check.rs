@@ -440,22 +440,22 @@ impl LogWalk {
     ) -> Option<(usize, u64, usize)> {
         let at = bases[0] + position as u64;
         let path = files[&bases[0]].path();
-        let bytes = files[&bases[0]].bytes(0, self.file_bytes as usize);
         let marker = format::MARKER_BYTES;
         // A skip marker needs 8 bytes: a closer record is given up with the span.
-        let in_file = format::next_valid_record(bytes, position + 1)
+        let file = &files[&bases[0]];
+        let in_file = commitlog::next_valid_batch(file, position + 1)
             .map(|q| match q - position < marker {
-                true => format::next_valid_record(bytes, position + marker),
+                true => commitlog::next_valid_batch(file, position + marker),
                 false => Some(q),
             })
             .unwrap_or(None);
-        let found = match in_file {
-            Some(q) => Some((0, bases[0], q)),
-            None => bases.iter().enumerate().skip(1).find_map(|(j, &b)| {
-                let bytes = files[&b].bytes(0, self.file_bytes as usize);
-                format::next_valid_record(bytes, 0).map(|q| (j, b, q))
-            }),
-        };
+        let found =
+            match in_file {
+                Some(q) => Some((0, bases[0], q)),
+                None => bases.iter().enumerate().skip(1).find_map(|(j, &b)| {
+                    commitlog::next_valid_batch(&files[&b], 0).map(|q| (j, b, q))
+                }),
+            };
         let Some((j, next_base, next_position)) = found else {
             if at < durable {
                 report.damage(format!(

@@ -236,6 +236,39 @@ impl MappedFile {
         Ok(())
     }
 
+    /// The stretches of `[from, allocated)` that hold data, as `lseek(SEEK_DATA/SEEK_HOLE)`
+    /// tells: allocated but never-written stretches read as zeroes and are left out (reading
+    /// them through the map would zero-fill every page). Where the file system cannot tell,
+    /// the whole rest.
+    pub fn data_ranges(&self, from: u64) -> Vec<std::ops::Range<u64>> {
+        let end = self.allocated().min(self.capacity());
+        let seek = |at: u64, whence: i32| {
+            // SAFETY: plain syscall on an fd we own; nothing here uses the file position.
+            let found = unsafe { libc::lseek(self.file.as_raw_fd(), at as libc::off_t, whence) };
+            u64::try_from(found).map_err(|_| std::io::Error::last_os_error())
+        };
+        let mut ranges = Vec::new();
+        let mut at = from;
+        while at < end {
+            let data = match seek(at, libc::SEEK_DATA) {
+                Ok(data) => data,
+                // No data past `at`.
+                Err(error) if error.raw_os_error() == Some(libc::ENXIO) => break,
+                Err(_) => {
+                    ranges.push(at..end);
+                    break;
+                }
+            };
+            if data >= end {
+                break;
+            }
+            let hole = seek(data, libc::SEEK_HOLE).map_or(end, |hole| hole.min(end));
+            ranges.push(data..hole);
+            at = hole;
+        }
+        ranges
+    }
+
     /// Hints the CPU to start loading the cache line at `at`: a store there soon will then
     /// not wait for memory (with thousands of partitions, each append's queue entry lands on
     /// a different page).

@@ -785,7 +785,7 @@ impl Scanner<'_> {
                 valid,
             } = self.scan_file(base, bytes, position, &mut end)?
             {
-                self.at_invalid(&bases[i..], bytes, position, &reason, valid, end)?;
+                self.at_invalid(&bases[i..], &file, position, &reason, valid, end)?;
                 return Ok((end, true));
             }
         }
@@ -903,7 +903,7 @@ impl Scanner<'_> {
     fn at_invalid(
         &mut self,
         files: &[u64],
-        bytes: &[u8],
+        file: &MappedFile,
         position: usize,
         reason: &str,
         valid: bool,
@@ -912,7 +912,7 @@ impl Scanner<'_> {
         let path = self.log_dir.join(format::file_name(files[0]));
         let next_valid = match valid {
             true => Some((path.clone(), position)),
-            false => self.next_valid_record(files, bytes, position)?,
+            false => self.next_valid_record(files, file, position)?,
         };
         let power_loss = self.machine_restarted && end >= self.durable;
         if let Some((next_path, next_byte)) = next_valid.clone().filter(|_| !power_loss) {
@@ -967,15 +967,15 @@ impl Scanner<'_> {
         Ok(())
     }
 
-    /// The first valid record after `position` of `bytes` (the file `files[0]`) or in a
+    /// The first valid record after `position` of `file` (the file `files[0]`) or in a
     /// later file, with the file's path.
     fn next_valid_record(
         &self,
         files: &[u64],
-        bytes: &[u8],
+        file: &MappedFile,
         position: usize,
     ) -> Result<Option<(PathBuf, usize)>> {
-        if let Some(at) = format::next_valid_record(bytes, position + 1) {
+        if let Some(at) = commitlog::next_valid_batch(file, position + 1) {
             return Ok(Some((self.log_dir.join(format::file_name(files[0])), at)));
         }
         for &base in &files[1..] {
