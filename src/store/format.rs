@@ -181,18 +181,18 @@ impl<'a> Batch<'a> {
         (0..self.header.count).filter_map(|index| self.message(index))
     }
 
-    /// Whether every message's table slots agree with each other and the batch's size.
+    /// Whether every message's table slots agree with each other and the batch's size: each
+    /// message is readable (its end at or after the previous one's, inside the batch, its key
+    /// no longer than it), and the last one ends where the batch does.
     fn table_is_consistent(&self) -> bool {
-        let mut previous_end = 0;
+        let mut end = 0;
         for index in 0..self.header.count {
-            let slot = BATCH_HEADER_BYTES + index as usize * SLOT_BYTES;
-            let end = le_u32(self.bytes, slot) as usize;
-            if end < previous_end || self.message(index).is_none() {
-                return false;
+            match self.message(index) {
+                Some(message) => end = message.payload_at as usize + message.payload_len(),
+                None => return false,
             }
-            previous_end = end;
         }
-        previous_end == self.header.payload_bytes()
+        end == self.header.size as usize
     }
 }
 
@@ -505,6 +505,18 @@ mod tests {
         let crc = batch_crc(&bytes);
         bytes[8..12].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(scan_record(&bytes), Scanned::Invalid(_)));
+    }
+
+    /// A count whose table would not fit in the batch is refused before any slot is read:
+    /// a reader of one message (no scan) must not read past the batch.
+    #[test]
+    fn a_count_beyond_the_room_for_its_table_is_refused() {
+        let mut bytes = sample();
+        let room = (bytes.len() - BATCH_HEADER_BYTES) / (2 * SLOT_BYTES);
+        for count in [room as u32 + 1, u32::MAX / 4, u32::MAX] {
+            bytes[20..24].copy_from_slice(&count.to_le_bytes());
+            assert!(decode_header(&bytes).is_err(), "count {count} accepted");
+        }
     }
 
     #[test]
