@@ -520,6 +520,38 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_empty_messages_is_valid() {
+        let bytes = encode_batch(sample_header(), &[(b"", None), (b"", None)]);
+        let Scanned::Record(batch) = scan_record(&bytes) else {
+            panic!("a batch of empty messages was refused");
+        };
+        let lengths: Vec<usize> = batch.messages().map(|m| m.payload_len()).collect();
+        assert_eq!(lengths, [0, 0]);
+    }
+
+    /// Positions may reach the last byte u64 can count, never past it (a damaged position
+    /// must not overflow in a reader's arithmetic).
+    #[test]
+    fn segment_and_stream_positions_that_would_overflow_are_refused() {
+        let payload = b"k:abcxyz\n".len() as u64;
+        let at = |field: usize, position: u64| {
+            let mut bytes = sample();
+            bytes[field..field + 8].copy_from_slice(&position.to_le_bytes());
+            decode_header(&bytes).is_ok()
+        };
+        for field in [40, 48] {
+            assert!(
+                at(field, u64::MAX - payload),
+                "field {field}: the last fitting position"
+            );
+            assert!(
+                !at(field, u64::MAX - payload + 1),
+                "field {field}: one past it"
+            );
+        }
+    }
+
+    #[test]
     fn scans_pass_skip_markers_and_find_the_next_valid_batch() {
         let batch = sample();
         let mut file = vec![0u8; 300];
