@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use commitfs::store::faults::{assume_durable, durable_image, record_durability};
 use commitfs::store::{
-    FlushPolicy, Framing, NewMessage, Store, StoreConfig, StoreError, Topic, TopicSettings,
+    FlushPolicy, NewMessage, Store, StoreConfig, StoreError, Topic, TopicSettings,
 };
 use fail::FailScenario;
+
+mod fixtures;
 
 const PARTITIONS: u32 = 3;
 const NEVER: u64 = 3_600_000;
@@ -41,16 +43,7 @@ fn config(flush: FlushPolicy) -> StoreConfig {
 const ASYNC: FlushPolicy = FlushPolicy::Async { interval_ms: NEVER };
 
 fn settings() -> TopicSettings {
-    TopicSettings {
-        partitions: PARTITIONS,
-        framing: Framing::Lines,
-        key_separator: Some(b":".to_vec()),
-        retention_ms: None,
-        retention_bytes: None,
-        owner_uid: 0,
-        owner_gid: 0,
-        mode: 0o755,
-    }
+    fixtures::keyed_topic(PARTITIONS)
 }
 
 /// Message `i`: keyed by `i % 5`, of varying length.

@@ -6,8 +6,10 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-use commitfs::store::{FlushPolicy, Framing, NewMessage, Store, StoreConfig, TopicSettings};
+use commitfs::store::{FlushPolicy, NewMessage, Store, StoreConfig};
 use proptest::prelude::*;
+
+mod fixtures;
 
 const TOPICS: usize = 3;
 const PARTITIONS: usize = 3;
@@ -195,16 +197,7 @@ proptest! {
             counter: 0,
         };
         for t in 0..TOPICS {
-            let settings = TopicSettings {
-                partitions: PARTITIONS as u32,
-                framing: Framing::Lines,
-                key_separator: Some(b":".to_vec()),
-                retention_ms: None,
-                retention_bytes: None,
-                owner_uid: 0,
-                owner_gid: 0,
-                mode: 0o755,
-            };
+            let settings = fixtures::keyed_topic(PARTITIONS as u32);
             store.create_topic(&topic_name(t), settings).unwrap();
         }
         for op in ops {

@@ -319,14 +319,7 @@ impl MappedFile {
         if fallocate(&self.file, libc::FALLOC_FL_ZERO_RANGE, at, end - at).is_ok() {
             return Ok(());
         }
-        let zeroes = vec![0u8; 1 << 20];
-        let mut position = at;
-        while position < end {
-            let n = ((end - position) as usize).min(zeroes.len());
-            self.write(position, &zeroes[..n]);
-            position += n as u64;
-        }
-        Ok(())
+        self.zero_range(at, end)
     }
 }
 
