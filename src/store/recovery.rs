@@ -56,7 +56,7 @@ pub struct LostMessages {
 pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
     let started = std::time::Instant::now();
     raise_open_file_limit();
-    let meta = settle_meta(dir, &mut config)?;
+    let mut meta = settle_meta(dir, &mut config)?;
     fit_max_message(&mut config);
     let layout = meta.layout;
     let checkpoint = Checkpoint::load(dir)?;
@@ -64,6 +64,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let unclean = meta::abort_marker_exists(dir);
     let machine_restarted = unclean && meta::abort_marker_predates_boot(dir);
     // Nothing was written so far, so a refusal above leaves the store exactly as it was.
+    meta.migrate(dir)?;
     meta::create_abort_marker(dir)?;
     remove_orphan_queues(dir, &meta)?;
     let (index, index_damaged) = open_index(dir, &layout)?;
@@ -129,7 +130,7 @@ fn settle_meta(dir: &Path, config: &mut StoreConfig) -> Result<Meta> {
         Some(meta) => {
             meta.validate().map_err(|problem| StoreError::NeedsRepair {
                 dir: dir.to_owned(),
-                what: format!("{}: {problem}", dir.join(meta::META_FILE).display()),
+                what: problem.describe(dir),
             })?;
             if meta.layout != wanted {
                 tracing::warn!(
@@ -174,6 +175,8 @@ pub(super) fn data_without_meta(dir: &Path) -> Option<String> {
         Some("consume queues".into())
     } else if has_entries(INDEX_DIR) {
         Some("key-index files".into())
+    } else if has_entries(meta::TOPICS_DIR) {
+        Some("topic files".into())
     } else if dir.join(super::checkpoint::CHECKPOINT_FILE).exists() {
         Some("a checkpoint".into())
     } else {
@@ -485,6 +488,7 @@ fn assemble(
         index,
         topics: RwLock::new(BTreeMap::new()),
         meta: Mutex::new(meta.clone()),
+        reserve: super::reserve::Reserve::open(dir),
         quiesce: RwLock::new(()),
         closed: AtomicBool::new(true),
         fence: Default::default(),
