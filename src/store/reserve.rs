@@ -46,6 +46,7 @@ impl Reserve {
 
     /// Makes the reserve files that are missing; on a full disk, leaves them for a later call.
     pub fn replenish(&self) {
+        fail::fail_point!("reserve::replenish", |_| ());
         let mut ready = self.ready.lock();
         if ready.len() == FILES {
             return;
