@@ -106,7 +106,7 @@ fn a_topic_change_replaces_only_that_topics_file_however_many_topics_there_are()
     store.update_topic(&topic, lowered).unwrap();
     assert_eq!(
         changed(&before, &metadata_inodes(dir.path())),
-        [file.clone()]
+        std::slice::from_ref(&file)
     );
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("retention_bytes = 4096"), "{text}");
