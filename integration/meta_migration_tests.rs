@@ -115,6 +115,9 @@ fn interrupted(written: Option<u32>) {
     let store = open(dir.path()).unwrap();
     assert!(store_toml(dir.path()).contains("format_version = 3"));
     assert_all_there(&store);
+    store.close().unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_all_there(&store);
     assert_a_new_topic_takes_a_fresh_id(&store);
 }
 
@@ -146,4 +149,6 @@ fn a_torn_topic_file_of_an_unfinished_migration_is_rewritten() {
     let store = open(dir.path()).unwrap();
     assert!(!dir.path().join("topics/9.toml").exists());
     assert_all_there(&store);
+    store.close().unwrap();
+    assert_all_there(&open(dir.path()).unwrap());
 }
