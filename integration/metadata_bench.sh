@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Metadata benchmark (issue 10): what 100 `mkdir`s, 100 `setfattr -n user.retention_bytes`
 # and 100 `rmdir`s cost through the mount when the store has 10 topics and when it has
-# 10,000, printed with the ratio of the two. The cost of a metadata change should not grow
+# 10,000, printed with the ratio of the two (each the median of 5 runs). The cost of a metadata change should not grow
 # with the number of topics: a ratio near 1.
 #
 #   integration/metadata_bench.sh                 # needs root, /dev/fuse, fuse3, attr
@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 TOPICS=${TOPICS:-10000}   # the many topics
 OPS=${OPS:-100}           # operations timed at each size
+REPS=${REPS:-5}           # runs of each row at each size; the median is printed
 LIMIT=${LIMIT:-600}       # seconds any one command may take
 
 for tool in setfattr fusermount3; do
@@ -52,12 +53,20 @@ timed() {
     t1=$(now)
     awk "BEGIN { printf \"%.3f\", $t1 - $t0 }"
 }
-# The three rows at the current size: mkdir, setfattr and rmdir of OPS new topics named PREFIX-N.
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# The three rows at the current size, each the median of REPS runs: mkdir, setfattr and rmdir
+# of OPS new topics named PREFIX-REP-N.
 measure() { # PREFIX
-    local names="seq -f '$1-%g' 1 $OPS"
-    MKDIR=$(timed "$names | xargs mkdir")
-    SETFATTR=$(timed "$names | xargs -n 1 setfattr -n user.retention_bytes -v 1048576")
-    RMDIR=$(timed "$names | xargs rmdir")
+    local rep names mkdirs="" setfattrs="" rmdirs=""
+    for rep in $(seq "$REPS"); do
+        names="seq -f '$1-$rep-%g' 1 $OPS"
+        mkdirs+="$(timed "$names | xargs mkdir") "
+        setfattrs+="$(timed "$names | xargs -n 1 setfattr -n user.retention_bytes -v 1048576") "
+        rmdirs+="$(timed "$names | xargs rmdir") "
+    done
+    MKDIR=$(median <<<"$mkdirs")
+    SETFATTR=$(median <<<"$setfattrs")
+    RMDIR=$(median <<<"$rmdirs")
 }
 
 timeout "$LIMIT" bash -c "seq -f 'base-%g' 1 10 | xargs mkdir"
@@ -68,7 +77,7 @@ timeout "$LIMIT" bash -c "seq -f 'base-%g' 11 $TOPICS | xargs mkdir"
 measure many
 ratio() { awk "BEGIN { printf \"%.2f\", $2 / $1 }"; }
 
-echo "| $OPS operations | at 10 topics (s) | at $TOPICS topics (s) | ratio |"
+echo "| $OPS operations (median of $REPS) | at 10 topics (s) | at $TOPICS topics (s) | ratio |"
 echo "|---|---|---|---|"
 echo "| mkdir | $FEW_MKDIR | $MKDIR | $(ratio "$FEW_MKDIR" "$MKDIR") |"
 echo "| setfattr user.retention_bytes | $FEW_SETFATTR | $SETFATTR | $(ratio "$FEW_SETFATTR" "$SETFATTR") |"
