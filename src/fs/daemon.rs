@@ -227,7 +227,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RotatingLog {
 }
 
 /// Allocates `LOG_ROOM` bytes of the log (stderr) from `from` on, without changing its
-/// size; where it ends then.
+/// size; where the room ends then (`u64::MAX` where it cannot be kept at all).
 fn keep_room(from: u64) -> Option<u64> {
     // SAFETY: plain syscall on stderr, which `detach` made the log file.
     let allocated = unsafe {
@@ -238,7 +238,12 @@ fn keep_room(from: u64) -> Option<u64> {
             LOG_ROOM as libc::off_t,
         )
     };
-    (allocated == 0).then_some(from + LOG_ROOM)
+    match allocated {
+        0 => Some(from + LOG_ROOM),
+        // A file system without fallocate: no room can be kept, so stop asking.
+        _ if io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) => Some(u64::MAX),
+        _ => None,
+    }
 }
 
 fn open_log(path: &Path) -> io::Result<File> {

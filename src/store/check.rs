@@ -796,18 +796,14 @@ fn partitions_with_data(
 
 /// The metadata made to own all the data: a lost `store.toml` rebuilt around the topic
 /// files left (other topics named `topic-<id>`), partition counts raised to what holds
-/// messages, topics past `next_topic_id` or whose file was damaged (`adopt`) taken in, and
+/// messages, topics past `next_topic_id` or whose file was damaged taken in, and
 /// `next_topic_id` above every id found, so no id is ever given out twice.
-fn repaired_meta(
-    found: &FoundMeta,
-    layout: Layout,
-    needed: &BTreeMap<u32, u32>,
-    adopt: &[u32],
-) -> Result<Meta> {
+fn repaired_meta(found: &FoundMeta, layout: Layout, needed: &BTreeMap<u32, u32>) -> Result<Meta> {
     let mut meta = found.meta.clone().unwrap_or_else(|| {
         let mut rebuilt = Meta::new(layout);
         rebuilt.topics = found.topic_files.clone();
-        rebuilt.next_topic_id = rebuilt.topics.iter().map(|t| t.id + 1).max().unwrap_or(1);
+        let above_every_file = rebuilt.topics.iter().map(|t| t.id.saturating_add(1)).max();
+        rebuilt.next_topic_id = above_every_file.unwrap_or(1);
         rebuilt
     });
     let max_found = needed.keys().copied().max().unwrap_or(0);
@@ -815,7 +811,7 @@ fn repaired_meta(
     for (&id, &count) in needed {
         match meta.topics.iter_mut().find(|t| t.id == id) {
             Some(topic) => topic.partitions = topic.partitions.max(count),
-            None if id >= known_below || adopt.contains(&id) => {
+            None if id >= known_below || found.damaged_topics.contains(&id) => {
                 let settings = TopicSettings {
                     partitions: count,
                     framing: Framing::Lines,
@@ -885,7 +881,7 @@ fn repair(
     // Without store.toml nothing tells deleted topics from live ones: all are kept.
     let had_meta = found.meta.is_some();
     let before = found.meta.clone();
-    let meta = repaired_meta(&found, layout, &needed, &found.damaged_topics)?;
+    let meta = repaired_meta(&found, layout, &needed)?;
     set_damaged_topic_files_aside(dir, &found.damaged_topics, report)?;
     for &(base, from, to) in &walk.spans {
         let file = &walk.files[&base];
