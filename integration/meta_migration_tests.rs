@@ -152,3 +152,23 @@ fn a_torn_topic_file_of_an_unfinished_migration_is_rewritten() {
     store.close().unwrap();
     assert_all_there(&open(dir.path()).unwrap());
 }
+
+/// A format-2 store that recovery refuses (here a damaged batch in the middle of the log) is
+/// left exactly as it was: the migration comes after everything that can refuse.
+#[test]
+fn a_format_2_store_refused_for_damage_is_not_migrated() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    format_2_store(dir.path());
+    // Without the checkpoint the open rebuilds from the whole log, so it reads every batch.
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let log = dir.path().join("commitlog/00000000000000000000");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&log, bytes).unwrap();
+    let before = store_toml(dir.path());
+    let error = open(dir.path()).err().expect("a damaged log is refused");
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{error}");
+    assert_eq!(store_toml(dir.path()), before, "store.toml unchanged");
+    assert!(!dir.path().join("topics").exists(), "no topic file written");
+}

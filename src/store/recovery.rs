@@ -64,7 +64,6 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let unclean = meta::abort_marker_exists(dir);
     let machine_restarted = unclean && meta::abort_marker_predates_boot(dir);
     // Nothing was written so far, so a refusal above leaves the store exactly as it was.
-    meta.migrate(dir)?;
     meta::create_abort_marker(dir)?;
     remove_orphan_queues(dir, &meta)?;
     let (index, index_damaged) = open_index(dir, &layout)?;
@@ -107,6 +106,8 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         recovered.cut,
     )?);
     let topics = meta.topics.len();
+    // Last before the topics open: a mount refused for damage leaves format 2 as it was.
+    meta.migrate(dir)?;
     let store = assemble(dir, config, layout, log, index, meta, lock, &offsets)?;
     tracing::info!(
         "store at {} open: {topics} topics, commit log ends at {}",
