@@ -270,8 +270,8 @@ fn a_store_of_the_older_format_is_refused_and_left_untouched() {
     crashed_store(dir.path(), &[3]);
     let meta = dir.path().join("store.toml");
     let text = std::fs::read_to_string(&meta).unwrap();
-    assert!(text.contains("format_version = 2"), "{text}");
-    let older = text.replace("format_version = 2", "format_version = 1");
+    assert!(text.contains("format_version = 3"), "{text}");
+    let older = text.replace("format_version = 3", "format_version = 1");
     std::fs::write(&meta, &older).unwrap();
     let before = fixtures::tree(dir.path());
     let error = Store::open(dir.path(), fixtures::small_store_config())

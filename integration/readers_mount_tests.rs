@@ -88,7 +88,13 @@ fn a_private_map_of_the_active_segment_leaves_no_short_page_behind() {
         Err(libc::ENODEV)
     );
     drop(writer);
-    // Sealed and no writer left: a shared map is fine.
+    // Sealed and no writer left: a shared map is fine — once the daemon has had the
+    // writer's RELEASE, which the kernel sends after close(2) has returned.
+    wait_until(
+        Duration::from_secs(10),
+        "a shared map of the sealed segment",
+        || mapped_bytes(&segment, libc::MAP_SHARED, 140).is_ok(),
+    );
     assert_eq!(
         mapped_bytes(&segment, libc::MAP_SHARED, 140).unwrap(),
         lines(0, 20)

@@ -335,8 +335,9 @@ fn a_checkpoint_that_leaves_out_a_partition_never_empties_it() {
     }
 }
 
-fn edit_store_toml(dir: &Path, from: &str, to: &str) {
-    let path = dir.join("store.toml");
+/// Replaces the first `from` in the metadata file `name` (`store.toml`, or `topics/<id>.toml`).
+fn edit_meta_file(dir: &Path, name: &str, from: &str, to: &str) {
+    let path = dir.join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains(from), "{text}");
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
@@ -353,26 +354,55 @@ fn refused(dir: &Path, expected: &str) {
 }
 
 #[test]
-fn store_toml_that_disagrees_with_the_data_is_refused_and_repair_fixes_counts() {
+fn metadata_that_disagrees_with_the_data_is_refused_and_repair_fixes_counts() {
     let dir = tempfile::tempdir().unwrap();
     filled_store(dir.path(), &[("a", 1), ("b", 3)], 150);
-    let original = std::fs::read_to_string(dir.path().join("store.toml")).unwrap();
+    let files = ["store.toml", "topics/1.toml", "topics/2.toml"];
+    let original: Vec<String> = files
+        .iter()
+        .map(|name| std::fs::read_to_string(dir.path().join(name)).unwrap())
+        .collect();
+    let restore = || {
+        for (name, text) in files.iter().zip(&original) {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+    };
     let checkpoint = std::fs::read(dir.path().join("checkpoint")).unwrap();
 
-    edit_store_toml(dir.path(), "partitions = 1", "partitions = 0");
-    refused(dir.path(), "partitions = 0");
-    std::fs::write(dir.path().join("store.toml"), &original).unwrap();
+    edit_meta_file(
+        dir.path(),
+        "topics/1.toml",
+        "partitions = 1",
+        "partitions = 0",
+    );
+    refused(dir.path(), "topics/1.toml: topic \"a\" has partitions = 0");
+    restore();
 
-    edit_store_toml(dir.path(), "id = 2", "id = 1");
-    refused(dir.path(), "two topics have id 1");
-    std::fs::write(dir.path().join("store.toml"), &original).unwrap();
+    edit_meta_file(dir.path(), "topics/2.toml", "name = \"b\"", "name = \"a\"");
+    refused(dir.path(), "two topics are named \"a\"");
+    restore();
 
-    edit_store_toml(dir.path(), "next_topic_id = 3", "next_topic_id = 2");
+    edit_meta_file(dir.path(), "topics/2.toml", "id = 2", "id = 1");
+    refused(dir.path(), "topics/2.toml: byte ");
+    refused(dir.path(), "holds topic id 1, but its name says 2");
+    restore();
+
+    edit_meta_file(
+        dir.path(),
+        "store.toml",
+        "next_topic_id = 3",
+        "next_topic_id = 2",
+    );
     refused(dir.path(), "id 2");
-    std::fs::write(dir.path().join("store.toml"), &original).unwrap();
+    restore();
 
     // Fewer partitions than hold messages: the mount refuses, repair raises the count.
-    edit_store_toml(dir.path(), "partitions = 3", "partitions = 2");
+    edit_meta_file(
+        dir.path(),
+        "topics/2.toml",
+        "partitions = 3",
+        "partitions = 2",
+    );
     refused(dir.path(), "partition 2 of topic \"b\"");
     assert_eq!(
         std::fs::read(dir.path().join("checkpoint")).unwrap(),
@@ -388,10 +418,11 @@ fn store_toml_that_disagrees_with_the_data_is_refused_and_repair_fixes_counts() 
 }
 
 #[test]
-fn a_lost_store_toml_refuses_the_open_and_repair_rebuilds_it_without_reusing_ids() {
+fn lost_metadata_refuses_the_open_and_repair_rebuilds_it_without_reusing_ids() {
     let dir = tempfile::tempdir().unwrap();
     filled_store(dir.path(), &[("a", 2), ("b", 1)], 250);
     std::fs::remove_file(dir.path().join("store.toml")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
     refused(dir.path(), "store.toml is missing");
     assert!(
         dir.path().join("queues").join("1").exists(),
@@ -410,7 +441,7 @@ fn a_lost_store_toml_refuses_the_open_and_repair_rebuilds_it_without_reusing_ids
     assert!(report.contains("store.toml written"), "{report}");
 
     let store = open(dir.path());
-    // Names are lost with the file: topics come back as topic-<id>.
+    // Names are lost with the files: topics come back as topic-<id>.
     assert_messages_renamed(&store, "topic-1", "a", 2, 250);
     assert_messages_renamed(&store, "topic-2", "b", 1, 250);
     let new = store.create_topic("c", settings(1)).unwrap();

@@ -73,7 +73,8 @@ enum Command {
     /// check or repair.
     Check {
         /// Repair what was found: skip damaged spans of the commit log (their messages are
-        /// reported lost), rebuild or complete store.toml, rebuild queues and index.
+        /// reported lost), rebuild or complete the metadata (store.toml, topics/), rebuild
+        /// queues and index.
         #[arg(long)]
         repair: bool,
         /// segment_messages of the store, for rebuilding a lost store.toml when the files

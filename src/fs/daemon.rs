@@ -141,9 +141,20 @@ pub fn detach(log: &Path) -> io::Result<()> {
 pub struct RotatingLog {
     path: PathBuf,
     max_bytes: u64,
-    /// Bytes in the current file; the lock also keeps lines whole across threads.
-    written: Mutex<u64>,
+    /// The lock also keeps lines whole across threads.
+    state: Mutex<LogState>,
 }
+
+struct LogState {
+    /// Bytes in the current file.
+    written: u64,
+    /// Where the blocks allocated ahead of the file's end end.
+    room_to: u64,
+}
+
+/// Blocks kept allocated past the log's end (`FALLOC_FL_KEEP_SIZE`), so that on a full disk
+/// the log still says why writes fail and what freed space.
+const LOG_ROOM: u64 = 1 << 20;
 
 impl RotatingLog {
     /// The log at `path`, which `detach` made the daemon's stderr.
@@ -152,21 +163,31 @@ impl RotatingLog {
         RotatingLog {
             path: path.to_owned(),
             max_bytes,
-            written: Mutex::new(written),
+            state: Mutex::new(LogState {
+                written,
+                room_to: keep_room(written).unwrap_or(written),
+            }),
         }
     }
 
     fn write_line(&self, line: &[u8]) -> io::Result<()> {
-        let mut written = self.written.lock();
-        if *written > 0 && *written + line.len() as u64 > self.max_bytes {
+        let mut state = self.state.lock();
+        if state.written > 0 && state.written + line.len() as u64 > self.max_bytes {
             // A log that cannot be rotated (the disk is full) keeps growing rather than
             // losing lines.
             if self.rotate().is_ok() {
-                *written = 0;
+                state.written = 0;
+                state.room_to = keep_room(0).unwrap_or(0);
             }
         }
         io::stderr().write_all(line)?;
-        *written += line.len() as u64;
+        state.written += line.len() as u64;
+        if state.room_to < state.written + LOG_ROOM / 2 {
+            // On a full disk this fails, and the room left is used up first.
+            if let Some(room_to) = keep_room(state.written) {
+                state.room_to = room_to;
+            }
+        }
         Ok(())
     }
 
@@ -202,6 +223,26 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RotatingLog {
 
     fn make_writer(&'a self) -> LogLine<'a> {
         LogLine(self)
+    }
+}
+
+/// Allocates `LOG_ROOM` bytes of the log (stderr) from `from` on, without changing its
+/// size; where the room ends then (`u64::MAX` where it cannot be kept at all).
+fn keep_room(from: u64) -> Option<u64> {
+    // SAFETY: plain syscall on stderr, which `detach` made the log file.
+    let allocated = unsafe {
+        libc::fallocate(
+            libc::STDERR_FILENO,
+            libc::FALLOC_FL_KEEP_SIZE,
+            from as libc::off_t,
+            LOG_ROOM as libc::off_t,
+        )
+    };
+    match allocated {
+        0 => Some(from + LOG_ROOM),
+        // A file system without fallocate: no room can be kept, so stop asking.
+        _ if io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) => Some(u64::MAX),
+        _ => None,
     }
 }
 

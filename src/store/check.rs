@@ -89,7 +89,8 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<CheckReport> {
     }
     let lock = recovery::lock_store(dir)?;
     let mut report = CheckReport::default();
-    let meta = load_meta(dir, &mut report);
+    let found = load_meta(dir, &mut report)?;
+    let meta = found.meta.clone();
     let has_data = recovery::data_without_meta(dir).is_some();
     if meta.is_none() && !has_data {
         return Err(StoreError::InvalidSetting(format!(
@@ -124,26 +125,57 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<CheckReport> {
     let damaged_positions = check_consumer_positions(dir, &mut report)?;
     if options.repair && report.damaged() {
         salvage_consumer_positions(&damaged_positions, &mut report)?;
-        repair(dir, lock, meta, layout, checkpoint, walk, &mut report)?;
+        repair(dir, lock, found, layout, checkpoint, walk, &mut report)?;
     }
     Ok(report)
 }
 
-/// `store.toml`, if it is there, parses and is valid on its own.
-fn load_meta(dir: &Path, report: &mut CheckReport) -> Option<Meta> {
+/// The metadata as found: `store.toml` with the valid topic files, if that parses and is
+/// valid on its own; the valid topic files alone (what a lost `store.toml` is rebuilt
+/// around); and the ids of damaged topic files.
+struct FoundMeta {
+    meta: Option<Meta>,
+    topic_files: Vec<TopicRecord>,
+    damaged_topics: Vec<u32>,
+}
+
+fn load_meta(dir: &Path, report: &mut CheckReport) -> Result<FoundMeta> {
     let path = dir.join(meta::META_FILE);
-    match Meta::load(dir) {
-        Ok(Some(meta)) => match meta.validate() {
-            Ok(()) => return Some(meta),
-            Err(problem) => report.damage(format!("{}: {problem}", path.display())),
-        },
-        Ok(None) => report.damage(format!(
-            "{} is missing: the mount refuses a store without it",
-            path.display()
-        )),
-        Err(error) => report.damage(error.to_string()),
+    let (loaded, files) = Meta::load_leniently(dir)?;
+    for (_, error) in &files.damaged {
+        report.damage(error.to_string());
     }
-    None
+    for leftover in &files.leftovers {
+        report.note(format!(
+            "{}: left by a write a crash interrupted; the topic's next change replaces it",
+            leftover.display()
+        ));
+    }
+    let meta = match loaded {
+        Ok(Some(meta)) => match meta.validate() {
+            Ok(()) => Some(meta),
+            Err(problem) => {
+                report.damage(problem.describe(dir));
+                None
+            }
+        },
+        Ok(None) => {
+            report.damage(format!(
+                "{} is missing: the mount refuses a store without it",
+                path.display()
+            ));
+            None
+        }
+        Err(error) => {
+            report.damage(error.to_string());
+            None
+        }
+    };
+    Ok(FoundMeta {
+        meta,
+        topic_files: files.records,
+        damaged_topics: files.damaged.iter().map(|(id, _)| *id).collect(),
+    })
 }
 
 fn load_checkpoint(dir: &Path, report: &mut CheckReport) -> Result<Option<Checkpoint>> {
@@ -826,17 +858,24 @@ fn partitions_with_data(
     Ok(needed)
 }
 
-/// `store.toml` made to own all the data: a lost one rebuilt (topics named `topic-<id>`),
-/// partition counts raised to what holds messages, topics past `next_topic_id` adopted and
+/// The metadata made to own all the data: a lost `store.toml` rebuilt around the topic
+/// files left (other topics named `topic-<id>`), partition counts raised to what holds
+/// messages, topics past `next_topic_id` or whose file was damaged taken in, and
 /// `next_topic_id` above every id found, so no id is ever given out twice.
-fn repaired_meta(meta: Option<Meta>, layout: Layout, needed: &BTreeMap<u32, u32>) -> Result<Meta> {
-    let mut meta = meta.unwrap_or_else(|| Meta::new(layout));
+fn repaired_meta(found: &FoundMeta, layout: Layout, needed: &BTreeMap<u32, u32>) -> Result<Meta> {
+    let mut meta = found.meta.clone().unwrap_or_else(|| {
+        let mut rebuilt = Meta::new(layout);
+        rebuilt.topics = found.topic_files.clone();
+        let above_every_file = rebuilt.topics.iter().map(|t| t.id.saturating_add(1)).max();
+        rebuilt.next_topic_id = above_every_file.unwrap_or(1);
+        rebuilt
+    });
     let max_found = needed.keys().copied().max().unwrap_or(0);
     let known_below = meta.next_topic_id;
     for (&id, &count) in needed {
         match meta.topics.iter_mut().find(|t| t.id == id) {
             Some(topic) => topic.partitions = topic.partitions.max(count),
-            None if id >= known_below => {
+            None if id >= known_below || found.damaged_topics.contains(&id) => {
                 let settings = TopicSettings {
                     partitions: count,
                     framing: Framing::Lines,
@@ -864,10 +903,28 @@ fn repaired_meta(meta: Option<Meta>, layout: Layout, needed: &BTreeMap<u32, u32>
     meta.next_topic_id = meta.next_topic_id.max(max_found + 1).max(1);
     meta.validate().map_err(|problem| {
         StoreError::InvalidSetting(format!(
-            "store.toml cannot be repaired automatically: {problem}; edit it by hand"
+            "the metadata cannot be repaired automatically: {}; edit it by hand",
+            problem.describe(Path::new("."))
         ))
     })?;
     Ok(meta)
+}
+
+/// Damaged topic files are kept aside as `<id>.toml.damaged`; their topics come back as
+/// `topic-<id>` (a topic's name is only in its file).
+fn set_damaged_topic_files_aside(dir: &Path, ids: &[u32], report: &mut CheckReport) -> Result<()> {
+    for &id in ids {
+        let path = dir.join(meta::TOPICS_DIR).join(meta::topic_file_name(id));
+        let kept = path.with_extension("toml.damaged");
+        std::fs::rename(&path, &kept)
+            .map_err(|e| StoreError::io(format!("keeping {}", kept.display()), e))?;
+        report.findings.push(Finding::Repaired(format!(
+            "{} kept as {}; its topic comes back as topic-{id}",
+            path.display(),
+            kept.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Marks the damaged spans, makes `store.toml` own the data, removes the checkpoint, and
@@ -875,17 +932,21 @@ fn repaired_meta(meta: Option<Meta>, layout: Layout, needed: &BTreeMap<u32, u32>
 fn repair(
     dir: &Path,
     lock: File,
-    meta: Option<Meta>,
+    found: FoundMeta,
     layout: Layout,
     checkpoint: Option<Checkpoint>,
     walk: LogWalk,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let needed = partitions_with_data(dir, checkpoint.as_ref(), &walk)?;
+    let mut needed = partitions_with_data(dir, checkpoint.as_ref(), &walk)?;
+    for &id in &found.damaged_topics {
+        needed.entry(id).or_insert(1);
+    }
     // Without store.toml nothing tells deleted topics from live ones: all are kept.
-    let had_meta = meta.is_some();
-    let before = meta.clone();
-    let meta = repaired_meta(meta, layout, &needed)?;
+    let had_meta = found.meta.is_some();
+    let before = found.meta.clone();
+    let meta = repaired_meta(&found, layout, &needed)?;
+    set_damaged_topic_files_aside(dir, &found.damaged_topics, report)?;
     for &(base, from, to) in &walk.spans {
         let file = &walk.files[&base];
         let len = u32::try_from(to - from).expect("a span lies within one file");

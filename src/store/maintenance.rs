@@ -82,6 +82,7 @@ fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar)) {
             if let Err(error) = store.enforce_retention() {
                 tracing::error!("enforcing retention: {error}");
             }
+            store.reserve.replenish();
         }
         if now >= next_checkpoint && !fenced {
             next_checkpoint = now + checkpoint_every;

@@ -1,18 +1,30 @@
-//! Persistent metadata: the store's layout and its topics, in `store.toml`, replaced
-//! atomically (temporary file, fsync, rename, fsync of the directory).
+//! Persistent metadata. `store.toml` holds the layout and `next_topic_id`; each topic has its
+//! own small file, `topics/<id>.toml`. A metadata change replaces one small file atomically
+//! (temporary file, fsync, rename, fsync of the directory), so what it costs does not grow
+//! with the number of topics. Topic ids are taken from `store.toml` [`ID_BLOCK`] at a time, so
+//! creating topics rewrites it once per block; a clean close gives back the unused rest.
+//! `store.toml` of format 2, which listed every topic itself, is migrated at open.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
+use super::reserve::Reserve;
 use super::{Framing, TopicSettings, MAX_PARTITIONS};
 
 pub const META_FILE: &str = "store.toml";
-/// 2: messages stored in batches (one header and CRC per batch), key-index entries of 24
-/// bytes.
-const FORMAT_VERSION: u32 = 2;
+/// One file per topic, named `<id>.toml`.
+pub const TOPICS_DIR: &str = "topics";
+/// 3: topics in `topics/<id>.toml`. 2 (every topic in `store.toml`; the same data files) is
+/// migrated at open; 1 (one header and CRC per message) is refused.
+const FORMAT_VERSION: u32 = 3;
+const FORMAT_WITH_TOPICS_IN_STORE_TOML: u32 = 2;
+/// Topic ids `store.toml` gives out at a time.
+pub const ID_BLOCK: u32 = 64;
 
 /// Settings that decide the layout of files on disk, fixed when the store is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,85 +104,161 @@ impl TopicRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `store.toml` as it is on disk; only format 2 has `topics`.
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct StoreToml {
+    format_version: u32,
+    layout: Layout,
+    next_topic_id: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    topics: Vec<TopicRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
-    pub format_version: u32,
     pub layout: Layout,
+    /// Ids below it may have been given out; none is ever given out twice.
     pub next_topic_id: u32,
-    #[serde(default)]
     pub topics: Vec<TopicRecord>,
+    /// The first id of the block below `next_topic_id` that this process has not given out
+    /// (in memory only: after a crash the rest of the block is skipped).
+    unused_id: u32,
+    /// Read from a format-2 `store.toml`, whose topics [`Meta::migrate`] moves to their files.
+    from_format_2: bool,
+}
+
+/// What is wrong with metadata, and in which file (relative to the data directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaProblem {
+    pub file: PathBuf,
+    pub text: String,
+}
+
+impl MetaProblem {
+    /// The problem with the file's full path in front.
+    pub fn describe(&self, dir: &Path) -> String {
+        format!("{}: {}", dir.join(&self.file).display(), self.text)
+    }
 }
 
 impl Meta {
     pub fn new(layout: Layout) -> Meta {
         Meta {
-            format_version: FORMAT_VERSION,
             layout,
             next_topic_id: 1,
             topics: Vec::new(),
+            unused_id: 1,
+            from_format_2: false,
         }
     }
 
+    /// `store.toml` and the topic files; `None` without `store.toml`. A topic file that cannot
+    /// be read as one is an error naming it, its byte and line.
     pub fn load(dir: &Path) -> Result<Option<Meta>> {
-        let path = dir.join(META_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+        let Some(file) = read_store_toml(dir)? else {
+            return Ok(None);
         };
-        let meta: Meta = toml::from_str(&text).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
-        if meta.format_version != FORMAT_VERSION {
-            let advice = if meta.format_version < FORMAT_VERSION {
-                "mount it with the older commitfs that wrote it and copy its topics into a new data directory mounted by this one (cat each partition's segments into the new partition's active file); nothing here was changed"
-            } else {
-                "it was written by a newer commitfs; use that release. Nothing here was changed"
-            };
-            return Err(StoreError::UnsupportedFormat {
-                path,
-                found: meta.format_version,
-                supported: FORMAT_VERSION,
-                advice,
-            });
+        let from_format_2 = file.format_version == FORMAT_WITH_TOPICS_IN_STORE_TOML;
+        let topics = if from_format_2 {
+            file.topics
+        } else {
+            let found = read_topic_files(dir)?;
+            if let Some((_, error)) = found.damaged.into_iter().next() {
+                return Err(StoreError::NeedsRepair {
+                    dir: dir.to_owned(),
+                    what: error.to_string(),
+                });
+            }
+            found.records
+        };
+        Ok(Some(Meta {
+            topics,
+            from_format_2,
+            ..Meta::with_next_id(file.layout, file.next_topic_id)
+        }))
+    }
+
+    /// For `commitfs check`: `store.toml` as [`Meta::load`] reads it but with only the topic
+    /// files that are valid, and what `topics/` holds (nothing for a format-2 store, which
+    /// does not use it). An error only when a file cannot be read at all.
+    pub fn load_leniently(dir: &Path) -> Result<(Result<Option<Meta>>, TopicFiles)> {
+        let file = match read_store_toml(dir) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok((Ok(None), read_topic_files(dir)?)),
+            Err(error @ StoreError::Io { .. }) => return Err(error),
+            Err(error) => return Ok((Err(error), read_topic_files(dir)?)),
+        };
+        if file.format_version == FORMAT_WITH_TOPICS_IN_STORE_TOML {
+            return Ok((Meta::load(dir), TopicFiles::default()));
         }
-        Ok(Some(meta))
+        let found = read_topic_files(dir)?;
+        let meta = Meta {
+            topics: found.records.clone(),
+            ..Meta::with_next_id(file.layout, file.next_topic_id)
+        };
+        Ok((Ok(Some(meta)), found))
+    }
+
+    fn with_next_id(layout: Layout, next_topic_id: u32) -> Meta {
+        Meta {
+            next_topic_id,
+            unused_id: next_topic_id,
+            ..Meta::new(layout)
+        }
+    }
+
+    /// Where topic `id` is kept, relative to the data directory.
+    fn topic_file(&self, id: u32) -> PathBuf {
+        match self.from_format_2 {
+            true => PathBuf::from(META_FILE),
+            false => Path::new(TOPICS_DIR).join(topic_file_name(id)),
+        }
     }
 
     /// What is wrong with this metadata on its own: a layout that cannot be, a topic whose
     /// name, partition count or id is invalid, two topics sharing a name or an id, an id at
     /// or above `next_topic_id` (the next topic would reuse it).
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        self.layout.validate()?;
-        let mut names = std::collections::HashSet::new();
+    pub fn validate(&self) -> std::result::Result<(), MetaProblem> {
+        self.layout.validate().map_err(|text| MetaProblem {
+            file: META_FILE.into(),
+            text,
+        })?;
+        let mut names = HashMap::new();
         let mut ids = std::collections::HashSet::new();
         for topic in &self.topics {
+            let problem = |text: String| MetaProblem {
+                file: self.topic_file(topic.id),
+                text,
+            };
             let name = &topic.name;
-            super::validate_topic_name(name).map_err(|e| e.to_string())?;
+            super::validate_topic_name(name).map_err(|e| problem(e.to_string()))?;
             if !(1..=MAX_PARTITIONS).contains(&topic.partitions) {
-                return Err(format!(
+                return Err(problem(format!(
                     "topic {name:?} has partitions = {}; it must be 1 to {MAX_PARTITIONS}",
                     topic.partitions
-                ));
+                )));
             }
             if topic.key_separator.as_ref().is_some_and(|s| s.is_empty()) {
-                return Err(format!("topic {name:?} has an empty key_separator"));
+                return Err(problem(format!(
+                    "topic {name:?} has an empty key_separator"
+                )));
             }
             if topic.id == 0 || topic.id >= self.next_topic_id {
-                return Err(format!(
-                    "topic {name:?} has id {}, not 1 to next_topic_id - 1 ({})",
+                return Err(problem(format!(
+                    "topic {name:?} has id {}, not 1 to next_topic_id - 1 ({}, in {META_FILE})",
                     topic.id,
                     self.next_topic_id.saturating_sub(1)
-                ));
+                )));
             }
-            if !names.insert(name) {
-                return Err(format!("two topics are named {name:?}"));
+            if let Some(other) = names.insert(name, topic.id) {
+                return Err(problem(format!(
+                    "two topics are named {name:?} (the other is {})",
+                    self.topic_file(other).display()
+                )));
             }
             if !ids.insert(topic.id) {
-                return Err(format!("two topics have id {}", topic.id));
+                return Err(problem(format!("two topics have id {}", topic.id)));
             }
         }
         Ok(())
@@ -193,17 +281,285 @@ impl Meta {
         let topic = self.topic_by_id(topic_id)?;
         (partition >= topic.partitions).then(|| {
             format!(
-                "partition {partition} of topic {:?} (id {topic_id}), which store.toml says has {} partitions",
-                topic.name, topic.partitions
+                "partition {partition} of topic {:?} (id {topic_id}), which {} says has {} partitions",
+                topic.name,
+                self.topic_file(topic_id).display(),
+                topic.partitions
             )
         })
     }
 
+    /// An id for a new topic, never given out before. When this process has given out its
+    /// block, `store.toml` is rewritten with the next block taken.
+    pub fn take_topic_id(&mut self, dir: &Path) -> Result<u32> {
+        if self.unused_id >= self.next_topic_id {
+            let raised = self.unused_id.saturating_add(ID_BLOCK);
+            if raised == self.unused_id {
+                return Err(StoreError::InvalidSetting(
+                    "every topic id has been given out".into(),
+                ));
+            }
+            self.write_store_toml(dir, raised)?;
+            self.next_topic_id = raised;
+        }
+        let id = self.unused_id;
+        self.unused_id += 1;
+        Ok(id)
+    }
+
+    /// Lowers `next_topic_id` to the first id this process has not given out, so that a clean
+    /// stop wastes none of the block.
+    pub fn give_back_unused_ids(&mut self, dir: &Path) -> Result<()> {
+        if self.unused_id < self.next_topic_id {
+            self.write_store_toml(dir, self.unused_id)?;
+            self.next_topic_id = self.unused_id;
+        }
+        Ok(())
+    }
+
+    /// Moves the topics of a format-2 `store.toml` into their files (a no-op for format 3).
+    /// `store.toml` is replaced last: a crash before leaves format 2, whose `topics/` is only
+    /// scratch that the next try rewrites; after, format 3. Nothing is lost either way.
+    pub fn migrate(&mut self, dir: &Path) -> Result<()> {
+        if !self.from_format_2 {
+            return Ok(());
+        }
+        self.save(dir)?;
+        self.from_format_2 = false;
+        tracing::info!(
+            "moved the {} topics listed in {} into {} (metadata format 3)",
+            self.topics.len(),
+            dir.join(META_FILE).display(),
+            dir.join(TOPICS_DIR).display()
+        );
+        Ok(())
+    }
+
+    /// Writes this metadata whole: every topic file that differs from it, the removal of
+    /// those of topics it does not list, then `store.toml`. Topic files are replaced one by
+    /// one atomically, except while `store.toml` still lists the topics (format 2): then they
+    /// are written directly and synced together, and replacing `store.toml` commits them.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let text = toml::to_string(self)
+        let migrating = matches!(read_store_toml(dir), Ok(Some(file)) if file.format_version == FORMAT_WITH_TOPICS_IN_STORE_TOML);
+        let topics_dir = ensure_topics_dir(dir)?;
+        let on_disk = read_topic_files(dir)?;
+        let current: HashMap<u32, &TopicRecord> =
+            on_disk.records.iter().map(|t| (t.id, t)).collect();
+        for record in &self.topics {
+            if current.get(&record.id) == Some(&record) {
+                continue;
+            }
+            match migrating {
+                true => write_scratch_topic_file(&topics_dir, record)?,
+                false => save_topic(dir, record, None)?,
+            }
+        }
+        let listed: std::collections::HashSet<u32> = self.topics.iter().map(|t| t.id).collect();
+        let stale = (on_disk.records.iter().map(|t| t.id))
+            .chain(on_disk.damaged.iter().map(|(id, _)| *id))
+            .filter(|id| !listed.contains(id))
+            .map(|id| topics_dir.join(topic_file_name(id)));
+        for path in stale.chain(on_disk.leftovers) {
+            super::mapped::remove_file(&path)?;
+        }
+        match migrating {
+            true => sync_file_system(&topics_dir)?,
+            false => sync_dir(&topics_dir)?,
+        }
+        self.write_store_toml(dir, self.next_topic_id)
+    }
+
+    fn write_store_toml(&self, dir: &Path, next_topic_id: u32) -> Result<()> {
+        let file = StoreToml {
+            format_version: FORMAT_VERSION,
+            layout: self.layout,
+            next_topic_id,
+            topics: Vec::new(),
+        };
+        let text = toml::to_string(&file)
             .map_err(|e| StoreError::InvalidSetting(format!("cannot encode the metadata: {e}")))?;
         write_atomically(dir, META_FILE, text.as_bytes())
     }
+}
+
+pub fn topic_file_name(id: u32) -> String {
+    format!("{id}.toml")
+}
+
+fn encode_topic(record: &TopicRecord) -> Result<String> {
+    toml::to_string(record).map_err(|e| {
+        StoreError::InvalidSetting(format!("cannot encode topic {:?}: {e}", record.name))
+    })
+}
+
+/// Replaces topic `record.id`'s file atomically; on a full disk with `reserve`, written into
+/// one of its files instead (deleting and changing topics is how space is freed).
+pub fn save_topic(dir: &Path, record: &TopicRecord, reserve: Option<&Reserve>) -> Result<()> {
+    let topics_dir = ensure_topics_dir(dir)?;
+    let text = encode_topic(record)?;
+    let name = topic_file_name(record.id);
+    match reserve {
+        Some(reserve) => reserve.write_atomically(&topics_dir, &name, text.as_bytes()),
+        None => write_atomically(&topics_dir, &name, text.as_bytes()),
+    }
+}
+
+/// Removes topic `id`'s file: needs no space, so it works on a full disk.
+pub fn remove_topic_file(dir: &Path, id: u32) -> Result<()> {
+    let topics_dir = dir.join(TOPICS_DIR);
+    super::mapped::remove_file(&topics_dir.join(topic_file_name(id)))?;
+    sync_dir(&topics_dir)
+}
+
+fn ensure_topics_dir(dir: &Path) -> Result<PathBuf> {
+    let topics_dir = dir.join(TOPICS_DIR);
+    if !topics_dir.is_dir() {
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(|e| StoreError::io(format!("creating {}", topics_dir.display()), e))?;
+        sync_dir(dir)?;
+    }
+    Ok(topics_dir)
+}
+
+/// A topic file written in place, for a migration (see [`Meta::save`]).
+fn write_scratch_topic_file(topics_dir: &Path, record: &TopicRecord) -> Result<()> {
+    let path = topics_dir.join(topic_file_name(record.id));
+    super::mapped::inject!("meta::migrate", &path, "writing");
+    std::fs::write(&path, encode_topic(record)?)
+        .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
+}
+
+/// Everything written to the file system holding `dir` reaches the disk: one call for the
+/// thousands of topic files a migration writes, where an fsync of each would take minutes.
+fn sync_file_system(dir: &Path) -> Result<()> {
+    let io = |e| StoreError::io(format!("syncing the file system of {}", dir.display()), e);
+    let handle = std::fs::File::open(dir).map_err(io)?;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// What `topics/` holds.
+#[derive(Debug, Default)]
+pub struct TopicFiles {
+    /// The valid topic files' records, by id.
+    pub records: Vec<TopicRecord>,
+    /// Files named like topic files that do not hold one: the id their name gives, and why
+    /// (with the byte and line).
+    pub damaged: Vec<(u32, StoreError)>,
+    /// Temporary files of replacements a crash interrupted: the next write of their topic
+    /// replaces them, [`Meta::save`] removes them.
+    pub leftovers: Vec<PathBuf>,
+}
+
+pub fn read_topic_files(dir: &Path) -> Result<TopicFiles> {
+    let topics_dir = dir.join(TOPICS_DIR);
+    let listing = |e| StoreError::io(format!("listing {}", topics_dir.display()), e);
+    let mut found = TopicFiles::default();
+    let entries = match std::fs::read_dir(&topics_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(listing(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(listing)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            found.leftovers.push(entry.path());
+            continue;
+        }
+        let Some(id) = name.strip_suffix(".toml").and_then(|id| id.parse().ok()) else {
+            continue;
+        };
+        match read_topic_file(&entry.path(), id) {
+            Ok(record) => found.records.push(record),
+            Err(error @ StoreError::Corrupt { .. }) => found.damaged.push((id, error)),
+            Err(error) => return Err(error),
+        }
+    }
+    found.records.sort_by_key(|t| t.id);
+    found.damaged.sort_by_key(|(id, _)| *id);
+    Ok(found)
+}
+
+fn read_topic_file(path: &Path, id: u32) -> Result<TopicRecord> {
+    let text = read_text(path)?;
+    let record: TopicRecord = parse_toml(path, &text)?;
+    if record.id != id {
+        let at = text.find("id =").unwrap_or(0);
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: at as u64,
+            reason: format!(
+                "line {}: holds topic id {}, but its name says {id}",
+                line_of(&text, at),
+                record.id
+            ),
+        });
+    }
+    Ok(record)
+}
+
+fn read_store_toml(dir: &Path) -> Result<Option<StoreToml>> {
+    let path = dir.join(META_FILE);
+    let text = match read_text(&path) {
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        read => read?,
+    };
+    let file: StoreToml = parse_toml(&path, &text)?;
+    match file.format_version {
+        FORMAT_VERSION if !file.topics.is_empty() => Err(StoreError::Corrupt {
+            path,
+            offset: text.find("[[topics]]").unwrap_or(0) as u64,
+            reason: format!("format {FORMAT_VERSION} keeps topics in {TOPICS_DIR}/<id>.toml, but this file lists some"),
+        }),
+        FORMAT_VERSION | FORMAT_WITH_TOPICS_IN_STORE_TOML => Ok(Some(file)),
+        found => {
+            let advice = if found < FORMAT_VERSION {
+                "mount it with the older commitfs that wrote it and copy its topics into a new data directory mounted by this one (cat each partition's segments into the new partition's active file); nothing here was changed"
+            } else {
+                "it was written by a newer commitfs; use that release. Nothing here was changed"
+            };
+            Err(StoreError::UnsupportedFormat {
+                path,
+                found,
+                supported: FORMAT_VERSION,
+                advice,
+            })
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+    String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+        path: path.to_owned(),
+        offset: e.utf8_error().valid_up_to() as u64,
+        reason: "not UTF-8 text".into(),
+    })
+}
+
+/// Parses TOML; an error names the byte and line where it lies.
+fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |span| span.start);
+        StoreError::Corrupt {
+            path: path.to_owned(),
+            offset: at as u64,
+            reason: format!("line {}: {}", line_of(text, at), e.message().trim()),
+        }
+    })
+}
+
+fn line_of(text: &str, at: usize) -> usize {
+    let before = &text.as_bytes()[..at.min(text.len())];
+    before.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new file.
@@ -316,6 +672,7 @@ mod fuzz {
             )
     }
 
+    /// A `store.toml` of format 2, which lists its topics: the migration reads it.
     fn store_toml() -> impl Strategy<Value = Vec<u8>> {
         let layout =
             (0..=i64::MAX as u64, any::<(u32, u32, u32)>()).prop_map(|(a, (b, c, d))| Layout {
@@ -330,33 +687,55 @@ mod fuzz {
             proptest::collection::vec(topic(), 0..3),
         )
             .prop_map(|(layout, next_topic_id, topics)| {
-                let meta = Meta {
+                let file = StoreToml {
+                    format_version: FORMAT_WITH_TOPICS_IN_STORE_TOML,
+                    layout,
                     next_topic_id,
                     topics,
-                    ..Meta::new(layout)
                 };
-                toml::to_string(&meta).unwrap().into_bytes()
+                toml::to_string(&file).unwrap().into_bytes()
             })
     }
 
     proptest! {
         #![proptest_config(fuzzing::config(300))]
 
-        /// Any store.toml loads or is refused with an error; what loads saves and loads again
-        /// as the same metadata.
+        /// Any format-2 store.toml loads or is refused with an error; what loads and is
+        /// valid migrates into topic files and loads again as the same metadata.
         #[test]
-        fn any_store_toml_loads_or_is_refused_and_what_loads_round_trips(
+        fn any_store_toml_loads_or_is_refused_and_what_loads_migrates(
             bytes in fuzzing::garbage_or_damaged(store_toml(), 400)
         ) {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(META_FILE), &bytes).unwrap();
-            let Ok(Some(meta)) = Meta::load(dir.path()) else {
+            let Ok(Some(mut meta)) = Meta::load(dir.path()) else {
                 return Ok(());
             };
-            let again = tempfile::tempdir().unwrap();
-            meta.save(again.path()).unwrap();
-            let reloaded = Meta::load(again.path()).unwrap().unwrap();
-            prop_assert_eq!(toml::to_string(&reloaded).unwrap(), toml::to_string(&meta).unwrap());
+            if meta.validate().is_err() {
+                return Ok(());
+            }
+            meta.migrate(dir.path()).unwrap();
+            let reloaded = Meta::load(dir.path()).unwrap().unwrap();
+            prop_assert_eq!(reloaded, meta);
+        }
+
+        /// Any topic file loads or is refused with an error naming it; never a panic.
+        #[test]
+        fn any_topic_file_loads_or_is_refused(
+            bytes in fuzzing::garbage_or_damaged(
+                topic().prop_map(|t| toml::to_string(&TopicRecord { id: 1, ..t }).unwrap().into_bytes()),
+                200,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            Meta::new(Layout { commit_log_file_bytes: 4096, segment_messages: 1, index_slots: 1, index_entries: 2 })
+                .save(dir.path())
+                .unwrap();
+            std::fs::write(dir.path().join(TOPICS_DIR).join("1.toml"), &bytes).unwrap();
+            match Meta::load(dir.path()) {
+                Ok(meta) => prop_assert_eq!(meta.unwrap().topics.len(), 1),
+                Err(error) => prop_assert!(error.to_string().contains("1.toml"), "{}", error),
+            }
         }
     }
 }

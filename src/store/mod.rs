@@ -20,6 +20,7 @@ mod partition;
 pub mod progress;
 mod queue;
 mod recovery;
+mod reserve;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -251,6 +252,8 @@ pub struct Store {
     index: KeyIndex,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     meta: Mutex<Meta>,
+    /// Room for topic changes on a full disk.
+    reserve: reserve::Reserve,
     /// Appends hold it shared; a checkpoint takes it exclusively for an instant, to see the
     /// log, the queues and the index at one consistent point.
     quiesce: RwLock<()>,
@@ -297,17 +300,15 @@ impl Store {
         if self.topics.read().contains_key(name) {
             return Err(StoreError::TopicExists(name.to_owned()));
         }
-        let id = meta.next_topic_id;
+        let id = meta.take_topic_id(&self.dir)?;
         let record = TopicRecord::new(name, id, now_ms(), &settings);
         let topic = Arc::new(self.build_topic(&record, &HashMap::new())?);
-        meta.next_topic_id += 1;
-        meta.topics.push(record);
-        if let Err(error) = meta.save(&self.dir) {
-            meta.topics.pop();
-            meta.next_topic_id -= 1;
+        // A topic is created by its file; a new one takes no reserve (it would not free space).
+        if let Err(error) = meta::save_topic(&self.dir, &record, None) {
             let _ = std::fs::remove_dir_all(&topic.queue_dir);
             return Err(error);
         }
+        meta.topics.push(record);
         self.topics.write().insert(name.to_owned(), topic.clone());
         tracing::info!(
             "created topic {name} (id {id}, {} partitions)",
@@ -379,11 +380,8 @@ impl Store {
             .iter()
             .position(|t| t.id == topic.id)
             .expect("topic in metadata");
-        let record = meta.topics.remove(position);
-        if let Err(error) = meta.save(&self.dir) {
-            meta.topics.insert(position, record);
-            return Err(error);
-        }
+        meta::remove_topic_file(&self.dir, topic.id)?;
+        meta.topics.remove(position);
         topic.deleted.store(true, Ordering::Release);
         self.topics.write().remove(name);
         if let Err(error) = std::fs::remove_dir_all(&topic.queue_dir) {
@@ -413,14 +411,10 @@ impl Store {
             .iter()
             .position(|t| t.id == topic.id)
             .expect("topic in metadata");
-        let previous = std::mem::replace(
-            &mut meta.topics[position],
-            TopicRecord::new(&topic.name, topic.id, topic.created_ms, &settings),
-        );
-        if let Err(error) = meta.save(&self.dir) {
-            meta.topics[position] = previous;
-            return Err(error);
-        }
+        let record = TopicRecord::new(&topic.name, topic.id, topic.created_ms, &settings);
+        // Lowering retention is how a full disk is cleared: the reserve is there for it.
+        meta::save_topic(&self.dir, &record, Some(&self.reserve))?;
+        meta.topics[position] = record;
         self.add_partitions(topic, settings.partitions, &HashMap::new())?;
         *topic.settings.write() = settings;
         Ok(())
@@ -605,18 +599,22 @@ impl Store {
             // The log may hold a record its partition does not count: no checkpoint may
             // vouch for this state. The abort marker stays, so the next open recovers.
             let flushed = self.log.flush();
-            self.lock.lock().take();
             tracing::error!(
                 "store at {} closed without a checkpoint after an internal error in the write path; the next open recovers",
                 self.dir.display()
             );
+            self.lock.lock().take();
             flushed?;
             return Err(StoreError::Fenced);
         }
         self.checkpoint()?;
+        if let Err(error) = self.meta.lock().give_back_unused_ids(&self.dir) {
+            tracing::warn!("keeping the rest of the block of topic ids: {error}");
+        }
         meta::remove_abort_marker(&self.dir)?;
-        self.lock.lock().take();
+        // Said before the lock goes: whoever waits for the lock finds the line written.
         tracing::info!("store at {} closed cleanly", self.dir.display());
+        self.lock.lock().take();
         Ok(())
     }
 

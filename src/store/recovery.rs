@@ -56,7 +56,7 @@ pub struct LostMessages {
 pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
     let started = std::time::Instant::now();
     raise_open_file_limit();
-    let meta = settle_meta(dir, &mut config)?;
+    let mut meta = settle_meta(dir, &mut config)?;
     fit_max_message(&mut config);
     let layout = meta.layout;
     let checkpoint = Checkpoint::load(dir)?;
@@ -106,6 +106,8 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         recovered.cut,
     )?);
     let topics = meta.topics.len();
+    // Last before the topics open: a mount refused for damage leaves format 2 as it was.
+    meta.migrate(dir)?;
     let store = assemble(dir, config, layout, log, index, meta, lock, &offsets)?;
     tracing::info!(
         "store at {} open: {topics} topics, commit log ends at {}",
@@ -129,7 +131,7 @@ fn settle_meta(dir: &Path, config: &mut StoreConfig) -> Result<Meta> {
         Some(meta) => {
             meta.validate().map_err(|problem| StoreError::NeedsRepair {
                 dir: dir.to_owned(),
-                what: format!("{}: {problem}", dir.join(meta::META_FILE).display()),
+                what: problem.describe(dir),
             })?;
             if meta.layout != wanted {
                 tracing::warn!(
@@ -174,6 +176,8 @@ pub(super) fn data_without_meta(dir: &Path) -> Option<String> {
         Some("consume queues".into())
     } else if has_entries(INDEX_DIR) {
         Some("key-index files".into())
+    } else if has_entries(meta::TOPICS_DIR) {
+        Some("topic files".into())
     } else if dir.join(super::checkpoint::CHECKPOINT_FILE).exists() {
         Some("a checkpoint".into())
     } else {
@@ -485,6 +489,7 @@ fn assemble(
         index,
         topics: RwLock::new(BTreeMap::new()),
         meta: Mutex::new(meta.clone()),
+        reserve: super::reserve::Reserve::open(dir),
         quiesce: RwLock::new(()),
         closed: AtomicBool::new(true),
         fence: Default::default(),
