@@ -14,6 +14,7 @@ mod format;
 mod index;
 mod maintenance;
 mod mapped;
+mod materialize;
 mod meta;
 mod partition;
 pub mod progress;
@@ -53,6 +54,9 @@ pub struct StoreConfig {
     pub max_disk_bytes: Option<u64>,
     pub index_slots: u32,
     pub index_entries: u32,
+    /// A background thread copies each sealed segment to a file of its own, which readers
+    /// are then served from (see `materialize`).
+    pub materialize_segments: bool,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +71,7 @@ impl Default for StoreConfig {
             max_disk_bytes: None,
             index_slots: 5_000_000,
             index_entries: 20_000_000,
+            materialize_segments: true,
         }
     }
 }
@@ -257,6 +262,10 @@ pub struct Store {
     /// Set by a panic in the write path: no more writes until the store is reopened.
     fence: Fence,
     maintenance: maintenance::Handle,
+    /// The thread that copies sealed segments to files of their own.
+    materializer: materialize::Handle,
+    /// One pass of copying sealed segments at a time.
+    materializing: Mutex<()>,
     /// One checkpoint at a time.
     checkpoint_lock: Mutex<()>,
     /// Held (flock) while the store is open, so two processes never share it.
@@ -330,6 +339,7 @@ impl Store {
             deleted: Arc::new(AtomicBool::new(false)),
             next_keyless: AtomicU32::new(0),
             queue_dir: recovery::queue_dir(&self.dir, record.id),
+            segment_dir: materialize::topic_dir(&self.dir, record.id),
         };
         self.add_partitions(&topic, record.partitions, marks)?;
         Ok(topic)
@@ -351,6 +361,7 @@ impl Store {
             )?;
             let offsets = marks.get(&(topic.id, index)).copied().unwrap_or_default();
             let partition = Partition::new(topic, index, self.log.clone(), queue, offsets)?;
+            partition.check_segment_files()?;
             // The file the next append goes to, made off the write path.
             let base = partition.queue.segment_base(offsets.end);
             if partition.queue.file_bases().last() != Some(&base) {
@@ -385,8 +396,13 @@ impl Store {
         }
         topic.deleted.store(true, Ordering::Release);
         self.topics.write().remove(name);
-        if let Err(error) = std::fs::remove_dir_all(&topic.queue_dir) {
-            tracing::warn!("removing {}: {error}", topic.queue_dir.display());
+        for dir in [&topic.queue_dir, &topic.segment_dir] {
+            match std::fs::remove_dir_all(dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("removing {}: {error}", dir.display());
+                }
+                _ => {}
+            }
         }
         tracing::info!("deleted topic {name} (id {})", topic.id);
         Ok(())
@@ -576,14 +592,14 @@ impl Store {
         damage.map_or(Ok(()), Err)
     }
 
-    /// Bytes the store occupies on disk, counting commit-log files that retention removed
-    /// while an open reader still maps them.
+    /// Bytes the store occupies on disk (segments' own files included), counting commit-log
+    /// files that retention removed while an open reader still maps them.
     pub fn disk_usage(&self) -> u64 {
         let queues: u64 = self
             .topics()
             .iter()
             .flat_map(|t| t.partitions())
-            .map(|p| p.queue.disk_bytes())
+            .map(|p| p.queue.disk_bytes() + p.segment_files.disk_bytes())
             .sum();
         self.log.disk_bytes() + queues + self.index.disk_bytes()
     }
@@ -596,6 +612,7 @@ impl Store {
         }
         // Tests make a close slow here, to send a second signal in the middle of one.
         fail::fail_point!("store::close");
+        self.materializer.stop();
         self.maintenance.stop();
         let _quiet = self.quiesce.write();
         self.log.stop();
@@ -626,6 +643,7 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.materializer.stop();
         self.maintenance.stop();
         let _quiet = self.quiesce.write();
         self.log.stop();

@@ -129,6 +129,7 @@ impl CommitFs {
             opener_pid: pid,
             partial: Mutex::new(PartialLine::default()),
         };
+        let mut passthrough = None;
         let (file, fopen) = match &node {
             // Any open mode works (`echo x > append` truncates first, which is a no-op); reads
             // find it empty.
@@ -169,8 +170,13 @@ impl CommitFs {
                 }
                 if reads {
                     let reader = self.store.open_segment(partition, info.base_offset)?;
-                    file.reader = Some(Reader::Segment(reader));
+                    // Writes go to the daemon, so only a read-only open may be passed
+                    // through (and none of a segment a writer still holds: see below).
+                    if !writes && !self.writers_on.lock().contains_key(&ino) {
+                        passthrough = reader.materialized_file().cloned();
+                    }
                     fopen |= self.read_cache_policy(ino, info.sealed, flags);
+                    file.reader = Some(Reader::Segment(reader));
                 }
                 (file, fopen)
             }
@@ -198,6 +204,7 @@ impl CommitFs {
         Ok(Opened {
             fh: self.files.insert(file),
             flags: fopen,
+            passthrough,
         })
     }
 
