@@ -62,7 +62,9 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            commit_log_file_bytes: 1 << 30,
+            // Two files exist from the start (the one written and the next, made ahead): an
+            // empty store then takes about 150 MB, index included.
+            commit_log_file_bytes: 64 << 20,
             segment_messages: 300_000,
             max_message_bytes: 1 << 20,
             flush: FlushPolicy::Async { interval_ms: 500 },
