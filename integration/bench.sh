@@ -176,9 +176,9 @@ for rep in $(seq "$REPS"); do
         timed_cat keyedmany "$fs" "$WORK/keyed" "$(topic_append_file "$fs" "keyed$MANY_PARTITIONS")"
         timed_cat unkeyed1 "$fs" "$WORK/lines" "$(topic_append_file "$fs" unkeyed1)"
     done
-    drop_caches
     for fs in native bindfs commitfs; do
         f=$(read_file "$fs")
+        drop_caches
         t0=$(now); bounded dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
         record read1 "$fs" "$(calc "$t1 - $t0")"
         t0=$(now); bounded dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)

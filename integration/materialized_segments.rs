@@ -368,3 +368,21 @@ fn keys_offsets_and_times_find_messages_in_materialized_segments() {
         "0"
     );
 }
+
+#[test]
+fn an_o_direct_read_of_a_materialized_segment_takes_any_buffer_size() {
+    let Some(m) = common::mount(config()) else {
+        return;
+    };
+    m.sh_ok("mkdir t");
+    append_lines(&m, "t/0", 0, 150);
+    let sealed = segment(&m, "t/0", 0);
+    wait_materialized(&m, &sealed);
+    // 1,000-byte reads: the daemon's direct I/O takes them, where ext4's O_DIRECT (what a
+    // passed-through open would use) refuses a size that is not a multiple of its blocks.
+    let read = m.sh_bytes(&format!(
+        "dd if={} iflag=direct bs=1000 count=1 status=none",
+        sealed.display()
+    ));
+    assert_eq!(read, lines(0, 100)[..1000]);
+}

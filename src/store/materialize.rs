@@ -209,6 +209,13 @@ impl Partition {
         Ok(())
     }
 
+    /// Whether segment `base` is no longer stored (retention, the disk ceiling or `rmdir`
+    /// removed it).
+    fn segment_gone(&self, base: u64) -> bool {
+        base + self.segment_messages <= self.start_offset()
+            || self.topic_deleted.load(Ordering::Acquire)
+    }
+
     /// Copies sealed segment `base` to its own file; false if it was not made (the segment
     /// is gone, or `stop` was set). Every batch copied is checked against its CRC32C, so a
     /// damaged log is refused (an error), never copied.
@@ -238,9 +245,7 @@ impl Partition {
             }
             let mut kept = files.files.lock();
             // Retention or a topic deletion may have taken the segment meanwhile.
-            let gone = base + self.segment_messages <= self.start_offset()
-                || self.topic_deleted.load(Ordering::Acquire);
-            if gone {
+            if self.segment_gone(base) {
                 return Ok(false);
             }
             std::fs::rename(&partial, &path)
@@ -317,6 +322,8 @@ impl Store {
                                 topic.name(),
                                 partition.index()
                             ),
+                            // Retention or `rmdir` took the segment while it was copied.
+                            Err(_) if partition.segment_gone(base) => {}
                             Err(error) => return Err(error),
                         }
                     }
