@@ -386,3 +386,29 @@ fn an_o_direct_read_of_a_materialized_segment_takes_any_buffer_size() {
     ));
     assert_eq!(read, lines(0, 100)[..1000]);
 }
+
+#[test]
+fn the_metrics_count_the_segments_copied() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("\"127.0.0.1:{port}\"");
+    let Some(m) = common::mount(config().set("metrics_listen", &listen)) else {
+        return;
+    };
+    m.sh_ok("mkdir t");
+    append_lines(&m, "t/0", 0, 250);
+    for base in [0, 100] {
+        wait_materialized(&m, &segment(&m, "t/0", base));
+    }
+    let scrape = m.sh_ok(&format!(
+        "timeout 20 curl -sS http://127.0.0.1:{port}/metrics"
+    ));
+    let copied = scrape
+        .lines()
+        .find_map(|line| line.strip_prefix("commitfs_segments_materialized_total "))
+        .unwrap_or_else(|| panic!("no commitfs_segments_materialized_total in\n{scrape}"));
+    assert_eq!(copied, "2");
+}

@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{Result, StoreError};
 use super::format;
-use super::partition::Partition;
+use super::partition::{Partition, Topic};
 use super::Store;
 
 pub(super) const SEGMENTS_DIR: &str = "segments";
@@ -311,20 +311,8 @@ impl Store {
                             self.log.flush()?;
                             flushed = true;
                         }
-                        match partition.materialize(base, stop) {
-                            Ok(true) => {
-                                made += 1;
-                                crate::metrics::segment_materialized();
-                            }
-                            Ok(false) => {}
-                            Err(error @ StoreError::Corrupt { .. }) => tracing::error!(
-                                "topic {} partition {} segment {base} is served from the commit log, not copied: {error}",
-                                topic.name(),
-                                partition.index()
-                            ),
-                            // Retention or `rmdir` took the segment while it was copied.
-                            Err(_) if partition.segment_gone(base) => {}
-                            Err(error) => return Err(error),
+                        if self.materialize_one(&topic, &partition, base, stop)? {
+                            made += 1;
                         }
                     }
                     base += partition.segment_messages;
@@ -333,6 +321,58 @@ impl Store {
             }
         }
         Ok(made)
+    }
+
+    /// Copies segment `base` of `partition` unless the copy would take the store past
+    /// `max_disk_bytes` (the ceiling would then delete messages to make room for a second
+    /// copy of others); true if it was made. A segment whose log is damaged stays served
+    /// from the log, and the log says why.
+    fn materialize_one(
+        &self,
+        topic: &Topic,
+        partition: &Arc<Partition>,
+        base: u64,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        let name = || {
+            format!(
+                "topic {} partition {} segment {base}",
+                topic.name(),
+                partition.index()
+            )
+        };
+        if let Some(ceiling) = self.config.max_disk_bytes {
+            let bytes = partition
+                .segment(base)
+                .ok()
+                .flatten()
+                .map_or(0, |s| s.bytes);
+            if self.disk_usage() + bytes > ceiling {
+                tracing::info!(
+                    "{} is served from the commit log, not copied: a copy of its {bytes} bytes would take the store past max_disk_bytes ({ceiling})",
+                    name()
+                );
+                return Ok(false);
+            }
+        }
+        match partition.materialize(base, stop) {
+            Ok(made) => {
+                if made {
+                    crate::metrics::segment_materialized();
+                }
+                Ok(made)
+            }
+            Err(error @ StoreError::Corrupt { .. }) => {
+                tracing::error!(
+                    "{} is served from the commit log, not copied: {error}",
+                    name()
+                );
+                Ok(false)
+            }
+            // Retention or `rmdir` took the segment while it was copied.
+            Err(_) if partition.segment_gone(base) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 }
 
