@@ -218,6 +218,7 @@ fn getfattr_dump_lists_only_the_fixed_names() {
         "user.end_offset",
         "user.first_timestamp",
         "user.last_timestamp",
+        "user.materialized",
         "user.messages",
         "user.sealed",
     ];

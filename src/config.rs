@@ -25,6 +25,7 @@ struct ConfigFile {
     sealed_segment_ttl_ms: u64,
     read_ahead_kb: u32,
     metrics_listen: String,
+    passthrough: bool,
 
     commit_log_file_bytes: u64,
     segment_messages: u32,
@@ -36,6 +37,7 @@ struct ConfigFile {
     max_disk_bytes: u64,
     index_slots: u32,
     index_entries: u32,
+    materialize_segments: bool,
     /// Retired: the commit log is written with `pwrite`, so there is nothing to pre-touch.
     /// Accepted so that older configuration files still mount.
     warm_mapped_files: Option<bool>,
@@ -72,6 +74,7 @@ impl Default for ConfigFile {
             sealed_segment_ttl_ms: 3_600_000,
             read_ahead_kb: 1024,
             metrics_listen: String::new(),
+            passthrough: true,
             commit_log_file_bytes: store.commit_log_file_bytes,
             segment_messages: store.segment_messages,
             max_message_bytes: store.max_message_bytes as u64,
@@ -82,6 +85,7 @@ impl Default for ConfigFile {
             max_disk_bytes: store.max_disk_bytes.unwrap_or(0),
             index_slots: store.index_slots,
             index_entries: store.index_entries,
+            materialize_segments: store.materialize_segments,
             warm_mapped_files: None,
             partitions: 1,
             framing: Framing::Lines,
@@ -278,6 +282,7 @@ impl ConfigFile {
             max_disk_bytes: (self.max_disk_bytes > 0).then_some(self.max_disk_bytes),
             index_slots: at_least("index_slots", self.index_slots, 1)?,
             index_entries: at_least("index_entries", self.index_entries, 2)?,
+            materialize_segments: self.materialize_segments,
         };
         if self.warm_mapped_files.is_some() {
             tracing::warn!(
@@ -302,6 +307,7 @@ impl ConfigFile {
             n_threads: n_threads as usize,
             read_ahead_kb: within("read_ahead_kb", self.read_ahead_kb, 0, 16_384)?,
             metrics_listen: metrics_address(&self.metrics_listen)?,
+            passthrough: self.passthrough,
         };
         Ok(Config {
             log_level: self.log_level,
@@ -338,6 +344,7 @@ mod tests {
                 n_threads: 2,
                 read_ahead_kb: 1024,
                 metrics_listen: None,
+                passthrough: true,
             }
         );
         assert_eq!(config.fs.topic_defaults.partitions, 1);
@@ -376,7 +383,8 @@ mod tests {
         let config = Config::parse(
             "segment_messages = 5\nflush = \"sync\"\nmax_disk_bytes = 1000000\npartitions = 3\n\
              key_separator = \"\\t\"\nretention_ms = 60000\nallow_other = true\nn_threads = 1\n\
-             sealed_segment_ttl_ms = 5\nmetrics_listen = \"127.0.0.1:9464\"",
+             sealed_segment_ttl_ms = 5\nmetrics_listen = \"127.0.0.1:9464\"\n\
+             passthrough = false\nmaterialize_segments = false",
             "f",
         )
         .unwrap();
@@ -388,6 +396,7 @@ mod tests {
         assert_eq!(config.fs.topic_defaults.retention_ms, Some(60_000));
         assert_eq!(config.fs.topic_defaults.retention_bytes, None);
         assert_eq!(config.fs.sealed_segment_ttl, Duration::from_millis(5));
+        assert!(!config.store.materialize_segments);
         assert_eq!(
             config.mount,
             MountSettings {
@@ -395,6 +404,7 @@ mod tests {
                 n_threads: 1,
                 read_ahead_kb: 1024,
                 metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
+                passthrough: false,
             }
         );
     }

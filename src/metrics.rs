@@ -38,6 +38,7 @@ struct Metrics {
     requests: Family<OpLabel, Histogram, fn() -> Histogram>,
     reads: Counter,
     read_bytes: Counter,
+    segments_materialized: Counter,
     /// How long the last open of a store took, recovery included.
     open_seconds: Gauge<f64, AtomicU64>,
 }
@@ -52,6 +53,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     requests: Family::new_with_constructor(latency_histogram),
     reads: Counter::default(),
     read_bytes: Counter::default(),
+    segments_materialized: Counter::default(),
     open_seconds: Gauge::default(),
 });
 
@@ -79,6 +81,11 @@ pub fn request_served(op: &'static str, elapsed: Duration) {
 pub fn read_served(bytes: usize) {
     METRICS.reads.inc();
     METRICS.read_bytes.inc_by(bytes as u64);
+}
+
+/// A sealed segment was copied to a file of its own.
+pub fn segment_materialized() {
+    METRICS.segments_materialized.inc();
 }
 
 /// A store was opened (and recovered, if it had to be) in `elapsed`.
@@ -162,6 +169,11 @@ fn render(store: &Arc<Store>) -> String {
         "read_bytes",
         "Bytes the daemon returned to READ requests",
         metrics.read_bytes.clone(),
+    );
+    registry.register(
+        "segments_materialized",
+        "Sealed segments copied to files of their own since the daemon started",
+        metrics.segments_materialized.clone(),
     );
     registry.register(
         "fuse_request_seconds",

@@ -21,6 +21,7 @@ use tracing::Level;
 use super::core::{Attr, AttrChanges, CommitFs, DirectoryReplier, Entry};
 use super::error::{FsError, FsResult};
 use super::framing::MAX_RAW_WRITE_BYTES;
+use super::passthrough::Passthrough;
 use super::xattr::XattrReply;
 
 /// The most one WRITE carries: 256 pages, the kernel's default ceiling (`max_pages_limit`),
@@ -31,11 +32,16 @@ const MAX_WRITE_BYTES: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     fs: CommitFs,
+    passthrough: Passthrough,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: CommitFs) -> FuseAdapter {
-        FuseAdapter { fs }
+    /// `passthrough`: ask the kernel to read sealed segments' own files itself.
+    pub fn new(fs: CommitFs, passthrough: bool) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            passthrough: Passthrough::new(passthrough),
+        }
     }
 
     /// Runs one core call; errors and panics are logged here and only here.
@@ -175,6 +181,7 @@ impl Filesystem for FuseAdapter {
         {
             tracing::debug!("no FUSE_ATOMIC_O_TRUNC: O_TRUNC arrives as a truncate before open");
         }
+        self.passthrough.init(config);
         Ok(())
     }
 
@@ -299,7 +306,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.call("open", ino, || self.fs.open(ino.0, flags.0, req.pid())) {
-            Ok(opened) => reply.opened(FileHandle(opened.fh), opened.flags),
+            Ok(opened) => self.passthrough.reply(ino.0, opened, reply),
             Err(errno) => reply.error(errno),
         }
     }
@@ -368,6 +375,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.reply_empty("release", ino, reply, || self.fs.release(fh.0));
     }
 

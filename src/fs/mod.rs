@@ -14,6 +14,7 @@ mod inode;
 mod kernel_mount;
 mod mount;
 mod options;
+mod passthrough;
 mod time;
 mod xattr;
 

@@ -46,6 +46,10 @@ pub struct MountSettings {
     pub read_ahead_kb: u32,
     /// Where Prometheus metrics are served (`/metrics`); None: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Ask the kernel to serve sealed segments that have files of their own straight from
+    /// those files (FUSE passthrough); off, or where the kernel or the daemon's privileges
+    /// do not allow it, the daemon reads those files for the kernel.
+    pub passthrough: bool,
 }
 
 /// Everything `commitfs mount` was asked to do.
@@ -484,7 +488,7 @@ fn serve(
     let kernel_mount = Arc::new(kernel_mount);
     let fs = CommitFs::new(store.clone(), request.fs.clone());
     let started = Session::from_fd(
-        FuseAdapter::new(fs),
+        FuseAdapter::new(fs, request.mount.passthrough),
         fd,
         session_acl(request),
         session_config(request),

@@ -39,6 +39,8 @@ pub enum SegmentFact {
     FirstTimestamp,
     LastTimestamp,
     Sealed,
+    /// The segment is a file of its own in the data directory, read from there.
+    Materialized,
 }
 
 /// A parsed attribute name. Per-key names keep the key's raw bytes; `Offset` and `Time`
@@ -67,13 +69,14 @@ const SETTINGS: [(&str, Setting); 5] = [
     ("user.retention_ms", Setting::RetentionMs),
     ("user.retention_bytes", Setting::RetentionBytes),
 ];
-const SEGMENT_FACTS: [(&str, SegmentFact); 6] = [
+const SEGMENT_FACTS: [(&str, SegmentFact); 7] = [
     ("user.base_offset", SegmentFact::BaseOffset),
     ("user.end_offset", SegmentFact::EndOffset),
     ("user.messages", SegmentFact::Messages),
     ("user.first_timestamp", SegmentFact::FirstTimestamp),
     ("user.last_timestamp", SegmentFact::LastTimestamp),
     ("user.sealed", SegmentFact::Sealed),
+    ("user.materialized", SegmentFact::Materialized),
 ];
 const START_OFFSET: &str = "user.start_offset";
 const START_POSITION: &str = "user.start_position";
@@ -329,6 +332,11 @@ mod tests {
                 Segment,
                 b"user.sealed",
                 XattrName::Segment(SegmentFact::Sealed),
+            ),
+            (
+                Segment,
+                b"user.materialized",
+                XattrName::Segment(SegmentFact::Materialized),
             ),
         ];
         for (holder, name, parsed) in expected {

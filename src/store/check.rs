@@ -982,6 +982,8 @@ fn repair(
         segment_messages: layout.segment_messages,
         index_slots: layout.index_slots,
         index_entries: layout.index_entries,
+        // Repair only rebuilds; the next mount copies segments.
+        materialize_segments: false,
         ..StoreConfig::default()
     };
     let opened = recovery::open_locked(dir, lock, config)?;

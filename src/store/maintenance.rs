@@ -292,6 +292,8 @@ impl Partition {
     fn move_start(&self, new_start: u64) -> Result<()> {
         self.start
             .store(new_start, std::sync::atomic::Ordering::Release);
-        self.queue.remove_before(new_start)
+        self.queue.remove_before(new_start)?;
+        self.segment_files
+            .remove_before(self.segment_base(new_start))
     }
 }

@@ -15,6 +15,7 @@ mod format;
 mod index;
 mod maintenance;
 mod mapped;
+mod materialize;
 mod meta;
 mod partition;
 pub mod progress;
@@ -55,12 +56,17 @@ pub struct StoreConfig {
     pub max_disk_bytes: Option<u64>,
     pub index_slots: u32,
     pub index_entries: u32,
+    /// A background thread copies each sealed segment to a file of its own, which readers
+    /// are then served from (see `materialize`).
+    pub materialize_segments: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            commit_log_file_bytes: 1 << 30,
+            // Two files exist from the start (the one written and the next, made ahead): an
+            // empty store then takes about 150 MB, index included.
+            commit_log_file_bytes: 64 << 20,
             segment_messages: 300_000,
             max_message_bytes: 1 << 20,
             flush: FlushPolicy::Async { interval_ms: 500 },
@@ -69,6 +75,7 @@ impl Default for StoreConfig {
             max_disk_bytes: None,
             index_slots: 5_000_000,
             index_entries: 20_000_000,
+            materialize_segments: true,
         }
     }
 }
@@ -261,6 +268,10 @@ pub struct Store {
     /// Set by a panic in the write path: no more writes until the store is reopened.
     fence: Fence,
     maintenance: maintenance::Handle,
+    /// The thread that copies sealed segments to files of their own.
+    materializer: materialize::Handle,
+    /// One pass of copying sealed segments at a time.
+    materializing: Mutex<()>,
     /// One checkpoint at a time.
     checkpoint_lock: Mutex<()>,
     /// Held (flock) while the store is open, so two processes never share it.
@@ -332,6 +343,7 @@ impl Store {
             deleted: Arc::new(AtomicBool::new(false)),
             next_keyless: AtomicU32::new(0),
             queue_dir: recovery::queue_dir(&self.dir, record.id),
+            segment_dir: materialize::topic_dir(&self.dir, record.id),
         };
         self.add_partitions(&topic, record.partitions, marks)?;
         Ok(topic)
@@ -353,6 +365,7 @@ impl Store {
             )?;
             let offsets = marks.get(&(topic.id, index)).copied().unwrap_or_default();
             let partition = Partition::new(topic, index, self.log.clone(), queue, offsets)?;
+            partition.check_segment_files()?;
             // The file the next append goes to, made off the write path.
             let base = partition.queue.segment_base(offsets.end);
             if partition.queue.file_bases().last() != Some(&base) {
@@ -384,8 +397,13 @@ impl Store {
         meta.topics.remove(position);
         topic.deleted.store(true, Ordering::Release);
         self.topics.write().remove(name);
-        if let Err(error) = std::fs::remove_dir_all(&topic.queue_dir) {
-            tracing::warn!("removing {}: {error}", topic.queue_dir.display());
+        for dir in [&topic.queue_dir, &topic.segment_dir] {
+            match std::fs::remove_dir_all(dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("removing {}: {error}", dir.display());
+                }
+                _ => {}
+            }
         }
         tracing::info!("deleted topic {name} (id {})", topic.id);
         Ok(())
@@ -571,14 +589,14 @@ impl Store {
         damage.map_or(Ok(()), Err)
     }
 
-    /// Bytes the store occupies on disk, counting commit-log files that retention removed
-    /// while an open reader still maps them.
+    /// Bytes the store occupies on disk (segments' own files included), counting commit-log
+    /// files that retention removed while an open reader still maps them.
     pub fn disk_usage(&self) -> u64 {
         let queues: u64 = self
             .topics()
             .iter()
             .flat_map(|t| t.partitions())
-            .map(|p| p.queue.disk_bytes())
+            .map(|p| p.queue.disk_bytes() + p.segment_files.disk_bytes())
             .sum();
         self.log.disk_bytes() + queues + self.index.disk_bytes()
     }
@@ -591,6 +609,7 @@ impl Store {
         }
         // Tests make a close slow here, to send a second signal in the middle of one.
         fail::fail_point!("store::close");
+        self.materializer.stop();
         self.maintenance.stop();
         let _quiet = self.quiesce.write();
         self.log.stop();
@@ -625,6 +644,7 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.materializer.stop();
         self.maintenance.stop();
         let _quiet = self.quiesce.write();
         self.log.stop();

@@ -3,7 +3,9 @@
 //! messages' payloads in offset order, gathered from the commit log.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::ops::Deref;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -14,6 +16,7 @@ use super::commitlog::{CommitLog, LogFile, Record, RecordRef};
 use super::consumers::ConsumerPositions;
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry, RecordHeader, Scanned};
+use super::materialize::SegmentFiles;
 use super::queue::{ConsumeQueue, QueueFile};
 use super::TopicSettings;
 
@@ -28,6 +31,8 @@ pub struct Topic {
     pub(super) deleted: Arc<AtomicBool>,
     pub(super) next_keyless: AtomicU32,
     pub(super) queue_dir: PathBuf,
+    /// Where its sealed segments' own files go (`segments/<topic id>`).
+    pub(super) segment_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Topic {
@@ -101,6 +106,8 @@ pub struct SegmentInfo {
     pub first_timestamp: Option<i64>,
     pub last_timestamp: Option<i64>,
     pub sealed: bool,
+    /// The segment has a file of its own in the data directory, which readers are served from.
+    pub materialized: bool,
 }
 
 impl SegmentInfo {
@@ -110,6 +117,7 @@ impl SegmentInfo {
         base_offset: u64,
         messages: u64,
         sealed: bool,
+        materialized: bool,
         ends: Option<(RecordRef, RecordRef)>,
     ) -> SegmentInfo {
         let (head, tail) = ends.unzip();
@@ -123,6 +131,7 @@ impl SegmentInfo {
             first_timestamp: head.map(|r| r.header.timestamp),
             last_timestamp: tail.map(|r| r.header.timestamp),
             sealed,
+            materialized,
         }
     }
 }
@@ -171,6 +180,8 @@ pub struct Partition {
     /// Consume-queue entries below this offset are on disk.
     pub(super) flushed: AtomicU64,
     pub(super) consumers: ConsumerPositions,
+    /// Its sealed segments that are files of their own.
+    pub(super) segment_files: SegmentFiles,
 }
 
 impl Partition {
@@ -241,6 +252,7 @@ impl Partition {
             stream_end: AtomicU64::new(stream_end.unwrap_or(0)),
             flushed: AtomicU64::new(durable.min(end)),
             consumers,
+            segment_files: SegmentFiles::open(topic.segment_dir.join(index.to_string()))?,
         };
         // With nothing stored (the disk ceiling took every message) the last record may be
         // gone: the writer then starts the segment's positions afresh.
@@ -549,7 +561,14 @@ impl Partition {
         } else {
             None
         };
-        Ok(SegmentInfo::describe(base, messages, sealed, ends))
+        let materialized = sealed && self.segment_files.contains(base);
+        Ok(SegmentInfo::describe(
+            base,
+            messages,
+            sealed,
+            materialized,
+            ends,
+        ))
     }
 
     /// Where message `offset` is: its segment, byte position and length.
@@ -695,6 +714,17 @@ impl Partition {
     /// its first message to the end of its last; an active one's, from its first message to
     /// the log's end (files added later are found through the log).
     pub fn open_segment(self: &Arc<Self>, base_offset: u64) -> Result<SegmentReader> {
+        let mut reader = self.open_segment_in_log(base_offset)?;
+        // Only sealed segments have files of their own.
+        if self.segment_files.contains(base_offset) {
+            reader.file = self.segment_files.open_file(base_offset).map(Arc::new);
+        }
+        Ok(reader)
+    }
+
+    /// A reader of segment `base_offset` that reads the commit log, also when the segment
+    /// has a file of its own.
+    pub(super) fn open_segment_in_log(self: &Arc<Self>, base_offset: u64) -> Result<SegmentReader> {
         let info = self
             .segment(base_offset)?
             .ok_or_else(|| StoreError::NoSuchSegment {
@@ -725,6 +755,7 @@ impl Partition {
             queue_file: Mutex::new(self.queue.file(base_offset)),
             log_files: self.log.files_between(from, to),
             verified_batch: AtomicU64::new(0),
+            file: None,
         })
     }
 }
@@ -788,11 +819,18 @@ pub struct SegmentReader {
     /// The batch whose CRC32C was checked last, plus one (0: none): sequential reads check
     /// each batch once, not once per read.
     verified_batch: AtomicU64,
+    /// The segment's own file, when it has one: reads are served from it.
+    file: Option<Arc<File>>,
 }
 
 impl SegmentReader {
     pub fn base_offset(&self) -> u64 {
         self.base
+    }
+
+    /// The segment's own file, when reads are served from it (see `materialize`).
+    pub fn materialized_file(&self) -> Option<&Arc<File>> {
+        self.file.as_ref()
     }
 
     fn end(&self) -> u64 {
@@ -812,7 +850,14 @@ impl SegmentReader {
         } else {
             None
         };
-        Ok(SegmentInfo::describe(self.base, messages, sealed, ends))
+        let materialized = sealed && self.partition.segment_files.contains(self.base);
+        Ok(SegmentInfo::describe(
+            self.base,
+            messages,
+            sealed,
+            materialized,
+            ends,
+        ))
     }
 
     fn queue_file(&self, offset: u64) -> Result<Arc<QueueFile>> {
@@ -876,6 +921,17 @@ impl SegmentReader {
     /// touched is checked against its CRC, so damaged bytes are never served; a message
     /// that cannot be read is an error naming the file and byte.
     pub fn read_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
+        if let Some(file) = &self.file {
+            return read_file_at(file, position, buf).map_err(|e| {
+                StoreError::io(
+                    format!(
+                        "reading segment {} of {} partition {}'s own file",
+                        self.base, self.partition.topic_name, self.partition.index
+                    ),
+                    e,
+                )
+            });
+        }
         let end = self.end();
         if self.first >= end || buf.is_empty() {
             return Ok(0);
@@ -933,4 +989,18 @@ impl SegmentReader {
         self.verified_batch.store(mark, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Fills `buf` from byte `position` of `file`, up to its end.
+fn read_file_at(file: &File, position: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], position + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }

@@ -494,16 +494,26 @@ fn assemble(
         closed: AtomicBool::new(true),
         fence: Default::default(),
         maintenance: maintenance::Handle::default(),
+        materializer: Default::default(),
+        materializing: Mutex::new(()),
         checkpoint_lock: Mutex::new(()),
         lock: Mutex::new(Some(lock)),
     });
-    let built = build_topics(&store, &meta, offsets).and_then(|()| first_checkpoint(&store));
+    let built = build_topics(&store, &meta, offsets)
+        .and_then(|()| {
+            let ids: Vec<u32> = meta.topics.iter().map(|t| t.id).collect();
+            super::materialize::remove_orphans(dir, &ids)
+        })
+        .and_then(|()| first_checkpoint(&store));
     if let Err(error) = built {
         store.log.stop();
         return Err(error);
     }
     store.closed.store(false, Ordering::Release);
     store.maintenance.start(Arc::downgrade(&store));
+    if store.config.materialize_segments {
+        store.materializer.start(Arc::downgrade(&store));
+    }
     Ok(store)
 }
 

@@ -129,6 +129,7 @@ impl CommitFs {
             opener_pid: pid,
             partial: Mutex::new(PartialLine::default()),
         };
+        let mut passthrough = None;
         let (file, fopen) = match &node {
             // Any open mode works (`echo x > append` truncates first, which is a no-op); reads
             // find it empty.
@@ -169,8 +170,15 @@ impl CommitFs {
                 }
                 if reads {
                     let reader = self.store.open_segment(partition, info.base_offset)?;
+                    // Writes go to the daemon, so only a read-only open may be passed
+                    // through (and none of a segment a writer still holds: see below). An
+                    // O_DIRECT open keeps the daemon's direct I/O, which takes any buffer.
+                    let direct = flags & libc::O_DIRECT != 0;
+                    if !writes && !direct && !self.writers_on.lock().contains_key(&ino) {
+                        passthrough = reader.materialized_file().cloned();
+                    }
+                    fopen |= self.read_cache_policy(ino, info.sealed, flags, passthrough.is_some());
                     file.reader = Some(Reader::Segment(reader));
-                    fopen |= self.read_cache_policy(ino, info.sealed, flags);
                 }
                 (file, fopen)
             }
@@ -198,6 +206,7 @@ impl CommitFs {
         Ok(Opened {
             fh: self.files.insert(file),
             flags: fopen,
+            passthrough,
         })
     }
 
@@ -211,7 +220,15 @@ impl CommitFs {
     /// segment that a writer still has open (a long `cat >> active` across a roll) is read
     /// like an active one: each write through it makes the kernel grow the inode's cached
     /// size past the segment's end, and a cached read would serve zeroes up to that size.
-    fn read_cache_policy(&self, ino: u64, sealed: bool, flags: i32) -> FopenFlags {
+    /// An open offered passthrough (`passed_through`) leaves the inode's cached pages as they
+    /// are, so it does not count as the first open that drops them.
+    fn read_cache_policy(
+        &self,
+        ino: u64,
+        sealed: bool,
+        flags: i32,
+        passed_through: bool,
+    ) -> FopenFlags {
         if !sealed || self.writers_on.lock().contains_key(&ino) {
             self.opened_while_active.lock().insert(ino);
             return FopenFlags::FOPEN_DIRECT_IO;
@@ -219,7 +236,13 @@ impl CommitFs {
         if flags & libc::O_DIRECT != 0 {
             return FopenFlags::FOPEN_DIRECT_IO;
         }
-        if self.opened_while_active.lock().remove(&ino) {
+        let mut opened_while_active = self.opened_while_active.lock();
+        let drop_cache = if passed_through {
+            opened_while_active.contains(&ino)
+        } else {
+            opened_while_active.remove(&ino)
+        };
+        if drop_cache {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE

@@ -81,6 +81,9 @@ pub struct Attr {
 pub struct Opened {
     pub fh: u64,
     pub flags: FopenFlags,
+    /// A sealed segment's own file, which the kernel may read the segment from itself
+    /// (passthrough); where it cannot, READs are served from that file with `flags`.
+    pub passthrough: Option<Arc<std::fs::File>>,
 }
 
 pub struct StatFs {

@@ -149,6 +149,7 @@ impl CommitFs {
                         .map(|t| t.to_string().into_bytes())
                         .ok_or_else(no_attribute),
                     SegmentFact::Sealed => Ok(info.sealed.to_string().into_bytes()),
+                    SegmentFact::Materialized => Ok(info.materialized.to_string().into_bytes()),
                 }
             }
             _ => Err(no_attribute()),

@@ -1,0 +1,447 @@
+//! Sealed segments as files of their own (reads go Kafka's way): a background thread copies
+//! each sealed segment's bytes, exactly as its file in the mount shows them, to
+//! `segments/<topic id>/<partition>/<20-digit base offset>.log` in the data directory, so the
+//! mount can have the kernel serve them from there.
+//!
+//! A copy is written under `<name>.partial`, checked (every batch's CRC32C on the way, and
+//! its length against the segment's), fsynced, then renamed: a file under its final name is
+//! always whole. A stop or a crash part way leaves a `.partial` file, which the next open
+//! removes; the copy is then made again. The commit log is flushed before a copy starts, so
+//! a copy never holds bytes a power loss could take from the log.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::error::{Result, StoreError};
+use super::format;
+use super::partition::{Partition, Topic};
+use super::Store;
+
+pub(super) const SEGMENTS_DIR: &str = "segments";
+const PARTIAL_SUFFIX: &str = ".partial";
+const FILE_SUFFIX: &str = ".log";
+/// Bytes copied per read of the segment.
+const COPY_CHUNK: usize = 1 << 20;
+/// How often the thread looks for newly sealed segments.
+const POLL: Duration = Duration::from_millis(200);
+/// How long the thread waits after a copy failed for a reason that may pass (a full disk).
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The directory of a topic's segment files.
+pub(super) fn topic_dir(dir: &Path, topic_id: u32) -> PathBuf {
+    dir.join(SEGMENTS_DIR).join(topic_id.to_string())
+}
+
+/// One partition's segments that are files of their own.
+pub(super) struct SegmentFiles {
+    dir: PathBuf,
+    /// Base offset → length of each segment's file.
+    files: Mutex<BTreeMap<u64, u64>>,
+    /// Sealed segments below this base were looked at by this run (made, or refused).
+    looked_at: AtomicU64,
+}
+
+impl SegmentFiles {
+    /// The files in `dir` (none if it does not exist); `.partial` leftovers of an
+    /// interrupted copy are removed.
+    pub fn open(dir: PathBuf) -> Result<SegmentFiles> {
+        let mut files = BTreeMap::new();
+        let listing = |e| StoreError::io(format!("listing {}", dir.display()), e);
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(listing)?;
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.ends_with(PARTIAL_SUFFIX) {
+                        tracing::info!(
+                            "removing {}, a segment copy a stop interrupted",
+                            entry.path().display()
+                        );
+                        remove(&entry.path())?;
+                        continue;
+                    }
+                    let base = name
+                        .strip_suffix(FILE_SUFFIX)
+                        .and_then(format::parse_file_name);
+                    let len = entry.metadata().map_err(listing)?.len();
+                    if let Some(base) = base {
+                        files.insert(base, len);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(listing(e)),
+        }
+        Ok(SegmentFiles {
+            dir,
+            files: Mutex::new(files),
+            looked_at: AtomicU64::new(0),
+        })
+    }
+
+    fn path(&self, base: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}{FILE_SUFFIX}", format::file_name(base)))
+    }
+
+    pub fn contains(&self, base: u64) -> bool {
+        self.files.lock().contains_key(&base)
+    }
+
+    /// Segment `base`'s file, opened for reading, if it has one.
+    pub fn open_file(&self, base: u64) -> Option<File> {
+        let files = self.files.lock();
+        files.contains_key(&base).then_some(())?;
+        match File::open(self.path(base)) {
+            Ok(file) => Some(file),
+            Err(error) => {
+                tracing::warn!(
+                    "opening {}: {error}; reading that segment from the commit log",
+                    self.path(base).display()
+                );
+                None
+            }
+        }
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.files.lock().values().sum()
+    }
+
+    /// Removes the files of segments below `base` (retention or the disk ceiling removed
+    /// them). A reader that has one open keeps reading it until it closes it.
+    pub fn remove_before(&self, base: u64) -> Result<()> {
+        let mut files = self.files.lock();
+        let gone: Vec<u64> = files.range(..base).map(|(&b, _)| b).collect();
+        for old in gone {
+            remove(&self.path(old))?;
+            files.remove(&old);
+        }
+        Ok(())
+    }
+
+    /// Removes segment `base`'s file: it does not match the segment.
+    fn discard(&self, base: u64, why: &str) -> Result<()> {
+        tracing::warn!(
+            "removing {}: {why}; the segment is copied again",
+            self.path(base).display()
+        );
+        remove(&self.path(base))?;
+        self.files.lock().remove(&base);
+        Ok(())
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))
+}
+
+/// Removes the segment files of topics the store no longer has (deleted while the store was
+/// down, or before their files were removed).
+pub(super) fn remove_orphans(dir: &Path, topic_ids: &[u32]) -> Result<()> {
+    let root = dir.join(SEGMENTS_DIR);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let id = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok());
+        if id.is_some_and(|id| topic_ids.contains(&id)) {
+            continue;
+        }
+        tracing::info!(
+            "removing the segment files of a deleted topic: {}",
+            entry.path().display()
+        );
+        std::fs::remove_dir_all(entry.path())
+            .map_err(|e| StoreError::io(format!("removing {}", entry.path().display()), e))?;
+    }
+    Ok(())
+}
+
+impl Partition {
+    /// Keeps only the segment files that are this partition's sealed segments as they are
+    /// now, at their length (a file of a segment that recovery found unsealed, or of one
+    /// retention removed while the store was down, goes).
+    pub(super) fn check_segment_files(&self) -> Result<()> {
+        let files: Vec<(u64, u64)> = self
+            .segment_files
+            .files
+            .lock()
+            .iter()
+            .map(|(&b, &l)| (b, l))
+            .collect();
+        let first = self.segment_base(self.start_offset());
+        self.segment_files.remove_before(first)?;
+        for (base, len) in files.into_iter().filter(|&(base, _)| base >= first) {
+            match self.segment(base) {
+                Ok(Some(info)) if info.sealed && info.bytes == len => {}
+                Ok(Some(info)) if info.sealed => self.segment_files.discard(
+                    base,
+                    &format!("it holds {len} bytes, the segment {}", info.bytes),
+                )?,
+                _ => self
+                    .segment_files
+                    .discard(base, "its segment is not a sealed segment of the partition")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether segment `base` is no longer stored (retention, the disk ceiling or `rmdir`
+    /// removed it).
+    fn segment_gone(&self, base: u64) -> bool {
+        base + self.segment_messages <= self.start_offset()
+            || self.topic_deleted.load(Ordering::Acquire)
+    }
+
+    /// Copies sealed segment `base` to its own file; false if it was not made (the segment
+    /// is gone, or `stop` was set). Every batch copied is checked against its CRC32C, so a
+    /// damaged log is refused (an error), never copied.
+    fn materialize(self: &Arc<Self>, base: u64, stop: &AtomicBool) -> Result<bool> {
+        let files = &self.segment_files;
+        let reader = self.open_segment_in_log(base)?;
+        let info = reader.info()?;
+        if !info.sealed {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&files.dir)
+            .map_err(|e| StoreError::io(format!("creating {}", files.dir.display()), e))?;
+        let path = files.path(base);
+        let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", path.display()));
+        let copied = copy(&reader, &partial, stop);
+        let made = copied.and_then(|len| {
+            let Some(len) = len else { return Ok(false) };
+            if len != info.bytes {
+                return Err(StoreError::Corrupt {
+                    path: files.path(base),
+                    offset: len,
+                    reason: format!(
+                        "copying the segment gave {len} bytes, where it holds {}",
+                        info.bytes
+                    ),
+                });
+            }
+            let mut kept = files.files.lock();
+            // Retention or a topic deletion may have taken the segment meanwhile.
+            if self.segment_gone(base) {
+                return Ok(false);
+            }
+            std::fs::rename(&partial, &path)
+                .map_err(|e| StoreError::io(format!("renaming {}", partial.display()), e))?;
+            kept.insert(base, info.bytes);
+            sync_dir(&files.dir)?;
+            Ok(true)
+        });
+        if !matches!(made, Ok(true)) {
+            remove(&partial)?;
+        }
+        made
+    }
+}
+
+/// Writes every byte `reader` serves to a new file at `path`, then fsyncs it; `None` if
+/// `stop` was set part way.
+fn copy(reader: &super::SegmentReader, path: &Path, stop: &AtomicBool) -> Result<Option<u64>> {
+    let failed = |e| StoreError::io(format!("writing {}", path.display()), e);
+    let mut out = File::create(path).map_err(failed)?;
+    let mut buffer = vec![0u8; COPY_CHUNK];
+    let mut at = 0u64;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let n = reader.read_at(at, &mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buffer[..n]).map_err(failed)?;
+        at += n as u64;
+        // Tests stop (`sleep`) or fail (`return`) a copy part way.
+        fail::fail_point!("materialize::copy", |_| Err(failed(
+            std::io::Error::from_raw_os_error(libc::EIO)
+        )));
+    }
+    out.sync_all().map_err(failed)?;
+    Ok(Some(at))
+}
+
+impl Store {
+    /// Gives every sealed segment that has no file of its own one now, and returns how many
+    /// it made (the background thread does this as segments are sealed, when
+    /// `materialize_segments` is on).
+    pub fn materialize_sealed(&self) -> Result<usize> {
+        self.materialize_pass(&AtomicBool::new(false))
+    }
+
+    fn materialize_pass(&self, stop: &AtomicBool) -> Result<usize> {
+        let _one_at_a_time = self.materializing.lock();
+        let mut made = 0;
+        let mut flushed = false;
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                let files = &partition.segment_files;
+                let active = partition.active_base();
+                let first = partition.segment_base(partition.start_offset());
+                let mut base = files.looked_at.load(Ordering::Acquire).max(first);
+                while base < active && !stop.load(Ordering::Acquire) {
+                    if !files.contains(base) {
+                        if !flushed {
+                            self.log.flush()?;
+                            flushed = true;
+                        }
+                        if self.materialize_one(&topic, &partition, base, stop)? {
+                            made += 1;
+                        }
+                    }
+                    base += partition.segment_messages;
+                    files.looked_at.store(base, Ordering::Release);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Copies segment `base` of `partition` unless the copy would take the store past
+    /// `max_disk_bytes` (the ceiling would then delete messages to make room for a second
+    /// copy of others); true if it was made. A segment whose log is damaged stays served
+    /// from the log, and the log says why.
+    fn materialize_one(
+        &self,
+        topic: &Topic,
+        partition: &Arc<Partition>,
+        base: u64,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        let name = || {
+            format!(
+                "topic {} partition {} segment {base}",
+                topic.name(),
+                partition.index()
+            )
+        };
+        if let Some(ceiling) = self.config.max_disk_bytes {
+            let bytes = partition
+                .segment(base)
+                .ok()
+                .flatten()
+                .map_or(0, |s| s.bytes);
+            if self.disk_usage() + bytes > ceiling {
+                tracing::info!(
+                    "{} is served from the commit log, not copied: a copy of its {bytes} bytes would take the store past max_disk_bytes ({ceiling})",
+                    name()
+                );
+                return Ok(false);
+            }
+        }
+        match partition.materialize(base, stop) {
+            Ok(made) => {
+                if made {
+                    crate::metrics::segment_materialized();
+                }
+                Ok(made)
+            }
+            Err(error @ StoreError::Corrupt { .. }) => {
+                tracing::error!(
+                    "{} is served from the commit log, not copied: {error}",
+                    name()
+                );
+                Ok(false)
+            }
+            // Retention or `rmdir` took the segment while it was copied.
+            Err(_) if partition.segment_gone(base) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The thread that copies sealed segments to their own files.
+#[derive(Default)]
+pub struct Handle {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    /// Seen by a copy under way, so a stop need not wait for a whole segment.
+    stopping: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Handle {
+    pub fn start(&self, store: Weak<Store>) {
+        let (stop, stopping) = (self.stop.clone(), self.stopping.clone());
+        let spawned = std::thread::Builder::new()
+            .name("store-materialize".into())
+            .spawn(move || run(&store, &stop, &stopping));
+        match spawned {
+            Ok(thread) => *self.thread.lock() = Some(thread),
+            Err(error) => tracing::error!("cannot start the segment-copying thread: {error}"),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        let thread = self.thread.lock().take();
+        // The thread itself may drop the last handle to the store.
+        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar), stopping: &AtomicBool) {
+    let mut wait = POLL;
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if !*stopped {
+                stop.1.wait_for(&mut stopped, wait);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(store) = store.upgrade() else { return };
+        if store.fence.is_set() {
+            continue;
+        }
+        let started = Instant::now();
+        wait = match store.materialize_pass(stopping) {
+            Ok(made) => {
+                if made > 0 {
+                    tracing::debug!(
+                        "copied {made} sealed segments to their own files in {:?}",
+                        started.elapsed()
+                    );
+                }
+                POLL
+            }
+            Err(error) => {
+                tracing::warn!(
+                    "copying sealed segments to their own files: {error}; trying again in {RETRY_AFTER:?}"
+                );
+                RETRY_AFTER
+            }
+        };
+    }
+}
