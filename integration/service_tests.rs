@@ -325,6 +325,49 @@ fn a_mountpoint_that_is_already_a_mount_is_refused_with_exit_code_3() {
     assert_eq!(m.sh_ok("cat orders/0/active orders/1/active"), "kept\n");
 }
 
+/// Unmounts the mount on top of a path when dropped, unless disarmed once the test
+/// unmounted it itself: never the one beneath.
+struct TopMount(Option<std::path::PathBuf>);
+
+impl Drop for TopMount {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = Bounded::new("umount", LIMIT).arg(&path).output();
+        }
+    }
+}
+
+#[test]
+fn over_mount_mounts_on_a_mount_point_on_purpose_and_umount_uncovers_the_one_beneath() {
+    let Some(m) = common::mount(Config::small()) else {
+        return;
+    };
+    m.sh_ok("mkdir beneath && echo kept >> beneath/append");
+    let other = m.work.join("other-data");
+    let out = Bounded::new(COMMITFS, LIMIT)
+        .args(["mount", "-o", "over_mount", "--config"])
+        .arg(m.config_path())
+        .arg(&other)
+        .arg(&m.mnt)
+        .stdin(Stdio::null())
+        .output();
+    let mut top = TopMount(out.status.success().then(|| m.mnt.clone()));
+    assert!(out.status.success(), "{}", describe(&out));
+    // The store on top is the other one; the one beneath is hidden, not gone.
+    assert_eq!(m.sh_ok("ls"), "");
+    m.sh_ok("mkdir on-top");
+    let log = fs::read_to_string(other.join("commitfs.log")).unwrap();
+    assert!(
+        log.contains("mounting over the fuse.commitfs mount"),
+        "{log}"
+    );
+    let out = Bounded::new("umount", LIMIT).arg(&m.mnt).output();
+    assert!(out.status.success(), "umount: {}", describe(&out));
+    top.0 = None;
+    assert_eq!(m.sh_ok("ls"), "beneath\n");
+    assert_eq!(m.sh_ok("cat beneath/0/active beneath/1/active"), "kept\n");
+}
+
 /// A daemon whose mount was lazily detached keeps serving its open files; when the last
 /// closes it stops, and must not unmount what is on its old mountpoint by then.
 #[test]

@@ -40,7 +40,7 @@ struct HelperArgs {
     /// Directory to mount on.
     #[arg(required = true)]
     mountpoint: Option<PathBuf>,
-    /// Mount options, comma-separated: config=FILE, allow_other, ro, noexec, …; fstab's
+    /// Mount options, comma-separated: config=FILE, allow_other, over_mount, ro, noexec, …; fstab's
     /// nofail, noauto, _netdev, x-systemd.* are ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -60,7 +60,8 @@ enum Command {
         /// Stay in the foreground and log to stderr instead of DATA_DIR/commitfs.log.
         #[arg(long)]
         foreground: bool,
-        /// Mount options, as with mount(8): allow_other, ro, noexec, config=FILE, …
+        /// Mount options, as with mount(8): allow_other, ro, noexec, config=FILE, …;
+        /// over_mount mounts on a directory that is already a mount point, hiding it.
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Directory holding the store; created if missing.
@@ -175,6 +176,7 @@ fn mount(
     let MountOptions {
         config: config_option,
         allow_other,
+        over_mount,
         flags,
     } = options;
     let config_path = match (config, config_option) {
@@ -197,6 +199,7 @@ fn mount(
         fs: config.fs,
         mount: settings,
         flags,
+        over_mount,
     };
     match commitfs::fs::mount(request) {
         Ok(()) => ExitCode::SUCCESS,

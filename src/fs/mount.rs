@@ -66,6 +66,8 @@ pub struct MountRequest {
     pub mount: MountSettings,
     /// `ro`, `noexec` and the like, from `-o`.
     pub flags: MountFlags,
+    /// Mount even on a directory that is already a mount point (`-o over_mount`).
+    pub over_mount: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +77,8 @@ pub enum MountError {
     #[error("mount point {0} is not a directory")]
     NotADirectory(PathBuf),
     #[error(
-        "{path} is already a mount point ({fs_type}); unmount it first, or choose another \
-         directory (mounting over it would hide it)"
+        "{path} is already a mount point ({fs_type}); unmount it first, choose another \
+         directory, or mount over it on purpose with -o over_mount (it is hidden until then)"
     )]
     AlreadyMounted { path: PathBuf, fs_type: String },
     #[error("data directory {path}: {source}")]
@@ -177,7 +179,7 @@ fn store_in_use(dir: &Path, holder: Option<u32>, serving: bool) -> String {
 /// is ready, and in the daemon (or in the foreground) once it has been unmounted. A mount
 /// that fails removes the data directory if it made it.
 pub fn mount(request: MountRequest) -> Result<(), MountError> {
-    let mountpoint = check_mountpoint(&request.mountpoint)?;
+    let mountpoint = check_mountpoint(&request.mountpoint, request.over_mount)?;
     if request.mount.allow_other && !allow_other_permitted() {
         return Err(MountError::AllowOtherNotPermitted);
     }
@@ -266,7 +268,7 @@ impl DataDir {
     }
 }
 
-fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+fn check_mountpoint(path: &Path, over_mount: bool) -> Result<PathBuf, MountError> {
     let failed = |source| MountError::Mountpoint {
         path: path.to_owned(),
         source,
@@ -278,6 +280,7 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         Err(source) => return Err(failed(source)),
     }
     match kernel_mount::top_mount(&canonical).map_err(failed)? {
+        Some(_) if over_mount => Ok(canonical),
         Some(top) => Err(MountError::AlreadyMounted {
             path: canonical,
             fs_type: top.fs_type,
@@ -477,6 +480,15 @@ fn serve(
         mountpoint: mountpoint.to_owned(),
         source,
     };
+    if request.over_mount {
+        if let Ok(Some(beneath)) = kernel_mount::top_mount(mountpoint) {
+            tracing::info!(
+                "mounting over the {} mount on {} (over_mount): it is hidden until this one is unmounted",
+                beneath.fs_type,
+                mountpoint.display()
+            );
+        }
+    }
     let (fd, kernel_mount) =
         match kernel_mount::mount(mountpoint, &kernel_options(request, data_dir)) {
             Ok(mounted) => mounted,

@@ -22,6 +22,9 @@ pub struct MountOptions {
     pub config: Option<PathBuf>,
     /// `allow_other`: let other users in, whatever the config says.
     pub allow_other: bool,
+    /// `over_mount`: mount on a directory that is already a mount point, hiding that mount
+    /// until this one is unmounted (refused unless asked, as a mistake is likelier).
+    pub over_mount: bool,
     pub flags: MountFlags,
 }
 
@@ -51,6 +54,7 @@ fn apply(options: &mut MountOptions, option: &str) -> Result<(), String> {
         None => match option {
             "" | "rw" | "default_permissions" => {}
             "allow_other" => options.allow_other = true,
+            "over_mount" => options.over_mount = true,
             "ro" => flags.read_only = true,
             "suid" => flags.suid = true,
             "nosuid" => flags.suid = false,
@@ -69,8 +73,8 @@ fn apply(options: &mut MountOptions, option: &str) -> Result<(), String> {
 
 fn unknown(option: &str) -> String {
     format!(
-        "unknown mount option `{option}` (commitfs takes config=FILE, allow_other, ro, rw, \
-         default_permissions, [no]suid, [no]dev, [no]exec, [no]atime, relatime, and ignores \
+        "unknown mount option `{option}` (commitfs takes config=FILE, allow_other, over_mount, \
+         ro, rw, default_permissions, [no]suid, [no]dev, [no]exec, [no]atime, relatime, and ignores \
          fstab's {} and x-*)",
         FSTAB_ONLY.join(", ")
     )
@@ -91,6 +95,8 @@ mod tests {
             parse_one("rw,config=/etc/commitfs/a.toml,allow_other,noatime,dev,suid").unwrap();
         assert_eq!(options.config, Some(PathBuf::from("/etc/commitfs/a.toml")));
         assert!(options.allow_other);
+        assert!(!options.over_mount);
+        assert!(parse_one("over_mount").unwrap().over_mount);
         assert_eq!(
             options.flags,
             MountFlags {
