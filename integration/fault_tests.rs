@@ -347,6 +347,37 @@ fn with_sync_flush_every_acknowledged_append_survives_a_power_loss() {
 }
 
 #[test]
+fn a_consumer_position_survives_a_power_loss_once_set() {
+    let _scenario = FailScenario::setup();
+    record_durability();
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path(), FlushPolicy::Sync);
+    let mut acked = Acknowledged::new();
+    append(&store, &mut acked, 0..30).unwrap();
+    let partition = store.topic("t").unwrap().partition(1).unwrap();
+    for (group, position) in [("g", 4), ("h", 9), ("g", 6)] {
+        partition.set_consumer_position(group, position).unwrap();
+    }
+    assert!(partition.forget_consumer_position("h").unwrap());
+    for loss in POWER_LOSSES {
+        let after = reopen_after_power_loss(
+            dir.path(),
+            loss,
+            config(FlushPolicy::Sync),
+            &acked,
+            &acked.counts(),
+        );
+        let partition = after.store.topic("t").unwrap().partition(1).unwrap();
+        assert_eq!(
+            partition.consumer_position("g").unwrap(),
+            Some(6),
+            "{loss:?}"
+        );
+        assert_eq!(partition.consumer_position("h").unwrap(), None, "{loss:?}");
+    }
+}
+
+#[test]
 fn with_async_flush_what_was_synced_survives_and_what_is_lost_is_a_whole_tail() {
     let _scenario = FailScenario::setup();
     record_durability();

@@ -55,6 +55,8 @@ pub enum XattrName<'a> {
     Time(&'a [u8]),
     Segment(SegmentFact),
     StartPosition,
+    /// `user.consumer.<GROUP>`: the group's position(s), its name unchecked.
+    Consumer(&'a [u8]),
 }
 
 const READ_REQUESTS: &str = "user.stats.read_requests";
@@ -80,6 +82,7 @@ const KEY_PREFIX: &[u8] = b"user.key.";
 const OFFSETS_PREFIX: &[u8] = b"user.offsets.";
 const OFFSET_PREFIX: &[u8] = b"user.offset.";
 const TIME_PREFIX: &[u8] = b"user.time.";
+const CONSUMER_PREFIX: &[u8] = b"user.consumer.";
 
 fn lookup<T: Copy>(table: &[(&str, T)], name: &[u8]) -> Option<T> {
     table
@@ -91,9 +94,12 @@ fn lookup<T: Copy>(table: &[(&str, T)], name: &[u8]) -> Option<T> {
 impl<'a> XattrName<'a> {
     /// The attribute `name` names on a node of kind `holder`, if any.
     pub fn parse(holder: XattrHolder, name: &'a [u8]) -> Option<XattrName<'a>> {
+        // Names both directories have: lookups by key and consumer positions.
         let per_key = || {
             if let Some(key) = name.strip_prefix(KEY_PREFIX) {
                 Some(XattrName::Key(key))
+            } else if let Some(group) = name.strip_prefix(CONSUMER_PREFIX) {
+                Some(XattrName::Consumer(group))
             } else {
                 name.strip_prefix(OFFSETS_PREFIX).map(XattrName::Offsets)
             }
@@ -125,6 +131,32 @@ impl<'a> XattrName<'a> {
             XattrHolder::Plain => None,
         }
     }
+}
+
+/// `user.consumer.<group>`, as listxattr reports a group that has a position.
+pub fn consumer_name(group: &str) -> String {
+    format!("user.consumer.{group}")
+}
+
+/// The group a `user.consumer.` name gives: `[A-Za-z0-9._-]`, 1–200 characters.
+pub fn parse_group(group: &[u8]) -> FsResult<&str> {
+    std::str::from_utf8(group)
+        .ok()
+        .filter(|group| crate::store::consumers::validate_group(group).is_ok())
+        .ok_or_else(|| {
+            FsError::refused(
+                libc::EINVAL,
+                "a consumer group is 1-200 characters of [A-Za-z0-9._-]",
+            )
+        })
+}
+
+/// A consumer position as set: the next offset the group will read.
+pub fn parse_position(value: &[u8]) -> FsResult<u64> {
+    let value = text(value)?;
+    value
+        .parse::<u64>()
+        .map_err(|_| invalid(value, "an offset (the next one the group will read)"))
 }
 
 /// The fixed names of a node kind, as listxattr reports them (per-key names are not listed).
@@ -286,6 +318,8 @@ mod tests {
             (Partition, b"user.offset.17", XattrName::Offset(b"17")),
             (Partition, b"user.time.0", XattrName::Time(b"0")),
             (Partition, b"user.start_offset", XattrName::StartOffset),
+            (Partition, b"user.consumer.g-1", XattrName::Consumer(b"g-1")),
+            (Topic, b"user.consumer.g", XattrName::Consumer(b"g")),
             (
                 Segment,
                 b"user.end_offset",
@@ -320,6 +354,8 @@ mod tests {
             (Topic, b"security.capability"),
             (Topic, b"user.keys.a"),
             (Partition, b"user.time"),
+            (Segment, b"user.consumer.g"),
+            (Stream, b"user.consumer.g"),
         ] {
             assert_eq!(
                 XattrName::parse(holder, name),
@@ -391,6 +427,19 @@ mod tests {
     }
 
     #[test]
+    fn consumer_groups_and_positions() {
+        assert_eq!(parse_group(b"mirror.v2_a-b").unwrap(), "mirror.v2_a-b");
+        for bad in [&b""[..], b"a b", b"a/b", b"\xff", &[b'g'; 201]] {
+            assert_eq!(parse_group(bad).unwrap_err().errno(), libc::EINVAL);
+        }
+        assert_eq!(parse_position(b"42\n").unwrap(), 42);
+        for bad in [&b"-1"[..], b"", b"x", b"1.5"] {
+            assert_eq!(parse_position(bad).unwrap_err().errno(), libc::EINVAL);
+        }
+        assert_eq!(consumer_name("g"), "user.consumer.g");
+    }
+
+    #[test]
     fn offset_and_time_arguments() {
         assert_eq!(parse_offset(b"42").unwrap(), 42);
         assert_eq!(parse_offset(b"x").unwrap_err().errno(), libc::EINVAL);
@@ -425,6 +474,7 @@ mod fuzz {
             "user.offsets.",
             "user.offset.",
             "user.time.",
+            "user.consumer.",
             "user.",
         ];
         prop_oneof![
@@ -469,6 +519,10 @@ mod fuzz {
                         let _ = parse_time(rest);
                         Some((TIME_PREFIX, rest))
                     }
+                    Some(XattrName::Consumer(rest)) => {
+                        let _ = parse_group(rest);
+                        Some((CONSUMER_PREFIX, rest))
+                    }
                     _ => None,
                 };
                 if let Some((prefix, rest)) = argument {
@@ -488,6 +542,7 @@ mod fuzz {
             if let Err(e) = parse_partitions(&value) { prop_assert!(refused_with_einval(e.errno())); }
             if let Err(e) = parse_framing(&value) { prop_assert!(refused_with_einval(e.errno())); }
             if let Err(e) = parse_key_separator(&value) { prop_assert!(refused_with_einval(e.errno())); }
+            if let Err(e) = parse_position(&value) { prop_assert!(refused_with_einval(e.errno())); }
             match parse_retention(&value) {
                 Ok(limit) => prop_assert_eq!(parse_retention(&format_retention(limit)).ok(), Some(limit)),
                 Err(e) => prop_assert!(refused_with_einval(e.errno())),

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::checkpoint::{Checkpoint, PartitionMark, CHECKPOINT_FILE};
 use super::commitlog;
+use super::consumers;
 use super::error::{Result, StoreError};
 use super::format::{self, QueueEntry, Scanned, LOST_MESSAGE, QUEUE_ENTRY_BYTES};
 use super::index;
@@ -120,7 +121,9 @@ pub fn check(dir: &Path, options: &CheckOptions) -> Result<CheckReport> {
         );
     }
     check_ownership(dir, meta.as_ref(), checkpoint.as_ref(), &mut report)?;
+    let damaged_positions = check_consumer_positions(dir, &mut report)?;
     if options.repair && report.damaged() {
+        salvage_consumer_positions(&damaged_positions, &mut report)?;
         repair(dir, lock, meta, layout, checkpoint, walk, &mut report)?;
     }
     Ok(report)
@@ -698,6 +701,67 @@ fn check_index(
             report.damage(format!("{} byte {byte}: {problem}", path.display()));
         });
         report.index_entries += u64::from(checked);
+    }
+    Ok(())
+}
+
+/// A partition's `consumers` file that does not decode: where, and the byte it goes wrong at.
+struct DamagedPositions {
+    queue_dir: std::path::PathBuf,
+    at: u64,
+}
+
+/// Every partition's consumer positions decode; those that do not are reported by file and
+/// byte and returned for repair.
+fn check_consumer_positions(dir: &Path, report: &mut CheckReport) -> Result<Vec<DamagedPositions>> {
+    let mut damaged = Vec::new();
+    for queue_dir in recovery::queue_dirs(dir)?
+        .into_values()
+        .flat_map(BTreeMap::into_values)
+    {
+        match consumers::read(&queue_dir) {
+            Ok(_) => {}
+            Err(StoreError::Corrupt {
+                path,
+                offset,
+                reason,
+            }) => {
+                report.damage(format!(
+                    "{} byte {offset}: {reason} (consumer positions)",
+                    path.display()
+                ));
+                damaged.push(DamagedPositions {
+                    queue_dir,
+                    at: offset,
+                });
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(damaged)
+}
+
+/// Keeps the positions written before the damage (whole lines, as the file is only ever
+/// replaced whole) and the damaged file beside them as `consumers.damaged`.
+fn salvage_consumer_positions(
+    damaged: &[DamagedPositions],
+    report: &mut CheckReport,
+) -> Result<()> {
+    for DamagedPositions { queue_dir, at } in damaged {
+        let path = queue_dir.join(consumers::CONSUMERS_FILE);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let kept = consumers::decode(&bytes[..*at as usize]).unwrap_or_default();
+        let aside = queue_dir.join(format!("{}.damaged", consumers::CONSUMERS_FILE));
+        std::fs::copy(&path, &aside)
+            .map_err(|e| StoreError::io(format!("keeping {}", aside.display()), e))?;
+        consumers::write(queue_dir, &kept)?;
+        report.findings.push(Finding::Repaired(format!(
+            "{}: kept the positions of {} group(s) stored before byte {at}; the file as it was is {}",
+            path.display(),
+            kept.len(),
+            aside.display()
+        )));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod append;
 pub mod check;
 mod checkpoint;
 mod commitlog;
+pub mod consumers;
 pub mod dump;
 mod error;
 #[cfg(feature = "failpoints")]

@@ -2,6 +2,7 @@
 //! `segment_messages` offsets each (one consume-queue file), and a segment's bytes are its
 //! messages' payloads in offset order, gathered from the commit log.
 
+use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -10,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock};
 
 use super::commitlog::{CommitLog, LogFile, Record, RecordRef};
+use super::consumers::ConsumerPositions;
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry, RecordHeader, Scanned};
 use super::queue::{ConsumeQueue, QueueFile};
@@ -168,6 +170,7 @@ pub struct Partition {
     pub(super) stream_end: AtomicU64,
     /// Consume-queue entries below this offset are on disk.
     pub(super) flushed: AtomicU64,
+    pub(super) consumers: ConsumerPositions,
 }
 
 impl Partition {
@@ -216,6 +219,7 @@ impl Partition {
             stream_end,
         } = offsets;
         let segment_messages = queue.entries_per_file();
+        let consumers = ConsumerPositions::new(queue.dir());
         let partition = Partition {
             topic_id: topic.id,
             topic_name: topic.name.clone(),
@@ -236,6 +240,7 @@ impl Partition {
             last_timestamp: AtomicI64::new(0),
             stream_end: AtomicU64::new(stream_end.unwrap_or(0)),
             flushed: AtomicU64::new(durable.min(end)),
+            consumers,
         };
         // With nothing stored (the disk ceiling took every message) the last record may be
         // gone: the writer then starts the segment's positions afresh.
@@ -322,6 +327,46 @@ impl Partition {
     /// The offset the next message gets.
     pub fn end_offset(&self) -> u64 {
         self.end.load(Ordering::Acquire)
+    }
+
+    /// Consumer group `group`'s position: the next offset it will read; `None` when never
+    /// set. One below the start (retention removed what the group had not read) reads as the
+    /// start; one past the end (a power loss took messages the group had read) as the end,
+    /// so the group reads the messages stored from then on.
+    pub fn consumer_position(&self, group: &str) -> Result<Option<u64>> {
+        Ok(self.consumers.get(group)?.map(|offset| self.within(offset)))
+    }
+
+    /// Every group with a position in this partition, by name, each as
+    /// [`Partition::consumer_position`] reads it.
+    pub fn consumer_positions(&self) -> Result<BTreeMap<String, u64>> {
+        let mut groups = self.consumers.all()?;
+        groups
+            .values_mut()
+            .for_each(|offset| *offset = self.within(*offset));
+        Ok(groups)
+    }
+
+    fn within(&self, offset: u64) -> u64 {
+        offset.clamp(self.start_offset(), self.end_offset())
+    }
+
+    /// Stores `offset` as `group`'s position, durably before it returns. Any offset up to
+    /// the partition's end is taken; retention never moves it.
+    pub fn set_consumer_position(&self, group: &str, offset: u64) -> Result<()> {
+        let end = self.end_offset();
+        if offset > end {
+            return Err(StoreError::InvalidSetting(format!(
+                "position {offset} is past the end of partition {} of topic {:?} ({end})",
+                self.index, self.topic_name
+            )));
+        }
+        self.consumers.set(group, offset)
+    }
+
+    /// Forgets `group`'s position here; false when it had none.
+    pub fn forget_consumer_position(&self, group: &str) -> Result<bool> {
+        self.consumers.forget(group)
     }
 
     pub fn segment_base(&self, offset: u64) -> u64 {

@@ -1,12 +1,13 @@
 //! Extended attributes: topic settings, lookups by key, offset and time, segment facts.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::xattr::{self, SegmentFact, Setting, XattrName, XattrReply, MAX_VALUE_BYTES};
-use crate::store::Topic;
+use crate::store::{Partition, Topic};
 
 use super::{segment_file_name, CommitFs, Node};
 
@@ -17,6 +18,42 @@ fn subject(node: &Node, name: &OsStr) -> String {
 
 fn no_attribute() -> FsError {
     FsError::missing(libc::ENODATA, "no such attribute")
+}
+
+fn no_position() -> FsError {
+    FsError::missing(libc::ENODATA, "the group has no position here")
+}
+
+/// A group's position in each partition of `topic`, as `PARTITION OFFSET LAG` lines; `-`
+/// for both where it has none, as `kafka-consumer-groups` shows it.
+fn group_positions(topic: &Topic, group: &str) -> FsResult<Vec<u8>> {
+    let mut lines = String::new();
+    let mut any = false;
+    for partition in topic.partitions() {
+        let line = match partition.consumer_position(group)? {
+            Some(offset) => {
+                any = true;
+                let lag = partition.end_offset().saturating_sub(offset);
+                format!("{} {offset} {lag}\n", partition.index())
+            }
+            None => format!("{} - -\n", partition.index()),
+        };
+        lines.push_str(&line);
+    }
+    if any {
+        Ok(lines.into_bytes())
+    } else {
+        Err(no_position())
+    }
+}
+
+/// The groups with a position in any of `partitions`.
+fn groups_in(partitions: &[std::sync::Arc<Partition>]) -> FsResult<BTreeSet<String>> {
+    let mut groups = BTreeSet::new();
+    for partition in partitions {
+        groups.extend(partition.consumer_positions()?.into_keys());
+    }
+    Ok(groups)
 }
 
 fn no_key() -> FsError {
@@ -81,6 +118,16 @@ impl CommitFs {
                         format!("no message at or after {time} ms"),
                     )),
                 }
+            }
+            (XattrName::Consumer(group), Node::Partition(_, partition)) => {
+                let group = xattr::parse_group(group)?;
+                match partition.consumer_position(group)? {
+                    Some(offset) => number(offset),
+                    None => Err(no_position()),
+                }
+            }
+            (XattrName::Consumer(group), Node::Topic(topic)) => {
+                group_positions(topic, xattr::parse_group(group)?)
             }
             (XattrName::StartPosition, Node::Stream(_, partition)) => {
                 number(partition.stream_start()?)
@@ -152,35 +199,73 @@ impl CommitFs {
 
     pub fn listxattr(&self, ino: u64, size: u32) -> FsResult<XattrReply> {
         let node = self.resolve(ino)?;
-        let names =
-            xattr::fixed_names(node.xattr_holder())
-                .into_iter()
-                .filter(|name| match &node {
-                    // An empty segment has no message times to show.
-                    Node::Segment(_, _, info) if info.first_timestamp.is_none() => {
-                        !name.ends_with("_timestamp")
-                    }
-                    _ => true,
-                });
-        xattr::fit(xattr::name_list(names), size).map_err(|error| error.context(node.path()))
+        let fixed = xattr::fixed_names(node.xattr_holder())
+            .into_iter()
+            .filter(|name| match &node {
+                // An empty segment has no message times to show.
+                Node::Segment(_, _, info) if info.first_timestamp.is_none() => {
+                    !name.ends_with("_timestamp")
+                }
+                _ => true,
+            })
+            .map(str::to_owned);
+        // Consumer positions are listed like any stored attribute.
+        let groups = match &node {
+            Node::Topic(topic) => groups_in(&topic.partitions()),
+            Node::Partition(_, partition) => groups_in(std::slice::from_ref(partition)),
+            _ => Ok(BTreeSet::new()),
+        }
+        .map_err(|error| error.context(node.path()))?;
+        let names: Vec<String> = fixed
+            .chain(groups.iter().map(|group| xattr::consumer_name(group)))
+            .collect();
+        xattr::fit(xattr::name_list(names.iter().map(String::as_str)), size)
+            .map_err(|error| error.context(node.path()))
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let node = self.resolve(ino)?;
-        self.set_setting(&node, name, value, flags)
+        self.set_attribute(&node, name, value, flags)
             .map_err(|error| error.context(subject(&node, name)))
     }
 
-    fn set_setting(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    fn set_attribute(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let Some(parsed) = XattrName::parse(node.xattr_holder(), name.as_bytes()) else {
             return Err(FsError::refused(
                 libc::EOPNOTSUPP,
                 "not an attribute commitfs keeps",
             ));
         };
-        let (XattrName::Setting(setting), Node::Topic(topic)) = (parsed, node) else {
-            return Err(FsError::refused(libc::EPERM, "read-only"));
-        };
+        let shown = || (subject(node, name), String::from_utf8_lossy(value));
+        match (parsed, node) {
+            (XattrName::Setting(setting), Node::Topic(topic)) => {
+                self.set_setting(topic, setting, value, flags)?;
+                let (subject, value) = shown();
+                tracing::info!("{subject}: set to {value:?}");
+                Ok(())
+            }
+            (XattrName::Consumer(group), Node::Partition(_, partition)) => {
+                set_position(partition, xattr::parse_group(group)?, value, flags)?;
+                // Consumers set positions all the time: not worth a line each by default.
+                let (subject, value) = shown();
+                tracing::debug!("{subject}: set to {value:?}");
+                Ok(())
+            }
+            (XattrName::Consumer(_), Node::Topic(_)) => Err(FsError::refused(
+                libc::EPERM,
+                "read-only on a topic: set a position on a partition directory",
+            )),
+            _ => Err(FsError::refused(libc::EPERM, "read-only")),
+        }
+    }
+
+    fn set_setting(
+        &self,
+        topic: &Topic,
+        setting: Setting,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
         if flags & libc::XATTR_CREATE != 0 {
             return Err(FsError::refused(
                 libc::EEXIST,
@@ -200,21 +285,60 @@ impl CommitFs {
                 }
             }
             Ok(())
-        })?;
-        tracing::info!(
-            "{}: set to {:?}",
-            subject(node, name),
-            String::from_utf8_lossy(value)
-        );
-        Ok(())
+        })
     }
 
+    /// Only consumer positions can be removed: on a partition directory, the group's position
+    /// there; on a topic directory, in all its partitions.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         let node = self.resolve(ino)?;
-        let refusal = match XattrName::parse(node.xattr_holder(), name.as_bytes()) {
-            Some(_) => FsError::refused(libc::EPERM, "cannot be removed"),
-            None => no_attribute(),
+        let removed = match (
+            XattrName::parse(node.xattr_holder(), name.as_bytes()),
+            &node,
+        ) {
+            (Some(XattrName::Consumer(group)), Node::Partition(_, partition)) => {
+                forget_positions(std::slice::from_ref(partition), group)
+            }
+            (Some(XattrName::Consumer(group)), Node::Topic(topic)) => {
+                forget_positions(&topic.partitions(), group)
+            }
+            (Some(_), _) => Err(FsError::refused(libc::EPERM, "cannot be removed")),
+            (None, _) => Err(no_attribute()),
         };
-        Err(refusal.context(subject(&node, name)))
+        removed.map_err(|error| error.context(subject(&node, name)))?;
+        tracing::info!("{}: removed", subject(&node, name));
+        Ok(())
+    }
+}
+
+/// `setfattr -n user.consumer.<group> -v N PARTITION_DIR`, honouring `XATTR_CREATE` and
+/// `XATTR_REPLACE` as for any stored attribute.
+fn set_position(partition: &Partition, group: &str, value: &[u8], flags: i32) -> FsResult<()> {
+    let offset = xattr::parse_position(value)?;
+    let existing = partition.consumer_position(group)?;
+    if flags & libc::XATTR_CREATE != 0 && existing.is_some() {
+        return Err(FsError::refused(
+            libc::EEXIST,
+            "the group has a position here, so XATTR_CREATE fails",
+        ));
+    }
+    if flags & libc::XATTR_REPLACE != 0 && existing.is_none() {
+        return Err(no_position());
+    }
+    partition.set_consumer_position(group, offset)?;
+    Ok(())
+}
+
+/// Forgets `group` in `partitions`; `ENODATA` when it had a position in none of them.
+fn forget_positions(partitions: &[std::sync::Arc<Partition>], group: &[u8]) -> FsResult<()> {
+    let group = xattr::parse_group(group)?;
+    let mut any = false;
+    for partition in partitions {
+        any |= partition.forget_consumer_position(group)?;
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(no_position())
     }
 }
