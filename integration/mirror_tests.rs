@@ -138,10 +138,16 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
 #[test]
 fn a_broker_that_stops_answering_stalls_the_mirror_not_the_mount_and_it_catches_up() {
     let metrics_port = broker::free_port();
-    let config = Config::small().set("partitions", "2").set(
-        "mirror.metrics_listen",
-        &format!("\"127.0.0.1:{metrics_port}\""),
-    );
+    let config = Config::small()
+        .set("partitions", "2")
+        .set(
+            "mirror.metrics_listen",
+            &format!("\"127.0.0.1:{metrics_port}\""),
+        )
+        // Connections time out during the pause, and what was in flight on them is sent
+        // again when the broker answers, while the broker still reads the first copies from
+        // the closed sockets: the idempotent producer must keep them from being stored twice.
+        .set("mirror.properties.\"socket.timeout.ms\"", "3000");
     let Some((broker, m)) = setup(config) else {
         return;
     };
@@ -153,6 +159,7 @@ fn a_broker_that_stops_answering_stalls_the_mirror_not_the_mount_and_it_catches_
     // Appends go on while the broker does not answer.
     m.sh_ok("seq -f 'during %g' 1 3000 >> events/0/active && seq -f 'other %g' 1 700 >> events/1/active");
     mirror.wait_for_log("Kafka has acknowledged nothing for", DEADLINE);
+    mirror.wait_for_log("brokers are down", DEADLINE);
     let scrape = broker::http_get(metrics_port, "/metrics");
     let lag = sample(
         &scrape,
