@@ -293,3 +293,35 @@ fn the_mirror_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_bad_mirror_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("commitfs.toml");
+    let run = |args: &[&str]| {
+        common::Bounded::new(common::COMMITFS, Duration::from_secs(60))
+            .arg("mirror")
+            .args(args)
+            .output()
+    };
+    for (text, expected) in [
+        ("partitions = 2\n", "no [mirror] section"),
+        (
+            "[mirror]\nbrokers = \"127.0.0.1:9\"\ngroup = \"no spaces\"\n",
+            "[mirror] key `group`",
+        ),
+        (
+            "partitions = 0\n[mirror]\nbrokers = \"127.0.0.1:9\"\n",
+            "key `partitions`",
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = run(&["--config", config.to_str().unwrap(), "/nonexistent"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+    }
+    let out = run(&["/nonexistent"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config FILE is needed"));
+}
