@@ -185,6 +185,36 @@ fn a_broker_that_stops_answering_stalls_the_mirror_not_the_mount_and_it_catches_
 /// New partitions of a mirrored topic ship once its target has them (Tansu cannot grow a
 /// topic, so here the target was made with room for them), and growing past the target is
 /// refused by name while the rest goes on. A topic made while mirroring is followed too.
+/// No broker at all when the mirror starts: it says so in a few lines (not one per
+/// connection attempt), appends go on, and once a broker listens everything ships.
+#[test]
+fn a_broker_absent_at_the_start_is_waited_for_with_few_log_lines() {
+    if !broker::kafka_available() {
+        return;
+    }
+    let port = broker::free_port();
+    let m = Mount::new(broker::mirror_config_for(
+        Config::small().set("partitions", "1"),
+        port,
+    ));
+    m.sh_ok("mkdir late && seq -f 'early %g' 1 100 >> late/0/active");
+    let mirror = MirrorProcess::start(&m);
+    mirror.wait_for_log(
+        "topic late is not mirrored: cannot read target topic late",
+        DEADLINE,
+    );
+    m.sh_ok("seq -f 'meanwhile %g' 1 100 >> late/0/active");
+    let broker = Broker::start_on(port);
+    let records = broker.read_when_shipped("late", &[200]);
+    assert_mirrored(&m, "late", &records, None);
+    let log = mirror.log();
+    let client_errors = log.matches("kafka: ").count();
+    assert!(
+        client_errors <= 10,
+        "{client_errors} client error lines for one absent broker:\n{log}"
+    );
+}
+
 #[test]
 fn topics_and_partitions_that_appear_while_mirroring_are_followed() {
     let config = Config::small().set("partitions", "1");

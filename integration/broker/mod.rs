@@ -78,7 +78,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = free_port();
+        Broker::start_on(free_port())
+    }
+
+    /// Tansu on `port`, which nothing listens on.
+    pub fn start_on(port: u16) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("commitfs-tansu-")
             .tempdir()
@@ -322,8 +326,13 @@ impl MirrorProcess {
 
 /// The mount's configuration with a [mirror] section shipping to `broker`.
 pub fn mirror_config(config: common::Config, broker: &Broker) -> common::Config {
+    mirror_config_for(config, broker.port)
+}
+
+/// The mount's configuration with a [mirror] section shipping to 127.0.0.1:`port`.
+pub fn mirror_config_for(config: common::Config, port: u16) -> common::Config {
     config
-        .set("mirror.brokers", &format!("\"{}\"", broker.address()))
+        .set("mirror.brokers", &format!("\"127.0.0.1:{port}\""))
         .set("log_level", "\"info\"")
 }
 

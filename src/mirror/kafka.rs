@@ -40,11 +40,17 @@ pub struct Delivery {
     offset: u64,
 }
 
+/// How often the same kind of client error is logged: librdkafka reports one per connection
+/// attempt while a broker is away.
+const ERROR_REPEAT: Duration = Duration::from_secs(10);
+
 /// Collects delivery reports and sends librdkafka's log to `tracing`.
 #[derive(Default)]
 pub struct MirrorContext {
     acks: Mutex<Vec<Ack>>,
     fatal: Mutex<Option<String>>,
+    /// When each kind of error (its code) was last logged, and how many of it were not since.
+    errors_logged: Mutex<HashMap<Option<i32>, (Instant, u64)>>,
 }
 
 impl ClientContext for MirrorContext {
@@ -53,10 +59,26 @@ impl ClientContext for MirrorContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+        let code = error.rdkafka_error_code();
+        if matches!(code, Some(RDKafkaErrorCode::Fatal)) {
             *self.fatal.lock() = Some(format!("{error}: {reason}"));
         }
-        tracing::warn!("kafka: {error}: {reason}");
+        let kind = code.map(|code| code as i32);
+        let mut logged = self.errors_logged.lock();
+        let now = Instant::now();
+        match logged.get_mut(&kind) {
+            Some((at, quiet)) if now < *at + ERROR_REPEAT => *quiet += 1,
+            Some((at, quiet)) => {
+                tracing::warn!(
+                    "kafka: {error}: {reason} ({quiet} more like it since the last such line)"
+                );
+                (*at, *quiet) = (now, 0);
+            }
+            None => {
+                tracing::warn!("kafka: {error}: {reason}");
+                logged.insert(kind, (now, 0));
+            }
+        }
     }
 }
 

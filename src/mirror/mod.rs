@@ -81,7 +81,7 @@ pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<Infallible, Mirror
         board,
         topics: HashMap::new(),
         slots: Vec::new(),
-        last_ack: Instant::now(),
+        last_progress: Instant::now(),
     };
     mirror.run()
 }
@@ -144,7 +144,7 @@ struct Mirror {
     board: Arc<Board>,
     topics: HashMap<String, KnownTopic>,
     slots: Vec<Slot>,
-    last_ack: Instant,
+    last_progress: Instant,
 }
 
 impl Mirror {
@@ -175,6 +175,10 @@ impl Mirror {
             self.kafka.poll(wait, &mut acks);
             self.take_acks(&mut acks);
             let now = Instant::now();
+            if self.kafka.waiting() == 0 {
+                // Nothing waits for Kafka: whatever comes next is not late yet.
+                self.last_progress = now;
+            }
             if now >= committed + COMMIT_INTERVAL {
                 self.commit_positions();
                 committed = now;
@@ -184,13 +188,13 @@ impl Mirror {
                 measured = Some(now);
             }
             if self.kafka.waiting() > 0
-                && now >= self.last_ack + STALL_REPORT
+                && now >= self.last_progress + STALL_REPORT
                 && now >= stall_told + STALL_REPORT
             {
                 tracing::warn!(
                     "Kafka has acknowledged nothing for {} s: {} messages wait in the producer; \
                      lag {} messages; appends to the mount go on",
-                    self.last_ack.elapsed().as_secs(),
+                    self.last_progress.elapsed().as_secs(),
                     self.kafka.waiting(),
                     self.board.total_lag()
                 );
@@ -384,7 +388,7 @@ impl Mirror {
 
     fn take_acks(&mut self, acks: &mut Vec<Ack>) {
         if !acks.is_empty() {
-            self.last_ack = Instant::now();
+            self.last_progress = Instant::now();
         }
         for ack in acks.drain(..) {
             self.slots[ack.slot].acknowledged(&ack);
