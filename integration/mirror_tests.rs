@@ -355,3 +355,23 @@ fn a_bad_mirror_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config FILE is needed"));
 }
+
+/// The stall line is about messages that wait: after a quiet spell longer than the stall
+/// report's 10 s, new messages that ship at once draw no stall line.
+#[test]
+fn a_mirror_idle_for_a_while_reports_no_stall_when_messages_come_again() {
+    let Some((broker, m)) = setup(Config::small().set("partitions", "1")) else {
+        return;
+    };
+    m.sh_ok("mkdir quiet && echo first >> quiet/0/active");
+    let mirror = MirrorProcess::start(&m);
+    broker.read_when_shipped("quiet", &[1]);
+    std::thread::sleep(Duration::from_secs(12));
+    m.sh_ok("seq 1 100 >> quiet/0/active");
+    let records = broker.read_when_shipped("quiet", &[101]);
+    assert_mirrored(&m, "quiet", &records, None);
+    // Past the next lag measurement, when a stall line would come.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = mirror.log();
+    assert!(!log.contains("acknowledged nothing"), "{log}");
+}
