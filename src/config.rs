@@ -47,6 +47,9 @@ struct ConfigFile {
     key_separator: String,
     retention_ms: i64,
     retention_bytes: i64,
+
+    /// `commitfs mirror`'s section (`src/mirror/config.rs` reads it): the mount leaves it alone.
+    mirror: Option<toml::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -92,6 +95,7 @@ impl Default for ConfigFile {
             key_separator: String::new(),
             retention_ms: -1,
             retention_bytes: -1,
+            mirror: None,
         }
     }
 }

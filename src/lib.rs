@@ -4,6 +4,7 @@
 pub mod config;
 pub mod fs;
 pub mod metrics;
+pub mod mirror;
 pub mod store;
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! `commitfs::fs::mount`. Besides its subcommands it takes the form mount(8) and fstab use
 //! through mount.fuse3: `commitfs DATA_DIR MOUNTPOINT -o OPTIONS`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use commitfs::config::Config;
 use commitfs::fs::{MountOptions, MountRequest};
+use commitfs::mirror::MirrorConfig;
 use commitfs::store::check::CheckOptions;
 use commitfs::store::dump::DumpOptions;
 use commitfs::store::StoreError;
@@ -101,6 +103,17 @@ enum Command {
         /// Directory holding the store.
         data_dir: PathBuf,
     },
+    /// Ship the mount's topics into a Kafka cluster, each message exactly once, following
+    /// new messages, partitions and topics; settings under [mirror] in the configuration
+    /// file. Runs until stopped (kill it at any moment: a restart resumes). Exit status: 2
+    /// bad arguments or configuration, 1 an error it cannot outlive.
+    Mirror {
+        /// Configuration file (TOML) with a [mirror] section: the file the mount reads.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the commitfs mount is.
+        mountpoint: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -141,6 +154,7 @@ fn main() -> ExitCode {
                 from,
             },
         ),
+        Some(Command::Mirror { config, mountpoint }) => mirror(config.as_deref(), &mountpoint),
         None => {
             let HelperArgs {
                 data_dir,
@@ -206,6 +220,41 @@ fn mount(
         Err(error) => {
             eprintln!("commitfs: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn mirror(config_path: Option<&Path>, mountpoint: &Path) -> ExitCode {
+    let Some(config_path) = config_path else {
+        eprintln!("commitfs mirror: --config FILE is needed: the file with its [mirror] section");
+        return ExitCode::from(USAGE);
+    };
+    let settings = Config::load(Some(config_path)).map(|config| config.log_level);
+    let (log_level, config) = match (settings, MirrorConfig::load(config_path)) {
+        (Ok(log_level), Ok(config)) => (log_level, config),
+        (Err(error), _) => {
+            eprintln!("commitfs mirror: {error}");
+            return ExitCode::from(USAGE);
+        }
+        (_, Err(error)) => {
+            eprintln!("commitfs mirror: {error}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| log_level.as_str().into()),
+        )
+        .init();
+    match commitfs::mirror::run(config, mountpoint) {
+        Ok(never) => match never {},
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("commitfs mirror: {error}");
+            ExitCode::FAILURE
         }
     }
 }
