@@ -20,6 +20,7 @@ use super::format::{self, MessageAt, QueueEntry, Scanned, LOST_MESSAGE};
 use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
+use super::open_files::{self, OpenFiles};
 use super::partition::PartitionOffsets;
 use super::progress::{Output, ScanProgress};
 use super::queue::{ConsumeQueue, QueueFile};
@@ -56,6 +57,7 @@ pub struct LostMessages {
 pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
     let started = std::time::Instant::now();
     raise_open_file_limit();
+    let open_files = OpenFiles::new(open_files::budget(config.max_open_files));
     let meta = settle_meta(dir, &mut config)?;
     fit_max_message(&mut config);
     let layout = meta.layout;
@@ -70,7 +72,8 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
-    let (mut partitions, uncovered) = open_partitions(dir, &meta, checkpoint.as_ref(), unclean)?;
+    let (mut partitions, uncovered) =
+        open_partitions(dir, &meta, checkpoint.as_ref(), unclean, &open_files)?;
     let plan = plan_recovery(
         &log_dir,
         checkpoint.as_ref(),
@@ -104,6 +107,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         recovered.end,
         recovered.durable,
         recovered.cut,
+        open_files,
     )?);
     let topics = meta.topics.len();
     let store = assemble(dir, config, layout, log, index, meta, lock, &offsets)?;
@@ -289,6 +293,7 @@ fn open_partitions(
     meta: &Meta,
     checkpoint: Option<&Checkpoint>,
     unclean: bool,
+    open_files: &Arc<OpenFiles>,
 ) -> Result<(PartitionMap<Recovering>, Vec<String>)> {
     let marks: HashMap<(u32, u32), (u64, u64, u64)> = checkpoint
         .iter()
@@ -302,6 +307,7 @@ fn open_partitions(
             let queue = ConsumeQueue::open(
                 &queue_dir(dir, topic.id).join(index.to_string()),
                 u64::from(meta.layout.segment_messages),
+                open_files.clone(),
             )?;
             let mark = marks.get(&(topic.id, index)).copied();
             let (mut start, end, stream_end) = mark.unwrap_or((0, 0, 0));
@@ -315,7 +321,7 @@ fn open_partitions(
             // checkpoint is one that forgot it.
             let new_since_checkpoint = |first| {
                 unclean
-                    && queue.entry(first).is_some_and(|e| {
+                    && queue.peek_entry(first).is_some_and(|e| {
                         e.commit_log_offset != LOST_MESSAGE
                             && checkpoint.is_some_and(|c| e.commit_log_offset >= c.commit_log_end)
                     })
