@@ -37,6 +37,7 @@ fn config(flush: FlushPolicy) -> StoreConfig {
         // can keep one and lose the other.
         index_slots: 1000,
         index_entries: 64,
+        ..StoreConfig::default()
     }
 }
 

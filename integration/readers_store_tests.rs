@@ -24,6 +24,7 @@ fn config() -> StoreConfig {
         max_disk_bytes: None,
         index_slots: 64,
         index_entries: 10_000,
+        ..StoreConfig::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn config() -> StoreConfig {
         max_disk_bytes: None,
         index_slots: 64,
         index_entries: 1000,
+        ..StoreConfig::default()
     }
 }
 

@@ -61,6 +61,7 @@ fn config() -> StoreConfig {
         max_disk_bytes: None,
         index_slots: 7,
         index_entries: 50,
+        ..StoreConfig::default()
     }
 }
 

@@ -68,7 +68,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     // Nothing was written so far, so a refusal above leaves the store exactly as it was.
     meta::create_abort_marker(dir)?;
     remove_orphan_queues(dir, &meta)?;
-    let (index, index_damaged) = open_index(dir, &layout)?;
+    let (index, index_damaged) = open_index(dir, &layout, &open_files)?;
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
@@ -271,14 +271,26 @@ fn remove_orphan_queues(dir: &Path, meta: &Meta) -> Result<()> {
 }
 
 /// The key index, rebuilt from nothing if its files are damaged (the flag says so).
-fn open_index(dir: &Path, layout: &Layout) -> Result<(KeyIndex, bool)> {
+fn open_index(
+    dir: &Path,
+    layout: &Layout,
+    open_files: &Arc<OpenFiles>,
+) -> Result<(KeyIndex, bool)> {
     let index_dir = dir.join(INDEX_DIR);
-    match KeyIndex::open(&index_dir, layout.index_slots, layout.index_entries) {
+    let open = || {
+        KeyIndex::open(
+            &index_dir,
+            layout.index_slots,
+            layout.index_entries,
+            open_files.clone(),
+        )
+    };
+    match open() {
         Ok(index) => Ok((index, false)),
         Err(error @ StoreError::Corrupt { .. }) => {
             tracing::warn!("{error}; rebuilding the key index from the commit log");
             remove_dir(&index_dir)?;
-            let index = KeyIndex::open(&index_dir, layout.index_slots, layout.index_entries)?;
+            let index = open()?;
             Ok((index, true))
         }
         Err(error) => Err(error),
