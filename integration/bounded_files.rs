@@ -190,6 +190,87 @@ fn a_reader_keeps_reading_a_closed_file_and_removed_files_are_let_go() {
     assert_eq!(deleted_held, 0, "removed files are still held open");
 }
 
+/// Keyed messages over some 150 key-index files (7 entries each): looking up every key
+/// keeps the index's files within the budget, finds each newest message, and after a
+/// reopen of the store (whose checkpoint flushed files the budget had closed) still does.
+#[test]
+fn key_lookups_over_more_index_files_than_the_budget_stay_within_it() {
+    let _one = COUNTING.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        index_entries: 8,
+        commit_log_file_bytes: 1 << 20,
+        ..config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for n in 0..1000u64 {
+        let message = format!("k{}:{n}\n", n % 500);
+        store
+            .append(
+                &partition,
+                message.as_bytes(),
+                Some(message.find(':').unwrap()),
+            )
+            .unwrap();
+    }
+    let newest = |store: &Store, key: u64| {
+        let topic = store.topic("t").unwrap();
+        let mut found = None;
+        store
+            .for_each_key_match(&topic, None, format!("k{key}").as_bytes(), |m| {
+                found = Some(m.offset);
+                std::ops::ControlFlow::Break(())
+            })
+            .unwrap();
+        found
+    };
+    for key in 0..500 {
+        assert_eq!(newest(&store, key), Some(500 + key), "key k{key}");
+    }
+    let (descriptors, maps) = held_under("self", dir.path());
+    assert!(
+        descriptors <= BUDGET + 6 && maps <= BUDGET + 6,
+        "{descriptors} descriptors and {maps} maps after lookups over 150 index files, with max_open_files {BUDGET}"
+    );
+    store.close().unwrap();
+    drop((store, topic, partition));
+    let store = Store::open(dir.path(), config).unwrap();
+    for key in 0..500 {
+        assert_eq!(
+            newest(&store, key),
+            Some(500 + key),
+            "key k{key} after a reopen"
+        );
+    }
+}
+
+/// After a remount, partitions that are not read hold no descriptor, also once retention's
+/// passes over every partition have run.
+#[test]
+fn partitions_not_read_hold_no_descriptor_after_a_remount() {
+    if !common::fuse_available() {
+        return;
+    }
+    let config = Config::small()
+        .set("partitions", "300")
+        .set("retention_check_interval_ms", "20");
+    let mut mount = Mount::new(config);
+    mount.sh_ok("mkdir t && seq 1 300 > t/append");
+    mount.remount();
+    // Some fifty passes of retention.
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = mount.daemon_pid().unwrap().to_string();
+    let (descriptors, maps) = held_under(&pid, &mount.data.join("queues"));
+    assert_eq!(
+        (descriptors, maps),
+        (0, 0),
+        "consume-queue descriptors and maps held after a remount by 300 partitions not read"
+    );
+    assert_eq!(mount.sh_ok("cat t/299/stream | wc -l").trim(), "1");
+}
+
 /// 100,000 lines into one partition of 5-message segments (20,000 segments), under Debian's
 /// default limit of 1024 descriptors: the writes all succeed, every segment reads back
 /// (`cat` of each), the daemon's descriptors and maps stay within `max_open_files`, and
