@@ -38,8 +38,9 @@ pub(super) struct OpenFiles {
 /// over the held files) is shared by that many opens.
 const EVICT_DIVISOR: usize = 8;
 
-/// Descriptors and maps the daemon needs besides the store's files: FUSE, its log, metrics
-/// sockets, files read once with `pread`; libraries, thread stacks, heap arenas.
+/// Descriptors and maps the daemon needs besides the files the budget holds: FUSE, its log,
+/// metrics sockets, files read once with `pread`, files readers hold after the budget let go
+/// of them; libraries, thread stacks, heap arenas. At least these, or an eighth of the limit.
 const OTHER_DESCRIPTORS: u64 = 128;
 const OTHER_MAPS: u64 = 1024;
 
@@ -61,13 +62,14 @@ pub(super) fn budget(wanted: usize) -> usize {
         .and_then(|text| text.trim().parse::<u64>().ok())
         .unwrap_or(u64::MAX);
     let allowed = descriptors
-        .saturating_sub(OTHER_DESCRIPTORS)
-        .min(maps.saturating_sub(OTHER_MAPS))
+        .saturating_sub(OTHER_DESCRIPTORS.max(descriptors / 8))
+        .min(maps.saturating_sub(OTHER_MAPS.max(maps / 8)))
         .max(u64::from(super::MIN_OPEN_FILES));
     let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
     if wanted > allowed {
-        tracing::warn!(
-            "max_open_files {wanted} is more than this process may keep open (ulimit -n {descriptors}, vm.max_map_count {maps}, less what else it uses): using {allowed}"
+        // The default asks for more than most limits allow: not a problem, so not a warning.
+        tracing::info!(
+            "keeping at most {allowed} store files open: max_open_files {wanted} is more than ulimit -n {descriptors} and vm.max_map_count {maps} allow beside what else the daemon uses"
         );
     }
     wanted.min(allowed)
