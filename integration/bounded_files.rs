@@ -352,6 +352,29 @@ fn twenty_thousand_written_partitions_under_1024_descriptors() {
     assert_eq!(stored.trim(), "1 2 3 4 5 6 7 8 9 10");
 }
 
+/// After `kill -9`, recovery replays the messages of 2,000 partitions written since the
+/// last checkpoint under 1024 descriptors: it opens their queue files within the budget too,
+/// and every message is there after the remount.
+#[test]
+fn recovery_of_two_thousand_partitions_after_kill_9_under_1024_descriptors() {
+    if !common::fuse_available() {
+        return;
+    }
+    let config = Config::small()
+        .set("partitions", "10")
+        .set("checkpoint_interval_ms", "3600000");
+    let mut mount = Mount::prepare(config);
+    start_with_1024_descriptors(&mut mount);
+    mount.sh_ok_within(
+        "for t in $(seq 1 200); do mkdir t$t && seq 1 10 > t$t/append || exit 1; done",
+        Duration::from_secs(300),
+    );
+    mount.kill9();
+    start_with_1024_descriptors(&mut mount);
+    let stored = mount.sh_ok("cat t*/*/stream | wc -l");
+    assert_eq!(stored.trim(), "2000", "{}", mount.log_tail(20));
+}
+
 /// `commitfs mount` with the soft and hard limit of open files at Debian's default 1024,
 /// so the daemon cannot raise it.
 fn start_with_1024_descriptors(mount: &mut Mount) {

@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -345,7 +345,7 @@ fn open_partitions(
                 (topic.id, index),
                 Recovering {
                     queue,
-                    active_file: None,
+                    active_file: Weak::new(),
                     start,
                     end,
                     stream_end: mark.map(|_| stream_end),
@@ -576,7 +576,9 @@ type PartitionMap<V> = HashMap<(u32, u32), V, BuildHasherDefault<PartitionKeyHas
 /// A partition while recovery rebuilds it.
 struct Recovering {
     queue: ConsumeQueue,
-    active_file: Option<Arc<QueueFile>>,
+    /// Open while the budget of open files keeps it: recovery of many partitions must not
+    /// hold a file per partition.
+    active_file: Weak<QueueFile>,
     start: u64,
     /// End offset at the checkpoint.
     end: u64,
@@ -648,17 +650,12 @@ impl Recovering {
             Some(_) => {}
         }
         let key_hash = key.map_or(0, |k| format::key_hash(header.topic_id, k));
-        self.queue
-            .reserve(&mut self.active_file, offset, offset + 1)?;
-        self.queue.put(
-            &mut self.active_file,
-            offset,
-            &QueueEntry {
-                commit_log_offset: batch + u64::from(header.payload_at),
-                size: header.len,
-                batch,
-            },
-        );
+        let entry = QueueEntry {
+            commit_log_offset: batch + u64::from(header.payload_at),
+            size: header.len,
+            batch,
+        };
+        self.put_entries(offset, offset + 1, &entry)?;
         if key_hash != 0 {
             let at = MessageAt {
                 batch,
@@ -674,15 +671,22 @@ impl Recovering {
     /// Entries for offsets `from..to`, lost in a skipped span: they point nowhere, so a
     /// read of them fails instead of serving something else.
     fn put_lost(&mut self, from: u64, to: u64) -> Result<()> {
-        self.queue.reserve(&mut self.active_file, from, to)?;
         let lost = QueueEntry {
             commit_log_offset: LOST_MESSAGE,
             size: 0,
             batch: LOST_MESSAGE,
         };
+        self.put_entries(from, to, &lost)
+    }
+
+    /// Writes `entry` as the entry of each of the offsets `from..to`.
+    fn put_entries(&mut self, from: u64, to: u64, entry: &QueueEntry) -> Result<()> {
+        let mut active = self.active_file.upgrade();
+        self.queue.reserve(&mut active, from, to)?;
         for offset in from..to {
-            self.queue.put(&mut self.active_file, offset, &lost);
+            self.queue.put(&mut active, offset, entry);
         }
+        self.active_file = active.as_ref().map_or_else(Weak::new, Arc::downgrade);
         Ok(())
     }
 }
@@ -747,7 +751,7 @@ impl Scanner<'_> {
                 self.index.remove_all()?;
                 for partition in self.partitions.values_mut() {
                     partition.queue.remove_all()?;
-                    partition.active_file = None;
+                    partition.active_file = Weak::new();
                     partition.next = None;
                 }
                 self.durable = *durable;
