@@ -6,7 +6,7 @@
 //! mapped for whoever still holds it (a reader, an append in progress) and is closed and
 //! unmapped with its last holder; its owner opens it again on its next use.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -23,6 +23,9 @@ pub(super) trait Held: Send + Sync + 'static {
 pub(super) struct Recency {
     last_used: AtomicU64,
     held: AtomicBool,
+    /// Where it is among the held files, while held (read and changed under their lock), so
+    /// that forgetting a file costs the same however many are held.
+    at: AtomicUsize,
 }
 
 pub(super) struct OpenFiles {
@@ -111,6 +114,10 @@ impl OpenFiles {
                 return;
             }
             self.clock.fetch_add(1, Ordering::Relaxed);
+            file.mapped()
+                .recency
+                .at
+                .store(held.len(), Ordering::Relaxed);
             held.push(file);
             if held.len() <= self.limit {
                 return;
@@ -131,6 +138,9 @@ impl OpenFiles {
         for file in &evicted {
             file.mapped().recency.held.store(false, Ordering::Release);
         }
+        for (at, file) in held.iter().enumerate() {
+            file.mapped().recency.at.store(at, Ordering::Relaxed);
+        }
         evicted
     }
 
@@ -142,11 +152,17 @@ impl OpenFiles {
         }
         let forgotten = {
             let mut held = self.held.lock();
-            let Some(at) = held.iter().position(|h| std::ptr::eq(h.mapped(), file)) else {
+            let at = file.recency.at.load(Ordering::Relaxed);
+            // Evicted meanwhile (then `at` is stale), or held by another budget.
+            if !held.get(at).is_some_and(|h| std::ptr::eq(h.mapped(), file)) {
                 return;
-            };
+            }
             file.recency.held.store(false, Ordering::Release);
-            held.swap_remove(at)
+            let forgotten = held.swap_remove(at);
+            if let Some(moved) = held.get(at) {
+                moved.mapped().recency.at.store(at, Ordering::Relaxed);
+            }
+            forgotten
         };
         drop(forgotten);
     }
@@ -194,6 +210,24 @@ mod tests {
         );
         let closed = weak.iter().filter(|w| w.upgrade().is_none()).count();
         assert_eq!(closed, 2, "two files closed: nobody else held them");
+    }
+
+    #[test]
+    fn forgetting_files_in_any_order_lets_go_of_exactly_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = OpenFiles::new(16);
+        let files = files(dir.path(), 12);
+        for file in &files {
+            budget.touch(file);
+        }
+        for n in [3, 0, 11, 7, 5] {
+            budget.forget(&files[n].0);
+            assert_eq!(Arc::strong_count(&files[n]), 1, "file {n} still held");
+        }
+        assert_eq!(budget.held(), 7);
+        for n in [1, 2, 4, 6, 8, 9, 10] {
+            assert_eq!(Arc::strong_count(&files[n]), 2, "file {n} let go");
+        }
     }
 
     #[test]
