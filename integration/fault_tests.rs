@@ -38,6 +38,7 @@ fn config(flush: FlushPolicy) -> StoreConfig {
         index_slots: 1000,
         index_entries: 64,
         materialize_segments: false,
+        ..StoreConfig::default()
     }
 }
 

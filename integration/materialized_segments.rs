@@ -12,10 +12,9 @@ use std::fs::OpenOptions;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{segment_name, wait_until, xattr_get, xattr_text, Bounded, Config, Mount, COMMITFS};
+use common::{segment_name, wait_until, xattr_get, xattr_text, Config, Mount};
 
 /// How long the background copy may take before a test calls it stuck.
 const COPY_DEADLINE: Duration = Duration::from_secs(60);
@@ -195,15 +194,16 @@ fn a_damaged_log_is_not_copied() {
 }
 
 /// Mounts `m` with `FAILPOINTS` set for the daemon alone.
+#[cfg(feature = "failpoints")]
 fn start_with_failpoints(m: &mut Mount, failpoints: &str) {
-    let out = Bounded::new(COMMITFS, Duration::from_secs(120))
+    let out = common::Bounded::new(common::COMMITFS, Duration::from_secs(120))
         .arg("mount")
         .arg("--config")
         .arg(m.config_path())
         .arg(&m.data)
         .arg(&m.mnt)
         .env("FAILPOINTS", failpoints)
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output();
     assert!(
         out.status.success(),

@@ -25,6 +25,7 @@ fn config() -> StoreConfig {
         index_slots: 64,
         index_entries: 10_000,
         materialize_segments: false,
+        ..StoreConfig::default()
     }
 }
 

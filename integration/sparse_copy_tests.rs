@@ -21,6 +21,7 @@ fn config() -> StoreConfig {
         index_slots: 64,
         index_entries: 1000,
         materialize_segments: false,
+        ..StoreConfig::default()
     }
 }
 

@@ -10,7 +10,8 @@
 //! `-- read/`, `-- recovery/`, `-- keys` (criterion bench and the percentile loop), `-- memory`
 //! (the RssAnon check).
 //! Environment: `STORE_BENCH_DIR` (where data goes; default the temp dir), `STORE_BENCH_KEYS`
-//! (default 10,000,000), `STORE_BENCH_MEMORY_GB` (default 10). Under `cargo test --benches`
+//! (default 10,000,000), `STORE_BENCH_MEMORY_GB` (default 10), `STORE_BENCH_MAX_OPEN_FILES`
+//! (default the store's). Under `cargo test --benches`
 //! (no `--bench` argument) everything runs once on tiny sizes (200 partitions where the
 //! benches say 10,000), as a smoke test.
 
@@ -75,12 +76,19 @@ fn scratch_dir() -> TempDir {
 
 /// The defaults (1 GiB commit-log files, async flush every 500 ms), but no periodic
 /// checkpoint or retention pass in the middle of a measurement.
+/// `STORE_BENCH_MAX_OPEN_FILES` sets `max_open_files` (below the partition count, appends
+/// then reopen queue files the budget closed).
 fn bench_config() -> StoreConfig {
+    let default = StoreConfig::default();
     StoreConfig {
         flush: FlushPolicy::Async { interval_ms: 500 },
         checkpoint_interval_ms: 3_600_000,
         retention_check_interval_ms: 3_600_000,
-        ..StoreConfig::default()
+        max_open_files: std::env::var("STORE_BENCH_MAX_OPEN_FILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default.max_open_files),
+        ..default
     }
 }
 

@@ -62,6 +62,7 @@ fn config() -> StoreConfig {
         index_slots: 7,
         index_entries: 50,
         materialize_segments: false,
+        ..StoreConfig::default()
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fs::{FsSettings, MountSettings, TopicDefaults};
-use crate::store::{FlushPolicy, Framing, StoreConfig, MAX_PARTITIONS};
+use crate::store::{
+    FlushPolicy, Framing, StoreConfig, MAX_OPEN_FILES, MAX_PARTITIONS, MIN_OPEN_FILES,
+};
 
 /// What the file says, key by key, with the defaults filled in.
 #[derive(Debug, Deserialize)]
@@ -38,6 +40,7 @@ struct ConfigFile {
     index_slots: u32,
     index_entries: u32,
     materialize_segments: bool,
+    max_open_files: u32,
     /// Retired: the commit log is written with `pwrite`, so there is nothing to pre-touch.
     /// Accepted so that older configuration files still mount.
     warm_mapped_files: Option<bool>,
@@ -89,6 +92,7 @@ impl Default for ConfigFile {
             index_slots: store.index_slots,
             index_entries: store.index_entries,
             materialize_segments: store.materialize_segments,
+            max_open_files: store.max_open_files as u32,
             warm_mapped_files: None,
             partitions: 1,
             framing: Framing::Lines,
@@ -287,6 +291,12 @@ impl ConfigFile {
             index_slots: at_least("index_slots", self.index_slots, 1)?,
             index_entries: at_least("index_entries", self.index_entries, 2)?,
             materialize_segments: self.materialize_segments,
+            max_open_files: within(
+                "max_open_files",
+                self.max_open_files,
+                MIN_OPEN_FILES,
+                MAX_OPEN_FILES,
+            )? as usize,
         };
         if self.warm_mapped_files.is_some() {
             tracing::warn!(

@@ -13,10 +13,24 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, RecordHeader, BLANK_BYTES, BLANK_MAGIC};
 use super::mapped::MappedFile;
+use super::open_files::{Held, OpenFiles};
 
 pub struct LogFile {
     pub base: u64,
     pub data: MappedFile,
+}
+
+impl Held for LogFile {
+    fn mapped(&self) -> &MappedFile {
+        &self.data
+    }
+}
+
+/// A file of the log, mapped while the store's budget of open files or a reader holds it
+/// (the writer holds the one being written); mapped again on use.
+struct Slot {
+    base: u64,
+    file: Weak<LogFile>,
 }
 
 /// A message found in the log, through a handle on its file (an `Arc` that keeps the bytes
@@ -121,7 +135,8 @@ pub struct CommitLog {
     dir: PathBuf,
     file_bytes: u64,
     /// Oldest first; contiguous.
-    files: RwLock<Vec<Arc<LogFile>>>,
+    files: RwLock<Vec<Slot>>,
+    open_files: Arc<OpenFiles>,
     /// Files removed from the log that a reader may still map: their blocks stay on disk
     /// until the last reader drops them, so the disk ceiling must count them.
     removed: Mutex<Vec<Weak<LogFile>>>,
@@ -146,18 +161,30 @@ impl CommitLog {
         end: u64,
         durable: u64,
         zero_tail: bool,
+        open_files: Arc<OpenFiles>,
     ) -> Result<CommitLog> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let write_base = end - end % file_bytes;
         let mut files = Vec::new();
+        let mut current = None;
         for base in list_files(dir)? {
             let path = dir.join(format::file_name(base));
             if base > write_base {
                 remove_unused_file(&path, file_bytes, end)?;
                 continue;
             }
-            files.push(Arc::new(open_file(&path, base, file_bytes)?));
+            // Only the file being written is mapped now; the others when read.
+            let file = if base == write_base {
+                let file = Arc::new(open_file(&path, base, file_bytes)?);
+                let weak = Arc::downgrade(&file);
+                current = Some(file);
+                weak
+            } else {
+                check_file(&path, base, file_bytes)?;
+                Weak::new()
+            };
+            files.push(Slot { base, file });
         }
         for pair in files.windows(2) {
             if pair[1].base != pair[0].base + file_bytes {
@@ -168,14 +195,18 @@ impl CommitLog {
                 });
             }
         }
-        let current = match files.last() {
-            Some(last) if last.base == write_base => last.clone(),
+        let current = match (current, files.last()) {
+            (Some(current), _) => current,
             // The log ends exactly where its last file does, or is empty.
-            last if end == write_base
-                && last.is_none_or(|last| last.base + file_bytes == write_base) =>
+            (None, last)
+                if end == write_base
+                    && last.is_none_or(|last| last.base + file_bytes == write_base) =>
             {
                 let file = Arc::new(create_file(dir, write_base, file_bytes)?);
-                files.push(file.clone());
+                files.push(Slot {
+                    base: write_base,
+                    file: Arc::downgrade(&file),
+                });
                 file
             }
             _ => {
@@ -201,6 +232,7 @@ impl CommitLog {
             dir: dir.to_owned(),
             file_bytes,
             files: RwLock::new(files),
+            open_files,
             removed: Mutex::new(Vec::new()),
             writer: Mutex::new(Writer {
                 file: current,
@@ -234,6 +266,11 @@ impl CommitLog {
         self.file_bytes
     }
 
+    /// The store's budget of open files.
+    pub(super) fn open_files(&self) -> &Arc<OpenFiles> {
+        &self.open_files
+    }
+
     pub fn written_end(&self) -> u64 {
         self.written_end.load(Ordering::Acquire)
     }
@@ -264,10 +301,40 @@ impl CommitLog {
     }
 
     pub fn file_at(&self, offset: u64) -> Option<Arc<LogFile>> {
-        let files = self.files.read();
-        let first = files.first()?.base;
-        let index = offset.checked_sub(first)? / self.file_bytes;
-        files.get(index as usize).cloned()
+        let mapped = {
+            let files = self.files.read();
+            let first = files.first()?.base;
+            let index = offset.checked_sub(first)? / self.file_bytes;
+            files.get(index as usize)?.file.upgrade()
+        };
+        let file = match mapped {
+            Some(file) => file,
+            None => self.reopen(offset - offset % self.file_bytes)?,
+        };
+        self.open_files.touch(&file);
+        Some(file)
+    }
+
+    /// Maps the closed file at `base` again, if it is still in the log; under the write
+    /// lock, so that concurrent readers share one mapping.
+    fn reopen(&self, base: u64) -> Option<Arc<LogFile>> {
+        let mut files = self.files.write();
+        let slot = files.iter_mut().find(|slot| slot.base == base)?;
+        if let Some(file) = slot.file.upgrade() {
+            return Some(file);
+        }
+        let path = self.dir.join(format::file_name(base));
+        match open_file(&path, base, self.file_bytes) {
+            Ok(file) => {
+                let file = Arc::new(file);
+                slot.file = Arc::downgrade(&file);
+                Some(file)
+            }
+            Err(error) => {
+                tracing::error!("commit-log file unreadable: {error}");
+                None
+            }
+        }
     }
 
     /// The path of the file that holds (or held) commit-log offset `offset`, for messages.
@@ -278,11 +345,17 @@ impl CommitLog {
 
     /// The files holding `[from, to)` that are still stored.
     pub fn files_between(&self, from: u64, to: u64) -> Vec<Arc<LogFile>> {
-        self.files
+        let bases: Vec<u64> = self
+            .files
             .read()
             .iter()
             .filter(|f| f.base + self.file_bytes > from && f.base < to)
-            .cloned()
+            .map(|f| f.base)
+            .collect();
+        // A file removed meanwhile ends the list: the files stay contiguous.
+        bases
+            .into_iter()
+            .map_while(|base| self.file_at(base))
             .collect()
     }
 
@@ -324,15 +397,20 @@ impl CommitLog {
             if first.base + self.file_bytes > needed_from || first.base >= write_base {
                 break;
             }
-            super::mapped::inject!("commitlog::remove", first.data.path(), "removing");
-            std::fs::remove_file(first.data.path()).map_err(|e| {
-                StoreError::io(format!("removing {}", first.data.path().display()), e)
-            })?;
-            tracing::info!("removed commit-log file {}", first.data.path().display());
+            let path = self.dir.join(format::file_name(first.base));
+            super::mapped::inject!("commitlog::remove", &path, "removing");
+            std::fs::remove_file(&path)
+                .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+            tracing::info!("removed commit-log file {}", path.display());
             deleted.push(first.base);
+            let gone = files.remove(0);
+            if let Some(file) = gone.file.upgrade() {
+                // Its blocks are freed once its readers let go, not when the budget would.
+                self.open_files.forget(&file.data);
+            }
             let mut removed = self.removed.lock();
             removed.retain(|file| file.strong_count() > 0);
-            removed.push(Arc::downgrade(&files.remove(0)));
+            removed.push(gone.file);
         }
         Ok(deleted)
     }
@@ -381,7 +459,11 @@ impl CommitLog {
             Some(file) if file.base == base => file,
             _ => Arc::new(create_file(&self.dir, base, self.file_bytes)?),
         };
-        self.files.write().push(file.clone());
+        self.files.write().push(Slot {
+            base,
+            file: Arc::downgrade(&file),
+        });
+        self.open_files.touch(&file);
         self.request_next(base + self.file_bytes);
         Ok(file)
     }
@@ -621,6 +703,22 @@ fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
 }
 
 fn open_file(path: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
+    check_name(path, base, file_bytes)?;
+    let data = MappedFile::open(path, file_bytes)?;
+    check_length(path, data.allocated(), file_bytes)?;
+    Ok(LogFile { base, data })
+}
+
+/// What [`open_file`] checks, without mapping the file.
+fn check_file(path: &Path, base: u64, file_bytes: u64) -> Result<()> {
+    check_name(path, base, file_bytes)?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| StoreError::io(format!("reading the size of {}", path.display()), e))?
+        .len();
+    check_length(path, len, file_bytes)
+}
+
+fn check_name(path: &Path, base: u64, file_bytes: u64) -> Result<()> {
     if base % file_bytes != 0 {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
@@ -628,15 +726,18 @@ fn open_file(path: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
             reason: format!("name is not a multiple of the file size {file_bytes}"),
         });
     }
-    let data = MappedFile::open(path, file_bytes)?;
-    if data.allocated() != file_bytes {
+    Ok(())
+}
+
+fn check_length(path: &Path, len: u64, file_bytes: u64) -> Result<()> {
+    if len != file_bytes {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
-            offset: data.allocated(),
+            offset: len,
             reason: format!("commit-log file is not {file_bytes} bytes long"),
         });
     }
-    Ok(LogFile { base, data })
+    Ok(())
 }
 
 /// Removes a file past the log's `end`, which recovery found holds nothing: if it holds a

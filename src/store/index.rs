@@ -5,14 +5,15 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use super::error::{Result, StoreError};
 use super::format::{self, le_u32, le_u64, MessageAt};
 use super::mapped::{remove_file, MappedFile};
+use super::open_files::{Held, OpenFiles};
 
 const MAGIC: u32 = 0xC0F5_1DC5;
 const VERSION: u32 = 2;
@@ -28,6 +29,12 @@ pub struct IndexFile {
     data: MappedFile,
     slots: u32,
     capacity: u32,
+}
+
+impl Held for IndexFile {
+    fn mapped(&self) -> &MappedFile {
+        &self.data
+    }
 }
 
 impl IndexFile {
@@ -97,8 +104,11 @@ impl IndexFile {
         if file.data.allocated() < file.entries_at() {
             return Err(corrupt("index slot table not allocated"));
         }
-        let count = file.count().min(file.allocated_entries());
-        file.count_cell().store(count.max(1), Ordering::Release);
+        let count = file.count().min(file.allocated_entries()).max(1);
+        // Stored only when it changes: a file opened again to be read stays clean.
+        if file.count() != count {
+            file.count_cell().store(count, Ordering::Release);
+        }
         Ok(file)
     }
 
@@ -228,12 +238,19 @@ impl IndexRoom<'_> {
     pub fn insert(&mut self, hash: u64, at: MessageAt) {
         let full = |file: &IndexFile| file.count() >= file.capacity;
         if self.current.as_deref().is_none_or(full) {
-            let files = self.index.files.read();
             let after = self.current.as_ref().map(|f| f.base);
-            self.current = files
+            let later: Vec<u64> = self
+                .index
+                .files
+                .read()
                 .iter()
-                .find(|f| after.is_none_or(|base| f.base > base) && !full(f))
-                .cloned();
+                .map(|slot| slot.base)
+                .filter(|&base| after.is_none_or(|after| base > after))
+                .collect();
+            self.current = later
+                .into_iter()
+                .filter_map(|base| self.index.file(base))
+                .find(|f| !full(f));
         }
         self.current
             .as_ref()
@@ -242,33 +259,126 @@ impl IndexRoom<'_> {
     }
 }
 
+/// An index file, mapped while the store's budget of open files or a lookup holds it (the
+/// index holds its newest file, the one being filled); mapped again on use.
+struct Slot {
+    base: u64,
+    file: Weak<IndexFile>,
+    /// Its allocated bytes as of its last growth (while it is closed).
+    len: AtomicU64,
+}
+
 pub struct KeyIndex {
     dir: PathBuf,
     slots: u32,
     capacity: u32,
     /// Oldest first.
-    files: RwLock<Vec<Arc<IndexFile>>>,
+    files: RwLock<Vec<Slot>>,
+    /// The newest file: entries go there, so it stays open.
+    newest: RwLock<Option<Arc<IndexFile>>>,
+    /// Files named from here on may hold entries not yet flushed (entries go in in log
+    /// order, so into the newest files only).
+    unflushed_from: AtomicU64,
+    open_files: Arc<OpenFiles>,
     writer: Mutex<()>,
 }
 
 impl KeyIndex {
-    pub fn open(dir: &Path, slots: u32, capacity: u32) -> Result<KeyIndex> {
+    /// Opens the index in `dir`, checking every file's header; only the newest stays open.
+    pub(super) fn open(
+        dir: &Path,
+        slots: u32,
+        capacity: u32,
+        open_files: Arc<OpenFiles>,
+    ) -> Result<KeyIndex> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let mut files = Vec::new();
+        let mut newest = None;
         for base in super::commitlog::list_files(dir)? {
-            files.push(Arc::new(IndexFile::open(
-                &dir.join(format::file_name(base)),
+            let file = Arc::new(IndexFile::open(&dir.join(format::file_name(base)), base)?);
+            files.push(Slot {
                 base,
-            )?));
+                file: Arc::downgrade(&file),
+                len: AtomicU64::new(file.data.allocated()),
+            });
+            newest = Some(file);
         }
         Ok(KeyIndex {
             dir: dir.to_owned(),
             slots,
             capacity,
             files: RwLock::new(files),
+            newest: RwLock::new(newest),
+            unflushed_from: AtomicU64::new(0),
+            open_files,
             writer: Mutex::new(()),
         })
+    }
+
+    /// The file named `base`, mapped again if it was closed; `None` if it is gone or
+    /// cannot be read (logged).
+    fn file(&self, base: u64) -> Option<Arc<IndexFile>> {
+        let mapped = {
+            let files = self.files.read();
+            files.iter().find(|slot| slot.base == base)?.file.upgrade()
+        };
+        let file = match mapped {
+            Some(file) => file,
+            None => self.reopen(base)?,
+        };
+        self.open_files.touch(&file);
+        Some(file)
+    }
+
+    /// Maps a closed file again; under the write lock, so that a file never has two
+    /// mappings (each would see only its own growth).
+    fn reopen(&self, base: u64) -> Option<Arc<IndexFile>> {
+        let mut files = self.files.write();
+        let slot = files.iter_mut().find(|slot| slot.base == base)?;
+        if let Some(file) = slot.file.upgrade() {
+            return Some(file);
+        }
+        match IndexFile::open(&self.dir.join(format::file_name(base)), base) {
+            Ok(file) => {
+                let file = Arc::new(file);
+                slot.file = Arc::downgrade(&file);
+                Some(file)
+            }
+            Err(error) => {
+                tracing::error!("key index unreadable: {error}");
+                None
+            }
+        }
+    }
+
+    fn bases(&self) -> Vec<u64> {
+        self.files.read().iter().map(|slot| slot.base).collect()
+    }
+
+    /// Records the growth of the file named `base`, for [`disk_bytes`](Self::disk_bytes).
+    fn grown(&self, file: &IndexFile) {
+        if let Some(slot) = self.files.read().iter().find(|s| s.base == file.base) {
+            slot.len.store(file.data.allocated(), Ordering::Relaxed);
+        }
+    }
+
+    /// Removes the newest file from the index and from disk.
+    fn remove_newest(&self, files: &mut Vec<Slot>) -> Result<()> {
+        let Some(slot) = files.last() else {
+            return Ok(());
+        };
+        remove_file(&self.dir.join(format::file_name(slot.base)))?;
+        let slot = files.pop().expect("checked above");
+        self.forget(&slot);
+        Ok(())
+    }
+
+    /// Lets the budget of open files drop the file of `slot`, which is being removed.
+    fn forget(&self, slot: &Slot) {
+        if let Some(file) = slot.file.upgrade() {
+            self.open_files.forget(&file.data);
+        }
     }
 
     /// Makes room for `count` more entries, in the current file as far as they fit and in
@@ -285,20 +395,24 @@ impl KeyIndex {
             });
         }
         let writer = self.writer.lock();
-        let current = self.files.read().last().cloned();
+        let current = self.newest.read().clone();
         let mut left = count;
         if let Some(file) = &current {
             let here = left.min(file.capacity - file.count());
             file.reserve(here)?;
+            self.grown(file);
             left -= here;
         }
+        let mut first_new = None;
         while left > 0 {
             let file = self.start_file(next_offset)?;
             let here = left.min(file.capacity - 1);
             file.reserve(here)?;
+            self.grown(&file);
             left -= here;
+            first_new.get_or_insert(file);
         }
-        let current = current.or_else(|| self.files.read().first().cloned());
+        let current = current.or(first_new);
         Ok(IndexRoom {
             index: self,
             _writer: Some(writer),
@@ -318,14 +432,21 @@ impl KeyIndex {
             self.slots,
             self.capacity,
         )?);
-        self.files.write().push(file.clone());
+        self.files.write().push(Slot {
+            base,
+            file: Arc::downgrade(&file),
+            len: AtomicU64::new(file.data.allocated()),
+        });
+        *self.newest.write() = Some(file.clone());
         Ok(file)
     }
 
     /// Places of the messages whose entries have this hash, newest first, until `f` breaks.
     pub fn lookup(&self, hash: u64, mut f: impl FnMut(MessageAt) -> ControlFlow<()>) {
-        let files = self.files.read().clone();
-        for file in files.iter().rev() {
+        for base in self.bases().into_iter().rev() {
+            let Some(file) = self.file(base) else {
+                continue;
+            };
             if file.walk(hash, &mut f).is_break() {
                 return;
             }
@@ -334,51 +455,72 @@ impl KeyIndex {
 
     /// Whether the index still has every entry `mark` counts (its file may be gone).
     pub fn holds(&self, mark: IndexMark) -> bool {
-        self.files
-            .read()
-            .iter()
-            .any(|f| f.base == mark.file_base && f.count() >= mark.count)
+        self.file(mark.file_base)
+            .is_some_and(|f| f.count() >= mark.count)
     }
 
     pub fn mark(&self) -> Option<IndexMark> {
         let _writer = self.writer.lock();
-        let files = self.files.read();
-        files.last().map(|f| IndexMark {
+        self.newest.read().as_ref().map(|f| IndexMark {
             file_base: f.base,
             count: f.count(),
         })
     }
 
+    /// Flushes the files that may hold entries since the last flush.
     pub fn flush(&self) -> Result<()> {
-        let files = self.files.read().clone();
-        files.iter().try_for_each(|f| f.flush())
+        let from = self.unflushed_from.load(Ordering::Acquire);
+        // Entries inserted from here on go to this file or newer ones.
+        let newest = self.newest.read().as_ref().map_or(from, |f| f.base);
+        for base in self.bases().into_iter().filter(|&base| base >= from) {
+            match self.file(base) {
+                Some(file) => file.flush()?,
+                None => {
+                    return Err(StoreError::io(
+                        format!(
+                            "flushing {}",
+                            self.dir.join(format::file_name(base)).display()
+                        ),
+                        std::io::Error::from_raw_os_error(libc::EIO),
+                    ))
+                }
+            }
+        }
+        self.unflushed_from.store(newest, Ordering::Release);
+        Ok(())
     }
 
     /// Returns the index to where it stood at `mark` (after an unclean stop); `None` means it
     /// was empty.
     pub fn truncate_to(&self, mark: Option<IndexMark>) -> Result<()> {
         let _writer = self.writer.lock();
-        let mut files = self.files.write();
-        while let Some(last) = files.last() {
-            if mark.is_some_and(|m| last.base <= m.file_base) {
-                break;
+        {
+            let mut files = self.files.write();
+            while let Some(last) = files.last() {
+                if mark.is_some_and(|m| last.base <= m.file_base) {
+                    break;
+                }
+                self.remove_newest(&mut files)?;
             }
-            remove_file(last.data.path())?;
-            files.pop();
         }
-        if let (Some(mark), Some(last)) = (mark, files.last()) {
+        let newest = self.bases().last().and_then(|&base| self.file(base));
+        if let (Some(mark), Some(last)) = (mark, &newest) {
             if last.base == mark.file_base {
                 last.truncate(mark.count);
             }
         }
+        *self.newest.write() = newest;
+        // Truncated in place: flushed whole at the next flush.
+        self.unflushed_from.store(0, Ordering::Release);
         Ok(())
     }
 
     pub fn remove_all(&self) -> Result<()> {
         let _writer = self.writer.lock();
         let mut files = self.files.write();
-        for file in files.drain(..) {
-            remove_file(file.data.path())?;
+        *self.newest.write() = None;
+        while !files.is_empty() {
+            self.remove_newest(&mut files)?;
         }
         Ok(())
     }
@@ -387,16 +529,33 @@ impl KeyIndex {
     /// The newest file stays, as the one being filled.
     pub fn remove_before(&self, min_offset: u64) -> Result<()> {
         let _writer = self.writer.lock();
-        let mut files = self.files.write();
-        while files.len() > 1 && files[0].end_offset() < min_offset {
-            remove_file(files[0].data.path())?;
-            files.remove(0);
+        loop {
+            let bases = self.bases();
+            let Some(&oldest) = bases.first().filter(|_| bases.len() > 1) else {
+                return Ok(());
+            };
+            // Read with the lock let go: opening it again takes the lock.
+            let ended = self.file(oldest).map(|f| f.end_offset());
+            if ended.is_none_or(|end| end >= min_offset) {
+                return Ok(());
+            }
+            let mut files = self.files.write();
+            remove_file(&self.dir.join(format::file_name(oldest)))?;
+            let slot = files.remove(0);
+            self.forget(&slot);
         }
-        Ok(())
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.files.read().iter().map(|f| f.data.allocated()).sum()
+        self.files
+            .read()
+            .iter()
+            .map(|slot| {
+                slot.file
+                    .upgrade()
+                    .map_or_else(|| slot.len.load(Ordering::Relaxed), |f| f.data.allocated())
+            })
+            .sum()
     }
 }
 
@@ -498,13 +657,13 @@ mod fuzz {
     /// The bytes of an index file holding `entries` (key hash, batch offset).
     fn index_file(entries: Vec<(u64, u64)>) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
-        let index = KeyIndex::open(dir.path(), SLOTS, CAPACITY).unwrap();
+        let index = KeyIndex::open(dir.path(), SLOTS, CAPACITY, OpenFiles::new(2)).unwrap();
         let mut room = index.reserve(entries.len() as u32, 0).unwrap();
         for (hash, batch) in entries {
             room.insert(hash, at(batch));
         }
         drop(room);
-        let path = index.files.read()[0].data.path().to_owned();
+        let path = index.file(index.bases()[0]).unwrap().data.path().to_owned();
         std::fs::read(path).unwrap()
     }
 
@@ -527,13 +686,13 @@ mod fuzz {
         ) {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(format::file_name(base % 10_000)), &bytes).unwrap();
-            let Ok(index) = KeyIndex::open(dir.path(), SLOTS, CAPACITY) else {
+            let Ok(index) = KeyIndex::open(dir.path(), SLOTS, CAPACITY, OpenFiles::new(2)) else {
                 return Ok(());
             };
             let base = base % 10_000;
             for &hash in &hashes {
                 index.lookup(hash, |offset| {
-                    let entry_found = index.files.read().iter().any(|f| {
+                    let entry_found = index.bases().into_iter().filter_map(|b| index.file(b)).any(|f| {
                         (1..f.count()).any(|n| f.entry(n).0 == hash && f.entry(n).1 == offset)
                     });
                     assert!(entry_found, "lookup({hash}) answered {offset:?}, not an entry of that hash");

@@ -213,7 +213,8 @@ impl Store {
         self.all_partitions()
             .iter()
             .filter(|p| p.start_offset() < p.end_offset())
-            .filter_map(|p| p.entry(p.start_offset()))
+            // Not through the partitions' maps: that would open a file per partition.
+            .filter_map(|p| p.queue.peek_entry(p.start_offset()))
             .map(|e| e.commit_log_offset)
             .min()
             .unwrap_or(written_end)

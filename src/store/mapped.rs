@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{Result, StoreError};
+use super::open_files::Recency;
 
 /// Returns the error failpoint `$name` injects into an operation on `$path`, if it fires
 /// (only with the `failpoints` feature; nothing otherwise).
@@ -28,6 +29,8 @@ pub struct MappedFile {
     map: MmapRaw,
     /// Bytes at the start of the file whose blocks are allocated (and so may be stored into).
     allocated: AtomicU64,
+    /// For the store's budget of open files.
+    pub(super) recency: Recency,
 }
 
 impl MappedFile {
@@ -100,6 +103,7 @@ impl MappedFile {
             file,
             map,
             allocated: AtomicU64::new(allocated),
+            recency: Recency::default(),
         })
     }
 

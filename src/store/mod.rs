@@ -17,6 +17,7 @@ mod maintenance;
 mod mapped;
 mod materialize;
 mod meta;
+mod open_files;
 mod partition;
 pub mod progress;
 mod queue;
@@ -59,7 +60,15 @@ pub struct StoreConfig {
     /// A background thread copies each sealed segment to a file of its own, which readers
     /// are then served from (see `materialize`).
     pub materialize_segments: bool,
+    /// At most this many consume-queue, key-index and commit-log files are kept open (each
+    /// costs a descriptor and a map); the least recently used are closed as others open.
+    /// Readers holding a file and the files being written come on top.
+    pub max_open_files: usize,
 }
+
+/// Bounds of `max_open_files`.
+pub const MIN_OPEN_FILES: u32 = 16;
+pub const MAX_OPEN_FILES: u32 = 1 << 20;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -76,6 +85,10 @@ impl Default for StoreConfig {
             index_slots: 5_000_000,
             index_entries: 20_000_000,
             materialize_segments: true,
+            // Enough for 10,000 busy partitions without closing any; lowered at open to
+            // what `ulimit -n` (raised to its hard limit first) and `vm.max_map_count`
+            // allow: Debian's 1024 descriptors give 896.
+            max_open_files: 32_768,
         }
     }
 }
@@ -362,6 +375,7 @@ impl Store {
             let queue = queue::ConsumeQueue::open(
                 &topic.queue_dir.join(index.to_string()),
                 u64::from(self.layout.segment_messages),
+                self.log.open_files().clone(),
             )?;
             let offsets = marks.get(&(topic.id, index)).copied().unwrap_or_default();
             let partition = Partition::new(topic, index, self.log.clone(), queue, offsets)?;
@@ -587,6 +601,14 @@ impl Store {
             })
         });
         damage.map_or(Ok(()), Err)
+    }
+
+    /// Files the store keeps open now for later use, and the most it keeps
+    /// (`max_open_files`, lowered to what the process's limits allow). Files that readers
+    /// or the writer hold come on top.
+    pub fn open_files(&self) -> (usize, usize) {
+        let budget = self.log.open_files();
+        (budget.held(), budget.limit())
     }
 
     /// Bytes the store occupies on disk (segments' own files included), counting commit-log

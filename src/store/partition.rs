@@ -8,7 +8,7 @@ use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -157,8 +157,10 @@ pub(super) struct WriteState {
     /// Bytes the partition ever stored: the position of the next message in its `stream`.
     pub stream_bytes: u64,
     pub last_timestamp: i64,
-    /// The consume-queue file appends go to.
-    pub queue_file: Option<Arc<QueueFile>>,
+    /// The consume-queue file appends go to, while the store's budget of open files keeps
+    /// it open (an append holds it; between appends, a store of many partitions must be
+    /// able to close it).
+    pub queue_file: Weak<QueueFile>,
 }
 
 pub struct Partition {
@@ -187,8 +189,13 @@ pub struct Partition {
 impl Partition {
     /// Reserves consume-queue room for `[from, to)` (see [`ConsumeQueue::reserve`]); once
     /// the segment is half full, has the next segment's file made ahead of need.
-    pub(super) fn reserve_queue(&self, state: &mut WriteState, from: u64, to: u64) -> Result<()> {
-        self.queue.reserve(&mut state.queue_file, from, to)?;
+    pub(super) fn reserve_queue(
+        &self,
+        active: &mut Option<Arc<QueueFile>>,
+        from: u64,
+        to: u64,
+    ) -> Result<()> {
+        self.queue.reserve(active, from, to)?;
         if let Some(next) = self.queue.next_to_prepare(from, to) {
             self.prepare_queue_file(next);
         }
@@ -244,7 +251,7 @@ impl Partition {
                 segment_bytes: 0,
                 stream_bytes: stream_end.unwrap_or(0),
                 last_timestamp: 0,
-                queue_file: None,
+                queue_file: Weak::new(),
             }),
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -11,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use super::error::{Result, StoreError};
 use super::format::{self, QueueEntry, QUEUE_ENTRY_BYTES};
 use super::mapped::{remove_file, MappedFile};
+use super::open_files::{Held, OpenFiles};
 
 const FIRST_CHUNK_BYTES: u64 = 4096;
 const MAX_CHUNK_BYTES: u64 = 1 << 20;
@@ -40,19 +42,35 @@ impl QueueFile {
     }
 }
 
-/// A queue file is mapped on first use, not at open: a store with many partitions and old
-/// segments must not spend a mapping per file it never reads (`vm.max_map_count`).
-enum Slot {
-    OnDisk { len: u64 },
-    Mapped(Arc<QueueFile>),
+impl Held for QueueFile {
+    fn mapped(&self) -> &MappedFile {
+        &self.data
+    }
+}
+
+/// A queue file is mapped on first use, not at open, and closed again when the store's
+/// budget of open files lets go of it and no reader holds it: a store with many partitions
+/// and old segments must not spend a descriptor and a map per file (`ulimit -n`,
+/// `vm.max_map_count`).
+struct Slot {
+    /// Its allocated bytes as of its last growth (while it is closed).
+    len: AtomicU64,
+    /// While mapped: one mapping per file, shared by all, so every user sees its growth.
+    file: Weak<QueueFile>,
 }
 
 impl Slot {
-    fn allocated(&self) -> u64 {
-        match self {
-            Slot::OnDisk { len } => *len,
-            Slot::Mapped(file) => file.data.allocated(),
+    fn on_disk(len: u64) -> Slot {
+        Slot {
+            len: AtomicU64::new(len),
+            file: Weak::new(),
         }
+    }
+
+    fn allocated(&self) -> u64 {
+        self.file
+            .upgrade()
+            .map_or_else(|| self.len.load(Ordering::Relaxed), |f| f.data.allocated())
     }
 }
 
@@ -69,6 +87,7 @@ struct Shared {
     dir: PathBuf,
     entries_per_file: u64,
     files: RwLock<BTreeMap<u64, Slot>>,
+    open_files: Arc<OpenFiles>,
     /// Held while a file is made (ahead of need or by the writer), so the two never race
     /// for the same name; holds the base of the file made ahead of need, if any. That file is
     /// closed and unmapped until adopted: a topic of many partitions holds no descriptor
@@ -89,8 +108,13 @@ impl PrepareHandle {
 }
 
 impl ConsumeQueue {
-    /// Opens the queue in `dir`, creating the directory if needed.
-    pub fn open(dir: &Path, entries_per_file: u64) -> Result<ConsumeQueue> {
+    /// Opens the queue in `dir`, creating the directory if needed; its files are mapped on
+    /// use, within `open_files`.
+    pub(super) fn open(
+        dir: &Path,
+        entries_per_file: u64,
+        open_files: Arc<OpenFiles>,
+    ) -> Result<ConsumeQueue> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let leftovers = prepared_files(dir)?;
@@ -109,7 +133,7 @@ impl ConsumeQueue {
             let len = std::fs::metadata(&path)
                 .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
                 .len();
-            files.insert(base, Slot::OnDisk { len });
+            files.insert(base, Slot::on_disk(len));
         }
         let prepared = keep_one_prepared(leftovers, &files, entries_per_file)?;
         Ok(ConsumeQueue {
@@ -118,6 +142,7 @@ impl ConsumeQueue {
                 dir: dir.to_owned(),
                 entries_per_file,
                 files: RwLock::new(files),
+                open_files,
                 prepared: Mutex::new(prepared),
             }),
         })
@@ -135,30 +160,56 @@ impl ConsumeQueue {
         offset - offset % self.entries_per_file
     }
 
+    /// The file of the segment at `base`, mapped again if it was closed.
     pub fn file(&self, base: u64) -> Option<Arc<QueueFile>> {
-        if let Slot::Mapped(file) = self.shared.files.read().get(&base)? {
-            return Some(file.clone());
-        }
+        let mapped = self.shared.files.read().get(&base)?.file.upgrade();
+        let file = match mapped {
+            Some(file) => file,
+            None => self.reopen(base)?,
+        };
+        self.shared.open_files.touch(&file);
+        Some(file)
+    }
+
+    /// Maps the closed file of the segment at `base`; under the write lock, so that a file
+    /// never has two mappings (each would see only its own growth).
+    fn reopen(&self, base: u64) -> Option<Arc<QueueFile>> {
         let mut files = self.shared.files.write();
         let slot = files.get_mut(&base)?;
-        if let Slot::OnDisk { .. } = slot {
-            let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
-            match MappedFile::open(&self.path(base), capacity) {
-                Ok(data) => *slot = Slot::Mapped(Arc::new(QueueFile { base, data })),
-                Err(error) => {
-                    tracing::error!("consume queue unreadable: {error}");
-                    return None;
-                }
-            }
+        if let Some(file) = slot.file.upgrade() {
+            return Some(file);
         }
-        match slot {
-            Slot::Mapped(file) => Some(file.clone()),
-            Slot::OnDisk { .. } => None,
+        let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
+        match MappedFile::open(&self.path(base), capacity) {
+            Ok(data) => {
+                let file = Arc::new(QueueFile { base, data });
+                slot.file = Arc::downgrade(&file);
+                Some(file)
+            }
+            Err(error) => {
+                tracing::error!("consume queue unreadable: {error}");
+                None
+            }
         }
     }
 
     pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
         self.file(self.segment_base(offset))?.entry(offset)
+    }
+
+    /// The entry of `offset`, through its file's mapping if it is open, else read with
+    /// `pread` without opening it for good: for the passes over every partition (retention,
+    /// recovery), which must not open a file per partition nor push out the files in use.
+    pub fn peek_entry(&self, offset: u64) -> Option<QueueEntry> {
+        let base = self.segment_base(offset);
+        let mapped = self.shared.files.read().get(&base)?.file.upgrade();
+        match mapped {
+            Some(file) => file.entry(offset),
+            None => self.read_entry_from_disk(offset).unwrap_or_else(|error| {
+                tracing::error!("consume queue unreadable: {error}");
+                None
+            }),
+        }
     }
 
     /// The entry of `offset` read with `pread`, not through a map (for checks at open: a
@@ -189,7 +240,7 @@ impl ConsumeQueue {
     /// `log_offset` (`to` if none). Commit-log positions grow with offsets, so a binary search.
     pub fn first_at_or_after(&self, from: u64, to: u64, log_offset: u64) -> u64 {
         let before = |offset| {
-            self.entry(offset)
+            self.peek_entry(offset)
                 .is_some_and(|e| e.commit_log_offset < log_offset)
         };
         // Nearly always nothing is before: one entry read, not a search's worth of files.
@@ -244,6 +295,7 @@ impl ConsumeQueue {
                 });
             }
             let file = active.as_ref().expect("set above");
+            self.shared.open_files.touch(file);
             let file_end = (base + self.entries_per_file).min(to);
             let needed = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
             if needed > file.data.allocated() {
@@ -254,6 +306,9 @@ impl ConsumeQueue {
                 let target =
                     (have + grow).max(needed).div_ceil(FIRST_CHUNK_BYTES) * FIRST_CHUNK_BYTES;
                 file.data.allocate(target)?;
+                if let Some(slot) = self.shared.files.read().get(&base) {
+                    slot.len.store(file.data.allocated(), Ordering::Relaxed);
+                }
             }
             offset = file_end;
         }
@@ -335,10 +390,12 @@ impl ConsumeQueue {
             }
         };
         let file = Arc::new(QueueFile { base, data });
-        self.shared
-            .files
-            .write()
-            .insert(base, Slot::Mapped(file.clone()));
+        let slot = Slot {
+            len: AtomicU64::new(file.data.allocated()),
+            file: Arc::downgrade(&file),
+        };
+        self.shared.files.write().insert(base, slot);
+        self.shared.open_files.touch(&file);
         Ok(file)
     }
 
@@ -367,7 +424,9 @@ impl ConsumeQueue {
                 break;
             }
             remove_file(&self.path(base))?;
-            files.remove(&base);
+            if let Some(slot) = files.remove(&base) {
+                self.shared.forget(&slot);
+            }
         }
         Ok(())
     }
@@ -375,10 +434,13 @@ impl ConsumeQueue {
     /// Removes every file (before a rebuild from the commit log).
     pub fn remove_all(&self) -> Result<()> {
         let mut files = self.shared.files.write();
-        for &base in files.keys() {
-            remove_file(&self.path(base))?;
+        while let Some((base, slot)) = files.pop_first() {
+            self.shared.forget(&slot);
+            if let Err(error) = remove_file(&self.path(base)) {
+                files.insert(base, slot);
+                return Err(error);
+            }
         }
-        files.clear();
         Ok(())
     }
 
@@ -391,7 +453,9 @@ impl ConsumeQueue {
             .map(|(&base, _)| base)
             .collect();
         for base in stale {
-            files.remove(&base);
+            if let Some(slot) = files.remove(&base) {
+                self.shared.forget(&slot);
+            }
             remove_file(&self.path(base))?;
         }
         Ok(())
@@ -420,6 +484,12 @@ impl ConsumeQueue {
 }
 
 impl Shared {
+    /// Lets the budget of open files drop `slot`'s file now: it is removed, or its queue is.
+    fn forget(&self, slot: &Slot) {
+        if let Some(file) = slot.file.upgrade() {
+            self.open_files.forget(&file.data);
+        }
+    }
     /// Makes the file of the segment at `base` ahead of need, under a name recovery ignores,
     /// unless the queue has it already. Replaces a prepared file of another segment (one
     /// nobody adopted: a segment roll came sooner, or retention took its place).
@@ -452,6 +522,15 @@ impl Shared {
     fn prepared_path(&self, base: u64) -> PathBuf {
         self.dir
             .join(format!("{}{PREPARED_SUFFIX}", format::file_name(base)))
+    }
+}
+
+impl Drop for Shared {
+    /// A queue dropped (its topic deleted, or recovery done with it) leaves no file open.
+    fn drop(&mut self) {
+        for slot in self.files.read().values() {
+            self.forget(slot);
+        }
     }
 }
 
@@ -544,7 +623,8 @@ mod fuzz {
             if let Some(name) = odd_name.filter(|n| !n.contains('/') && n != "." && n != "..") {
                 let _ = std::fs::write(dir.path().join(name), b"x");
             }
-            let Ok(queue) = ConsumeQueue::open(dir.path(), ENTRIES_PER_FILE) else {
+            let open_files = OpenFiles::new(2);
+            let Ok(queue) = ConsumeQueue::open(dir.path(), ENTRIES_PER_FILE, open_files) else {
                 return Ok(());
             };
             for (from, to, log_offset) in questions {

@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -20,6 +20,7 @@ use super::format::{self, MessageAt, QueueEntry, Scanned, LOST_MESSAGE};
 use super::index::KeyIndex;
 use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta};
+use super::open_files::{self, OpenFiles};
 use super::partition::PartitionOffsets;
 use super::progress::{Output, ScanProgress};
 use super::queue::{ConsumeQueue, QueueFile};
@@ -56,6 +57,7 @@ pub struct LostMessages {
 pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Result<Opened> {
     let started = std::time::Instant::now();
     raise_open_file_limit();
+    let open_files = OpenFiles::new(open_files::budget(config.max_open_files));
     let mut meta = settle_meta(dir, &mut config)?;
     fit_max_message(&mut config);
     let layout = meta.layout;
@@ -66,11 +68,12 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     // Nothing was written so far, so a refusal above leaves the store exactly as it was.
     meta::create_abort_marker(dir)?;
     remove_orphan_queues(dir, &meta)?;
-    let (index, index_damaged) = open_index(dir, &layout)?;
+    let (index, index_damaged) = open_index(dir, &layout, &open_files)?;
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
-    let (mut partitions, uncovered) = open_partitions(dir, &meta, checkpoint.as_ref(), unclean)?;
+    let (mut partitions, uncovered) =
+        open_partitions(dir, &meta, checkpoint.as_ref(), unclean, &open_files)?;
     let plan = plan_recovery(
         &log_dir,
         checkpoint.as_ref(),
@@ -104,6 +107,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         recovered.end,
         recovered.durable,
         recovered.cut,
+        open_files,
     )?);
     let topics = meta.topics.len();
     // Last before the topics open: a mount refused for damage leaves format 2 as it was.
@@ -271,14 +275,26 @@ fn remove_orphan_queues(dir: &Path, meta: &Meta) -> Result<()> {
 }
 
 /// The key index, rebuilt from nothing if its files are damaged (the flag says so).
-fn open_index(dir: &Path, layout: &Layout) -> Result<(KeyIndex, bool)> {
+fn open_index(
+    dir: &Path,
+    layout: &Layout,
+    open_files: &Arc<OpenFiles>,
+) -> Result<(KeyIndex, bool)> {
     let index_dir = dir.join(INDEX_DIR);
-    match KeyIndex::open(&index_dir, layout.index_slots, layout.index_entries) {
+    let open = || {
+        KeyIndex::open(
+            &index_dir,
+            layout.index_slots,
+            layout.index_entries,
+            open_files.clone(),
+        )
+    };
+    match open() {
         Ok(index) => Ok((index, false)),
         Err(error @ StoreError::Corrupt { .. }) => {
             tracing::warn!("{error}; rebuilding the key index from the commit log");
             remove_dir(&index_dir)?;
-            let index = KeyIndex::open(&index_dir, layout.index_slots, layout.index_entries)?;
+            let index = open()?;
             Ok((index, true))
         }
         Err(error) => Err(error),
@@ -293,6 +309,7 @@ fn open_partitions(
     meta: &Meta,
     checkpoint: Option<&Checkpoint>,
     unclean: bool,
+    open_files: &Arc<OpenFiles>,
 ) -> Result<(PartitionMap<Recovering>, Vec<String>)> {
     let marks: HashMap<(u32, u32), (u64, u64, u64)> = checkpoint
         .iter()
@@ -306,6 +323,7 @@ fn open_partitions(
             let queue = ConsumeQueue::open(
                 &queue_dir(dir, topic.id).join(index.to_string()),
                 u64::from(meta.layout.segment_messages),
+                open_files.clone(),
             )?;
             let mark = marks.get(&(topic.id, index)).copied();
             let (mut start, end, stream_end) = mark.unwrap_or((0, 0, 0));
@@ -319,7 +337,7 @@ fn open_partitions(
             // checkpoint is one that forgot it.
             let new_since_checkpoint = |first| {
                 unclean
-                    && queue.entry(first).is_some_and(|e| {
+                    && queue.peek_entry(first).is_some_and(|e| {
                         e.commit_log_offset != LOST_MESSAGE
                             && checkpoint.is_some_and(|c| e.commit_log_offset >= c.commit_log_end)
                     })
@@ -331,7 +349,7 @@ fn open_partitions(
                 (topic.id, index),
                 Recovering {
                     queue,
-                    active_file: None,
+                    active_file: Weak::new(),
                     start,
                     end,
                     stream_end: mark.map(|_| stream_end),
@@ -573,7 +591,9 @@ type PartitionMap<V> = HashMap<(u32, u32), V, BuildHasherDefault<PartitionKeyHas
 /// A partition while recovery rebuilds it.
 struct Recovering {
     queue: ConsumeQueue,
-    active_file: Option<Arc<QueueFile>>,
+    /// Open while the budget of open files keeps it: recovery of many partitions must not
+    /// hold a file per partition.
+    active_file: Weak<QueueFile>,
     start: u64,
     /// End offset at the checkpoint.
     end: u64,
@@ -645,17 +665,12 @@ impl Recovering {
             Some(_) => {}
         }
         let key_hash = key.map_or(0, |k| format::key_hash(header.topic_id, k));
-        self.queue
-            .reserve(&mut self.active_file, offset, offset + 1)?;
-        self.queue.put(
-            &mut self.active_file,
-            offset,
-            &QueueEntry {
-                commit_log_offset: batch + u64::from(header.payload_at),
-                size: header.len,
-                batch,
-            },
-        );
+        let entry = QueueEntry {
+            commit_log_offset: batch + u64::from(header.payload_at),
+            size: header.len,
+            batch,
+        };
+        self.put_entries(offset, offset + 1, &entry)?;
         if key_hash != 0 {
             let at = MessageAt {
                 batch,
@@ -671,15 +686,22 @@ impl Recovering {
     /// Entries for offsets `from..to`, lost in a skipped span: they point nowhere, so a
     /// read of them fails instead of serving something else.
     fn put_lost(&mut self, from: u64, to: u64) -> Result<()> {
-        self.queue.reserve(&mut self.active_file, from, to)?;
         let lost = QueueEntry {
             commit_log_offset: LOST_MESSAGE,
             size: 0,
             batch: LOST_MESSAGE,
         };
+        self.put_entries(from, to, &lost)
+    }
+
+    /// Writes `entry` as the entry of each of the offsets `from..to`.
+    fn put_entries(&mut self, from: u64, to: u64, entry: &QueueEntry) -> Result<()> {
+        let mut active = self.active_file.upgrade();
+        self.queue.reserve(&mut active, from, to)?;
         for offset in from..to {
-            self.queue.put(&mut self.active_file, offset, &lost);
+            self.queue.put(&mut active, offset, entry);
         }
+        self.active_file = active.as_ref().map_or_else(Weak::new, Arc::downgrade);
         Ok(())
     }
 }
@@ -744,7 +766,7 @@ impl Scanner<'_> {
                 self.index.remove_all()?;
                 for partition in self.partitions.values_mut() {
                     partition.queue.remove_all()?;
-                    partition.active_file = None;
+                    partition.active_file = Weak::new();
                     partition.next = None;
                 }
                 self.durable = *durable;

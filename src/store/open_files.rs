@@ -1,0 +1,247 @@
+//! The store's budget of open files: every consume-queue, key-index and commit-log file it
+//! maps costs a descriptor and a map, so a store of thousands of partitions and segments
+//! would run into `ulimit -n` and `vm.max_map_count`. The files are reached through weak
+//! references from their queue, index or log; the strong ones live here, at most `limit` of
+//! them, and the least recently used are dropped when more are opened. A dropped file stays
+//! mapped for whoever still holds it (a reader, an append in progress) and is closed and
+//! unmapped with its last holder; its owner opens it again on its next use.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::mapped::MappedFile;
+
+/// A file the budget can hold.
+pub(super) trait Held: Send + Sync + 'static {
+    fn mapped(&self) -> &MappedFile;
+}
+
+/// When a file was last used, and whether the budget holds it; part of every mapped file.
+#[derive(Default)]
+pub(super) struct Recency {
+    last_used: AtomicU64,
+    held: AtomicBool,
+    /// Where it is among the held files, while held (read and changed under their lock), so
+    /// that forgetting a file costs the same however many are held.
+    at: AtomicUsize,
+}
+
+pub(super) struct OpenFiles {
+    limit: usize,
+    held: Mutex<Vec<Arc<dyn Held>>>,
+    /// Moves on each time a file is held, so files used since carry a newer mark than those
+    /// that were not: least recently used at the granularity of opens, for the cost of a
+    /// relaxed store per use.
+    clock: AtomicU64,
+}
+
+/// Each eviction drops this fraction of the limit (at least one file), so its cost (a pass
+/// over the held files) is shared by that many opens.
+const EVICT_DIVISOR: usize = 8;
+
+/// Descriptors and maps the daemon needs besides the files the budget holds: FUSE, its log,
+/// metrics sockets, files read once with `pread`, files readers hold after the budget let go
+/// of them; libraries, thread stacks, heap arenas. At least these, or an eighth of the limit.
+const OTHER_DESCRIPTORS: u64 = 128;
+const OTHER_MAPS: u64 = 1024;
+
+/// `wanted` (`max_open_files`), or less if this process may not have that many descriptors
+/// (`ulimit -n`) or maps (`vm.max_map_count`) besides the others it needs.
+pub(super) fn budget(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer to a local.
+    let descriptors = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        u64::MAX
+    };
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let allowed = descriptors
+        .saturating_sub(OTHER_DESCRIPTORS.max(descriptors / 8))
+        .min(maps.saturating_sub(OTHER_MAPS.max(maps / 8)))
+        .max(u64::from(super::MIN_OPEN_FILES));
+    let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+    if wanted > allowed {
+        // The default asks for more than most limits allow: not a problem, so not a warning.
+        tracing::info!(
+            "keeping at most {allowed} store files open: max_open_files {wanted} is more than ulimit -n {descriptors} and vm.max_map_count {maps} allow beside what else the daemon uses"
+        );
+    }
+    wanted.min(allowed)
+}
+
+impl OpenFiles {
+    pub fn new(limit: usize) -> Arc<OpenFiles> {
+        Arc::new(OpenFiles {
+            limit: limit.max(1),
+            held: Mutex::new(Vec::new()),
+            clock: AtomicU64::new(1),
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Files the budget holds open now.
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// Marks `file` as just used, and holds it if the budget does not already.
+    pub fn touch<F: Held>(&self, file: &Arc<F>) {
+        let recency = &file.mapped().recency;
+        recency
+            .last_used
+            .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+        if !recency.held.load(Ordering::Acquire) {
+            self.hold(file.clone());
+        }
+    }
+
+    fn hold(&self, file: Arc<dyn Held>) {
+        let evicted = {
+            let mut held = self.held.lock();
+            if file.mapped().recency.held.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            self.clock.fetch_add(1, Ordering::Relaxed);
+            file.mapped()
+                .recency
+                .at
+                .store(held.len(), Ordering::Relaxed);
+            held.push(file);
+            if held.len() <= self.limit {
+                return;
+            }
+            self.evict(&mut held)
+        };
+        // Unmapped and closed here, outside the lock, unless someone still holds them.
+        drop(evicted);
+    }
+
+    /// Takes the least recently used files out of `held`, down to the limit less a margin.
+    fn evict(&self, held: &mut Vec<Arc<dyn Held>>) -> Vec<Arc<dyn Held>> {
+        let keep = self.limit - (self.limit / EVICT_DIVISOR).max(1).min(self.limit - 1);
+        let stamp = |file: &Arc<dyn Held>| file.mapped().recency.last_used.load(Ordering::Relaxed);
+        let oldest = held.len() - keep;
+        held.select_nth_unstable_by_key(oldest, stamp);
+        let evicted: Vec<_> = held.drain(..oldest).collect();
+        for file in &evicted {
+            file.mapped().recency.held.store(false, Ordering::Release);
+        }
+        for (at, file) in held.iter().enumerate() {
+            file.mapped().recency.at.store(at, Ordering::Relaxed);
+        }
+        evicted
+    }
+
+    /// Stops holding `file` (it is being removed: its blocks must be freed once its readers
+    /// let go of it, not when the budget gets round to it).
+    pub fn forget(&self, file: &MappedFile) {
+        if !file.recency.held.load(Ordering::Acquire) {
+            return;
+        }
+        let forgotten = {
+            let mut held = self.held.lock();
+            let at = file.recency.at.load(Ordering::Relaxed);
+            // Evicted meanwhile (then `at` is stale), or held by another budget.
+            if !held.get(at).is_some_and(|h| std::ptr::eq(h.mapped(), file)) {
+                return;
+            }
+            file.recency.held.store(false, Ordering::Release);
+            let forgotten = held.swap_remove(at);
+            if let Some(moved) = held.get(at) {
+                moved.mapped().recency.at.store(at, Ordering::Relaxed);
+            }
+            forgotten
+        };
+        drop(forgotten);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain(MappedFile);
+
+    impl Held for Plain {
+        fn mapped(&self) -> &MappedFile {
+            &self.0
+        }
+    }
+
+    fn files(dir: &std::path::Path, count: usize) -> Vec<Arc<Plain>> {
+        (0..count)
+            .map(|n| {
+                let path = dir.join(n.to_string());
+                Arc::new(Plain(MappedFile::create(&path, 4096, 4096).unwrap()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_least_recently_used_files_go_first_and_the_budget_holds_at_most_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = OpenFiles::new(8);
+        let files = files(dir.path(), 9);
+        for file in &files[..8] {
+            budget.touch(file);
+        }
+        // Used again after the others: the eviction keeps it.
+        budget.touch(&files[0]);
+        let weak: Vec<_> = files.iter().map(Arc::downgrade).collect();
+        let last = files[8].clone();
+        drop(files);
+        budget.touch(&last);
+        assert_eq!(budget.held(), 7, "an eviction drops an eighth of the limit");
+        assert!(
+            weak[0].upgrade().is_some(),
+            "the file used last among the first eight stays"
+        );
+        let closed = weak.iter().filter(|w| w.upgrade().is_none()).count();
+        assert_eq!(closed, 2, "two files closed: nobody else held them");
+    }
+
+    #[test]
+    fn forgetting_files_in_any_order_lets_go_of_exactly_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = OpenFiles::new(16);
+        let files = files(dir.path(), 12);
+        for file in &files {
+            budget.touch(file);
+        }
+        for n in [3, 0, 11, 7, 5] {
+            budget.forget(&files[n].0);
+            assert_eq!(Arc::strong_count(&files[n]), 1, "file {n} still held");
+        }
+        assert_eq!(budget.held(), 7);
+        for n in [1, 2, 4, 6, 8, 9, 10] {
+            assert_eq!(Arc::strong_count(&files[n]), 2, "file {n} let go");
+        }
+    }
+
+    #[test]
+    fn a_file_someone_holds_stays_mapped_after_eviction_and_a_forgotten_one_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = OpenFiles::new(1);
+        let files = files(dir.path(), 2);
+        budget.touch(&files[0]);
+        budget.touch(&files[1]);
+        assert_eq!(budget.held(), 1);
+        // Evicted, yet still readable by its holder.
+        assert_eq!(files[0].0.bytes(0, 4), &[0, 0, 0, 0]);
+        budget.forget(&files[1].0);
+        assert_eq!(budget.held(), 0);
+        assert_eq!(Arc::strong_count(&files[1]), 1);
+    }
+}
