@@ -6,6 +6,7 @@
 //! made whole again.
 
 mod common;
+mod fixtures;
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,19 +34,6 @@ fn log(m: &Mount) -> String {
     std::fs::read_to_string(m.data.join("commitfs.log")).unwrap()
 }
 
-fn reserve_files(m: &Mount) -> usize {
-    std::fs::read_dir(m.data.join("reserve")).map_or(0, |entries| {
-        entries
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<u32>().is_ok())
-            })
-            .count()
-    })
-}
-
 #[test]
 fn a_full_ext4_disk_is_cleared_through_the_mount() {
     if !fuse_available() {
@@ -60,7 +48,7 @@ fn a_full_ext4_disk_is_cleared_through_the_mount() {
     mount_ext4(&m.work.join("disk.img"), &m.data);
     m.start();
     m.sh_ok("mkdir t other && for i in $(seq 1 50); do echo other-$i >> other/0/active; done");
-    assert_eq!(reserve_files(&m), 8);
+    assert_eq!(fixtures::reserve_files(&m.data), 8);
 
     let filled = m.sh_within(
         "yes line-of-a-writer-that-fills-the-disk-$(printf %080d 0) | head -c 100M >> t/0/active",
@@ -113,10 +101,14 @@ fn a_full_ext4_disk_is_cleared_through_the_mount() {
         Duration::from_secs(60),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while reserve_files(&m) < 8 && std::time::Instant::now() < deadline {
+    while fixtures::reserve_files(&m.data) < 8 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(reserve_files(&m), 8, "the reserve is made again");
+    assert_eq!(
+        fixtures::reserve_files(&m.data),
+        8,
+        "the reserve is made again"
+    );
     assert!(
         log(&m).contains("the reserve for metadata changes is whole again"),
         "{}",

@@ -2,13 +2,12 @@
 //! counters move with appends made by shell tools; unset, the daemon listens on nothing; an
 //! address in use refuses the mount with a message naming the key.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
 mod common;
-use common::{Bounded, Config, Mount};
+use common::{http_get, Bounded, Config, Mount};
 
 /// A port nothing listens on right now.
 fn free_port() -> u16 {
@@ -17,28 +16,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// GET `path` from 127.0.0.1:`port`: the status code and the body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .expect("headers, then a body");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
 }
 
 /// The value of the sample `name` (with its labels, as written in the text) in a scrape.

@@ -160,7 +160,8 @@ fn a_broker_that_stops_answering_stalls_the_mirror_not_the_mount_and_it_catches_
     m.sh_ok("seq -f 'during %g' 1 3000 >> events/0/active && seq -f 'other %g' 1 700 >> events/1/active");
     mirror.wait_for_log("Kafka has acknowledged nothing for", DEADLINE);
     mirror.wait_for_log("brokers are down", DEADLINE);
-    let scrape = broker::http_get(metrics_port, "/metrics");
+    let (status, scrape) = common::http_get(metrics_port, "/metrics");
+    assert_eq!(status, 200, "{scrape}");
     let lag = sample(
         &scrape,
         "commitfs_mirror_lag_messages{topic=\"events\",partition=\"0\"}",
@@ -174,7 +175,7 @@ fn a_broker_that_stops_answering_stalls_the_mirror_not_the_mount_and_it_catches_
     assert_mirrored(&m, "events", &records, None);
     wait_for_positions(&m, "events", "mirror", &ends);
     common::wait_until(DEADLINE, "the lag metric back at 0", || {
-        let scrape = broker::http_get(metrics_port, "/metrics");
+        let (_, scrape) = common::http_get(metrics_port, "/metrics");
         sample(
             &scrape,
             "commitfs_mirror_lag_messages{topic=\"events\",partition=\"0\"}",

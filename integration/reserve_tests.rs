@@ -5,7 +5,6 @@
 //! `FailScenario`.
 #![cfg(feature = "failpoints")]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use commitfs::store::{Store, StoreConfig, StoreError, TopicSettings};
@@ -21,26 +20,13 @@ fn config() -> StoreConfig {
     }
 }
 
-fn reserve_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("reserve")).map_or(0, |entries| {
-        entries
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<u32>().is_ok())
-            })
-            .count()
-    })
-}
-
 #[test]
 fn on_a_full_disk_topic_changes_use_the_reserve_until_it_is_used_up_and_it_comes_back() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();
     let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    assert_eq!(reserve_files(dir.path()) as u64, RESERVE_FILES);
+    assert_eq!(fixtures::reserve_files(dir.path()) as u64, RESERVE_FILES);
 
     fail::cfg("meta::write_atomically", "return(enospc@/topics/)").unwrap();
     // Stop the maintenance thread from making the reserve again while the disk is "full".
@@ -54,7 +40,7 @@ fn on_a_full_disk_topic_changes_use_the_reserve_until_it_is_used_up_and_it_comes
             .update_topic(&topic, with_retention(n * 4096))
             .unwrap();
     }
-    assert_eq!(reserve_files(dir.path()), 0);
+    assert_eq!(fixtures::reserve_files(dir.path()), 0);
     let refused = store
         .update_topic(&topic, with_retention(1))
         .expect_err("the reserve is used up");
@@ -65,10 +51,11 @@ fn on_a_full_disk_topic_changes_use_the_reserve_until_it_is_used_up_and_it_comes
     fail::remove("meta::write_atomically");
     fail::remove("reserve::replenish");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while (reserve_files(dir.path()) as u64) < RESERVE_FILES && Instant::now() < deadline {
+    while (fixtures::reserve_files(dir.path()) as u64) < RESERVE_FILES && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(reserve_files(dir.path()) as u64, RESERVE_FILES);
+    assert_eq!(fixtures::reserve_files(dir.path()) as u64, RESERVE_FILES);
     store.halt_without_cleanup();
     drop(store);
     let store = Store::open(dir.path(), config()).unwrap();
@@ -96,7 +83,7 @@ fn on_a_full_disk_a_new_topic_is_refused_without_using_the_reserve_and_a_delete_
         .create_topic("new", fixtures::keyed_topic(2))
         .expect_err("no room for the topic's file");
     assert!(matches!(refused, StoreError::DiskFull(_)), "{refused}");
-    assert_eq!(reserve_files(dir.path()) as u64, RESERVE_FILES);
+    assert_eq!(fixtures::reserve_files(dir.path()) as u64, RESERVE_FILES);
     assert!(store.topic("new").is_none());
     store.delete_topic("gone").unwrap();
     fail::remove("meta::write_atomically");

@@ -10,7 +10,6 @@
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -334,22 +333,4 @@ pub fn mirror_config_for(config: common::Config, port: u16) -> common::Config {
     config
         .set("mirror.brokers", &format!("\"127.0.0.1:{port}\""))
         .set("log_level", "\"info\"")
-}
-
-/// GET `path` from 127.0.0.1:`port`: the body of a 200 answer.
-pub fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.contains(" 200 "), "{head}");
-    body.to_owned()
 }
