@@ -348,6 +348,50 @@ fn with_sync_flush_every_acknowledged_append_survives_a_power_loss() {
     }
 }
 
+/// A store that keeps few files open, holding 300 messages whose commit-log and
+/// consume-queue files the budget has mostly closed, none of them flushed yet.
+fn store_with_closed_unflushed_files(dir: &Path) -> Arc<Store> {
+    let config = StoreConfig {
+        max_open_files: 16,
+        ..config(FlushPolicy::Async { interval_ms: NEVER })
+    };
+    let store = Store::open(dir, config).unwrap();
+    store.create_topic("t", settings()).unwrap();
+    append(&store, &mut Acknowledged::new(), 0..300).unwrap();
+    store
+}
+
+#[test]
+fn a_flush_that_cannot_reach_a_closed_commit_log_file_fails_and_fences() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_closed_unflushed_files(dir.path());
+    fail::cfg("mapped::open", "return(eio@/commitlog/)").unwrap();
+    let flushed = store.sync();
+    fail::remove("mapped::open");
+    assert!(flushed.is_err(), "fsync reported success: {flushed:?}");
+    // As after any failed flush: no more writes until a remount recovers.
+    let topic = store.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    let refused = store.append(&partition, b"late\n", None);
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[test]
+fn a_checkpoint_that_cannot_reach_a_closed_queue_file_fails() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_closed_unflushed_files(dir.path());
+    fail::cfg("mapped::open", "return(eio@/queues/)").unwrap();
+    let checkpoint = store.checkpoint();
+    fail::remove("mapped::open");
+    assert!(
+        checkpoint.is_err(),
+        "the checkpoint vouched for queue entries it did not flush"
+    );
+    store.checkpoint().unwrap();
+}
+
 #[test]
 fn a_consumer_position_survives_a_power_loss_once_set() {
     let _scenario = FailScenario::setup();

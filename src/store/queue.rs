@@ -162,35 +162,45 @@ impl ConsumeQueue {
 
     /// The file of the segment at `base`, mapped again if it was closed.
     pub fn file(&self, base: u64) -> Option<Arc<QueueFile>> {
-        let mapped = self.shared.files.read().get(&base)?.file.upgrade();
+        self.stored_file(base).unwrap_or_else(|error| {
+            tracing::error!("consume queue unreadable: {error}");
+            None
+        })
+    }
+
+    /// The file of the segment at `base`, mapped again if the budget of open files closed
+    /// it; `None` when there is none, an error when there is but it cannot be mapped.
+    fn stored_file(&self, base: u64) -> Result<Option<Arc<QueueFile>>> {
+        let mapped = match self.shared.files.read().get(&base) {
+            Some(slot) => slot.file.upgrade(),
+            None => return Ok(None),
+        };
         let file = match mapped {
             Some(file) => file,
-            None => self.reopen(base)?,
+            None => match self.reopen(base)? {
+                Some(file) => file,
+                None => return Ok(None),
+            },
         };
         self.shared.open_files.touch(&file);
-        Some(file)
+        Ok(Some(file))
     }
 
     /// Maps the closed file of the segment at `base`; under the write lock, so that a file
     /// never has two mappings (each would see only its own growth).
-    fn reopen(&self, base: u64) -> Option<Arc<QueueFile>> {
+    fn reopen(&self, base: u64) -> Result<Option<Arc<QueueFile>>> {
         let mut files = self.shared.files.write();
-        let slot = files.get_mut(&base)?;
+        let Some(slot) = files.get_mut(&base) else {
+            return Ok(None);
+        };
         if let Some(file) = slot.file.upgrade() {
-            return Some(file);
+            return Ok(Some(file));
         }
         let capacity = self.entries_per_file * QUEUE_ENTRY_BYTES as u64;
-        match MappedFile::open(&self.path(base), capacity) {
-            Ok(data) => {
-                let file = Arc::new(QueueFile { base, data });
-                slot.file = Arc::downgrade(&file);
-                Some(file)
-            }
-            Err(error) => {
-                tracing::error!("consume queue unreadable: {error}");
-                None
-            }
-        }
+        let data = MappedFile::open(&self.path(base), capacity)?;
+        let file = Arc::new(QueueFile { base, data });
+        slot.file = Arc::downgrade(&file);
+        Ok(Some(file))
     }
 
     pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
@@ -405,7 +415,8 @@ impl ConsumeQueue {
         while offset < to {
             let base = self.segment_base(offset);
             let file_end = (base + self.entries_per_file).min(to);
-            if let Some(file) = self.file(base) {
+            // One the budget closed is mapped again; one that cannot be fails the flush.
+            if let Some(file) = self.stored_file(base)? {
                 let start = (offset - base) * QUEUE_ENTRY_BYTES as u64;
                 let end = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
                 file.data.flush(start, end - start)?;
