@@ -1,6 +1,6 @@
 //! Copying sealed segments to files of their own, in-process (issue 8): a copy that would take
-//! the store past `max_disk_bytes` is not made, since the ceiling would then delete messages to
-//! make room for a second copy of others.
+//! the store past `max_disk_bytes` is not made, and once appends take it there the ceiling
+//! removes copies before any message, since the commit log still holds their bytes.
 
 mod fixtures;
 
@@ -17,14 +17,14 @@ fn config(max_disk_bytes: Option<u64>) -> StoreConfig {
     }
 }
 
-/// A store holding three sealed segments of 10,000 bytes in partition 0 of topic `t`, copied
-/// to no file yet; returns what it occupies.
-fn three_sealed_segments(dir: &Path) -> u64 {
+/// A store holding `count` sealed segments of 10,000 bytes in partition 0 of topic `t`,
+/// copied to no file yet; returns what it occupies.
+fn sealed_segments(dir: &Path, count: usize) -> u64 {
     let store = Store::open(dir, config(None)).unwrap();
     let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
     let partition = topic.partition(0).unwrap();
     let payload = vec![b'x'; 1000];
-    for _ in 0..30 {
+    for _ in 0..count * 10 {
         let message = NewMessage {
             payload: &payload,
             key_len: None,
@@ -43,7 +43,7 @@ fn reopen(dir: &Path, max_disk_bytes: Option<u64>) -> Arc<Store> {
 #[test]
 fn a_copy_that_would_pass_the_disk_ceiling_is_not_made() {
     let dir = tempfile::tempdir().unwrap();
-    let usage = three_sealed_segments(dir.path());
+    let usage = sealed_segments(dir.path(), 3);
     // Room for one copy (and a consume-queue file made meanwhile), not two.
     let store = reopen(dir.path(), Some(usage + 15_000));
     assert_eq!(store.materialize_sealed().unwrap(), 1);
@@ -61,5 +61,52 @@ fn a_copy_that_would_pass_the_disk_ceiling_is_not_made() {
 
     let store = reopen(dir.path(), None);
     assert_eq!(store.materialize_sealed().unwrap(), 2);
+    store.close().unwrap();
+}
+
+#[test]
+fn the_disk_ceiling_removes_copies_before_it_drops_any_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let usage = sealed_segments(dir.path(), 9);
+    // Room for the nine copies now (90,000 bytes), and for the next commit-log file without them.
+    let ceiling = usage + 92_000;
+    let store = reopen(dir.path(), Some(ceiling));
+    assert_eq!(store.materialize_sealed().unwrap(), 9);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let payload = vec![b'y'; 1000];
+    // Appends until the copies take the store past the ceiling.
+    for _ in 0..200 {
+        if store.disk_usage() > ceiling {
+            break;
+        }
+        let message = NewMessage {
+            payload: &payload,
+            key_len: None,
+        };
+        store.append_batch(&partition, &[message]).unwrap();
+    }
+    assert!(
+        store.disk_usage() > ceiling,
+        "the appends never passed the ceiling"
+    );
+    store.enforce_retention().unwrap();
+    assert_eq!(
+        partition.start_offset(),
+        0,
+        "messages were dropped while copies stood"
+    );
+    assert!(
+        store.disk_usage() <= ceiling,
+        "{} > {ceiling}",
+        store.disk_usage()
+    );
+    let copied = partition
+        .segments()
+        .unwrap()
+        .iter()
+        .filter(|s| s.materialized)
+        .count();
+    assert!(copied < 9, "no copy was removed");
+    assert_eq!(store.read_message(&partition, 0).unwrap(), vec![b'x'; 1000]);
     store.close().unwrap();
 }

@@ -181,6 +181,10 @@ impl Store {
         deleted?;
         if let Some(ceiling) = self.config.max_disk_bytes {
             while self.disk_usage() > ceiling {
+                if self.discard_a_segment_copy(ceiling)? {
+                    *changed = true;
+                    continue;
+                }
                 let Some(oldest) = self.log.oldest_sealed_file() else {
                     tracing::warn!(
                         "the store uses {} bytes, over max_disk_bytes {ceiling}, but only the file being written is left",
@@ -205,6 +209,24 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Removes one sealed segment's own file, if any has one: the commit log still holds its
+    /// bytes, so the disk ceiling takes copies before it takes any message.
+    fn discard_a_segment_copy(&self, ceiling: u64) -> Result<bool> {
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                if let Some(bytes) = partition.segment_files.discard_lowest()? {
+                    tracing::info!(
+                        "max_disk_bytes ({ceiling}): removed a {bytes}-byte copy of a sealed segment of topic {} partition {}; it is served from the commit log again",
+                        topic.name(),
+                        partition.index()
+                    );
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The oldest commit-log offset some partition still needs.

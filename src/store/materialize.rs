@@ -129,6 +129,18 @@ impl SegmentFiles {
         Ok(())
     }
 
+    /// Removes the file of the lowest segment that has one, returning its length: the disk
+    /// ceiling takes copies before messages, as the commit log still holds their bytes.
+    pub fn discard_lowest(&self) -> Result<Option<u64>> {
+        let mut files = self.files.lock();
+        let Some((&base, &len)) = files.first_key_value() else {
+            return Ok(None);
+        };
+        remove(&self.path(base))?;
+        files.remove(&base);
+        Ok(Some(len))
+    }
+
     /// Removes segment `base`'s file: it does not match the segment.
     fn discard(&self, base: u64, why: &str) -> Result<()> {
         tracing::warn!(
