@@ -110,3 +110,19 @@ fn the_disk_ceiling_removes_copies_before_it_drops_any_message() {
     assert_eq!(store.read_message(&partition, 0).unwrap(), vec![b'x'; 1000]);
     store.close().unwrap();
 }
+
+#[test]
+fn files_that_are_not_a_topics_directory_under_segments_do_not_stop_an_open() {
+    let dir = tempfile::tempdir().unwrap();
+    sealed_segments(dir.path(), 1);
+    let segments = dir.path().join("segments");
+    std::fs::create_dir_all(&segments).unwrap();
+    for stray in ["12345", "README"] {
+        std::fs::write(segments.join(stray), "not commitfs's").unwrap();
+    }
+    let store = reopen(dir.path(), None);
+    store.close().unwrap();
+    for stray in ["12345", "README"] {
+        assert!(segments.join(stray).exists(), "{stray} was removed");
+    }
+}

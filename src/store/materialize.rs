@@ -6,8 +6,9 @@
 //! A copy is written under `<name>.partial`, checked (every batch's CRC32C on the way, and
 //! its length against the segment's), fsynced, then renamed: a file under its final name is
 //! always whole. A stop or a crash part way leaves a `.partial` file, which the next open
-//! removes; the copy is then made again. The commit log is flushed before a copy starts, so
-//! a copy never holds bytes a power loss could take from the log.
+//! removes; the copy is then made again. The commit log is flushed at the start of each pass
+//! over the partitions; a copy of bytes that a power loss then took from the log does not
+//! match its segment at the next open, which removes it and copies the segment again.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -179,7 +180,15 @@ pub(super) fn remove_orphans(dir: &Path, topic_ids: &[u32]) -> Result<()> {
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<u32>().ok());
-        if id.is_some_and(|id| topic_ids.contains(&id)) {
+        // Only topic directories are the store's: anything else put there is left alone.
+        let Some(id) = id.filter(|_| entry.file_type().is_ok_and(|t| t.is_dir())) else {
+            tracing::warn!(
+                "{} is not a topic's directory of segment files; left alone",
+                entry.path().display()
+            );
+            continue;
+        };
+        if topic_ids.contains(&id) {
             continue;
         }
         tracing::info!(

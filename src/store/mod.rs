@@ -603,14 +603,6 @@ impl Store {
         damage.map_or(Ok(()), Err)
     }
 
-    /// Files the store keeps open now for later use, and the most it keeps
-    /// (`max_open_files`, lowered to what the process's limits allow). Files that readers
-    /// or the writer hold come on top.
-    pub fn open_files(&self) -> (usize, usize) {
-        let budget = self.log.open_files();
-        (budget.held(), budget.limit())
-    }
-
     /// Bytes the store occupies on disk (segments' own files included), counting commit-log
     /// files that retention removed while an open reader still maps them.
     pub fn disk_usage(&self) -> u64 {

@@ -87,11 +87,8 @@ impl OpenFiles {
         })
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Files the budget holds open now.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.lock().len()
     }
