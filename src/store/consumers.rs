@@ -49,11 +49,21 @@ impl ConsumerPositions {
         Ok(self.loaded(&mut groups)?.clone())
     }
 
-    /// Stores `offset` as `group`'s position, on disk before it returns.
-    pub fn set(&self, group: &str, offset: u64) -> Result<()> {
+    /// Stores `offset` as `group`'s position, on disk before it returns, if `allowed` says
+    /// yes to the position it has now (checked under the same lock, so two setters cannot
+    /// both find none); false when it said no.
+    pub fn set_if(
+        &self,
+        group: &str,
+        offset: u64,
+        allowed: impl FnOnce(Option<u64>) -> bool,
+    ) -> Result<bool> {
         validate_group(group)?;
         let mut guard = self.groups.lock();
         let groups = self.loaded(&mut guard)?;
+        if !allowed(groups.get(group).copied()) {
+            return Ok(false);
+        }
         let previous = groups.insert(group.to_owned(), offset);
         if let Err(error) = self.save(groups) {
             match previous {
@@ -62,7 +72,7 @@ impl ConsumerPositions {
             };
             return Err(error);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets `group`'s position; false when it had none.
@@ -183,9 +193,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let positions = ConsumerPositions::new(dir.path());
         assert_eq!(positions.get("g").unwrap(), None);
-        positions.set("g", 5).unwrap();
-        positions.set("h", 0).unwrap();
-        positions.set("g", 7).unwrap();
+        let always = |_| true;
+        assert!(positions.set_if("g", 5, always).unwrap());
+        assert!(positions.set_if("h", 0, always).unwrap());
+        assert!(!positions.set_if("g", 6, |now| now.is_none()).unwrap());
+        assert!(positions.set_if("g", 7, |now| now == Some(5)).unwrap());
         let again = ConsumerPositions::new(dir.path());
         assert_eq!(again.get("g").unwrap(), Some(7));
         assert_eq!(again.get("h").unwrap(), Some(0));
@@ -193,7 +205,7 @@ mod tests {
         assert!(!again.forget("g").unwrap());
         let last = read(dir.path()).unwrap();
         assert_eq!(last, BTreeMap::from([("h".to_owned(), 0)]));
-        assert!(positions.set("bad group", 1).is_err());
+        assert!(positions.set_if("bad group", 1, always).is_err());
     }
 
     #[test]

@@ -373,6 +373,18 @@ impl Partition {
     /// Stores `offset` as `group`'s position, durably before it returns. Any offset up to
     /// the partition's end is taken; retention never moves it.
     pub fn set_consumer_position(&self, group: &str, offset: u64) -> Result<()> {
+        self.set_consumer_position_if(group, offset, |_| true)
+            .map(drop)
+    }
+
+    /// [`Partition::set_consumer_position`], if `allowed` says yes to the position stored
+    /// now (`None`: none), atomically with the change; false when it said no.
+    pub fn set_consumer_position_if(
+        &self,
+        group: &str,
+        offset: u64,
+        allowed: impl FnOnce(Option<u64>) -> bool,
+    ) -> Result<bool> {
         let end = self.end_offset();
         if offset > end {
             return Err(StoreError::InvalidSetting(format!(
@@ -380,7 +392,7 @@ impl Partition {
                 self.index, self.topic_name
             )));
         }
-        self.consumers.set(group, offset)
+        self.consumers.set_if(group, offset, allowed)
     }
 
     /// Forgets `group`'s position here; false when it had none.

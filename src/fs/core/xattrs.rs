@@ -316,18 +316,23 @@ impl CommitFs {
 /// `XATTR_REPLACE` as for any stored attribute.
 fn set_position(partition: &Partition, group: &str, value: &[u8], flags: i32) -> FsResult<()> {
     let offset = xattr::parse_position(value)?;
-    let existing = partition.consumer_position(group)?;
-    if flags & libc::XATTR_CREATE != 0 && existing.is_some() {
-        return Err(FsError::refused(
+    let (create, replace) = (
+        flags & libc::XATTR_CREATE != 0,
+        flags & libc::XATTR_REPLACE != 0,
+    );
+    let mut existed = false;
+    let set = partition.set_consumer_position_if(group, offset, |now| {
+        existed = now.is_some();
+        !(create && existed || replace && !existed)
+    })?;
+    match (set, existed) {
+        (true, _) => Ok(()),
+        (false, true) => Err(FsError::refused(
             libc::EEXIST,
             "the group has a position here, so XATTR_CREATE fails",
-        ));
+        )),
+        (false, false) => Err(no_position()),
     }
-    if flags & libc::XATTR_REPLACE != 0 && existing.is_none() {
-        return Err(no_position());
-    }
-    partition.set_consumer_position(group, offset)?;
-    Ok(())
 }
 
 /// Forgets `group` in `partitions`; `ENODATA` when it had a position in none of them.
