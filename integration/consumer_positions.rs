@@ -226,3 +226,18 @@ fn check_names_a_damaged_positions_file_and_repair_keeps_the_positions_before_th
     m.sh_fails_with("getfattr -n user.consumer.b t/0", "No such attribute");
     assert!(m.data.join("queues/1/0/consumers.damaged").exists());
 }
+
+#[test]
+fn a_damaged_positions_file_is_an_io_error_for_its_groups_and_hides_no_other_attribute() {
+    let Some(mut m) = mount(Config::small()) else {
+        return;
+    };
+    m.sh_ok("mkdir t && seq 3 >> t/0/active && setfattr -n user.consumer.g -v 2 t/0");
+    m.unmount();
+    std::fs::write(m.data.join("queues/1/0/consumers"), "g \u{1}\n").unwrap();
+    m.start();
+    m.sh_fails_with("getfattr -n user.consumer.g t/0", "Input/output error");
+    let listed = m.sh_ok("getfattr -d t/0");
+    assert!(listed.contains("user.end_offset=\"3\""), "{listed}");
+    assert!(m.log_tail(20).contains("consumers"), "{}", m.log_tail(20));
+}

@@ -47,13 +47,17 @@ fn group_positions(topic: &Topic, group: &str) -> FsResult<Vec<u8>> {
     }
 }
 
-/// The groups with a position in any of `partitions`.
-fn groups_in(partitions: &[std::sync::Arc<Partition>]) -> FsResult<BTreeSet<String>> {
+/// The groups with a position in any of `partitions`. A partition whose positions cannot
+/// be read lists none (and says why in the log), so the other names can still be listed.
+fn groups_in(partitions: &[std::sync::Arc<Partition>]) -> BTreeSet<String> {
     let mut groups = BTreeSet::new();
     for partition in partitions {
-        groups.extend(partition.consumer_positions()?.into_keys());
+        match partition.consumer_positions() {
+            Ok(positions) => groups.extend(positions.into_keys()),
+            Err(error) => tracing::warn!("listing consumer positions: {error}"),
+        }
     }
-    Ok(groups)
+    groups
 }
 
 fn no_key() -> FsError {
@@ -214,9 +218,8 @@ impl CommitFs {
         let groups = match &node {
             Node::Topic(topic) => groups_in(&topic.partitions()),
             Node::Partition(_, partition) => groups_in(std::slice::from_ref(partition)),
-            _ => Ok(BTreeSet::new()),
-        }
-        .map_err(|error| error.context(node.path()))?;
+            _ => BTreeSet::new(),
+        };
         let names: Vec<String> = fixed
             .chain(groups.iter().map(|group| xattr::consumer_name(group)))
             .collect();
