@@ -411,3 +411,26 @@ fn the_metrics_count_the_segments_copied() {
         .unwrap_or_else(|| panic!("no commitfs_segments_materialized_total in\n{scrape}"));
     assert_eq!(copied, "2");
 }
+
+/// A segment read while it was active drops its cached pages once, at its first open after
+/// sealing; from then on, with passthrough off, a second read asks the daemon for nothing.
+#[test]
+fn with_passthrough_off_a_segment_read_while_active_is_cached_again_once_sealed() {
+    let Some(m) = common::mount(config().set("passthrough", "false")) else {
+        return;
+    };
+    m.sh_ok("mkdir t");
+    append_lines(&m, "t/0", 0, 50);
+    let first = segment(&m, "t/0", 0);
+    assert_eq!(read_all(&first), lines(0, 50));
+    append_lines(&m, "t/0", 50, 150);
+    wait_materialized(&m, &first);
+    assert_eq!(read_all(&first), lines(0, 100));
+    let before = m.read_requests();
+    assert_eq!(read_all(&first), lines(0, 100));
+    assert_eq!(
+        m.read_requests(),
+        before,
+        "a second read of the sealed segment reached the daemon"
+    );
+}

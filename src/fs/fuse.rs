@@ -182,6 +182,7 @@ impl Filesystem for FuseAdapter {
             tracing::debug!("no FUSE_ATOMIC_O_TRUNC: O_TRUNC arrives as a truncate before open");
         }
         self.passthrough.init(config);
+        self.fs.allow_passthrough(self.passthrough.granted());
         Ok(())
     }
 
@@ -306,7 +307,11 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.call("open", ino, || self.fs.open(ino.0, flags.0, req.pid())) {
-            Ok(opened) => self.passthrough.reply(ino.0, opened, reply),
+            Ok(opened) => {
+                if !self.passthrough.reply(ino.0, opened, reply) {
+                    self.fs.allow_passthrough(false);
+                }
+            }
             Err(errno) => reply.error(errno),
         }
     }

@@ -68,13 +68,20 @@ impl Passthrough {
         self.granted = granted;
     }
 
+    /// Whether the kernel granted passthrough at init (and it was wanted).
+    pub fn granted(&self) -> bool {
+        self.granted
+    }
+
     /// Replies to an open of inode `ino`: passed through to its segment's own file where
-    /// the open offers one and the kernel takes it, otherwise as `opened.flags` say.
-    pub fn reply(&self, ino: u64, opened: Opened, reply: ReplyOpen) {
+    /// the open offers one and the kernel takes it, otherwise as `opened.flags` say. Returns
+    /// false when the kernel refused a backing file: then no later open should offer one.
+    pub fn reply(&self, ino: u64, opened: Opened, reply: ReplyOpen) -> bool {
         let fh = opened.fh;
         let mut state = self.state.lock();
         let backing = |state: &State| state.backing.get(&ino).and_then(Weak::upgrade);
         let offered = opened.passthrough.filter(|_| self.granted);
+        let mut refused = false;
         if let Some(file) = offered.filter(|_| !state.cached.contains_key(&ino)) {
             let id = match backing(&state) {
                 Some(id) => Ok(id),
@@ -86,15 +93,17 @@ impl Passthrough {
                     // The kernel refuses cache flags on a passthrough open.
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                     state.by_handle.insert(fh, Held::Backing(ino, id));
-                    return;
+                    return true;
                 }
-                Err(error) if !state.refusal_logged => {
-                    state.refusal_logged = true;
-                    tracing::warn!(
-                        "the kernel refused a backing file for passthrough ({error}): the daemon reads segments' own files"
-                    );
+                Err(error) => {
+                    refused = true;
+                    if !state.refusal_logged {
+                        state.refusal_logged = true;
+                        tracing::warn!(
+                            "the kernel refused a backing file for passthrough ({error}): the daemon reads segments' own files from now on"
+                        );
+                    }
                 }
-                Err(_) => {}
             }
         }
         if !opened.flags.contains(FopenFlags::FOPEN_DIRECT_IO) {
@@ -102,6 +111,7 @@ impl Passthrough {
             state.by_handle.insert(fh, Held::Cached(ino));
         }
         reply.opened(FileHandle(fh), opened.flags);
+        !refused
     }
 
     /// Handle `fh` was released: what it held goes.

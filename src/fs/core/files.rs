@@ -174,7 +174,12 @@ impl CommitFs {
                     // through (and none of a segment a writer still holds: see below). An
                     // O_DIRECT open keeps the daemon's direct I/O, which takes any buffer.
                     let direct = flags & libc::O_DIRECT != 0;
-                    if !writes && !direct && !self.writers_on.lock().contains_key(&ino) {
+                    let passthrough_allowed = self.passthrough.load(Ordering::Relaxed);
+                    if passthrough_allowed
+                        && !writes
+                        && !direct
+                        && !self.writers_on.lock().contains_key(&ino)
+                    {
                         passthrough = reader.materialized_file().cloned();
                     }
                     fopen |= self.read_cache_policy(ino, info.sealed, flags, passthrough.is_some());

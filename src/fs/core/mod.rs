@@ -229,6 +229,10 @@ pub struct CommitFs {
     root_mtime_ms: AtomicI64,
     /// Owner of the root directory: the user who mounted.
     root_owner: (u32, u32),
+    /// Whether opens may be passed through to segments' own files: the kernel granted it at
+    /// init and has not refused a backing file since. Without it, every open is page-cached
+    /// or direct as before.
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl CommitFs {
@@ -257,7 +261,14 @@ impl CommitFs {
             read_requests: AtomicU64::new(0),
             root_mtime_ms: AtomicI64::new(now_ms()),
             root_owner,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether opens of sealed segments with files of their own are offered for passthrough
+    /// (see `passthrough`): set by the FUSE layer at init and when the kernel refuses one.
+    pub fn allow_passthrough(&self, allowed: bool) {
+        self.passthrough.store(allowed, Ordering::Relaxed);
     }
 
     /// READ requests served since the mount (root attribute `user.stats.read_requests`).
