@@ -457,31 +457,30 @@ mod tests {
         Ok(times.iter().position(|t| *t >= time).map(|n| n as u64))
     }
 
-    #[test]
-    fn every_message_gets_its_own_timestamp() {
-        let times = [5, 5, 6, 9, 9, 9, 1_000_000, 1_000_001, 1_700_000_000_000];
+    /// Asks one cursor for every message's time in offset order, checking each; returns how
+    /// many lookups that took.
+    fn timestamps_of_every_message(times: &[i64]) -> usize {
         let mut cursor = TimeCursor::default();
         let mut calls = 0;
         for (offset, time) in times.iter().enumerate() {
             let found = cursor
-                .timestamp_of(offset as u64, |t| first_at(&times, &mut calls, t))
+                .timestamp_of(offset as u64, |t| first_at(times, &mut calls, t))
                 .unwrap();
             assert_eq!(found, *time, "message {offset}");
         }
+        calls
+    }
+
+    #[test]
+    fn every_message_gets_its_own_timestamp() {
+        timestamps_of_every_message(&[5, 5, 6, 9, 9, 9, 1_000_000, 1_000_001, 1_700_000_000_000]);
     }
 
     #[test]
     fn a_burst_costs_about_one_lookup_per_millisecond() {
         // 10,000 messages over 100 consecutive milliseconds.
         let times: Vec<i64> = (0..10_000).map(|n| 1_700_000_000_000 + n / 100).collect();
-        let mut cursor = TimeCursor::default();
-        let mut calls = 0;
-        for (offset, time) in times.iter().enumerate() {
-            let found = cursor
-                .timestamp_of(offset as u64, |t| first_at(&times, &mut calls, t))
-                .unwrap();
-            assert_eq!(found, *time);
-        }
+        let calls = timestamps_of_every_message(&times);
         // The first search from time 0 costs about 2·41 lookups; then two per millisecond.
         assert!(calls < 100 + 2 * 100, "{calls} lookups");
     }
