@@ -165,8 +165,14 @@ fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Resu
 pub(super) struct Staged<'a> {
     partition: &'a Partition,
     state: MutexGuard<'a, WriteState>,
-    /// The consume-queue file the messages go to, held until they are published.
+    /// The consume-queue file the messages go to, held until they are published; none
+    /// while their entries wait in memory.
     queue_file: Option<Arc<QueueFile>>,
+    /// Whether their entries wait in memory (see `ConsumeQueue::defer`) rather than go to
+    /// the file now.
+    defer_entries: bool,
+    /// The file of the entries that wait in memory, when they are written out now.
+    pending_file: Option<Arc<QueueFile>>,
     messages: &'a [NewMessage<'a>],
     scratch: Scratch<'a>,
     first_offset: u64,
@@ -207,11 +213,22 @@ impl Partition {
         if self.topic_deleted.load(Ordering::Acquire) {
             return Err(StoreError::NoSuchTopic(self.topic_name.clone()));
         }
-        let queue_file = state.queue_file.upgrade();
-        // The queue entry's cache line loads while the keys are hashed.
-        self.queue.prefetch(&queue_file, state.next);
+        let (first_offset, count) = (state.next, messages.len() as u64);
+        // A few entries wait in memory when their room is allocated: the file is not touched.
+        let defer_entries = first_offset + count <= state.queue_room_end
+            && self.queue.can_defer(first_offset, count);
+        let queue_file = if defer_entries {
+            None
+        } else {
+            let file = state.queue_file.upgrade();
+            // The queue entry's cache line loads while the keys are hashed.
+            self.queue.prefetch(&file, first_offset);
+            file
+        };
         let mut staged = Staged {
             queue_file,
+            defer_entries,
+            pending_file: None,
             partition: self,
             first_offset: state.next,
             timestamp: now.max(state.last_timestamp),
@@ -226,8 +243,14 @@ impl Partition {
         fail::fail_point!("append::reserve-queue", |_| Err(StoreError::DiskFull(
             "reserving consume-queue room (failpoint append::reserve-queue)".into()
         )));
-        let end_offset = staged.first_offset + messages.len() as u64;
-        self.reserve_queue(&mut staged.queue_file, staged.first_offset, end_offset)?;
+        let end_offset = first_offset + count;
+        if defer_entries {
+            self.prepare_next_queue_file(first_offset, end_offset);
+        } else {
+            staged.state.queue_room_end =
+                self.reserve_queue(&mut staged.queue_file, first_offset, end_offset)?;
+            staged.pending_file = self.queue.file_for_pending()?;
+        }
         Ok(staged)
     }
 }
@@ -362,24 +385,31 @@ impl Staged<'_> {
         let partition = self.partition;
         let state = &mut *self.state;
         let scratch = &self.scratch;
-        let places = scratch
+        let entries = scratch
             .payload_positions
             .iter()
-            .zip(scratch.batch_positions.iter());
-        for ((offset, message), (&position, &batch)) in
-            (self.first_offset..).zip(self.messages).zip(places)
-        {
-            let entry = QueueEntry {
+            .zip(scratch.batch_positions.iter())
+            .zip(self.messages)
+            .map(|((&position, &batch), message)| QueueEntry {
                 commit_log_offset: position,
                 size: message.payload.len() as u32,
                 batch,
-            };
-            partition.queue.put(&mut self.queue_file, offset, &entry);
+            });
+        if self.defer_entries {
+            partition.queue.defer(self.first_offset, entries);
+        } else {
+            // Older entries go to the file first: readers look in memory only above them.
+            partition
+                .queue
+                .write_out_pending(self.pending_file.as_ref());
+            for (offset, entry) in (self.first_offset..).zip(entries) {
+                partition.queue.put(&mut self.queue_file, offset, &entry);
+            }
+            state.queue_file = self
+                .queue_file
+                .as_ref()
+                .map_or_else(Weak::new, Arc::downgrade);
         }
-        state.queue_file = self
-            .queue_file
-            .as_ref()
-            .map_or_else(Weak::new, Arc::downgrade);
         let end_offset = self.first_offset + self.messages.len() as u64;
         state.next = end_offset;
         state.segment_bytes = self.segment_bytes;

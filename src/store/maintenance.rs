@@ -122,6 +122,8 @@ impl Store {
         let mut marks = Vec::with_capacity(partitions.len());
         for (partition, start, end, stream_end) in partitions {
             let flushed = partition.flushed.load(std::sync::atomic::Ordering::Acquire);
+            // Entries still in memory are below `end` or above it; either way, out first.
+            partition.queue.write_out_pending_now()?;
             partition.queue.flush(flushed.max(start), end)?;
             partition
                 .flushed

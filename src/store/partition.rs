@@ -161,6 +161,9 @@ pub(super) struct WriteState {
     /// it open (an append holds it; between appends, a store of many partitions must be
     /// able to close it).
     pub queue_file: Weak<QueueFile>,
+    /// Offsets below this have room allocated in the active consume-queue file: entries
+    /// that may wait in memory need no look at the file.
+    pub queue_room_end: u64,
 }
 
 pub struct Partition {
@@ -189,17 +192,24 @@ pub struct Partition {
 impl Partition {
     /// Reserves consume-queue room for `[from, to)` (see [`ConsumeQueue::reserve`]); once
     /// the segment is half full, has the next segment's file made ahead of need.
+    /// Returns the offset the active file has room up to.
     pub(super) fn reserve_queue(
         &self,
         active: &mut Option<Arc<QueueFile>>,
         from: u64,
         to: u64,
-    ) -> Result<()> {
-        self.queue.reserve(active, from, to)?;
+    ) -> Result<u64> {
+        let room_end = self.queue.reserve(active, from, to)?;
+        self.prepare_next_queue_file(from, to);
+        Ok(room_end)
+    }
+
+    /// Has the next segment's consume-queue file made once `[from, to)` passes the middle
+    /// of a segment.
+    pub(super) fn prepare_next_queue_file(&self, from: u64, to: u64) {
         if let Some(next) = self.queue.next_to_prepare(from, to) {
             self.prepare_queue_file(next);
         }
-        Ok(())
     }
 
     /// Has the preparer thread make the consume-queue file of the segment at `base`, so the
@@ -252,6 +262,7 @@ impl Partition {
                 stream_bytes: stream_end.unwrap_or(0),
                 last_timestamp: 0,
                 queue_file: Weak::new(),
+                queue_room_end: 0,
             }),
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),
@@ -891,7 +902,7 @@ impl SegmentReader {
     }
 
     fn entry(&self, queue: &QueueFile, offset: u64) -> Result<QueueEntry> {
-        queue.entry(offset).ok_or_else(|| {
+        self.partition.queue.entry_in(queue, offset).ok_or_else(|| {
             self.partition
                 .entry_damage(offset, "its consume-queue entry lies past the file's end")
         })

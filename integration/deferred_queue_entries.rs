@@ -1,0 +1,230 @@
+//! The newest consume-queue entries of a partition wait in memory for their file when an
+//! append brings it only a few messages (issue 7: at 10,000 partitions, storing each entry
+//! through its own file's map was more than half of the writer's time). Readers find them
+//! there, checkpoints and closes write them out, a crash loses none of their messages, and
+//! the budget of open files may close their file meanwhile.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use commitfs::store::{
+    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, Topic, TopicSettings,
+};
+
+fn config(max_open_files: usize) -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 1 << 20,
+        // Short segments: entries wait in memory across many segment rolls.
+        segment_messages: 16,
+        max_message_bytes: 4096,
+        flush: FlushPolicy::Async { interval_ms: 1000 },
+        checkpoint_interval_ms: 3_600_000,
+        retention_check_interval_ms: 3_600_000,
+        index_slots: 1024,
+        index_entries: 100_000,
+        materialize_segments: false,
+        max_open_files,
+        ..StoreConfig::default()
+    }
+}
+
+fn topic(store: &Store, partitions: u32) -> Arc<Topic> {
+    let settings = TopicSettings {
+        partitions,
+        framing: Framing::Lines,
+        key_separator: None,
+        retention_ms: None,
+        retention_bytes: None,
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o755,
+    };
+    store.create_topic("t", settings).unwrap()
+}
+
+fn line(partition: u32, offset: u64) -> String {
+    format!("p{partition}-m{offset}\n")
+}
+
+/// Appends one message at a time to each partition in turn, `rounds` times.
+fn append_round_robin(store: &Store, topic: &Topic, rounds: u64) {
+    let partitions = topic.partitions();
+    for _ in 0..rounds {
+        for partition in &partitions {
+            let text = line(partition.index(), partition.end_offset());
+            let message = NewMessage {
+                payload: text.as_bytes(),
+                key_len: None,
+            };
+            store.append_batch(partition, &[message]).unwrap();
+        }
+    }
+}
+
+/// Every message of `partition`, read by offset, by segment and as its stream.
+fn assert_all_readable(store: &Store, partition: &Arc<Partition>) {
+    let end = partition.end_offset();
+    let mut expected = String::new();
+    for offset in 0..end {
+        let want = line(partition.index(), offset);
+        let got = store.read_message(partition, offset).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want, "offset {offset}");
+        expected.push_str(&want);
+    }
+    let mut stream = vec![0; expected.len() + 10];
+    let mut read = 0;
+    while read < stream.len() {
+        let n = partition
+            .read_stream(read as u64, &mut stream[read..])
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    assert_eq!(String::from_utf8_lossy(&stream[..read]), expected);
+    for base in partition.segment_bases().collect::<Vec<_>>() {
+        let segment = partition.open_segment(base).unwrap();
+        let mut bytes = vec![0; 4096];
+        let n = segment.read_at(0, &mut bytes).unwrap();
+        let want: String = (base..end.min(base + 16))
+            .map(|o| line(partition.index(), o))
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&bytes[..n]), want, "segment {base}");
+    }
+}
+
+#[test]
+fn readers_find_every_message_while_single_message_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(32_768)).unwrap();
+    let topic = topic(&store, 8);
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, topic, done) = (store.clone(), topic.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    for partition in topic.partitions() {
+                        let end = partition.end_offset();
+                        for offset in end.saturating_sub(40)..end {
+                            let got = store.read_message(&partition, offset).unwrap();
+                            assert_eq!(
+                                String::from_utf8_lossy(&got),
+                                line(partition.index(), offset)
+                            );
+                            checked += 1;
+                        }
+                        if end > 0 {
+                            let at = store.offset_for_time(&partition, 0).unwrap();
+                            assert_eq!(at, Some(0));
+                        }
+                    }
+                }
+                checked
+            })
+        })
+        .collect();
+    append_round_robin(&store, &topic, 400);
+    done.store(true, Ordering::Release);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    for partition in topic.partitions() {
+        assert_eq!(partition.end_offset(), 400);
+        assert_all_readable(&store, &partition);
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn a_checkpoint_and_a_clean_close_write_waiting_entries_to_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), config(32_768)).unwrap();
+        let topic = topic(&store, 20);
+        // 21 messages each: the last five of each partition wait in memory.
+        append_round_robin(&store, &topic, 21);
+        store.checkpoint().unwrap();
+        append_round_robin(&store, &topic, 2);
+        store.close().unwrap();
+    }
+    // A clean close leaves nothing to scan: the entries come from the files.
+    let store = Store::open(dir.path(), config(32_768)).unwrap();
+    for partition in store.topic("t").unwrap().partitions() {
+        assert_eq!(partition.end_offset(), 23);
+        assert_all_readable(&store, &partition);
+    }
+    store.close().unwrap();
+    assert_queue_files_hold_entries(dir.path(), 20, 23);
+}
+
+/// The consume-queue files on disk hold an entry (a non-zero size) for every message.
+fn assert_queue_files_hold_entries(dir: &Path, partitions: u32, end: u64) {
+    let topic_dir = std::fs::read_dir(dir.join("queues"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for partition in 0..partitions {
+        for offset in 0..end {
+            let base = offset - offset % 16;
+            let file = topic_dir
+                .join(partition.to_string())
+                .join(format!("{base:020}"));
+            let bytes = std::fs::read(&file).unwrap();
+            let at = ((offset - base) * 20) as usize;
+            let size = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            assert_eq!(
+                size as usize,
+                line(partition, offset).len(),
+                "entry {offset} in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_crash_with_entries_waiting_in_memory_loses_no_message() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), config(32_768)).unwrap();
+        let topic = topic(&store, 20);
+        append_round_robin(&store, &topic, 10);
+        store.checkpoint().unwrap();
+        append_round_robin(&store, &topic, 13);
+        store.halt_without_cleanup();
+    }
+    let store = Store::open(dir.path(), config(32_768)).unwrap();
+    for partition in store.topic("t").unwrap().partitions() {
+        assert_eq!(partition.end_offset(), 23);
+        assert_all_readable(&store, &partition);
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn waiting_entries_reach_a_file_the_budget_of_open_files_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // 200 partitions' queue files in a budget of 16: each is closed again long before
+        // its waiting entries are written out.
+        let store = Store::open(dir.path(), config(16)).unwrap();
+        let topic = topic(&store, 200);
+        append_round_robin(&store, &topic, 40);
+        for partition in topic.partitions() {
+            assert_all_readable(&store, &partition);
+        }
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), config(16)).unwrap();
+    for partition in store.topic("t").unwrap().partitions() {
+        assert_eq!(partition.end_offset(), 40);
+        assert_all_readable(&store, &partition);
+    }
+    store.close().unwrap();
+}
