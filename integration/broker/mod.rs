@@ -58,6 +58,9 @@ const PROCESS_LIMIT: Duration = Duration::from_secs(1800);
 /// How long one read-back of Kafka may wait for its messages.
 pub const READ_DEADLINE: Duration = Duration::from_secs(180);
 
+/// How long the mirror may take to catch up before a test calls it a hang.
+pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(120);
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -300,6 +303,34 @@ impl MirrorProcess {
         self.process.as_mut()?.try_wait()
     }
 
+    /// Sends `signal` to `commitfs mirror` itself (not to the `timeout` around it, which
+    /// would pass it on a second time) and waits for it to exit; panics, with its log, if it
+    /// is still running after `deadline`.
+    pub fn stop_with(&mut self, signal: i32, deadline: Duration) -> std::process::ExitStatus {
+        let timeout_pid = self.process.as_ref().expect("the mirror is running").pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{timeout_pid}/task/{timeout_pid}/children"))
+                .unwrap();
+        let mirror_pid: i32 = children.trim().parse().unwrap_or_else(|_| {
+            panic!("the mirror is not the one child of timeout {timeout_pid}: {children:?}")
+        });
+        // SAFETY: plain syscall on the child of our own unreaped `timeout` process.
+        assert_eq!(unsafe { libc::kill(mirror_pid, signal) }, 0, "kill");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                self.process = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the mirror still runs {deadline:?} after signal {signal}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -333,4 +364,68 @@ pub fn mirror_config_for(config: common::Config, port: u16) -> common::Config {
     config
         .set("mirror.brokers", &format!("\"127.0.0.1:{port}\""))
         .set("log_level", "\"info\"")
+}
+
+pub fn end_offsets(m: &Mount, topic: &str, partitions: u32) -> Vec<u64> {
+    (0..partitions)
+        .map(|p| common::xattr_u64(&m.path(&format!("{topic}/{p}")), "user.end_offset"))
+        .collect()
+}
+
+/// `user.time.<T>` on a partition: the first offset at or after T, `None` past the newest.
+pub fn first_offset_at(dir: &Path, time: i64) -> Option<u64> {
+    common::xattr_get(dir, &format!("user.time.{time}"))
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+}
+
+/// Kafka holds exactly the partition's messages, in order, once each: the line without its
+/// `\n`, the key before `separator`, the time the mount stamped (message N has time T when T
+/// is the greatest time whose first offset is at most N), and the `commitfs.offset` header.
+pub fn assert_mirrored(m: &Mount, topic: &str, records: &[Vec<Record>], separator: Option<u8>) {
+    for (partition, records) in records.iter().enumerate() {
+        let dir = m.path(&format!("{topic}/{partition}"));
+        let lines = common::partition_lines(&dir);
+        let offsets: Vec<Option<u64>> = records.iter().map(|r| r.source_offset).collect();
+        let expected: Vec<Option<u64>> = (0..lines.len() as u64).map(Some).collect();
+        assert!(
+            offsets == expected,
+            "{topic}/{partition}: Kafka holds offsets {} (first mismatch at {:?}); expected \
+             0..{} once each",
+            offsets.len(),
+            offsets.iter().zip(&expected).position(|(a, b)| a != b),
+            lines.len()
+        );
+        for (offset, (record, line)) in records.iter().zip(&lines).enumerate() {
+            let what = format!("{topic}/{partition} offset {offset}");
+            assert_eq!(record.payload, line.as_bytes(), "{what}: payload");
+            let key = separator.and_then(|s| line.split_once(s as char).map(|(k, _)| k));
+            assert_eq!(record.key.as_deref(), key.map(str::as_bytes), "{what}: key");
+            let time = record
+                .timestamp
+                .unwrap_or_else(|| panic!("{what}: no timestamp"));
+            assert!(
+                first_offset_at(&dir, time).is_some_and(|first| first <= offset as u64)
+                    && first_offset_at(&dir, time + 1).is_none_or(|first| first > offset as u64),
+                "{what}: timestamp {time} is not the one the mount stamped"
+            );
+        }
+    }
+}
+
+/// Waits until the group's consumer position on each partition is its end offset.
+pub fn wait_for_positions(m: &Mount, topic: &str, group: &str, ends: &[u64]) {
+    for (partition, end) in ends.iter().enumerate() {
+        let dir = m.path(&format!("{topic}/{partition}"));
+        common::wait_until(
+            CATCH_UP_DEADLINE,
+            &format!("{topic}/{partition} position {end}"),
+            || {
+                common::xattr_get(&dir, &format!("user.consumer.{group}"))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == end.to_string().as_bytes())
+            },
+        );
+    }
 }

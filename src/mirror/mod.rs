@@ -4,17 +4,19 @@
 //! `stream` and hands each message to librdkafka's idempotent producer (`kafka`) for the same
 //! partition number of the target topic, with its key, timestamp and a `commitfs.offset`
 //! header. What Kafka acknowledged becomes the group's consumer position on the partition
-//! directory. After a start, a crash or a failed delivery, a partition resumes after the
-//! greater of that position and the newest `commitfs.offset` the target partition holds, so
-//! nothing is sent twice and nothing is skipped.
+//! directory, at most every `position_interval_ms` per partition. After a start, a crash or a
+//! failed delivery, a partition resumes after the greater of that position and the newest
+//! `commitfs.offset` the target partition holds, so nothing is sent twice and nothing is
+//! skipped. SIGTERM or SIGINT stops it gracefully (`stop`): it waits a bounded time for what
+//! is in flight, writes every acknowledged position and exits 0.
 
 pub mod config;
 mod kafka;
 mod metrics;
 mod source;
+mod stop;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ pub use config::{MirrorConfig, MirrorConfigError};
 use kafka::{Ack, Kafka, SendRefused};
 use metrics::{Board, MetricsServer, PartitionFigures};
 use source::{PartitionSource, TopicSettings};
+use stop::StopRequests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -35,12 +38,18 @@ pub enum MirrorError {
     Fatal(String),
     #[error("metrics_listen: {0}")]
     Metrics(io::Error),
+    #[error("watching for SIGTERM and SIGINT: {0}")]
+    Signals(io::Error),
 }
 
 /// How often the mount is searched for new topics and partitions.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
-/// How often acknowledged progress is written as the group's consumer position.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the partitions are looked at for a position due to be written (each one is
+/// written at most every `position_interval_ms`).
+const COMMIT_CHECK: Duration = Duration::from_millis(50);
+/// After a stop signal, how long messages in flight may take to be acknowledged before they
+/// are abandoned (well inside systemd's 90 s stop timeout).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often the lag is measured (one `user.end_offset` per partition).
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// After this long without an acknowledgement while messages wait, the log says so (again).
@@ -52,13 +61,15 @@ const MAX_IDLE: Duration = Duration::from_millis(50);
 /// Messages one partition hands over before the next partition's turn.
 const TURN: usize = 10_000;
 
-/// Ships the mount at `mountpoint` per `config` until the process is stopped; returns only
-/// on an error it cannot outlive.
-pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<Infallible, MirrorError> {
+/// Ships the mount at `mountpoint` per `config` until SIGTERM or SIGINT (then `Ok`) or an
+/// error it cannot outlive.
+pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<(), MirrorError> {
     let mount_error = |source| MirrorError::Mount {
         path: mountpoint.to_owned(),
         source,
     };
+    // Before any thread starts, so that every one inherits the blocked signals.
+    let stops = StopRequests::watch().map_err(MirrorError::Signals)?;
     std::fs::read_dir(mountpoint).map_err(mount_error)?;
     let board = Arc::new(Board::default());
     let _metrics = match config.metrics_listen {
@@ -79,6 +90,7 @@ pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<Infallible, Mirror
         mountpoint: mountpoint.to_owned(),
         kafka,
         board,
+        stops,
         topics: HashMap::new(),
         slots: Vec::new(),
         last_progress: Instant::now(),
@@ -121,6 +133,9 @@ struct Slot {
     committed: u64,
     /// Acknowledged since the mirror started (for the metrics).
     shipped: u64,
+    /// When the position was last written (or the slot made): the next write waits for
+    /// `position_interval` after it.
+    committed_at: Instant,
     idle_until: Instant,
     idle_pause: Duration,
     /// Whether the last commit failed (so the log says it once per streak).
@@ -142,13 +157,14 @@ struct Mirror {
     mountpoint: PathBuf,
     kafka: Kafka,
     board: Arc<Board>,
+    stops: Arc<StopRequests>,
     topics: HashMap<String, KnownTopic>,
     slots: Vec<Slot>,
     last_progress: Instant,
 }
 
 impl Mirror {
-    fn run(&mut self) -> Result<Infallible, MirrorError> {
+    fn run(&mut self) -> Result<(), MirrorError> {
         let mut acks = Vec::new();
         let (mut discovered, mut committed, mut measured, mut stall_told) = (
             None::<Instant>,
@@ -159,6 +175,10 @@ impl Mirror {
         loop {
             if let Some(reason) = self.kafka.fatal_error() {
                 return Err(MirrorError::Fatal(reason));
+            }
+            if let Some(signal) = self.stops.requested() {
+                self.stop(signal, &mut acks);
+                return Ok(());
             }
             let now = Instant::now();
             if discovered.is_none_or(|at| now >= at + DISCOVERY_INTERVAL) {
@@ -179,8 +199,8 @@ impl Mirror {
                 // Nothing waits for Kafka: whatever comes next is not late yet.
                 self.last_progress = now;
             }
-            if now >= committed + COMMIT_INTERVAL {
-                self.commit_positions();
+            if now >= committed + COMMIT_CHECK {
+                self.commit_positions(now, false);
                 committed = now;
             }
             if measured.is_none_or(|at| now >= at + LAG_INTERVAL) {
@@ -395,12 +415,42 @@ impl Mirror {
         }
     }
 
-    fn commit_positions(&mut self) {
-        let group = &self.config.group;
+    /// Writes the positions that are due (`all`: every one that moved).
+    fn commit_positions(&mut self, now: Instant, all: bool) {
+        let (group, interval) = (&self.config.group, self.config.position_interval);
         for slot in &mut self.slots {
-            if slot.acked > slot.committed && slot.state != SlotState::Gone {
-                slot.commit(group);
+            let due = all || now >= slot.committed_at + interval;
+            if due && slot.acked > slot.committed && slot.state != SlotState::Gone {
+                slot.commit(group, now);
             }
+        }
+    }
+
+    /// The graceful stop: nothing new is sent; what is in flight has [`STOP_GRACE`] (or
+    /// until a second signal) to be acknowledged; then every acknowledged position is written.
+    /// Messages still unacknowledged are abandoned: Kafka may or may not store them, and the
+    /// next start resumes after what it holds either way.
+    fn stop(&mut self, signal: i32, acks: &mut Vec<Ack>) {
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.kafka.waiting() > 0 && Instant::now() < deadline && !self.stops.urgent() {
+            self.kafka.poll(Duration::from_millis(50), acks);
+            self.take_acks(acks);
+        }
+        self.kafka.poll(Duration::ZERO, acks);
+        self.take_acks(acks);
+        self.commit_positions(Instant::now(), true);
+        let unwritten = self
+            .slots
+            .iter()
+            .filter(|slot| slot.acked > slot.committed && slot.state != SlotState::Gone)
+            .count();
+        match (self.kafka.waiting(), unwritten) {
+            (0, 0) => tracing::info!(
+                "stopped on signal {signal}: Kafka acknowledged every message the mirror sent,                  and the positions say so"
+            ),
+            (waiting, unwritten) => tracing::warn!(
+                "stopped on signal {signal}: {waiting} messages sent were not acknowledged and                  are abandoned, {unwritten} positions could not be written; the next start                  resumes after what Kafka holds"
+            ),
         }
     }
 
@@ -440,6 +490,7 @@ impl Slot {
             acked: 0,
             committed: 0,
             shipped: 0,
+            committed_at: now,
             idle_until: now,
             idle_pause: Duration::ZERO,
             commit_failing: false,
@@ -562,10 +613,11 @@ impl Slot {
         }
     }
 
-    fn commit(&mut self, group: &str) {
+    fn commit(&mut self, group: &str, now: Instant) {
         match self.source.commit_position(group, self.acked) {
             Ok(()) => {
                 self.committed = self.acked;
+                self.committed_at = now;
                 self.commit_failing = false;
             }
             Err(error) => {
