@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{MirrorConfig, MirrorConfigError};
-use kafka::{Ack, Kafka, SendRefused};
+use kafka::{Ack, Kafka, SendRefused, Shipped};
 use metrics::{Board, MetricsServer, PartitionFigures};
 use source::{PartitionSource, TopicSettings};
 use stop::StopRequests;
@@ -235,17 +235,31 @@ impl Mirror {
                 }
             },
         };
+        let mut remade = Vec::new();
         for slot in &mut self.slots {
-            if slot.state != SlotState::Gone && !names.contains(&slot.topic) {
+            if slot.state == SlotState::Gone {
+                continue;
+            }
+            if !names.contains(&slot.topic) {
                 tracing::info!(
                     "{}/{}: the topic is gone from the mount",
                     slot.topic,
                     slot.partition
                 );
                 slot.state = SlotState::Gone;
+            } else if slot.source.replaced() {
+                tracing::info!(
+                    "{}/{}: the topic was removed since the mirror opened it; following the \
+                     topic of that name the mount has now",
+                    slot.topic,
+                    slot.partition
+                );
+                slot.state = SlotState::Gone;
+                remade.push(slot.topic.clone());
             }
         }
-        self.topics.retain(|name, _| names.contains(name));
+        self.topics
+            .retain(|name, _| names.contains(name) && !remade.contains(name));
         for name in names {
             match source::topic_settings(&self.mountpoint, &name) {
                 Ok(settings) => self.follow_topic(&name, settings),
@@ -259,6 +273,15 @@ impl Mirror {
 
     /// Gives topic `name`'s new partitions slots, once its target has room for them.
     fn follow_topic(&mut self, name: &str, settings: TopicSettings) {
+        let gone_in_flight = self
+            .slots
+            .iter()
+            .any(|slot| slot.topic == name && slot.state == SlotState::Gone && slot.in_flight > 0);
+        if gone_in_flight {
+            // A topic of this name that was removed still has messages on their way: what
+            // Kafka holds is known once they are answered.
+            return;
+        }
         let mirrored = self.topics.get(name).map_or(0, |known| known.mirrored);
         if self
             .topics
@@ -446,10 +469,13 @@ impl Mirror {
             .count();
         match (self.kafka.waiting(), unwritten) {
             (0, 0) => tracing::info!(
-                "stopped on signal {signal}: Kafka acknowledged every message the mirror sent,                  and the positions say so"
+                "stopped on signal {signal}: Kafka acknowledged every message the mirror sent, \
+                 and the positions say so"
             ),
             (waiting, unwritten) => tracing::warn!(
-                "stopped on signal {signal}: {waiting} messages sent were not acknowledged and                  are abandoned, {unwritten} positions could not be written; the next start                  resumes after what Kafka holds"
+                "stopped on signal {signal}: {waiting} messages sent were not acknowledged and \
+                 are abandoned, {unwritten} positions could not be written; the next start \
+                 resumes after what Kafka holds"
             ),
         }
     }
@@ -468,6 +494,15 @@ impl Mirror {
             }
         }
     }
+}
+
+/// Where the newest message Kafka holds for a partition came from.
+enum Lineage {
+    /// From this partition.
+    Same,
+    /// From a partition of the same name before its topic was removed and made again: why
+    /// that is certain.
+    Other(String),
 }
 
 enum Pumped {
@@ -563,13 +598,40 @@ impl Slot {
         }
     }
 
-    /// Resumes after the greater of the group's position and the newest offset Kafka holds.
-    fn resume(&mut self, group: &str, newest_shipped: Option<u64>) {
+    /// Resumes after the greater of the group's position and the newest offset Kafka holds
+    /// (when that came from this partition as it is now).
+    fn resume(&mut self, group: &str, newest: Option<Shipped>) {
         let position = match self.source.consumer_position(group) {
             Ok(position) => position,
             Err(error) => {
                 tracing::warn!(
                     "{}/{}: reading the position of group {group}: {error}",
+                    self.topic,
+                    self.partition
+                );
+                self.state = SlotState::Resync(Instant::now() + RETRY_AFTER);
+                return;
+            }
+        };
+        let newest_shipped = match newest.map(|shipped| (self.lineage(&shipped), shipped)) {
+            None => None,
+            Some((Ok(Lineage::Same), shipped)) => Some(shipped.offset),
+            Some((Ok(Lineage::Other(why)), shipped)) => {
+                tracing::warn!(
+                    "{}/{}: the newest message in target topic {} (commitfs.offset {}) is not \
+                     from this partition as it is now ({why}): the topic was removed and made \
+                     again since it was shipped; shipping it from its group position or its \
+                     start, after the old topic's messages",
+                    self.topic,
+                    self.partition,
+                    self.target,
+                    shipped.offset
+                );
+                None
+            }
+            Some((Err(error), _)) => {
+                tracing::warn!(
+                    "{}/{}: reading the message Kafka has last: {error}",
                     self.topic,
                     self.partition
                 );
@@ -611,6 +673,52 @@ impl Slot {
                 self.state = SlotState::Resync(Instant::now() + RETRY_AFTER);
             }
         }
+    }
+
+    /// Whether `shipped`, the newest message Kafka holds, is this partition's message of that
+    /// offset: the same bytes (a trailing `\n` aside, should the framing have changed) and
+    /// the same time. A topic removed and made again starts again at offset 0, so a restart
+    /// must not skip its messages because Kafka holds the old topic's with those offsets. Two
+    /// topics' messages at one offset with the same bytes in the same millisecond cannot be
+    /// told apart; they are taken for one.
+    fn lineage(&mut self, shipped: &Shipped) -> io::Result<Lineage> {
+        let end = self.source.end_offset()?;
+        if shipped.offset >= end {
+            return Ok(Lineage::Other(format!(
+                "the partition holds offsets below {end} only"
+            )));
+        }
+        let at = self.source.seek(shipped.offset)?;
+        let Some(message) = self.source.next_message()? else {
+            return Ok(Lineage::Same);
+        };
+        let later_in_time = shipped
+            .create_time
+            .is_some_and(|time| message.timestamp < time);
+        if at > shipped.offset {
+            // Retention removed it. The oldest message kept comes after it in the same
+            // partition, so it cannot be older.
+            return Ok(match later_in_time {
+                true => Lineage::Other(format!(
+                    "its oldest message, {at}, is older than Kafka's {}",
+                    shipped.offset
+                )),
+                false => Lineage::Same,
+            });
+        }
+        let bytes = |payload: &[u8]| payload.strip_suffix(b"\n").unwrap_or(payload).to_vec();
+        let same_time = shipped
+            .create_time
+            .is_none_or(|time| time == message.timestamp);
+        Ok(
+            match same_time && bytes(message.payload) == bytes(&shipped.payload) {
+                true => Lineage::Same,
+                false => Lineage::Other(format!(
+                    "its message {} has other bytes or another time",
+                    shipped.offset
+                )),
+            },
+        )
     }
 
     fn commit(&mut self, group: &str, now: Instant) {
