@@ -23,7 +23,7 @@ mod broker;
 mod common;
 
 use broker::{Broker, MirrorProcess};
-use common::{Background, Config, Mount};
+use common::{Config, Mount};
 
 const DEADLINE: Duration = Duration::from_secs(900);
 
@@ -50,7 +50,14 @@ fn main() {
         );
     }
     println!("mirror / producer alone: {:.2}", alone / mirrored);
-    kill9_run(&broker, 1_000_000, 6);
+    let m = Mount::new(bench_config(&broker).set("partitions", "2"));
+    let outcome = broker::kill9_run(&broker, &m, 1_000_000, 6);
+    println!(
+        "kill -9 run: 1000000 messages, {} kill -9 of the mirror mid-stream: {} lost, {} \
+         duplicated",
+        outcome.restarts, outcome.lost, outcome.duplicated
+    );
+    assert_eq!((outcome.lost, outcome.duplicated), (0, 0));
 }
 
 /// A 100-byte line: 99 bytes and its `\n`.
@@ -140,54 +147,4 @@ fn mirror_throughput(broker: &Broker, messages: u64) -> f64 {
     );
     wait_for_position(&m.path("shipped/0"), messages);
     started.elapsed().as_secs_f64()
-}
-
-fn kill9_run(broker: &Broker, messages: u64, kills: usize) {
-    const ROUNDS: u64 = 100;
-    let m = Mount::new(bench_config(broker).set("partitions", "2"));
-    m.sh_ok("mkdir kill9");
-    let per_round = messages / ROUNDS;
-    let mut writer = Background::spawn(m.sh_command_within(
-        &format!(
-            "for round in $(seq 1 {ROUNDS}); do \
-               seq -f \"round $round message %g\" 1 {per_round} >> kill9/append || exit 1; \
-               sleep 0.05; \
-             done"
-        ),
-        DEADLINE,
-    ));
-    let mut mirror = MirrorProcess::start(&m);
-    let mut rng = common::Rng::new(5);
-    for start in 1..=kills {
-        mirror.wait_for_log_count("shipping from offset", 2 * start, DEADLINE);
-        std::thread::sleep(Duration::from_millis(rng.below(1000)));
-        mirror.kill9();
-        mirror = MirrorProcess::start(&m);
-    }
-    assert!(writer.wait().success(), "the appends failed");
-    let ends: Vec<u64> = (0..2)
-        .map(|p| common::xattr_u64(&m.path(&format!("kill9/{p}")), "user.end_offset"))
-        .collect();
-    assert_eq!(ends.iter().sum::<u64>(), messages);
-    for (partition, end) in ends.iter().enumerate() {
-        wait_for_position(&m.path(&format!("kill9/{partition}")), *end);
-    }
-    let (mut lost, mut duplicated) = (0, 0);
-    for (records, end) in broker.read_all("kill9", 2).iter().zip(&ends) {
-        let mut seen = vec![0u32; *end as usize];
-        for record in records {
-            seen[record.source_offset.expect("a commitfs.offset header") as usize] += 1;
-        }
-        lost += seen.iter().filter(|n| **n == 0).count();
-        duplicated += seen
-            .iter()
-            .map(|n| n.saturating_sub(1) as usize)
-            .sum::<usize>();
-    }
-    let restarts = mirror.log().matches("mirroring ").count() - 1;
-    println!(
-        "kill -9 run: {messages} messages, {restarts} kill -9 of the mirror mid-stream: \
-         {lost} lost, {duplicated} duplicated"
-    );
-    assert_eq!((lost, duplicated), (0, 0));
 }

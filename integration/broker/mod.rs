@@ -429,3 +429,87 @@ pub fn wait_for_positions(m: &Mount, topic: &str, group: &str, ends: &[u64]) {
         );
     }
 }
+
+/// What [`kill9_run`] found in Kafka.
+#[derive(Debug)]
+pub struct Kill9Outcome {
+    /// How many times the mirror started again after a SIGKILL.
+    pub restarts: usize,
+    /// Source messages Kafka does not hold, and copies it holds beyond one per message.
+    pub lost: usize,
+    pub duplicated: usize,
+}
+
+/// How long a long run (a million messages) may take before it is called a hang.
+const LONG_RUN_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Appends `messages` lines in 100 rounds to a new topic `kill9` of mount `m` while the
+/// mirror is killed with SIGKILL `kills` times at random moments mid-stream (each once every
+/// partition ships again), waits until the last mirror's positions reach the end, then counts
+/// how often Kafka holds each source offset.
+pub fn kill9_run(broker: &Broker, m: &Mount, messages: u64, kills: usize) -> Kill9Outcome {
+    const ROUNDS: u64 = 100;
+    m.sh_ok("mkdir kill9");
+    let partitions = common::xattr_u64(&m.path("kill9"), "user.partitions") as usize;
+    let per_round = messages / ROUNDS;
+    let mut writer = Background::spawn(m.sh_command_within(
+        &format!(
+            "for round in $(seq 1 {ROUNDS}); do \
+               seq -f \"round $round message %g\" 1 {per_round} >> kill9/append || exit 1; \
+               sleep 0.05; \
+             done"
+        ),
+        LONG_RUN_DEADLINE,
+    ));
+    let mut mirror = MirrorProcess::start(m);
+    let mut rng = common::Rng::new(5);
+    for start in 1..=kills {
+        mirror.wait_for_log_count(
+            "shipping from offset",
+            partitions * start,
+            LONG_RUN_DEADLINE,
+        );
+        std::thread::sleep(Duration::from_millis(rng.below(1000)));
+        mirror.kill9();
+        mirror = MirrorProcess::start(m);
+    }
+    assert!(writer.wait().success(), "the appends failed");
+    let ends: Vec<u64> = (0..partitions)
+        .map(|p| common::xattr_u64(&m.path(&format!("kill9/{p}")), "user.end_offset"))
+        .collect();
+    assert_eq!(ends.iter().sum::<u64>(), messages);
+    for (partition, end) in ends.iter().enumerate() {
+        let dir = m.path(&format!("kill9/{partition}"));
+        common::wait_until(
+            LONG_RUN_DEADLINE,
+            "the mirror's position at the end",
+            || {
+                common::xattr_get(&dir, "user.consumer.mirror")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == end.to_string().as_bytes())
+            },
+        );
+    }
+    let (mut lost, mut duplicated) = (0, 0);
+    for (records, end) in broker
+        .read_all("kill9", partitions as u32)
+        .iter()
+        .zip(&ends)
+    {
+        let mut seen = vec![0u32; *end as usize];
+        for record in records {
+            seen[record.source_offset.expect("a commitfs.offset header") as usize] += 1;
+        }
+        lost += seen.iter().filter(|n| **n == 0).count();
+        duplicated += seen
+            .iter()
+            .map(|n| n.saturating_sub(1) as usize)
+            .sum::<usize>();
+    }
+    Kill9Outcome {
+        restarts: mirror.log().matches("mirroring ").count() - 1,
+        lost,
+        duplicated,
+    }
+}
