@@ -114,3 +114,34 @@ fn a_position_waits_for_its_interval_and_a_graceful_stop_writes_it() {
     assert_eq!(status.code(), Some(0), "{}", mirror.log());
     assert_eq!(position(&m, "paced/0"), Some(500), "{}", mirror.log());
 }
+
+/// A broker that does not answer: the stop waits its bounded grace for the messages in
+/// flight, abandons them, says so, and still exits 0; a restart once the broker answers
+/// again ships everything once.
+#[test]
+fn a_stop_while_the_broker_does_not_answer_abandons_what_is_in_flight_and_exits_0() {
+    let Some((broker, m)) = setup(Config::small().set("partitions", "1")) else {
+        return;
+    };
+    m.sh_ok("mkdir stalled && seq -f 'before %g' 1 200 >> stalled/0/active");
+    let mut mirror = MirrorProcess::start(&m);
+    broker.read_when_shipped("stalled", &[200]);
+    broker.pause();
+    m.sh_ok("seq -f 'during %g' 1 300 >> stalled/0/active");
+    // Long enough for the mirror (which looks every 50 ms at most) to send them.
+    std::thread::sleep(Duration::from_secs(1));
+    let status = mirror.stop_with(libc::SIGTERM, STOP_DEADLINE);
+    let log = mirror.log();
+    assert_eq!(status.code(), Some(0), "{status}\n{log}");
+    assert!(
+        log.contains("messages sent were not acknowledged and are abandoned"),
+        "{log}"
+    );
+    assert_eq!(position(&m, "stalled/0"), Some(200), "{log}");
+    broker.resume();
+    // The broker first serves what it had received before the stop.
+    std::thread::sleep(Duration::from_secs(3));
+    let _mirror = MirrorProcess::start(&m);
+    let records = broker.read_when_shipped("stalled", &[500]);
+    assert_mirrored(&m, "stalled", &records, None);
+}
