@@ -4,8 +4,10 @@
 //! 1. librdkafka's producer alone: N 100-byte messages (the mirror's producer settings and
 //!    header), from the first send until the last acknowledgement: the broker's ceiling.
 //! 2. The mirror: N 100-byte lines (99 bytes and `\n`) appended at once to a partition it
-//!    follows, from the append until the group's position says Kafka acknowledged the last.
-//! 3. 1,000,000 messages appended in rounds while the mirror is killed with SIGKILL at least
+//!    follows, from the append until its shipped counter says Kafka acknowledged the last.
+//! 3. The same over 64 partitions, with positions written at most every 200 ms (as the
+//!    mirror did before `position_interval_ms`) and every 1000 ms (its default).
+//! 4. 1,000,000 messages appended in rounds while the mirror is killed with SIGKILL at least
 //!    five times mid-stream; then every message is read back from Kafka and counted: lost and
 //!    duplicated must both be 0.
 //!
@@ -23,7 +25,7 @@ mod broker;
 mod common;
 
 use broker::{Broker, MirrorProcess};
-use common::{Background, Config, Mount};
+use common::{Config, Mount};
 
 const DEADLINE: Duration = Duration::from_secs(900);
 
@@ -37,12 +39,24 @@ fn main() {
         .unwrap_or(2_000_000);
     let broker = Broker::start();
     let alone = producer_alone(&broker, messages);
-    let mirrored = mirror_throughput(&broker, messages);
+    let mirrored = mirror_throughput(&broker, "shipped", 1, messages, 1000);
+    // Many busy partitions, positions written as often as before `position_interval_ms`
+    // (every 200 ms) and at its default (every second).
+    let often = mirror_throughput(&broker, "often", 64, messages, 200);
+    let seldom = mirror_throughput(&broker, "seldom", 64, messages, 1000);
     println!("| what | messages | seconds | messages/s |");
     println!("|---|---|---|---|");
     for (what, seconds) in [
         ("librdkafka producer alone", alone),
         ("commitfs mirror", mirrored),
+        (
+            "commitfs mirror, 64 partitions, positions every 200 ms",
+            often,
+        ),
+        (
+            "commitfs mirror, 64 partitions, positions every 1000 ms",
+            seldom,
+        ),
     ] {
         println!(
             "| {what} | {messages} | {seconds:.3} | {:.0} |",
@@ -50,7 +64,18 @@ fn main() {
         );
     }
     println!("mirror / producer alone: {:.2}", alone / mirrored);
-    kill9_run(&broker, 1_000_000, 6);
+    println!(
+        "64 partitions, positions every 1000 ms / every 200 ms: {:.2}",
+        often / seldom
+    );
+    let m = Mount::new(bench_config(&broker).set("partitions", "2"));
+    let outcome = broker::kill9_run(&broker, &m, 1_000_000, 6);
+    println!(
+        "kill -9 run: 1000000 messages, {} kill -9 of the mirror mid-stream: {} lost, {} \
+         duplicated",
+        outcome.restarts, outcome.lost, outcome.duplicated
+    );
+    assert_eq!((outcome.lost, outcome.duplicated), (0, 0));
 }
 
 /// A 100-byte line: 99 bytes and its `\n`.
@@ -111,83 +136,61 @@ fn bench_config(broker: &Broker) -> Config {
     broker::mirror_config(config, broker)
 }
 
-/// Waits until group `mirror`'s position on `dir` is `end`.
-fn wait_for_position(dir: &std::path::Path, end: u64) {
-    common::wait_until(DEADLINE, "the mirror's position at the end", || {
-        common::xattr_get(dir, "user.consumer.mirror")
-            .ok()
-            .flatten()
-            .is_some_and(|v| v == end.to_string().as_bytes())
-    });
-}
-
-fn mirror_throughput(broker: &Broker, messages: u64) -> f64 {
-    let m = Mount::new(bench_config(broker));
+/// `messages` 100-byte lines in a file of the mount's work directory.
+fn write_lines(m: &Mount, messages: u64) -> std::path::PathBuf {
     let input = m.work.join("lines");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
     for n in 0..messages {
         file.write_all(line(n).as_bytes()).unwrap();
     }
     file.flush().unwrap();
-    drop(file);
-    m.sh_ok("mkdir shipped");
-    let mirror = MirrorProcess::start(&m);
-    mirror.wait_for_log("shipping from offset 0", DEADLINE);
-    let started = Instant::now();
-    m.sh_ok_within(
-        &format!("cat {} >> shipped/0/active", input.display()),
-        DEADLINE,
-    );
-    wait_for_position(&m.path("shipped/0"), messages);
-    started.elapsed().as_secs_f64()
+    input
 }
 
-fn kill9_run(broker: &Broker, messages: u64, kills: usize) {
-    const ROUNDS: u64 = 100;
-    let m = Mount::new(bench_config(broker).set("partitions", "2"));
-    m.sh_ok("mkdir kill9");
-    let per_round = messages / ROUNDS;
-    let mut writer = Background::spawn(m.sh_command_within(
-        &format!(
-            "for round in $(seq 1 {ROUNDS}); do \
-               seq -f \"round $round message %g\" 1 {per_round} >> kill9/append || exit 1; \
-               sleep 0.05; \
-             done"
-        ),
+/// The sum of the mirror's `commitfs_mirror_shipped_messages_total` (acknowledged by Kafka).
+fn shipped_total(metrics_port: u16) -> u64 {
+    let (_, scrape) = common::http_get(metrics_port, "/metrics");
+    scrape
+        .lines()
+        .filter(|line| line.starts_with("commitfs_mirror_shipped_messages_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// Seconds from appending `messages` lines to topic `topic` of a mount with `partitions`
+/// partitions (to `append`: keyless lines go to the partitions in turn) until Kafka
+/// acknowledged the last, as the mirror's shipped counter says; positions are written at
+/// most every `position_interval_ms`.
+fn mirror_throughput(
+    broker: &Broker,
+    topic: &str,
+    partitions: u32,
+    messages: u64,
+    position_interval_ms: u64,
+) -> f64 {
+    let metrics_port = broker::free_port();
+    let config = bench_config(broker)
+        .set("partitions", &partitions.to_string())
+        .set(
+            "mirror.metrics_listen",
+            &format!("\"127.0.0.1:{metrics_port}\""),
+        )
+        .set(
+            "mirror.position_interval_ms",
+            &position_interval_ms.to_string(),
+        );
+    let m = Mount::new(config);
+    let input = write_lines(&m, messages);
+    m.sh_ok(&format!("mkdir {topic}"));
+    let mirror = MirrorProcess::start(&m);
+    mirror.wait_for_log_count("shipping from offset 0", partitions as usize, DEADLINE);
+    let started = Instant::now();
+    m.sh_ok_within(
+        &format!("cat {} >> {topic}/append", input.display()),
         DEADLINE,
-    ));
-    let mut mirror = MirrorProcess::start(&m);
-    let mut rng = common::Rng::new(5);
-    for start in 1..=kills {
-        mirror.wait_for_log_count("shipping from offset", 2 * start, DEADLINE);
-        std::thread::sleep(Duration::from_millis(rng.below(1000)));
-        mirror.kill9();
-        mirror = MirrorProcess::start(&m);
-    }
-    assert!(writer.wait().success(), "the appends failed");
-    let ends: Vec<u64> = (0..2)
-        .map(|p| common::xattr_u64(&m.path(&format!("kill9/{p}")), "user.end_offset"))
-        .collect();
-    assert_eq!(ends.iter().sum::<u64>(), messages);
-    for (partition, end) in ends.iter().enumerate() {
-        wait_for_position(&m.path(&format!("kill9/{partition}")), *end);
-    }
-    let (mut lost, mut duplicated) = (0, 0);
-    for (records, end) in broker.read_all("kill9", 2).iter().zip(&ends) {
-        let mut seen = vec![0u32; *end as usize];
-        for record in records {
-            seen[record.source_offset.expect("a commitfs.offset header") as usize] += 1;
-        }
-        lost += seen.iter().filter(|n| **n == 0).count();
-        duplicated += seen
-            .iter()
-            .map(|n| n.saturating_sub(1) as usize)
-            .sum::<usize>();
-    }
-    let restarts = mirror.log().matches("mirroring ").count() - 1;
-    println!(
-        "kill -9 run: {messages} messages, {restarts} kill -9 of the mirror mid-stream: \
-         {lost} lost, {duplicated} duplicated"
     );
-    assert_eq!((lost, duplicated), (0, 0));
+    common::wait_until(DEADLINE, "Kafka acknowledging every message", || {
+        shipped_total(metrics_port) >= messages
+    });
+    started.elapsed().as_secs_f64()
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 mod broker;
 mod common;
 
-use broker::{Broker, MirrorProcess, Record};
+use broker::{assert_mirrored, end_offsets, wait_for_positions, Broker, MirrorProcess};
 use common::{Background, Config, Mount};
 
 /// How long the mirror may take to catch up or log something before the test calls it a hang.
@@ -24,70 +24,6 @@ fn setup(config: Config) -> Option<(Broker, Mount)> {
     let broker = Broker::start();
     let mount = Mount::new(broker::mirror_config(config, &broker));
     Some((broker, mount))
-}
-
-fn end_offsets(m: &Mount, topic: &str, partitions: u32) -> Vec<u64> {
-    (0..partitions)
-        .map(|p| common::xattr_u64(&m.path(&format!("{topic}/{p}")), "user.end_offset"))
-        .collect()
-}
-
-/// `user.time.<T>` on a partition: the first offset at or after T, `None` past the newest.
-fn first_offset_at(dir: &Path, time: i64) -> Option<u64> {
-    common::xattr_get(dir, &format!("user.time.{time}"))
-        .unwrap()
-        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
-}
-
-/// Kafka holds exactly the partition's messages, in order, once each: the line without its
-/// `\n`, the key before `separator`, the time the mount stamped (message N has time T when T
-/// is the greatest time whose first offset is at most N), and the `commitfs.offset` header.
-fn assert_mirrored(m: &Mount, topic: &str, records: &[Vec<Record>], separator: Option<u8>) {
-    for (partition, records) in records.iter().enumerate() {
-        let dir = m.path(&format!("{topic}/{partition}"));
-        let lines = common::partition_lines(&dir);
-        let offsets: Vec<Option<u64>> = records.iter().map(|r| r.source_offset).collect();
-        let expected: Vec<Option<u64>> = (0..lines.len() as u64).map(Some).collect();
-        assert!(
-            offsets == expected,
-            "{topic}/{partition}: Kafka holds offsets {} (first mismatch at {:?}); expected \
-             0..{} once each",
-            offsets.len(),
-            offsets.iter().zip(&expected).position(|(a, b)| a != b),
-            lines.len()
-        );
-        for (offset, (record, line)) in records.iter().zip(&lines).enumerate() {
-            let what = format!("{topic}/{partition} offset {offset}");
-            assert_eq!(record.payload, line.as_bytes(), "{what}: payload");
-            let key = separator.and_then(|s| line.split_once(s as char).map(|(k, _)| k));
-            assert_eq!(record.key.as_deref(), key.map(str::as_bytes), "{what}: key");
-            let time = record
-                .timestamp
-                .unwrap_or_else(|| panic!("{what}: no timestamp"));
-            assert!(
-                first_offset_at(&dir, time).is_some_and(|first| first <= offset as u64)
-                    && first_offset_at(&dir, time + 1).is_none_or(|first| first > offset as u64),
-                "{what}: timestamp {time} is not the one the mount stamped"
-            );
-        }
-    }
-}
-
-/// Waits until the group's consumer position on each partition is its end offset.
-fn wait_for_positions(m: &Mount, topic: &str, group: &str, ends: &[u64]) {
-    for (partition, end) in ends.iter().enumerate() {
-        let dir = m.path(&format!("{topic}/{partition}"));
-        common::wait_until(
-            DEADLINE,
-            &format!("{topic}/{partition} position {end}"),
-            || {
-                common::xattr_get(&dir, &format!("user.consumer.{group}"))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v == end.to_string().as_bytes())
-            },
-        );
-    }
 }
 
 #[test]

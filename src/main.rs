@@ -250,7 +250,7 @@ fn mirror(config_path: Option<&Path>, mountpoint: &Path) -> ExitCode {
         )
         .init();
     match commitfs::mirror::run(config, mountpoint) {
-        Ok(never) => match never {},
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
             eprintln!("commitfs mirror: {error}");

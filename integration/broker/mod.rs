@@ -58,6 +58,9 @@ const PROCESS_LIMIT: Duration = Duration::from_secs(1800);
 /// How long one read-back of Kafka may wait for its messages.
 pub const READ_DEADLINE: Duration = Duration::from_secs(180);
 
+/// How long the mirror may take to catch up before a test calls it a hang.
+pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(120);
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -300,6 +303,34 @@ impl MirrorProcess {
         self.process.as_mut()?.try_wait()
     }
 
+    /// Sends `signal` to `commitfs mirror` itself (not to the `timeout` around it, which
+    /// would pass it on a second time) and waits for it to exit; panics, with its log, if it
+    /// is still running after `deadline`.
+    pub fn stop_with(&mut self, signal: i32, deadline: Duration) -> std::process::ExitStatus {
+        let timeout_pid = self.process.as_ref().expect("the mirror is running").pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{timeout_pid}/task/{timeout_pid}/children"))
+                .unwrap();
+        let mirror_pid: i32 = children.trim().parse().unwrap_or_else(|_| {
+            panic!("the mirror is not the one child of timeout {timeout_pid}: {children:?}")
+        });
+        // SAFETY: plain syscall on the child of our own unreaped `timeout` process.
+        assert_eq!(unsafe { libc::kill(mirror_pid, signal) }, 0, "kill");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                self.process = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the mirror still runs {deadline:?} after signal {signal}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -333,4 +364,152 @@ pub fn mirror_config_for(config: common::Config, port: u16) -> common::Config {
     config
         .set("mirror.brokers", &format!("\"127.0.0.1:{port}\""))
         .set("log_level", "\"info\"")
+}
+
+pub fn end_offsets(m: &Mount, topic: &str, partitions: u32) -> Vec<u64> {
+    (0..partitions)
+        .map(|p| common::xattr_u64(&m.path(&format!("{topic}/{p}")), "user.end_offset"))
+        .collect()
+}
+
+/// `user.time.<T>` on a partition: the first offset at or after T, `None` past the newest.
+pub fn first_offset_at(dir: &Path, time: i64) -> Option<u64> {
+    common::xattr_get(dir, &format!("user.time.{time}"))
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+}
+
+/// Kafka holds exactly the partition's messages, in order, once each: the line without its
+/// `\n`, the key before `separator`, the time the mount stamped (message N has time T when T
+/// is the greatest time whose first offset is at most N), and the `commitfs.offset` header.
+pub fn assert_mirrored(m: &Mount, topic: &str, records: &[Vec<Record>], separator: Option<u8>) {
+    for (partition, records) in records.iter().enumerate() {
+        let dir = m.path(&format!("{topic}/{partition}"));
+        let lines = common::partition_lines(&dir);
+        let offsets: Vec<Option<u64>> = records.iter().map(|r| r.source_offset).collect();
+        let expected: Vec<Option<u64>> = (0..lines.len() as u64).map(Some).collect();
+        assert!(
+            offsets == expected,
+            "{topic}/{partition}: Kafka holds offsets {} (first mismatch at {:?}); expected \
+             0..{} once each",
+            offsets.len(),
+            offsets.iter().zip(&expected).position(|(a, b)| a != b),
+            lines.len()
+        );
+        for (offset, (record, line)) in records.iter().zip(&lines).enumerate() {
+            let what = format!("{topic}/{partition} offset {offset}");
+            assert_eq!(record.payload, line.as_bytes(), "{what}: payload");
+            let key = separator.and_then(|s| line.split_once(s as char).map(|(k, _)| k));
+            assert_eq!(record.key.as_deref(), key.map(str::as_bytes), "{what}: key");
+            let time = record
+                .timestamp
+                .unwrap_or_else(|| panic!("{what}: no timestamp"));
+            assert!(
+                first_offset_at(&dir, time).is_some_and(|first| first <= offset as u64)
+                    && first_offset_at(&dir, time + 1).is_none_or(|first| first > offset as u64),
+                "{what}: timestamp {time} is not the one the mount stamped"
+            );
+        }
+    }
+}
+
+/// Waits until the group's consumer position on each partition is its end offset.
+pub fn wait_for_positions(m: &Mount, topic: &str, group: &str, ends: &[u64]) {
+    for (partition, end) in ends.iter().enumerate() {
+        let dir = m.path(&format!("{topic}/{partition}"));
+        common::wait_until(
+            CATCH_UP_DEADLINE,
+            &format!("{topic}/{partition} position {end}"),
+            || {
+                common::xattr_get(&dir, &format!("user.consumer.{group}"))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == end.to_string().as_bytes())
+            },
+        );
+    }
+}
+
+/// What [`kill9_run`] found in Kafka.
+#[derive(Debug)]
+pub struct Kill9Outcome {
+    /// How many times the mirror started again after a SIGKILL.
+    pub restarts: usize,
+    /// Source messages Kafka does not hold, and copies it holds beyond one per message.
+    pub lost: usize,
+    pub duplicated: usize,
+}
+
+/// How long a long run (a million messages) may take before it is called a hang.
+const LONG_RUN_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Appends `messages` lines in 100 rounds to a new topic `kill9` of mount `m` while the
+/// mirror is killed with SIGKILL `kills` times at random moments mid-stream (each once every
+/// partition ships again), waits until the last mirror's positions reach the end, then counts
+/// how often Kafka holds each source offset.
+pub fn kill9_run(broker: &Broker, m: &Mount, messages: u64, kills: usize) -> Kill9Outcome {
+    const ROUNDS: u64 = 100;
+    m.sh_ok("mkdir kill9");
+    let partitions = common::xattr_u64(&m.path("kill9"), "user.partitions") as usize;
+    let per_round = messages / ROUNDS;
+    let mut writer = Background::spawn(m.sh_command_within(
+        &format!(
+            "for round in $(seq 1 {ROUNDS}); do \
+               seq -f \"round $round message %g\" 1 {per_round} >> kill9/append || exit 1; \
+               sleep 0.05; \
+             done"
+        ),
+        LONG_RUN_DEADLINE,
+    ));
+    let mut mirror = MirrorProcess::start(m);
+    let mut rng = common::Rng::new(5);
+    for start in 1..=kills {
+        mirror.wait_for_log_count(
+            "shipping from offset",
+            partitions * start,
+            LONG_RUN_DEADLINE,
+        );
+        std::thread::sleep(Duration::from_millis(rng.below(1000)));
+        mirror.kill9();
+        mirror = MirrorProcess::start(m);
+    }
+    assert!(writer.wait().success(), "the appends failed");
+    let ends: Vec<u64> = (0..partitions)
+        .map(|p| common::xattr_u64(&m.path(&format!("kill9/{p}")), "user.end_offset"))
+        .collect();
+    assert_eq!(ends.iter().sum::<u64>(), messages);
+    for (partition, end) in ends.iter().enumerate() {
+        let dir = m.path(&format!("kill9/{partition}"));
+        common::wait_until(
+            LONG_RUN_DEADLINE,
+            "the mirror's position at the end",
+            || {
+                common::xattr_get(&dir, "user.consumer.mirror")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == end.to_string().as_bytes())
+            },
+        );
+    }
+    let (mut lost, mut duplicated) = (0, 0);
+    for (records, end) in broker
+        .read_all("kill9", partitions as u32)
+        .iter()
+        .zip(&ends)
+    {
+        let mut seen = vec![0u32; *end as usize];
+        for record in records {
+            seen[record.source_offset.expect("a commitfs.offset header") as usize] += 1;
+        }
+        lost += seen.iter().filter(|n| **n == 0).count();
+        duplicated += seen
+            .iter()
+            .map(|n| n.saturating_sub(1) as usize)
+            .sum::<usize>();
+    }
+    Kill9Outcome {
+        restarts: mirror.log().matches("mirroring ").count() - 1,
+        lost,
+        duplicated,
+    }
 }

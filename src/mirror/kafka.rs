@@ -34,6 +34,17 @@ pub struct Ack {
     pub error: Option<String>,
 }
 
+/// The newest message a target partition holds, as the mirror sent it: its `commitfs.offset`
+/// and what it can be told apart by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipped {
+    pub offset: u64,
+    /// Its CreateTime (the mount's time, as the mirror set it); `None` when the topic keeps
+    /// the broker's append time instead.
+    pub create_time: Option<i64>,
+    pub payload: Vec<u8>,
+}
+
 /// What travels with each message to its delivery report.
 pub struct Delivery {
     slot: usize,
@@ -260,15 +271,20 @@ impl Kafka {
         admin_result(results)
     }
 
-    /// For each of `partitions` of `topic`, the greatest `commitfs.offset` header stored
-    /// there (`None`: no message carries one). Reads each partition from just before its high
-    /// watermark to its end, so a watermark reported too low (Tansu does that) only costs
-    /// reading more. One topic at a time: an end-of-partition event names only the partition.
-    pub fn newest_shipped(&self, topic: &str, partitions: &[u32]) -> KafkaResult<Vec<Option<u64>>> {
+    /// For each of `partitions` of `topic`, the message with the greatest `commitfs.offset`
+    /// header stored there (`None`: no message carries one). Reads each partition from just
+    /// before its high watermark to its end, so a watermark reported too low (Tansu does that)
+    /// only costs reading more. One topic at a time: an end-of-partition event names only the
+    /// partition.
+    pub fn newest_shipped(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+    ) -> KafkaResult<Vec<Option<Shipped>>> {
         let consumer: BaseConsumer = self.probe_config.create()?;
         let mut assignment = TopicPartitionList::new();
         let mut open = HashMap::new();
-        let mut newest = vec![None; partitions.len()];
+        let mut newest: Vec<Option<Shipped>> = vec![None; partitions.len()];
         for (index, partition) in partitions.iter().enumerate() {
             let partition = *partition as i32;
             let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
@@ -298,7 +314,16 @@ impl Kafka {
                 Some(Ok(message)) => {
                     let index = open.get(&message.partition());
                     if let (Some(index), Some(offset)) = (index, header_offset(&message)) {
-                        newest[*index] = newest[*index].max(Some(offset));
+                        if newest[*index].as_ref().is_none_or(|n| offset > n.offset) {
+                            newest[*index] = Some(Shipped {
+                                offset,
+                                create_time: match message.timestamp() {
+                                    rdkafka::Timestamp::CreateTime(time) => Some(time),
+                                    _ => None,
+                                },
+                                payload: message.payload().unwrap_or_default().to_vec(),
+                            });
+                        }
                     }
                 }
             }

@@ -4,26 +4,29 @@
 //! `stream` and hands each message to librdkafka's idempotent producer (`kafka`) for the same
 //! partition number of the target topic, with its key, timestamp and a `commitfs.offset`
 //! header. What Kafka acknowledged becomes the group's consumer position on the partition
-//! directory. After a start, a crash or a failed delivery, a partition resumes after the
-//! greater of that position and the newest `commitfs.offset` the target partition holds, so
-//! nothing is sent twice and nothing is skipped.
+//! directory, at most every `position_interval_ms` per partition. After a start, a crash or a
+//! failed delivery, a partition resumes after the greater of that position and the newest
+//! `commitfs.offset` the target partition holds, so nothing is sent twice and nothing is
+//! skipped. SIGTERM or SIGINT stops it gracefully (`stop`): it waits a bounded time for what
+//! is in flight, writes every acknowledged position and exits 0.
 
 pub mod config;
 mod kafka;
 mod metrics;
 mod source;
+mod stop;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{MirrorConfig, MirrorConfigError};
-use kafka::{Ack, Kafka, SendRefused};
+use kafka::{Ack, Kafka, SendRefused, Shipped};
 use metrics::{Board, MetricsServer, PartitionFigures};
 use source::{PartitionSource, TopicSettings};
+use stop::StopRequests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -35,12 +38,18 @@ pub enum MirrorError {
     Fatal(String),
     #[error("metrics_listen: {0}")]
     Metrics(io::Error),
+    #[error("watching for SIGTERM and SIGINT: {0}")]
+    Signals(io::Error),
 }
 
 /// How often the mount is searched for new topics and partitions.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
-/// How often acknowledged progress is written as the group's consumer position.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the partitions are looked at for a position due to be written (each one is
+/// written at most every `position_interval_ms`).
+const COMMIT_CHECK: Duration = Duration::from_millis(50);
+/// After a stop signal, how long messages in flight may take to be acknowledged before they
+/// are abandoned (well inside systemd's 90 s stop timeout).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often the lag is measured (one `user.end_offset` per partition).
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// After this long without an acknowledgement while messages wait, the log says so (again).
@@ -52,13 +61,15 @@ const MAX_IDLE: Duration = Duration::from_millis(50);
 /// Messages one partition hands over before the next partition's turn.
 const TURN: usize = 10_000;
 
-/// Ships the mount at `mountpoint` per `config` until the process is stopped; returns only
-/// on an error it cannot outlive.
-pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<Infallible, MirrorError> {
+/// Ships the mount at `mountpoint` per `config` until SIGTERM or SIGINT (then `Ok`) or an
+/// error it cannot outlive.
+pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<(), MirrorError> {
     let mount_error = |source| MirrorError::Mount {
         path: mountpoint.to_owned(),
         source,
     };
+    // Before any thread starts, so that every one inherits the blocked signals.
+    let stops = StopRequests::watch().map_err(MirrorError::Signals)?;
     std::fs::read_dir(mountpoint).map_err(mount_error)?;
     let board = Arc::new(Board::default());
     let _metrics = match config.metrics_listen {
@@ -79,6 +90,7 @@ pub fn run(config: MirrorConfig, mountpoint: &Path) -> Result<Infallible, Mirror
         mountpoint: mountpoint.to_owned(),
         kafka,
         board,
+        stops,
         topics: HashMap::new(),
         slots: Vec::new(),
         last_progress: Instant::now(),
@@ -121,6 +133,9 @@ struct Slot {
     committed: u64,
     /// Acknowledged since the mirror started (for the metrics).
     shipped: u64,
+    /// When the position was last written (or the slot made): the next write waits for
+    /// `position_interval` after it.
+    committed_at: Instant,
     idle_until: Instant,
     idle_pause: Duration,
     /// Whether the last commit failed (so the log says it once per streak).
@@ -142,13 +157,14 @@ struct Mirror {
     mountpoint: PathBuf,
     kafka: Kafka,
     board: Arc<Board>,
+    stops: Arc<StopRequests>,
     topics: HashMap<String, KnownTopic>,
     slots: Vec<Slot>,
     last_progress: Instant,
 }
 
 impl Mirror {
-    fn run(&mut self) -> Result<Infallible, MirrorError> {
+    fn run(&mut self) -> Result<(), MirrorError> {
         let mut acks = Vec::new();
         let (mut discovered, mut committed, mut measured, mut stall_told) = (
             None::<Instant>,
@@ -159,6 +175,10 @@ impl Mirror {
         loop {
             if let Some(reason) = self.kafka.fatal_error() {
                 return Err(MirrorError::Fatal(reason));
+            }
+            if let Some(signal) = self.stops.requested() {
+                self.stop(signal, &mut acks);
+                return Ok(());
             }
             let now = Instant::now();
             if discovered.is_none_or(|at| now >= at + DISCOVERY_INTERVAL) {
@@ -179,8 +199,8 @@ impl Mirror {
                 // Nothing waits for Kafka: whatever comes next is not late yet.
                 self.last_progress = now;
             }
-            if now >= committed + COMMIT_INTERVAL {
-                self.commit_positions();
+            if now >= committed + COMMIT_CHECK {
+                self.commit_positions(now, false);
                 committed = now;
             }
             if measured.is_none_or(|at| now >= at + LAG_INTERVAL) {
@@ -215,17 +235,31 @@ impl Mirror {
                 }
             },
         };
+        let mut remade = Vec::new();
         for slot in &mut self.slots {
-            if slot.state != SlotState::Gone && !names.contains(&slot.topic) {
+            if slot.state == SlotState::Gone {
+                continue;
+            }
+            if !names.contains(&slot.topic) {
                 tracing::info!(
                     "{}/{}: the topic is gone from the mount",
                     slot.topic,
                     slot.partition
                 );
                 slot.state = SlotState::Gone;
+            } else if slot.source.replaced() {
+                tracing::info!(
+                    "{}/{}: the topic was removed since the mirror opened it; following the \
+                     topic of that name the mount has now",
+                    slot.topic,
+                    slot.partition
+                );
+                slot.state = SlotState::Gone;
+                remade.push(slot.topic.clone());
             }
         }
-        self.topics.retain(|name, _| names.contains(name));
+        self.topics
+            .retain(|name, _| names.contains(name) && !remade.contains(name));
         for name in names {
             match source::topic_settings(&self.mountpoint, &name) {
                 Ok(settings) => self.follow_topic(&name, settings),
@@ -239,6 +273,15 @@ impl Mirror {
 
     /// Gives topic `name`'s new partitions slots, once its target has room for them.
     fn follow_topic(&mut self, name: &str, settings: TopicSettings) {
+        let gone_in_flight = self
+            .slots
+            .iter()
+            .any(|slot| slot.topic == name && slot.state == SlotState::Gone && slot.in_flight > 0);
+        if gone_in_flight {
+            // A topic of this name that was removed still has messages on their way: what
+            // Kafka holds is known once they are answered.
+            return;
+        }
         let mirrored = self.topics.get(name).map_or(0, |known| known.mirrored);
         if self
             .topics
@@ -395,12 +438,45 @@ impl Mirror {
         }
     }
 
-    fn commit_positions(&mut self) {
-        let group = &self.config.group;
+    /// Writes the positions that are due (`all`: every one that moved).
+    fn commit_positions(&mut self, now: Instant, all: bool) {
+        let (group, interval) = (&self.config.group, self.config.position_interval);
         for slot in &mut self.slots {
-            if slot.acked > slot.committed && slot.state != SlotState::Gone {
-                slot.commit(group);
+            let due = all || now >= slot.committed_at + interval;
+            if due && slot.acked > slot.committed && slot.state != SlotState::Gone {
+                slot.commit(group, now);
             }
+        }
+    }
+
+    /// The graceful stop: nothing new is sent; what is in flight has [`STOP_GRACE`] (or
+    /// until a second signal) to be acknowledged; then every acknowledged position is written.
+    /// Messages still unacknowledged are abandoned: Kafka may or may not store them, and the
+    /// next start resumes after what it holds either way.
+    fn stop(&mut self, signal: i32, acks: &mut Vec<Ack>) {
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.kafka.waiting() > 0 && Instant::now() < deadline && !self.stops.urgent() {
+            self.kafka.poll(Duration::from_millis(50), acks);
+            self.take_acks(acks);
+        }
+        self.kafka.poll(Duration::ZERO, acks);
+        self.take_acks(acks);
+        self.commit_positions(Instant::now(), true);
+        let unwritten = self
+            .slots
+            .iter()
+            .filter(|slot| slot.acked > slot.committed && slot.state != SlotState::Gone)
+            .count();
+        match (self.kafka.waiting(), unwritten) {
+            (0, 0) => tracing::info!(
+                "stopped on signal {signal}: Kafka acknowledged every message the mirror sent, \
+                 and the positions say so"
+            ),
+            (waiting, unwritten) => tracing::warn!(
+                "stopped on signal {signal}: {waiting} messages sent were not acknowledged and \
+                 are abandoned, {unwritten} positions could not be written; the next start \
+                 resumes after what Kafka holds"
+            ),
         }
     }
 
@@ -418,6 +494,15 @@ impl Mirror {
             }
         }
     }
+}
+
+/// Where the newest message Kafka holds for a partition came from.
+enum Lineage {
+    /// From this partition.
+    Same,
+    /// From a partition of the same name before its topic was removed and made again: why
+    /// that is certain.
+    Other(String),
 }
 
 enum Pumped {
@@ -440,6 +525,7 @@ impl Slot {
             acked: 0,
             committed: 0,
             shipped: 0,
+            committed_at: now,
             idle_until: now,
             idle_pause: Duration::ZERO,
             commit_failing: false,
@@ -512,13 +598,40 @@ impl Slot {
         }
     }
 
-    /// Resumes after the greater of the group's position and the newest offset Kafka holds.
-    fn resume(&mut self, group: &str, newest_shipped: Option<u64>) {
+    /// Resumes after the greater of the group's position and the newest offset Kafka holds
+    /// (when that came from this partition as it is now).
+    fn resume(&mut self, group: &str, newest: Option<Shipped>) {
         let position = match self.source.consumer_position(group) {
             Ok(position) => position,
             Err(error) => {
                 tracing::warn!(
                     "{}/{}: reading the position of group {group}: {error}",
+                    self.topic,
+                    self.partition
+                );
+                self.state = SlotState::Resync(Instant::now() + RETRY_AFTER);
+                return;
+            }
+        };
+        let newest_shipped = match newest.map(|shipped| (self.lineage(&shipped), shipped)) {
+            None => None,
+            Some((Ok(Lineage::Same), shipped)) => Some(shipped.offset),
+            Some((Ok(Lineage::Other(why)), shipped)) => {
+                tracing::warn!(
+                    "{}/{}: the newest message in target topic {} (commitfs.offset {}) is not \
+                     from this partition as it is now ({why}): the topic was removed and made \
+                     again since it was shipped; shipping it from its group position or its \
+                     start, after the old topic's messages",
+                    self.topic,
+                    self.partition,
+                    self.target,
+                    shipped.offset
+                );
+                None
+            }
+            Some((Err(error), _)) => {
+                tracing::warn!(
+                    "{}/{}: reading the message Kafka has last: {error}",
                     self.topic,
                     self.partition
                 );
@@ -562,10 +675,57 @@ impl Slot {
         }
     }
 
-    fn commit(&mut self, group: &str) {
+    /// Whether `shipped`, the newest message Kafka holds, is this partition's message of that
+    /// offset: the same bytes (a trailing `\n` aside, should the framing have changed) and
+    /// the same time. A topic removed and made again starts again at offset 0, so a restart
+    /// must not skip its messages because Kafka holds the old topic's with those offsets. Two
+    /// topics' messages at one offset with the same bytes in the same millisecond cannot be
+    /// told apart; they are taken for one.
+    fn lineage(&mut self, shipped: &Shipped) -> io::Result<Lineage> {
+        let end = self.source.end_offset()?;
+        if shipped.offset >= end {
+            return Ok(Lineage::Other(format!(
+                "the partition holds offsets below {end} only"
+            )));
+        }
+        let at = self.source.seek(shipped.offset)?;
+        let Some(message) = self.source.next_message()? else {
+            return Ok(Lineage::Same);
+        };
+        let later_in_time = shipped
+            .create_time
+            .is_some_and(|time| message.timestamp < time);
+        if at > shipped.offset {
+            // Retention removed it. The oldest message kept comes after it in the same
+            // partition, so it cannot be older.
+            return Ok(match later_in_time {
+                true => Lineage::Other(format!(
+                    "its oldest message, {at}, is older than Kafka's {}",
+                    shipped.offset
+                )),
+                false => Lineage::Same,
+            });
+        }
+        let bytes = |payload: &[u8]| payload.strip_suffix(b"\n").unwrap_or(payload).to_vec();
+        let same_time = shipped
+            .create_time
+            .is_none_or(|time| time == message.timestamp);
+        Ok(
+            match same_time && bytes(message.payload) == bytes(&shipped.payload) {
+                true => Lineage::Same,
+                false => Lineage::Other(format!(
+                    "its message {} has other bytes or another time",
+                    shipped.offset
+                )),
+            },
+        )
+    }
+
+    fn commit(&mut self, group: &str, now: Instant) {
         match self.source.commit_position(group, self.acked) {
             Ok(()) => {
                 self.committed = self.acked;
+                self.committed_at = now;
                 self.commit_failing = false;
             }
             Err(error) => {

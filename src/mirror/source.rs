@@ -167,6 +167,20 @@ impl PartitionSource {
         &self.dir_path
     }
 
+    /// Whether the partition directory this reader opened is no longer the one at its path:
+    /// its topic was removed, and maybe made again under the same name (a new topic's
+    /// directories are other inodes). Other errors say nothing either way: false.
+    pub fn replaced(&self) -> bool {
+        let not_found = |error: &rustix::io::Errno| *error == rustix::io::Errno::NOENT;
+        match (
+            rustix::fs::fstat(&self.dir),
+            rustix::fs::stat(&self.dir_path),
+        ) {
+            (Ok(opened), Ok(now)) => (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino),
+            (Err(error), _) | (_, Err(error)) => not_found(&error),
+        }
+    }
+
     /// Follows changed topic settings (framing, key separator) from the next message on.
     pub fn set_settings(&mut self, settings: TopicSettings) {
         self.settings = settings;
