@@ -142,6 +142,21 @@ impl<'s> Scratch<'s> {
     }
 }
 
+/// How many partitions ahead an append over many partitions starts loading what it will
+/// touch next: each partition's state lies on its own cache lines, and waiting for each in
+/// turn, rather than for several at once, was most of the time of such an append.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Hints the CPU to start loading the cache line holding `value`.
+pub(super) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast());
+    }
+}
+
 /// Refuses a batch with a message over `max_message_bytes` or a key longer than its message.
 fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Result<()> {
     for message in messages {
@@ -179,6 +194,11 @@ pub(super) struct Staged<'a> {
     timestamp: i64,
     /// Whether its batches carry key lengths.
     keyed: bool,
+    /// The partition's facts the batches' headers need, copied here while its lines are in
+    /// the cache.
+    topic_id: u32,
+    partition_index: u32,
+    segment_messages: u64,
     /// The active segment's size once the messages are in.
     segment_bytes: u64,
     /// The partition's `stream` size once the messages are in.
@@ -229,6 +249,9 @@ impl Partition {
             queue_file,
             defer_entries,
             pending_file: None,
+            topic_id: self.topic_id,
+            partition_index: self.index,
+            segment_messages: self.segment_messages,
             partition: self,
             first_offset: state.next,
             timestamp: now.max(state.last_timestamp),
@@ -264,7 +287,7 @@ struct PlannedBatch {
 
 impl Staged<'_> {
     fn hash_keys(&mut self) {
-        let topic_id = self.partition.topic_id;
+        let topic_id = self.topic_id;
         for (message, hash) in self.messages.iter().zip(self.scratch.key_hashes.iter_mut()) {
             *hash = message
                 .key_len
@@ -288,7 +311,7 @@ impl Staged<'_> {
         file_bytes: u64,
         plan: &mut Vec<PlannedBatch>,
     ) -> Result<()> {
-        let segment_messages = self.partition.segment_messages;
+        let segment_messages = self.segment_messages;
         let slot_bytes = format::table_bytes(1, self.keyed) as u64;
         let (mut next, count) = (0, self.messages.len());
         while next < count {
@@ -324,8 +347,8 @@ impl Staged<'_> {
             }
             let header = BatchHeader {
                 size: size as u32,
-                topic_id: self.partition.topic_id,
-                partition: self.partition.index,
+                topic_id: self.topic_id,
+                partition: self.partition_index,
                 count: (end - next) as u32,
                 first_offset,
                 timestamp: self.timestamp,
@@ -377,6 +400,24 @@ impl Staged<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Starts loading what [`publish`](Self::publish) will touch.
+    fn prefetch_publish(&self) {
+        prefetch(&*self.state);
+        prefetch(&self.partition.end);
+        if self.defer_entries {
+            self.partition.queue.prefetch_pending();
+        }
+    }
+
+    /// Starts loading the index slots of the batch's keys.
+    fn prefetch_slots(&self, batch: &PlannedBatch, index: &IndexRoom<'_>) {
+        for &hash in &self.scratch.key_hashes[batch.messages.clone()] {
+            if hash != 0 {
+                index.prefetch_slot(hash);
+            }
+        }
     }
 
     /// Writes the consume-queue entries and publishes the partition's new end: readers see
@@ -456,7 +497,12 @@ pub(super) fn append_together<'a>(
     let now = now_ms();
     Scratch::with(total, |mut scratch| {
         let mut staged = Vec::with_capacity(batches.len());
-        for &i in &order {
+        for (number, &i) in order.iter().enumerate() {
+            if let Some(&ahead) = order.get(number + PREFETCH_AHEAD) {
+                let partition = batches[ahead].0;
+                prefetch(&partition.writer);
+                partition.queue.prefetch_pending();
+            }
             let (partition, messages) = batches[i];
             let (mine, rest) = scratch.split(messages.len());
             scratch = rest;
@@ -493,7 +539,10 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
         appender.reserve(plan.iter().map(|batch| u64::from(batch.header.size)))?;
         let fence = to.fence.on_unwind();
         let mut table = Vec::new();
-        let copied = plan.iter().try_for_each(|batch| {
+        let copied = plan.iter().enumerate().try_for_each(|(number, batch)| {
+            if let Some(ahead) = plan.get(number + PREFETCH_AHEAD) {
+                staged[ahead.staged].prefetch_slots(ahead, &index);
+            }
             staged[batch.staged].copy(batch, &mut table, &mut appender, &mut index)
         });
         if let Err(error) = copied.and_then(|()| appender.publish()) {
@@ -505,8 +554,11 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
         fence
     };
     fail::fail_point!("append::after-log-publish");
-    for batch in staged.iter_mut() {
-        batch.publish();
+    for number in 0..staged.len() {
+        if let Some(ahead) = staged.get(number + PREFETCH_AHEAD) {
+            ahead.prefetch_publish();
+        }
+        staged[number].publish();
     }
     drop(fence);
     Ok(())

@@ -329,6 +329,7 @@ impl Store {
         let topic = Arc::new(self.build_topic(&record, &HashMap::new())?);
         // A topic is created by its file; a new one takes no reserve (it would not free space).
         if let Err(error) = meta::save_topic(&self.dir, &record, None) {
+            topic.retire();
             let _ = std::fs::remove_dir_all(&topic.queue_dir);
             return Err(error);
         }
@@ -409,7 +410,7 @@ impl Store {
             .expect("topic in metadata");
         meta::remove_topic_file(&self.dir, topic.id)?;
         meta.topics.remove(position);
-        topic.deleted.store(true, Ordering::Release);
+        topic.retire();
         self.topics.write().remove(name);
         for dir in [&topic.queue_dir, &topic.segment_dir] {
             match std::fs::remove_dir_all(dir) {

@@ -75,6 +75,15 @@ impl Topic {
         self.partitions.read().clone()
     }
 
+    /// Marks the topic deleted and stops its consume-queue files being made ahead of need,
+    /// before its directories are removed.
+    pub(super) fn retire(&self) {
+        self.deleted.store(true, Ordering::Release);
+        for partition in self.partitions().iter() {
+            partition.queue.retire();
+        }
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
     }

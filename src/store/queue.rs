@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -120,6 +120,9 @@ struct Shared {
     /// closed and unmapped until adopted: a topic of many partitions holds no descriptor
     /// per partition that was never written.
     prepared: Mutex<Option<u64>>,
+    /// Set, under `prepared`, once the queue's directory is to be removed: no file may be
+    /// made in it after that.
+    retired: AtomicBool,
 }
 
 /// Lets the preparer thread make a queue's files ahead of need without keeping the queue.
@@ -181,6 +184,7 @@ impl ConsumeQueue {
                 files: RwLock::new(files),
                 open_files,
                 prepared: Mutex::new(prepared),
+                retired: AtomicBool::new(false),
             }),
         })
     }
@@ -424,6 +428,12 @@ impl ConsumeQueue {
                 && self.segment_base(pending.first) == base)
     }
 
+    /// Starts loading the lock of the entries waiting in memory, which the partition's next
+    /// append takes.
+    pub fn prefetch_pending(&self) {
+        super::append::prefetch(&self.pending);
+    }
+
     /// Keeps the entries of `from` on in memory, after those waiting already (as
     /// [`can_defer`](Self::can_defer) allowed; only the partition's writer adds entries).
     pub fn defer(&self, from: u64, entries: impl Iterator<Item = QueueEntry>) {
@@ -503,6 +513,14 @@ impl ConsumeQueue {
         let base = self.segment_base(last);
         let middle = base + self.entries_per_file / 2;
         (from <= middle && middle <= last).then_some(base + self.entries_per_file)
+    }
+
+    /// Makes no more files ahead of need, after waiting for one being made: the queue's
+    /// directory is about to be removed (its topic deleted, or never created), and a file
+    /// made during the removal would leave the directory behind.
+    pub fn retire(&self) {
+        let _making = self.shared.prepared.lock();
+        self.shared.retired.store(true, Ordering::Release);
     }
 
     pub fn prepare_handle(&self) -> PrepareHandle {
@@ -653,7 +671,10 @@ impl Shared {
     /// nobody adopted: a segment roll came sooner, or retention took its place).
     fn prepare(&self, base: u64) -> Result<()> {
         let mut prepared = self.prepared.lock();
-        if *prepared == Some(base) || self.files.read().contains_key(&base) {
+        if self.retired.load(Ordering::Acquire)
+            || *prepared == Some(base)
+            || self.files.read().contains_key(&base)
+        {
             return Ok(());
         }
         if let Some(stale) = prepared.take() {
