@@ -47,6 +47,8 @@ pub(super) struct SegmentFiles {
     files: Mutex<BTreeMap<u64, u64>>,
     /// Sealed segments below this base were looked at by this run (made, or refused).
     looked_at: AtomicU64,
+    /// Segments whose bytes in the commit log this run gave back (see `released`).
+    pub(super) released: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl SegmentFiles {
@@ -85,7 +87,17 @@ impl SegmentFiles {
             dir,
             files: Mutex::new(files),
             looked_at: AtomicU64::new(0),
+            released: Mutex::default(),
         })
+    }
+
+    /// The bases of the segments that have files, lowest first.
+    pub fn bases(&self) -> Vec<u64> {
+        self.files.lock().keys().copied().collect()
+    }
+
+    pub fn file_path(&self, base: u64) -> PathBuf {
+        self.path(base)
     }
 
     fn path(&self, base: u64) -> PathBuf {
@@ -111,6 +123,21 @@ impl SegmentFiles {
                 None
             }
         }
+    }
+
+    /// The length of segment `base`'s file, if it has one.
+    pub fn len(&self, base: u64) -> Option<u64> {
+        self.files.lock().get(&base).copied()
+    }
+
+    /// Fills `buf` from byte `at` of segment `base`'s file; an error naming the file if it
+    /// is missing or shorter.
+    pub fn read_exact_at(&self, base: u64, at: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(base);
+        File::open(&path)
+            .and_then(|file| file.read_exact_at(buf, at))
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))
     }
 
     pub fn disk_bytes(&self) -> u64 {
