@@ -249,3 +249,51 @@ fn a_store_of_100_byte_messages_occupies_at_most_1_35_times_their_bytes_once_rel
     assert_eq!(store.read_message(&partition, 7).unwrap(), line);
     store.close().unwrap();
 }
+
+#[test]
+fn after_a_clean_stop_the_messages_whose_log_bytes_were_given_back_are_read_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
+/// A segment file that does not match its segment is normally removed at open and copied
+/// again; once the log gave back the segment's bytes, it is their only copy, so the open
+/// refuses (naming the file) and keeps it.
+#[test]
+fn the_only_copy_of_a_segment_is_never_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let only_copy = segment_file(dir.path(), 10);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&only_copy)
+        .unwrap();
+    file.set_len(9000).unwrap();
+    drop(file);
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open went on");
+    assert!(error.to_string().contains("only copy"), "{error}");
+    assert!(
+        error.to_string().contains("00000000000000000010.log"),
+        "{error}"
+    );
+    assert_eq!(std::fs::metadata(&only_copy).unwrap().len(), 9000);
+
+    std::fs::remove_file(&only_copy).unwrap();
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open went on");
+    assert!(error.to_string().contains("missing"), "{error}");
+}

@@ -9,7 +9,7 @@
 //! removes; the copy is then made again. The commit log is flushed before a copy starts, so
 //! a copy never holds bytes a power loss could take from the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,9 @@ use super::Store;
 pub(super) const SEGMENTS_DIR: &str = "segments";
 const PARTIAL_SUFFIX: &str = ".partial";
 const FILE_SUFFIX: &str = ".log";
+/// Next to a segment's file once the commit log gave back its messages' bytes (`released`):
+/// the file is then their only copy, never removed or made again while the segment is stored.
+const RELEASED_SUFFIX: &str = ".log.released";
 /// Bytes copied per read of the segment.
 const COPY_CHUNK: usize = 1 << 20;
 /// How often the thread looks for newly sealed segments.
@@ -48,7 +51,9 @@ pub(super) struct SegmentFiles {
     /// Sealed segments below this base were looked at by this run (made, or refused).
     looked_at: AtomicU64,
     /// Segments whose bytes in the commit log this run gave back (see `released`).
-    pub(super) released: Mutex<std::collections::BTreeSet<u64>>,
+    pub(super) released: Mutex<BTreeSet<u64>>,
+    /// Segments marked (on disk) as having given back their bytes in the log, in any run.
+    marked: Mutex<BTreeSet<u64>>,
 }
 
 impl SegmentFiles {
@@ -56,6 +61,7 @@ impl SegmentFiles {
     /// interrupted copy are removed.
     pub fn open(dir: PathBuf) -> Result<SegmentFiles> {
         let mut files = BTreeMap::new();
+        let mut marked = BTreeSet::new();
         let listing = |e| StoreError::io(format!("listing {}", dir.display()), e);
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
@@ -69,6 +75,13 @@ impl SegmentFiles {
                             entry.path().display()
                         );
                         remove(&entry.path())?;
+                        continue;
+                    }
+                    if let Some(base) = name
+                        .strip_suffix(RELEASED_SUFFIX)
+                        .and_then(format::parse_file_name)
+                    {
+                        marked.insert(base);
                         continue;
                     }
                     let base = name
@@ -88,12 +101,33 @@ impl SegmentFiles {
             files: Mutex::new(files),
             looked_at: AtomicU64::new(0),
             released: Mutex::default(),
+            marked: Mutex::new(marked),
         })
     }
 
     /// The bases of the segments that have files, lowest first.
     pub fn bases(&self) -> Vec<u64> {
         self.files.lock().keys().copied().collect()
+    }
+
+    /// Marks, durably, that the commit log gives back segment `base`'s bytes: from then on
+    /// its file is never removed or remade while the segment is stored.
+    pub fn mark_released(&self, base: u64) -> Result<()> {
+        if self.marked.lock().contains(&base) {
+            return Ok(());
+        }
+        let path = self.marker_path(base);
+        File::create(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        sync_dir(&self.dir)?;
+        self.marked.lock().insert(base);
+        Ok(())
+    }
+
+    fn marker_path(&self, base: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}{RELEASED_SUFFIX}", format::file_name(base)))
     }
 
     pub fn file_path(&self, base: u64) -> PathBuf {
@@ -153,11 +187,27 @@ impl SegmentFiles {
             remove(&self.path(old))?;
             files.remove(&old);
         }
+        let mut marked = self.marked.lock();
+        let unmarked: Vec<u64> = marked.range(..base).copied().collect();
+        for old in unmarked {
+            remove(&self.marker_path(old))?;
+            marked.remove(&old);
+        }
         Ok(())
     }
 
-    /// Removes segment `base`'s file: it does not match the segment.
+    /// Removes segment `base`'s file: it does not match the segment. The file of a segment
+    /// whose bytes the log gave back is their only copy: it is an error instead.
     fn discard(&self, base: u64, why: &str) -> Result<()> {
+        if self.marked.lock().contains(&base) {
+            return Err(StoreError::Corrupt {
+                path: self.path(base),
+                offset: 0,
+                reason: format!(
+                    "{why}, and it is the only copy of the segment's messages (the commit log gave back their bytes)"
+                ),
+            });
+        }
         tracing::warn!(
             "removing {}: {why}; the segment is copied again",
             self.path(base).display()
@@ -221,6 +271,14 @@ impl Partition {
             .collect();
         let first = self.segment_base(self.start_offset());
         self.segment_files.remove_before(first)?;
+        let marked = self.segment_files.marked.lock().clone();
+        if let Some(&lost) = marked.iter().find(|&&b| !self.segment_files.contains(b)) {
+            return Err(StoreError::Corrupt {
+                path: self.segment_files.path(lost),
+                offset: 0,
+                reason: "the file is missing, and it was the only copy of the segment's messages (the commit log gave back their bytes)".into(),
+            });
+        }
         for (base, len) in files.into_iter().filter(|&(base, _)| base >= first) {
             match self.segment(base) {
                 Ok(Some(info)) if info.sealed && info.bytes == len => {}

@@ -157,6 +157,7 @@ impl Partition {
         let end = (base + self.segment_messages).min(self.end_offset());
         let mut offset = base.max(self.start_offset());
         let mut released = 0;
+        let mut marked = false;
         while offset < end {
             let Some(record) = self.stored_record(offset)? else {
                 return Ok(released);
@@ -170,6 +171,12 @@ impl Partition {
                     reason: why.to_owned(),
                 })?
                 .header;
+            // Durable before the first block goes: from then on the file is never removed
+            // or remade while the segment is stored.
+            if !marked {
+                self.segment_files.mark_released(base)?;
+                marked = true;
+            }
             let from = record.position() + header.payload_start() as u64;
             record
                 .log_file()
