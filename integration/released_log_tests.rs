@@ -297,3 +297,35 @@ fn the_only_copy_of_a_segment_is_never_removed_at_open() {
         .expect("the open went on");
     assert!(error.to_string().contains("missing"), "{error}");
 }
+
+/// The open checks each partition's last message from the log with `pread`: when it is the
+/// last of a segment whose bytes the log gave back, it is checked against the segment's file.
+#[test]
+fn a_partition_whose_last_message_lies_in_a_released_segment_opens_after_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 30);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 30);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.stream_end(), 30 * MESSAGE_BYTES as u64);
+    store.close().unwrap();
+    drop(store);
+
+    // Its file changed: the open refuses, naming the file.
+    let damaged = segment_file(dir.path(), 20);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[9999] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open went on");
+    assert!(error.to_string().contains("CRC32C"), "{error}");
+    assert!(
+        error.to_string().contains("00000000000000000020.log"),
+        "{error}"
+    );
+}

@@ -125,6 +125,11 @@ impl SegmentFiles {
         Ok(())
     }
 
+    /// Whether the commit log gave back segment `base`'s bytes (in any run).
+    pub fn is_marked(&self, base: u64) -> bool {
+        self.marked.lock().contains(&base)
+    }
+
     fn marker_path(&self, base: u64) -> PathBuf {
         self.dir
             .join(format!("{}{RELEASED_SUFFIX}", format::file_name(base)))

@@ -314,7 +314,17 @@ impl Partition {
             Scanned::Record(batch) => Err(self.foreign_record(offset, at, &batch.header)),
             Scanned::EndOfFile => Err(self.record_damage(offset, at, "an end-of-file marker")),
             Scanned::Skip(_) => Err(self.record_damage(offset, at, "a repaired (skipped) span")),
-            Scanned::Invalid(why) => Err(self.record_damage(offset, at, why)),
+            Scanned::Invalid(why) => {
+                let where_ = format!("{} at byte {position}", file.data.path().display());
+                match self.released_last_record(offset, &bytes, &where_) {
+                    Some(released) => released.and_then(|message| {
+                        Self::agrees(&entry, &message)
+                            .then_some(message)
+                            .ok_or_else(|| self.disagreeing_entry(offset))
+                    }),
+                    None => Err(self.record_damage(offset, at, why)),
+                }
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use super::commitlog::{LogFile, Record};
 use super::error::{Result, StoreError};
-use super::format;
+use super::format::{self, RecordHeader};
 use super::partition::{verify, Partition};
 use super::Store;
 
@@ -97,8 +97,26 @@ impl Partition {
             offset: record.position(),
             reason: format!("a batch of a segment with its own file: {why}"),
         })?;
-        let header = batch.header;
         let shift = self.segment_file_shift(base)?;
+        let where_ = format!("{} at byte {}", record.path().display(), record.position());
+        let mut payload = self.payload_from_file(base, &batch, log_bytes, shift, &where_)?;
+        let from = record.header.payload_at as usize - batch.header.payload_start();
+        payload.drain(..from);
+        Ok(Cow::Owned(payload))
+    }
+
+    /// The messages' bytes of `batch` (whose bytes in the log are `log_bytes`, found at
+    /// `where_`) from segment `base`'s own file, whose byte 0 is segment position `shift`,
+    /// checked against the batch's CRC32C.
+    fn payload_from_file(
+        &self,
+        base: u64,
+        batch: &format::Batch<'_>,
+        log_bytes: &[u8],
+        shift: u64,
+        where_: &str,
+    ) -> Result<Vec<u8>> {
+        let header = batch.header;
         let mut payload = vec![0u8; header.payload_bytes()];
         let at = header.segment_position.checked_sub(shift).ok_or_else(|| {
             self.file_damage(base, shift, "a batch lies before the segment's file starts")
@@ -113,16 +131,45 @@ impl Partition {
                 base,
                 at,
                 &format!(
-                    "CRC32C mismatch in the batch holding message {} (its header in {} at byte {})",
-                    record.header.offset,
-                    record.path().display(),
-                    record.position()
+                    "CRC32C mismatch in the batch of messages {}..{} (its header in {where_})",
+                    header.first_offset,
+                    header.end_offset()
                 ),
             ));
         }
-        let from = record.header.payload_at as usize - header.payload_start();
-        payload.drain(..from);
-        Ok(Cow::Owned(payload))
+        Ok(payload)
+    }
+
+    /// Message `offset`, the last the partition stores, when its batch (`bytes`, read from
+    /// the log with `pread` at open) gave its messages' bytes back to segment `base`'s file:
+    /// `None` if the segment did not, else the message checked against its file.
+    pub(super) fn released_last_record(
+        &self,
+        offset: u64,
+        bytes: &[u8],
+        where_: &str,
+    ) -> Option<Result<RecordHeader>> {
+        let base = self.segment_base(offset);
+        if !self.segment_files.is_marked(base) {
+            return None;
+        }
+        let batch = format::decode_header(bytes).ok()?;
+        let message = batch
+            .message(offset.checked_sub(batch.header.first_offset)? as u32)
+            .filter(|m| {
+                m.offset == offset && m.topic_id == self.topic_id && m.partition == self.index
+            })?;
+        // The segment's last message: its file ends where this message ends.
+        let end = message.segment_position + message.payload_len() as u64;
+        let checked = self
+            .segment_files
+            .len(base)
+            .and_then(|len| end.checked_sub(len))
+            .ok_or_else(|| {
+                self.file_damage(base, 0, "the file does not end where the segment does")
+            })
+            .and_then(|shift| self.payload_from_file(base, &batch, bytes, shift, where_));
+        Some(checked.map(|_| message))
     }
 
     /// The segment position of byte 0 of segment `base`'s own file: the file ends where the
