@@ -48,13 +48,6 @@ pub struct Record<F> {
 pub type RecordRef = Record<Arc<LogFile>>;
 
 impl<F: Deref<Target = LogFile>> Record<F> {
-    pub fn payload(&self) -> &[u8] {
-        self.file.data.bytes(
-            self.batch_at + u64::from(self.header.payload_at),
-            self.header.payload_len(),
-        )
-    }
-
     /// The bytes of this message and the later ones of its batch: a stretch of its segment.
     pub fn payload_to_batch_end(&self) -> &[u8] {
         let from = u64::from(self.header.payload_at);
@@ -66,6 +59,18 @@ impl<F: Deref<Target = LogFile>> Record<F> {
 
     pub fn batch_end_offset(&self) -> u64 {
         self.batch_end_offset
+    }
+
+    /// Its batch's bytes as the log holds them.
+    pub fn batch_bytes(&self) -> &[u8] {
+        self.file
+            .data
+            .bytes(self.batch_at, self.batch_size as usize)
+    }
+
+    /// The log file holding it.
+    pub fn log_file(&self) -> &LogFile {
+        &self.file
     }
 
     /// Whether its batch's bytes still match the CRC32C stored in it.
@@ -93,11 +98,6 @@ impl<F: Deref<Target = LogFile>> Record<F> {
             batch: self.file.base + self.batch_at,
             index: self.header.index,
         }
-    }
-
-    pub fn key(&self) -> Option<&[u8]> {
-        let key_len = self.header.key_len? as usize;
-        Some(&self.payload()[..key_len])
     }
 }
 
@@ -851,9 +851,10 @@ mod fuzz {
                 if let Some(record) = message_in(&file, MessageAt { batch, index }) {
                     let end = record.position() + u64::from(record.batch_size);
                     prop_assert!(end <= capacity);
-                    prop_assert_eq!(record.payload().len(), record.header.payload_len());
-                    prop_assert!(record.payload_to_batch_end().len() >= record.payload().len());
-                    prop_assert!(record.key().is_none_or(|k| k.len() <= record.payload().len()));
+                    let len = record.header.payload_len();
+                    prop_assert!(record.payload_to_batch_end().len() >= len);
+                    prop_assert!(record.header.key_len.is_none_or(|k| k as usize <= len));
+                    prop_assert_eq!(record.batch_bytes().len(), record.batch_size as usize);
                     let _ = record.crc_matches();
                 }
             }

@@ -119,6 +119,25 @@ impl MappedFile {
         self.allocated.load(Ordering::Acquire)
     }
 
+    /// Gives the blocks wholly inside `[from, from + len)` back to the file system: they read
+    /// as zeroes from then on. Only for bytes that live elsewhere too (a sealed segment's own
+    /// file) and that nothing writes again.
+    pub fn punch_hole(&self, from: u64, len: u64) -> Result<()> {
+        const BLOCK: u64 = 4096;
+        let start = from.div_ceil(BLOCK) * BLOCK;
+        let end = (from + len).min(self.capacity()) / BLOCK * BLOCK;
+        if end <= start {
+            return Ok(());
+        }
+        fallocate(
+            &self.file,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            end - start,
+        )
+        .map_err(|e| StoreError::io(format!("punching a hole in {}", self.path.display()), e))
+    }
+
     /// Makes sure the first `len` bytes (at most the capacity) have blocks on disk.
     /// Callers that grow a file are serialised by the file's owner.
     pub fn allocate(&self, len: u64) -> Result<()> {

@@ -321,7 +321,17 @@ impl Partition {
             Scanned::Record(batch) => Err(self.foreign_record(offset, at, &batch.header)),
             Scanned::EndOfFile => Err(self.record_damage(offset, at, "an end-of-file marker")),
             Scanned::Skip(_) => Err(self.record_damage(offset, at, "a repaired (skipped) span")),
-            Scanned::Invalid(why) => Err(self.record_damage(offset, at, why)),
+            Scanned::Invalid(why) => {
+                let where_ = format!("{} at byte {position}", file.data.path().display());
+                match self.released_last_record(offset, &bytes, &where_) {
+                    Some(released) => released.and_then(|message| {
+                        Self::agrees(&entry, &message)
+                            .then_some(message)
+                            .ok_or_else(|| self.disagreeing_entry(offset))
+                    }),
+                    None => Err(self.record_damage(offset, at, why)),
+                }
+            }
         }
     }
 
@@ -634,8 +644,7 @@ impl Partition {
         let record = self
             .stored_record(offset)?
             .ok_or(StoreError::OffsetOutOfRange { offset, start, end })?;
-        verify(&record)?;
-        Ok(record.payload().to_vec())
+        self.payload_of(&record)
     }
 
     /// The size of the partition's `stream`: every byte it ever stored.
@@ -716,14 +725,17 @@ impl Partition {
                     ),
                 ));
             };
-            let stretch = record.payload_to_batch_end();
-            if let Some(rest) = stretch.get(skip as usize..).filter(|r| !r.is_empty()) {
-                verify(&record)?;
-                let n = rest.len().min(buf.len() - filled);
-                buf[filled..filled + n].copy_from_slice(&rest[..n]);
-                filled += n;
+            let batch_end = record.batch_end_offset();
+            let skip = skip as usize;
+            if skip < record.payload_to_batch_end().len() {
+                filled += self.with_stretch(&record, |stretch| {
+                    let rest = &stretch[skip..];
+                    let n = rest.len().min(buf.len() - filled);
+                    buf[filled..filled + n].copy_from_slice(&rest[..n]);
+                    n
+                })?;
             }
-            offset = record.batch_end_offset();
+            offset = batch_end;
         }
         Ok(filled)
     }
@@ -941,16 +953,21 @@ impl SegmentReader {
     /// that cannot be read is an error naming the file and byte.
     pub fn read_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
         if let Some(file) = &self.file {
-            return read_file_at(file, position, buf).map_err(|e| {
-                StoreError::io(
-                    format!(
-                        "reading segment {} of {} partition {}'s own file",
-                        self.base, self.partition.topic_name, self.partition.index
-                    ),
-                    e,
-                )
-            });
+            return self.read_own_file(file, position, buf);
         }
+        let from_log = self.read_log_at(position, buf);
+        // A file made while this read copied from the log: the log's bytes may have been
+        // punched under it (see `released`), so the file answers instead.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.partition.segment_files.contains(self.base) {
+            if let Some(file) = self.partition.segment_files.open_file(self.base) {
+                return self.read_own_file(&file, position, buf);
+            }
+        }
+        from_log
+    }
+
+    fn read_log_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
         let end = self.end();
         if self.first >= end || buf.is_empty() {
             return Ok(0);
@@ -996,6 +1013,18 @@ impl SegmentReader {
             offset = next;
         }
         Ok(filled)
+    }
+
+    fn read_own_file(&self, file: &File, position: u64, buf: &mut [u8]) -> Result<usize> {
+        read_file_at(file, position, buf).map_err(|e| {
+            StoreError::io(
+                format!(
+                    "reading segment {} of {} partition {}'s own file",
+                    self.base, self.partition.topic_name, self.partition.index
+                ),
+                e,
+            )
+        })
     }
 
     /// Checks the CRC32C of `record`'s batch unless it was the last batch checked.
