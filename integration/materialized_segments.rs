@@ -323,13 +323,15 @@ fn the_disk_ceiling_deletes_materialized_segments() {
             .parse()
             .unwrap()
     };
-    // Over the ceiling, the copies go first (the commit log still holds their bytes), then
-    // messages a commit-log file at a time; no copy is made again while over it.
+    // Over the ceiling, messages go a commit-log file at a time, and with them the files of
+    // their segments (the commit log gave back their bytes, so a stored segment's file is
+    // their only copy and stays while the segment does).
     let files_match_start = || {
-        start() > 0
+        let start = start();
+        start > 0
             && (0..1000)
                 .step_by(100)
-                .all(|base| !own_file(&m, 1, base).exists())
+                .all(|base| own_file(&m, 1, base).exists() == (base + 100 > start))
     };
     wait_until(
         COPY_DEADLINE,

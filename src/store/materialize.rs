@@ -28,10 +28,10 @@ use super::Store;
 
 pub(super) const SEGMENTS_DIR: &str = "segments";
 const PARTIAL_SUFFIX: &str = ".partial";
-const FILE_SUFFIX: &str = ".log";
+pub(super) const FILE_SUFFIX: &str = ".log";
 /// Next to a segment's file once the commit log gave back its messages' bytes (`released`):
 /// the file is then their only copy, never removed or made again while the segment is stored.
-const RELEASED_SUFFIX: &str = ".log.released";
+pub(super) const RELEASED_SUFFIX: &str = ".log.released";
 /// Bytes copied per read of the segment.
 const COPY_CHUNK: usize = 1 << 20;
 /// How often the thread looks for newly sealed segments.
@@ -113,13 +113,18 @@ impl SegmentFiles {
 
     /// Marks, durably, that the commit log gives back segment `base`'s bytes: from then on
     /// its file is never removed or remade while the segment is stored.
-    pub fn mark_released(&self, base: u64) -> Result<()> {
+    /// The marker holds `shift`, the segment position of the file's first byte, so that
+    /// recovery, `check` and `dump` find a batch's bytes in the file without the partition.
+    pub fn mark_released(&self, base: u64, shift: u64) -> Result<()> {
         if self.marked.lock().contains(&base) {
             return Ok(());
         }
         let path = self.marker_path(base);
         File::create(&path)
-            .and_then(|f| f.sync_all())
+            .and_then(|mut f| {
+                writeln!(f, "{shift}")?;
+                f.sync_all()
+            })
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
         sync_dir(&self.dir)?;
         self.marked.lock().insert(base);
@@ -540,7 +545,13 @@ fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar), stopping: &AtomicBool
             continue;
         }
         let started = Instant::now();
-        wait = match store.materialize_pass(stopping) {
+        // Copies first, then the log gives back what they hold (`released`): each copy is
+        // fsynced under its final name before the log is flushed, the segment's marker
+        // fsynced, and the first block punched.
+        let passed = store
+            .materialize_pass(stopping)
+            .and_then(|made| store.release_materialized_log().map(|_| made));
+        wait = match passed {
             Ok(made) => {
                 if made > 0 {
                     tracing::debug!(

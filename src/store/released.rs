@@ -14,12 +14,17 @@
 //! read again from the file.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
 use std::ops::Deref;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
 
 use super::commitlog::{LogFile, Record};
 use super::error::{Result, StoreError};
-use super::format::{self, RecordHeader};
+use super::format::{self, RecordHeader, Scanned};
+use super::materialize::{FILE_SUFFIX, RELEASED_SUFFIX, SEGMENTS_DIR};
 use super::partition::{verify, Partition};
 use super::Store;
 
@@ -199,18 +204,42 @@ impl Partition {
     }
 
     /// Punches out of the commit log the messages' bytes of every batch of sealed segment
-    /// `base`, which has a file of its own, after checking each batch against that file.
+    /// `base`, which has a file of its own, after checking each batch against that file
+    /// (unless an earlier run marked the segment: its file is then what every read uses, and
+    /// the punches that run may not have finished are done again).
     fn release_segment(&self, base: u64) -> Result<u64> {
         let end = (base + self.segment_messages).min(self.end_offset());
         let mut offset = base.max(self.start_offset());
         let mut released = 0;
-        let mut marked = false;
+        let mut marked = self.segment_files.is_marked(base);
         while offset < end {
             let Some(record) = self.stored_record(offset)? else {
                 return Ok(released);
             };
-            // The file must hold the batch before the log lets its bytes go.
-            self.stretch_from_file(&record, base)?;
+            if !marked {
+                // The file must hold the batch before the log lets its bytes go.
+                self.stretch_from_file(&record, base)?;
+            }
+            let next = record.batch_end_offset();
+            // Durable before the first block goes: from then on the file is never removed
+            // or remade while the segment is stored, and recovery reads the batches from it.
+            if !marked && next >= end {
+                self.segment_files
+                    .mark_released(base, self.segment_file_shift(base)?)?;
+                marked = true;
+                // Tests kill the daemon between the marker and the first punch.
+                fail::fail_point!("released::marked");
+            }
+            offset = next;
+        }
+        if !marked {
+            return Ok(0);
+        }
+        let mut offset = base.max(self.start_offset());
+        while offset < end {
+            let Some(record) = self.stored_record(offset)? else {
+                break;
+            };
             let header = format::decode_header(record.batch_bytes())
                 .map_err(|why| StoreError::Corrupt {
                     path: record.path(),
@@ -218,12 +247,6 @@ impl Partition {
                     reason: why.to_owned(),
                 })?
                 .header;
-            // Durable before the first block goes: from then on the file is never removed
-            // or remade while the segment is stored.
-            if !marked {
-                self.segment_files.mark_released(base)?;
-                marked = true;
-            }
             let from = record.position() + header.payload_start() as u64;
             record
                 .log_file()
@@ -231,6 +254,8 @@ impl Partition {
                 .punch_hole(from, header.payload_bytes() as u64)?;
             released += header.payload_bytes() as u64;
             offset = record.batch_end_offset();
+            // Tests kill the daemon part way through a segment's punches.
+            fail::fail_point!("released::punch");
         }
         Ok(released)
     }
@@ -241,21 +266,160 @@ impl Store {
     /// segment that is a file of its own; returns the messages' bytes given back.
     pub fn release_materialized_log(&self) -> Result<u64> {
         let _one_at_a_time = self.materializing.lock();
-        self.log.flush()?;
-        let mut released = 0;
+        let mut pending = Vec::new();
         for topic in self.topics() {
             for partition in topic.partitions() {
                 let files = &partition.segment_files;
                 let first = partition.segment_base(partition.start_offset());
+                let released = files.released.lock().clone();
                 for base in files.bases() {
-                    if base < first || files.released.lock().contains(&base) {
-                        continue;
+                    if base >= first && !released.contains(&base) {
+                        pending.push((partition.clone(), base));
                     }
-                    released += partition.release_segment(base)?;
-                    files.released.lock().insert(base);
                 }
             }
         }
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // The batches' headers and tables stay in the log and vouch for the files' bytes:
+        // on disk before any of those bytes leave it.
+        self.log.flush()?;
+        let mut released = 0;
+        for (partition, base) in pending {
+            match partition.release_segment(base) {
+                Ok(bytes) => released += bytes,
+                // The log keeps the bytes; it serves them as before.
+                Err(error @ StoreError::Corrupt { .. }) => tracing::error!(
+                    "the commit log keeps the bytes of topic {} partition {} segment {base}: {error}",
+                    partition.topic_name,
+                    partition.index()
+                ),
+                Err(error) => return Err(error),
+            }
+            partition.segment_files.released.lock().insert(base);
+        }
+        // Tests kill the daemon after the punches, before any checkpoint records them.
+        fail::fail_point!("released::done");
         Ok(released)
+    }
+}
+
+/// Finds, for scans of the commit log that have no partitions (recovery, `check`, `dump`),
+/// the bytes of batches whose messages the log gave back: a batch whose CRC32C does not
+/// match in the log is read back whole (header and table from the log, messages from its
+/// segment's file) when its segment is marked released.
+pub(super) struct ReleasedFiles {
+    segments_dir: PathBuf,
+    segment_messages: u64,
+    /// Per (topic id, partition, segment base): its file and the segment position of the
+    /// file's first byte; `None` if the segment is not marked.
+    segments: HashMap<(u32, u32, u64), Option<ReleasedSegment>>,
+}
+
+struct ReleasedSegment {
+    path: PathBuf,
+    file: std::result::Result<File, String>,
+    shift: u64,
+}
+
+impl ReleasedFiles {
+    pub fn new(data_dir: &Path, segment_messages: u64) -> ReleasedFiles {
+        ReleasedFiles {
+            segments_dir: data_dir.join(SEGMENTS_DIR),
+            segment_messages: segment_messages.max(1),
+            segments: HashMap::new(),
+        }
+    }
+
+    /// [`format::scan_record`] at the start of `rest`, where a batch of a released segment
+    /// is rebuilt into `buffer` from its segment's file. An error (naming the file) when its
+    /// segment is released and the file does not hold its bytes.
+    pub fn scan<'a>(
+        &mut self,
+        rest: &'a [u8],
+        buffer: &'a mut Vec<u8>,
+    ) -> std::result::Result<Scanned<'a>, String> {
+        match format::scan_record(rest) {
+            Scanned::Invalid(reason) => match self.restore(rest, buffer) {
+                Some(Ok(())) => Ok(format::scan_record(buffer)),
+                Some(Err(why)) => Err(why),
+                None => Ok(Scanned::Invalid(reason)),
+            },
+            scanned => Ok(scanned),
+        }
+    }
+
+    /// Rebuilds into `buffer` the batch at the start of `rest` whose messages' bytes the log
+    /// gave back; `None` if its segment is not marked released (or `rest` holds no batch
+    /// header), so that the log is what is damaged there.
+    fn restore(
+        &mut self,
+        rest: &[u8],
+        buffer: &mut Vec<u8>,
+    ) -> Option<std::result::Result<(), String>> {
+        let header = format::decode_header(rest).ok()?.header;
+        let base = header.first_offset - header.first_offset % self.segment_messages;
+        let segment = self.segment(header.topic_id, header.partition, base)?;
+        let file = match &segment.file {
+            Ok(file) => file,
+            Err(why) => return Some(Err(why.clone())),
+        };
+        let start = header.payload_start();
+        buffer.clear();
+        buffer.extend_from_slice(&rest[..start]);
+        buffer.resize(header.size as usize, 0);
+        let read = header
+            .segment_position
+            .checked_sub(segment.shift)
+            .ok_or_else(|| "a batch lies before the file starts".to_string())
+            .and_then(|at| {
+                file.read_exact_at(&mut buffer[start..], at)
+                    .map_err(|e| e.to_string())
+            });
+        let why = match read {
+            Ok(()) if format::crc_matches(buffer) => return Some(Ok(())),
+            Ok(()) => "CRC32C mismatch".to_string(),
+            Err(why) => why,
+        };
+        Some(Err(format!(
+            "{}: the only copy of messages {}..{} of topic id {} partition {} (the commit log gave back their bytes) does not hold them: {why}",
+            segment.path.display(),
+            header.first_offset,
+            header.end_offset(),
+            header.topic_id,
+            header.partition
+        )))
+    }
+
+    fn segment(&mut self, topic_id: u32, partition: u32, base: u64) -> Option<&ReleasedSegment> {
+        let dir = self
+            .segments_dir
+            .join(topic_id.to_string())
+            .join(partition.to_string());
+        self.segments
+            .entry((topic_id, partition, base))
+            .or_insert_with(|| {
+                let name = format::file_name(base);
+                let marker = dir.join(format!("{name}{RELEASED_SUFFIX}"));
+                let written = std::fs::read_to_string(&marker).ok()?;
+                let path = dir.join(format!("{name}{FILE_SUFFIX}"));
+                let shift = written.trim().parse::<u64>();
+                let file = match shift {
+                    Ok(_) => File::open(&path).map_err(|e| {
+                        format!("{}: {e}, and it is the only copy of segment {base}'s messages (the commit log gave back their bytes)", path.display())
+                    }),
+                    Err(_) => Err(format!(
+                        "{}: does not say where segment {base}'s file starts",
+                        marker.display()
+                    )),
+                };
+                Some(ReleasedSegment {
+                    shift: shift.unwrap_or(0),
+                    path,
+                    file,
+                })
+            })
+            .as_ref()
     }
 }
