@@ -955,16 +955,25 @@ impl SegmentReader {
         if let Some(file) = &self.file {
             return self.read_own_file(file, position, buf);
         }
-        let from_log = self.read_log_at(position, buf);
-        // A file made while this read copied from the log: the log's bytes may have been
-        // punched under it (see `released`), so the file answers instead.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.partition.segment_files.contains(self.base) {
-            if let Some(file) = self.partition.segment_files.open_file(self.base) {
-                return self.read_own_file(&file, position, buf);
+        let files = &self.partition.segment_files;
+        if !files.is_marked(self.base) {
+            let from_log = self.read_log_at(position, buf);
+            // The segment is marked before the log's first byte of it is punched: still
+            // unmarked after the copy, the bytes copied were the log's own.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !files.is_marked(self.base) {
+                return from_log;
             }
         }
-        from_log
+        // The log gave back the segment's bytes (see `released`): its file answers.
+        let file = files.open_file(self.base).ok_or_else(|| {
+            self.partition.file_damage(
+                self.base,
+                0,
+                "the file is missing, and it was the only copy of the segment's messages",
+            )
+        })?;
+        self.read_own_file(&file, position, buf)
     }
 
     fn read_log_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {

@@ -9,9 +9,19 @@
 //! bytes from the file, so a byte the log no longer holds is served from the file or not at
 //! all (an error), never as the zeroes the hole reads as.
 //!
-//! Readers that found no file when they started a read check again after copying from the
-//! log: a segment whose file appeared meanwhile may have been punched under them, so they
-//! read again from the file.
+//! A segment is marked released (in memory, after its `<base>.log.released` marker is
+//! fsynced) before the first block of it is punched. Reads of unmarked segments copy from the
+//! log as they always did, then check the mark again: a segment marked meanwhile may have
+//! been punched under them, so they read again from the file.
+//!
+//! The order that makes a crash at any step lose nothing: the copy is fsynced under its final
+//! name and its directory synced (`materialize`); the log is flushed, so the batches' headers
+//! and tables, which vouch for the file's bytes, are on disk; each batch is checked against
+//! the file; the marker is written and fsynced; then the blocks are punched. A crash before
+//! the marker leaves the log whole; after it, every reader, recovery's scan, `check` and
+//! `dump` take the segment's bytes from its file, whether the punches reached the disk or not,
+//! and an open never removes or remakes that file. A later run punches marked segments again
+//! (without re-reading them), finishing what a crash interrupted.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -50,13 +60,13 @@ impl Partition {
         mut take: impl FnMut(&[u8]) -> T,
     ) -> Result<T> {
         let base = self.segment_base(record.header.offset);
-        if !self.segment_files.contains(base) {
+        if !self.segment_files.is_marked(base) {
             let checked = if check_log { verify(record) } else { Ok(()) };
             let from_log = checked.map(|()| take(record.payload_to_batch_end()));
-            // The file is listed before any block of the log is punched: a segment still
-            // without one after the copy was read whole from the log.
+            // The segment is marked before any block of the log is punched: a segment still
+            // unmarked after the copy was read whole from the log.
             fence(Ordering::SeqCst);
-            if !self.segment_files.contains(base) {
+            if !self.segment_files.is_marked(base) {
                 return from_log;
             }
         }
@@ -192,7 +202,7 @@ impl Partition {
             .ok_or_else(|| self.file_damage(base, len, "the file is longer than its segment"))
     }
 
-    fn file_damage(&self, base: u64, offset: u64, why: &str) -> StoreError {
+    pub(super) fn file_damage(&self, base: u64, offset: u64, why: &str) -> StoreError {
         StoreError::Corrupt {
             path: self.segment_files.file_path(base),
             offset,
