@@ -339,3 +339,191 @@ fn a_partition_whose_last_message_lies_in_a_released_segment_opens_after_a_clean
         "{error}"
     );
 }
+
+/// A store of 35 messages whose three sealed segments were copied and released.
+fn released_store(dir: &Path) -> Arc<Store> {
+    let store = store_with(dir, 35);
+    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    assert!(store.release_materialized_log().unwrap() > 0);
+    store
+}
+
+/// `commitfs check` of `dir`: its findings as text, and whether any is damage.
+fn check(dir: &Path) -> (bool, String) {
+    use commitfs::store::check::{check, CheckOptions};
+    let options = CheckOptions {
+        repair: false,
+        segment_messages: None,
+        progress: false,
+    };
+    let report = check(dir, &options).unwrap();
+    let text: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+    (report.damaged(), text.join("\n"))
+}
+
+/// `commitfs dump` of `dir`: its output and report.
+fn dump(dir: &Path) -> (String, commitfs::store::dump::DumpReport) {
+    use commitfs::store::dump::{dump, DumpOptions};
+    let options = DumpOptions {
+        topic: None,
+        partition: None,
+        from: 0,
+    };
+    let mut out = Vec::new();
+    let report = dump(dir, &options, &mut out).unwrap();
+    (String::from_utf8(out).unwrap(), report)
+}
+
+/// A crash after the punches, before any checkpoint recorded the batches: recovery scans
+/// them from the last checkpoint (the empty store's) and reads their messages back from the
+/// segments' files; a full rebuild (queues and index deleted) does too.
+#[test]
+fn recovery_scans_batches_whose_bytes_the_log_gave_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.halt_without_cleanup();
+    drop(store);
+    assert!(dir.path().join("abort").exists());
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+    drop(store);
+
+    std::fs::remove_dir_all(dir.path().join("queues")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
+/// A released segment whose file was altered: recovery refuses, naming the file, instead of
+/// taking its batches for a damaged log.
+#[test]
+fn recovery_names_a_released_segments_file_that_does_not_hold_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.halt_without_cleanup();
+    drop(store);
+    let altered = segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[5000] ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+    let Err(error) = Store::open(dir.path(), config()) else {
+        panic!("opened over a released segment's altered file");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains(&altered.display().to_string()) && error.contains("CRC32C"),
+        "{error}"
+    );
+}
+
+#[test]
+fn check_passes_on_a_released_store_and_names_a_damaged_segment_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.checkpoint().unwrap();
+    store.halt_without_cleanup();
+    drop(store);
+    let (damaged, findings) = check(dir.path());
+    assert!(!damaged, "{findings}");
+
+    let altered = segment_file(dir.path(), 20);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+    let (damaged, findings) = check(dir.path());
+    assert!(damaged, "{findings}");
+    assert!(
+        findings.contains(&altered.display().to_string()),
+        "{findings}"
+    );
+}
+
+#[test]
+fn dump_shows_the_messages_whose_bytes_the_log_gave_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.close().unwrap();
+    drop(store);
+    let (out, report) = dump(dir.path());
+    assert!(!report.damaged, "{:?}", report.notes);
+    assert_eq!(report.messages, 35);
+    for i in 0..35 {
+        let line = format!("offset={i} ");
+        let found = out.lines().find(|l| l.contains(&line)).unwrap();
+        let payload = String::from_utf8(message(i)).unwrap();
+        assert!(
+            found.contains("crc=ok") && found.ends_with(&format!("payload={payload}")),
+            "message {i}: {found}"
+        );
+    }
+
+    std::fs::remove_file(segment_file(dir.path(), 0)).unwrap();
+    let (out, report) = dump(dir.path());
+    assert!(report.damaged);
+    let notes = report.notes.join("\n");
+    assert!(
+        notes.contains(&segment_file(dir.path(), 0).display().to_string()),
+        "{notes}"
+    );
+    // Nothing of the lost segment is shown (its bytes in the log are holes), the rest is.
+    assert_eq!(report.messages, 25, "{out}");
+    assert!(!out.contains("offset=3 "));
+}
+
+/// The blocks the log gave back stay given back when the store is opened again (an open
+/// allocates a log file only from where it is written), and the store's own count of its
+/// disk use (the ceiling's measure) sees them go.
+#[test]
+fn the_log_stays_smaller_across_an_open_and_disk_usage_counts_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    let usage_before = store.disk_usage();
+    store.release_materialized_log().unwrap();
+    let usage_after = store.disk_usage();
+    assert!(
+        usage_before - usage_after >= 3 * 4096,
+        "disk_usage {usage_before} before the release, {usage_after} after"
+    );
+    let released = log_disk_bytes(dir.path());
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(
+        log_disk_bytes(dir.path()),
+        released,
+        "the holes were filled"
+    );
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
+/// Over the disk ceiling the copies of segments go first, but not the file of a segment the
+/// log gave back: that is the only copy of its messages.
+#[test]
+fn the_disk_ceiling_never_removes_the_only_copy_of_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.close().unwrap();
+    drop(store);
+    let config = StoreConfig {
+        max_disk_bytes: Some(1),
+        ..config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    store.enforce_retention().unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let start = partition.start_offset();
+    for base in [0u64, 10, 20] {
+        if base + 10 > start {
+            assert!(segment_file(dir.path(), base).exists(), "segment {base}");
+        }
+    }
+    for i in start..35 {
+        let read = store.read_message(&partition, i).unwrap();
+        assert_eq!(read, message(i as usize), "message {i}");
+    }
+    store.close().unwrap();
+}

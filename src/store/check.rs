@@ -288,7 +288,7 @@ impl LogWalk {
             end: 0,
             partitions: HashMap::new(),
             released: RefCell::new((
-                ReleasedFiles::new(dir, u64::from(layout.segment_messages)),
+                ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
                 Vec::new(),
             )),
         };
@@ -341,7 +341,7 @@ impl LogWalk {
     ) {
         let files = std::mem::take(&mut self.files);
         let mut progress = progress;
-        let placeholder = (ReleasedFiles::new(log_dir, 1), Vec::new());
+        let placeholder = (ReleasedFiles::new(log_dir, 1, true), Vec::new());
         let mut released = self.released.replace(placeholder);
         self.scan_files(
             &files,

@@ -90,7 +90,7 @@ pub fn dump(dir: &Path, options: &DumpOptions, out: &mut impl Write) -> Result<D
     let mut walk = Walk {
         log_dir: &log_dir,
         file_bytes,
-        released: ReleasedFiles::new(dir, u64::from(segment_messages)),
+        released: ReleasedFiles::new(dir, u64::from(segment_messages), false),
         filter,
         line: Vec::with_capacity(4096),
         report,

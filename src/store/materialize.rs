@@ -55,6 +55,9 @@ pub(super) struct SegmentFiles {
     pub(super) released: Mutex<BTreeSet<u64>>,
     /// Segments marked (on disk) as having given back their bytes in the log, in any run.
     marked: Mutex<BTreeSet<u64>>,
+    /// The last batch of a released segment read from its file (by its commit-log offset),
+    /// checked against its CRC32C (see `released`).
+    pub(super) last_read: Mutex<Option<(u64, Arc<[u8]>)>>,
 }
 
 impl SegmentFiles {
@@ -103,6 +106,7 @@ impl SegmentFiles {
             looked_at: AtomicU64::new(0),
             released: Mutex::default(),
             marked: Mutex::new(marked),
+            last_read: Mutex::default(),
         })
     }
 

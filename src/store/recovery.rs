@@ -97,7 +97,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         records: 0,
         machine_restarted,
         progress: None,
-        released: ReleasedFiles::new(dir, u64::from(layout.segment_messages)),
+        released: ReleasedFiles::new(dir, u64::from(layout.segment_messages), false),
     };
     let recovered = scanner.recover(&plan)?;
     let lost = scanner.lost;
