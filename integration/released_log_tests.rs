@@ -527,3 +527,39 @@ fn the_disk_ceiling_never_removes_the_only_copy_of_a_segment() {
     }
     store.close().unwrap();
 }
+
+/// Batches smaller than a block give nothing back (only whole blocks are punched), yet reads
+/// of a released segment take its bytes from its file: `check` checks that file too.
+#[test]
+fn check_names_an_altered_file_of_a_released_segment_whose_log_still_holds_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for i in 0..25u8 {
+        let payload = [b'a' + i; 100];
+        let message = NewMessage {
+            payload: &payload,
+            key_len: None,
+        };
+        store.append_batch(&partition, &[message]).unwrap();
+    }
+    assert_eq!(store.materialize_sealed().unwrap(), 2);
+    store.release_materialized_log().unwrap();
+    assert!(segment_file(dir.path(), 10)
+        .with_extension("log.released")
+        .exists());
+    store.close().unwrap();
+    drop(store);
+    assert!(!check(dir.path()).0);
+    let altered = segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[450] ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+    let (damaged, findings) = check(dir.path());
+    assert!(damaged, "{findings}");
+    assert!(
+        findings.contains(&altered.display().to_string()),
+        "{findings}"
+    );
+}

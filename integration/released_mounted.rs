@@ -162,7 +162,7 @@ fn kill_9_at_each_step_of_a_release_loses_nothing() {
     if !common::fuse_available() {
         return;
     }
-    for step in ["released::marked", "released::punch", "released::done"] {
+    for step in ["released::done", "released::punch", "released::marked"] {
         let mut m = Mount::prepare(config());
         start_with_failpoints(&mut m, &format!("{step}=sleep(600000)"));
         write_messages(&m);
