@@ -261,9 +261,11 @@ struct LogWalk {
     end: u64,
     /// For each partition that has records: the offset after its newest.
     partitions: HashMap<(u32, u32), PartitionSeen>,
-    /// Batches whose messages' bytes the log gave back are read from segments' files, the
-    /// last one kept for the queue and index entries that point into it.
-    released: RefCell<(ReleasedFiles, Vec<u8>)>,
+    /// Batches whose messages' bytes the log gave back are read from segments' files: by
+    /// the walk, and by the queue and index entries' checks (the last one kept for the
+    /// entries that point into it).
+    released: ReleasedFiles,
+    looked_up: RefCell<(ReleasedFiles, Vec<u8>)>,
 }
 
 struct PartitionSeen {
@@ -287,7 +289,8 @@ impl LogWalk {
             spans: Vec::new(),
             end: 0,
             partitions: HashMap::new(),
-            released: RefCell::new((
+            released: ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
+            looked_up: RefCell::new((
                 ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
                 Vec::new(),
             )),
@@ -341,18 +344,7 @@ impl LogWalk {
     ) {
         let files = std::mem::take(&mut self.files);
         let mut progress = progress;
-        let placeholder = (ReleasedFiles::new(log_dir, 1, true), Vec::new());
-        let mut released = self.released.replace(placeholder);
-        self.scan_files(
-            &files,
-            log_dir,
-            meta,
-            durable,
-            &mut progress,
-            &mut released,
-            report,
-        );
-        self.released.replace(released);
+        self.scan_files(&files, log_dir, meta, durable, &mut progress, report);
         if let Some(progress) = progress {
             progress.finish();
         }
@@ -367,20 +359,20 @@ impl LogWalk {
         meta: Option<&Meta>,
         durable: u64,
         progress: &mut Option<ScanProgress>,
-        (released, restored): &mut (ReleasedFiles, Vec<u8>),
         report: &mut CheckReport,
     ) {
         let bases: Vec<u64> = files.keys().copied().collect();
         let mut breaks: Option<u64> = None;
         let mut disowned = std::collections::HashSet::new();
         let mut resume = bases.first().map(|&b| (0usize, b, 0usize));
+        let mut restored = Vec::new();
         while let Some((i, base, mut position)) = resume.take() {
             let path = log_dir.join(format::file_name(base));
             let bytes = files[&base].bytes(0, self.file_bytes as usize);
             let mut next_file = bases.get(i + 1).map(|&b| (i + 1, b, 0));
             while position < bytes.len() {
                 let at = base + position as u64;
-                let scanned = match released.scan(&bytes[position..], restored) {
+                let scanned = match self.released.scan(&bytes[position..], &mut restored) {
                     Ok(scanned) => scanned,
                     // The log's batch is whole (its header says its size); its segment's
                     // file, the only copy of its messages, is what is damaged.
@@ -563,8 +555,8 @@ impl LogWalk {
             return look(None);
         };
         let rest = &file.bytes(0, self.file_bytes as usize)[(offset - base) as usize..];
-        let mut released = self.released.borrow_mut();
-        let (released, restored) = &mut *released;
+        let mut looked_up = self.looked_up.borrow_mut();
+        let (released, restored) = &mut *looked_up;
         // The header (its CRC32C included) names the batch.
         let header = |bytes: &[u8]| bytes.get(..format::BATCH_HEADER_BYTES).map(<[u8]>::to_vec);
         if header(rest).is_some() && header(rest) == header(restored) {
