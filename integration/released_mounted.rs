@@ -237,3 +237,53 @@ fn a_released_segments_file_altered_or_gone_is_never_served_as_zeroes() {
         "{said}"
     );
 }
+
+/// Retention over released segments: the removed segments' files and markers go, what stays
+/// reads right. Then the disk ceiling, which here can only remove copies (every message is in
+/// the commit-log file being written): it never removes the file of a stored segment whose log
+/// bytes were given back (their only copy), and what is stored still reads right.
+#[test]
+fn retention_and_the_disk_ceiling_over_released_segments() {
+    let Some(mut m) = common::mount(config().set("retention_check_interval_ms", "200")) else {
+        return;
+    };
+    write_messages(&m);
+    wait_released(&m);
+    // Keep at least the active segment's bytes and the newest sealed one's.
+    let keep = lines(100, MESSAGES).len();
+    m.sh_ok(&format!("setfattr -n user.retention_bytes -v {keep} t"));
+    wait_until(DEADLINE, "retention to remove segment 0", || {
+        xattr_text(&m.path("t/0"), "user.start_offset") == "100"
+    });
+    wait_until(DEADLINE, "segment 0's file and marker to go", || {
+        !own_file(&m, 0).exists() && !marker(&m, 0).exists()
+    });
+    assert_stored_from_100(&m);
+    m.unmount();
+
+    let text = fs::read_to_string(m.config_path()).unwrap();
+    fs::write(m.config_path(), format!("{text}max_disk_bytes = 1\n")).unwrap();
+    m.start();
+    wait_until(DEADLINE, "the disk ceiling to give up", || {
+        m.log_tail(20)
+            .contains("only the file being written is left")
+    });
+    assert!(own_file(&m, 100).exists() && marker(&m, 100).exists());
+    assert_eq!(xattr_text(&m.path("t/0"), "user.start_offset"), "100");
+    assert_stored_from_100(&m);
+}
+
+/// What `stream` holds from offset 100 on, and segment 100, read back whole.
+fn assert_stored_from_100(m: &Mount) {
+    let first_byte = xattr_text(&m.path("t/0/stream"), "user.start_position");
+    assert_eq!(
+        m.sh_bytes(&format!(
+            "dd if=t/0/stream bs=4k skip={first_byte} iflag=skip_bytes status=none"
+        )),
+        lines(100, MESSAGES)
+    );
+    assert_eq!(
+        fs::read(m.path(&format!("t/0/{}", segment_name(100)))).unwrap(),
+        lines(100, 200)
+    );
+}
