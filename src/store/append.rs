@@ -20,7 +20,7 @@ use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry};
 use super::index::{IndexRoom, KeyIndex};
 use super::partition::{Partition, WriteState};
-use super::queue::QueueFile;
+use super::queue::ReservedFiles;
 use super::{now_ms, AppendOutcome, NewMessage};
 
 /// Set when an append was interrupted between its first byte copied and its partitions'
@@ -165,8 +165,8 @@ fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Resu
 pub(super) struct Staged<'a> {
     partition: &'a Partition,
     state: MutexGuard<'a, WriteState>,
-    /// The consume-queue file the messages go to, held until they are published.
-    queue_file: Option<Arc<QueueFile>>,
+    /// The consume-queue files the messages go to, pinned until they are published.
+    queue_files: ReservedFiles,
     messages: &'a [NewMessage<'a>],
     scratch: Scratch<'a>,
     first_offset: u64,
@@ -207,11 +207,11 @@ impl Partition {
         if self.topic_deleted.load(Ordering::Acquire) {
             return Err(StoreError::NoSuchTopic(self.topic_name.clone()));
         }
-        let queue_file = state.queue_file.upgrade();
+        let queue_files = ReservedFiles::starting_with(state.queue_file.upgrade());
         // The queue entry's cache line loads while the keys are hashed.
-        self.queue.prefetch(&queue_file, state.next);
+        self.queue.prefetch(queue_files.last(), state.next);
         let mut staged = Staged {
-            queue_file,
+            queue_files,
             partition: self,
             first_offset: state.next,
             timestamp: now.max(state.last_timestamp),
@@ -227,7 +227,7 @@ impl Partition {
             "reserving consume-queue room (failpoint append::reserve-queue)".into()
         )));
         let end_offset = staged.first_offset + messages.len() as u64;
-        self.reserve_queue(&mut staged.queue_file, staged.first_offset, end_offset)?;
+        self.reserve_queue(&mut staged.queue_files, staged.first_offset, end_offset)?;
         Ok(staged)
     }
 }
@@ -374,11 +374,11 @@ impl Staged<'_> {
                 size: message.payload.len() as u32,
                 batch,
             };
-            partition.queue.put(&mut self.queue_file, offset, &entry);
+            partition.queue.put(&self.queue_files, offset, &entry);
         }
         state.queue_file = self
-            .queue_file
-            .as_ref()
+            .queue_files
+            .last()
             .map_or_else(Weak::new, Arc::downgrade);
         let end_offset = self.first_offset + self.messages.len() as u64;
         state.next = end_offset;

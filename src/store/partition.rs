@@ -17,7 +17,7 @@ use super::consumers::ConsumerPositions;
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry, RecordHeader, Scanned};
 use super::materialize::SegmentFiles;
-use super::queue::{ConsumeQueue, QueueFile};
+use super::queue::{ConsumeQueue, QueueFile, ReservedFiles};
 use super::TopicSettings;
 
 pub struct Topic {
@@ -191,11 +191,11 @@ impl Partition {
     /// the segment is half full, has the next segment's file made ahead of need.
     pub(super) fn reserve_queue(
         &self,
-        active: &mut Option<Arc<QueueFile>>,
+        reserved: &mut ReservedFiles,
         from: u64,
         to: u64,
     ) -> Result<()> {
-        self.queue.reserve(active, from, to)?;
+        self.queue.reserve(reserved, from, to)?;
         if let Some(next) = self.queue.next_to_prepare(from, to) {
             self.prepare_queue_file(next);
         }
