@@ -68,8 +68,9 @@ fn an_append_across_segments_survives_its_first_queue_file_closed_and_unopenable
         fail::cfg("mapped::open", &format!("return(eio@{queue_dir})")).unwrap();
     })
     .unwrap();
-    let appended =
-        std::panic::catch_unwind(AssertUnwindSafe(|| store.append_batch(&partition, &messages)));
+    let appended = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        store.append_batch(&partition, &messages)
+    }));
     fail::remove("append::after-log-publish");
     fail::remove("mapped::open");
     let outcome = appended

@@ -23,6 +23,7 @@ pub mod progress;
 mod queue;
 mod recovery;
 mod reserve;
+mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
