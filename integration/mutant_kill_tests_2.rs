@@ -67,3 +67,26 @@ fn files_within_the_budget_stay_open_between_reads() {
     let expected: Vec<_> = (0..30).map(|number| Some(line(number))).collect();
     assert_eq!(again, expected, "a file within the budget was opened again");
 }
+
+/// Kills `ConsumeQueue::covers -> true` (and `<` -> `==`/`>` in its loop): a consume-queue
+/// file lost while the store was stopped cleanly is rebuilt from the commit log, not
+/// trusted to be there.
+#[test]
+fn a_consume_queue_file_lost_after_a_clean_stop_is_rebuilt_from_the_log() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, partition) = store_with_budget(dir.path());
+    append_lines(&store, &partition, 0, 30);
+    let queue_dir = dir
+        .path()
+        .join(format!("queues/{}/0", store.topic("t").unwrap().id()));
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+    // The middle segment's entries: neither the first message nor the last.
+    std::fs::remove_file(queue_dir.join("00000000000000000010")).unwrap();
+
+    let (store, partition) = store_with_budget(dir.path());
+    assert_eq!(partition.end_offset(), 30);
+    assert_reads(&store, &partition, 0, 30);
+}
