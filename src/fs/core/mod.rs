@@ -484,17 +484,7 @@ impl CommitFs {
             }
             Node::Append(topic) => {
                 let (mode, owner) = topic_owner(topic);
-                let mtime = Self::topic_mtime_ms(topic);
-                let attr = file_attr(
-                    ino,
-                    FileType::RegularFile,
-                    mode & 0o222,
-                    0,
-                    1,
-                    owner,
-                    mtime,
-                    topic.created_ms(),
-                );
+                let attr = Self::append_attr(ino, topic, mode, owner);
                 (attr, self.settings.attr_ttl)
             }
             Node::Partition(topic, partition) => {
@@ -523,6 +513,20 @@ impl CommitFs {
             }
         };
         Attr { attr, ttl }
+    }
+
+    /// A topic's `append` file: write-only, always empty.
+    fn append_attr(ino: u64, topic: &Topic, mode: u32, owner: (u32, u32)) -> FileAttr {
+        file_attr(
+            ino,
+            FileType::RegularFile,
+            mode & 0o222,
+            0,
+            1,
+            owner,
+            Self::topic_mtime_ms(topic),
+            topic.created_ms(),
+        )
     }
 
     /// A partition's `active` symlink, whose target names the active segment.
