@@ -90,3 +90,34 @@ fn a_consume_queue_file_lost_after_a_clean_stop_is_rebuilt_from_the_log() {
     assert_eq!(partition.end_offset(), 30);
     assert_reads(&store, &partition, 0, 30);
 }
+
+/// Kills `>` -> `<` in `ConsumeQueue::reserve`'s growth check (which allocated the whole
+/// file at once): a partition with few messages costs one 4 KiB chunk of queue file, and
+/// the file grows past it as messages come. With ten-message segments a queue file is
+/// allocated whole when made, so this takes a longer segment.
+#[test]
+fn a_consume_queue_file_grows_past_its_first_chunk() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        segment_messages: 1000,
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    append_lines(&store, &partition, 0, 10);
+    let queue_file = dir
+        .path()
+        .join(format!("queues/{}/0/00000000000000000000", topic.id()));
+    assert_eq!(std::fs::metadata(&queue_file).unwrap().len(), 4096);
+    append_lines(&store, &partition, 10, 500);
+    assert_reads(&store, &partition, 0, 500);
+    drop((partition, topic));
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 500);
+    assert_reads(&store, &partition, 0, 500);
+}
