@@ -266,38 +266,7 @@ impl ConfigFile {
                 "may not contain a newline, which ends every `lines` message",
             ));
         }
-        let flush = match self.flush {
-            FlushMode::Async => FlushPolicy::Async {
-                interval_ms: at_least("flush_interval_ms", self.flush_interval_ms, 1)?,
-            },
-            FlushMode::Sync => FlushPolicy::Sync,
-        };
-        let store = StoreConfig {
-            commit_log_file_bytes,
-            segment_messages: at_least("segment_messages", self.segment_messages, 1)?,
-            max_message_bytes: self.max_message_bytes as usize,
-            flush,
-            checkpoint_interval_ms: at_least(
-                "checkpoint_interval_ms",
-                self.checkpoint_interval_ms,
-                1,
-            )?,
-            retention_check_interval_ms: at_least(
-                "retention_check_interval_ms",
-                self.retention_check_interval_ms,
-                1,
-            )?,
-            max_disk_bytes: (self.max_disk_bytes > 0).then_some(self.max_disk_bytes),
-            index_slots: at_least("index_slots", self.index_slots, 1)?,
-            index_entries: at_least("index_entries", self.index_entries, 2)?,
-            materialize_segments: self.materialize_segments,
-            max_open_files: within(
-                "max_open_files",
-                self.max_open_files,
-                MIN_OPEN_FILES,
-                MAX_OPEN_FILES,
-            )? as usize,
-        };
+        let store = self.store_config(commit_log_file_bytes)?;
         if self.warm_mapped_files.is_some() {
             tracing::warn!(
                 "warm_mapped_files no longer has an effect (the commit log is written with pwrite, which needs no pre-touched pages); remove it from the configuration"
@@ -329,6 +298,42 @@ impl ConfigFile {
             store,
             fs,
             mount,
+        })
+    }
+
+    /// The store's settings, checked (`commit_log_file_bytes` already is).
+    fn store_config(&self, commit_log_file_bytes: u64) -> Result<StoreConfig, String> {
+        let flush = match self.flush {
+            FlushMode::Async => FlushPolicy::Async {
+                interval_ms: at_least("flush_interval_ms", self.flush_interval_ms, 1)?,
+            },
+            FlushMode::Sync => FlushPolicy::Sync,
+        };
+        Ok(StoreConfig {
+            commit_log_file_bytes,
+            segment_messages: at_least("segment_messages", self.segment_messages, 1)?,
+            max_message_bytes: self.max_message_bytes as usize,
+            flush,
+            checkpoint_interval_ms: at_least(
+                "checkpoint_interval_ms",
+                self.checkpoint_interval_ms,
+                1,
+            )?,
+            retention_check_interval_ms: at_least(
+                "retention_check_interval_ms",
+                self.retention_check_interval_ms,
+                1,
+            )?,
+            max_disk_bytes: (self.max_disk_bytes > 0).then_some(self.max_disk_bytes),
+            index_slots: at_least("index_slots", self.index_slots, 1)?,
+            index_entries: at_least("index_entries", self.index_entries, 2)?,
+            materialize_segments: self.materialize_segments,
+            max_open_files: within(
+                "max_open_files",
+                self.max_open_files,
+                MIN_OPEN_FILES,
+                MAX_OPEN_FILES,
+            )? as usize,
         })
     }
 }

@@ -454,17 +454,7 @@ fn serve(
     // only the watcher ever sees SIGTERM/SIGINT.
     let signals = StopSignals::block().map_err(MountError::Session)?;
     let metrics = request.mount.metrics_listen.map(bind_metrics).transpose()?;
-    let store = Store::open(data_dir, request.store.clone()).map_err(|source| match source {
-        StoreError::Locked(dir) => MountError::StoreInUse {
-            dir,
-            holder: None,
-            serving: false,
-        },
-        source => MountError::Store {
-            dir: data_dir.to_owned(),
-            source,
-        },
-    })?;
+    let store = open_store(request, data_dir)?;
     let closer = Arc::new(Closer::new(store.clone()));
     let metrics = match metrics
         .map(|listener| listener.serve(store.clone()))
@@ -481,13 +471,7 @@ fn serve(
         source,
     };
     if request.over_mount {
-        if let Ok(Some(beneath)) = kernel_mount::top_mount(mountpoint) {
-            tracing::info!(
-                "mounting over the {} mount on {} (over_mount): it is hidden until this one is unmounted",
-                beneath.fs_type,
-                mountpoint.display()
-            );
-        }
+        log_mount_beneath(mountpoint);
     }
     let (fd, kernel_mount) =
         match kernel_mount::mount(mountpoint, &kernel_options(request, data_dir)) {
@@ -529,14 +513,14 @@ fn serve(
             request.mount.read_ahead_kb,
         );
     }
+    let how = match kernel_mount.method {
+        kernel_mount::Method::Direct => "",
+        kernel_mount::Method::Fusermount => " (through fusermount3)",
+    };
     tracing::info!(
-        "commitfs {} mounted on {}{}",
+        "commitfs {} mounted on {}{how}",
         data_dir.display(),
         mountpoint.display(),
-        match kernel_mount.method {
-            kernel_mount::Method::Direct => "",
-            kernel_mount::Method::Fusermount => " (through fusermount3)",
-        }
     );
     on_ready();
     let served = session.run();
@@ -547,6 +531,32 @@ fn serve(
     match closed {
         Closed::Now(result) => result.map_err(MountError::Close),
         Closed::Before => Ok(()),
+    }
+}
+
+/// Opens the store to serve; one another process holds is "in use".
+fn open_store(request: &MountRequest, data_dir: &Path) -> Result<Arc<Store>, MountError> {
+    Store::open(data_dir, request.store.clone()).map_err(|source| match source {
+        StoreError::Locked(dir) => MountError::StoreInUse {
+            dir,
+            holder: None,
+            serving: false,
+        },
+        source => MountError::Store {
+            dir: data_dir.to_owned(),
+            source,
+        },
+    })
+}
+
+/// Says which mount an `over_mount` mount hides.
+fn log_mount_beneath(mountpoint: &Path) {
+    if let Ok(Some(beneath)) = kernel_mount::top_mount(mountpoint) {
+        tracing::info!(
+            "mounting over the {} mount on {} (over_mount): it is hidden until this one is unmounted",
+            beneath.fs_type,
+            mountpoint.display()
+        );
     }
 }
 

@@ -20,7 +20,7 @@ use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry};
 use super::index::{IndexRoom, KeyIndex};
 use super::partition::{Partition, WriteState};
-use super::queue::QueueFile;
+use super::queue::{QueueFile, ReservedFiles};
 use super::{now_ms, AppendOutcome, NewMessage};
 
 /// Set when an append was interrupted between its first byte copied and its partitions'
@@ -180,9 +180,9 @@ fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Resu
 pub(super) struct Staged<'a> {
     partition: &'a Partition,
     state: MutexGuard<'a, WriteState>,
-    /// The consume-queue file the messages go to, held until they are published; none
+    /// The consume-queue files the messages go to, pinned until they are published; none
     /// while their entries wait in memory.
-    queue_file: Option<Arc<QueueFile>>,
+    queue_files: ReservedFiles,
     /// Whether their entries wait in memory (see `ConsumeQueue::defer`) rather than go to
     /// the file now.
     defer_entries: bool,
@@ -237,16 +237,16 @@ impl Partition {
         // A few entries wait in memory when their room is allocated: the file is not touched.
         let defer_entries = first_offset + count <= state.queue_room_end
             && self.queue.can_defer(first_offset, count);
-        let queue_file = if defer_entries {
-            None
+        let queue_files = if defer_entries {
+            ReservedFiles::default()
         } else {
-            let file = state.queue_file.upgrade();
+            let files = ReservedFiles::starting_with(state.queue_file.upgrade());
             // The queue entry's cache line loads while the keys are hashed.
-            self.queue.prefetch(&file, first_offset);
-            file
+            self.queue.prefetch(files.last(), first_offset);
+            files
         };
         let mut staged = Staged {
-            queue_file,
+            queue_files,
             defer_entries,
             pending_file: None,
             topic_id: self.topic_id,
@@ -271,7 +271,7 @@ impl Partition {
             self.prepare_next_queue_file(first_offset, end_offset);
         } else {
             staged.state.queue_room_end =
-                self.reserve_queue(&mut staged.queue_file, first_offset, end_offset)?;
+                self.reserve_queue(&mut staged.queue_files, first_offset, end_offset)?;
             staged.pending_file = self.queue.file_for_pending()?;
         }
         Ok(staged)
@@ -444,11 +444,11 @@ impl Staged<'_> {
                 .queue
                 .write_out_pending(self.pending_file.as_ref());
             for (offset, entry) in (self.first_offset..).zip(entries) {
-                partition.queue.put(&mut self.queue_file, offset, &entry);
+                partition.queue.put(&self.queue_files, offset, &entry);
             }
             state.queue_file = self
-                .queue_file
-                .as_ref()
+                .queue_files
+                .last()
                 .map_or_else(Weak::new, Arc::downgrade);
         }
         let end_offset = self.first_offset + self.messages.len() as u64;

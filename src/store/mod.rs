@@ -24,6 +24,7 @@ mod queue;
 mod recovery;
 mod released;
 mod reserve;
+mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -209,6 +209,23 @@ mod tests {
         assert_eq!(closed, 2, "two files closed: nobody else held them");
     }
 
+    /// Kills cargo-mutants survivors `/ -> %` and `/ -> *` in `evict` (at a limit of 8, an
+    /// eighth and the minimum of one file are the same).
+    #[test]
+    fn an_eviction_drops_an_eighth_of_any_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        for limit in [16, 64] {
+            let budget = OpenFiles::new(limit);
+            let own_dir = dir.path().join(limit.to_string());
+            std::fs::create_dir(&own_dir).unwrap();
+            let files = files(&own_dir, limit + 1);
+            for file in &files {
+                budget.touch(file);
+            }
+            assert_eq!(budget.held(), limit - limit / 8, "limit {limit}");
+        }
+    }
+
     #[test]
     fn forgetting_files_in_any_order_lets_go_of_exactly_those() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use super::consumers::ConsumerPositions;
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry, RecordHeader, Scanned};
 use super::materialize::SegmentFiles;
-use super::queue::{ConsumeQueue, QueueFile};
+use super::queue::{ConsumeQueue, QueueFile, ReservedFiles};
 use super::TopicSettings;
 
 pub struct Topic {
@@ -204,11 +204,11 @@ impl Partition {
     /// Returns the offset the active file has room up to.
     pub(super) fn reserve_queue(
         &self,
-        active: &mut Option<Arc<QueueFile>>,
+        reserved: &mut ReservedFiles,
         from: u64,
         to: u64,
     ) -> Result<u64> {
-        let room_end = self.queue.reserve(active, from, to)?;
+        let room_end = self.queue.reserve(reserved, from, to)?;
         self.prepare_next_queue_file(from, to);
         Ok(room_end)
     }

@@ -97,7 +97,41 @@ impl Pending {
     }
 }
 
-/// A file made by the preparer thread for the segment at `base`, not yet in the queue.
+/// The consume-queue files an append reserved its entries' room in, pinned until the entries
+/// are written: the store's budget of open files may close a file meanwhile, and mapping it
+/// again could fail after the append's first byte went into the log (its store would then be
+/// fenced); a pinned file stays mapped.
+#[derive(Default)]
+pub struct ReservedFiles {
+    /// The file of the last reserved entry, where the partition's next append likely goes.
+    last: Option<Arc<QueueFile>>,
+    /// The files of earlier entries in other segments (rarely any).
+    earlier: Vec<Arc<QueueFile>>,
+}
+
+impl ReservedFiles {
+    /// Starts from the file the partition's last append wrote to, if it is still mapped.
+    pub fn starting_with(last: Option<Arc<QueueFile>>) -> ReservedFiles {
+        ReservedFiles {
+            last,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// The file of the last reserved entry.
+    pub fn last(&self) -> Option<&Arc<QueueFile>> {
+        self.last.as_ref()
+    }
+
+    fn file(&self, base: u64) -> Option<&Arc<QueueFile>> {
+        self.last
+            .iter()
+            .chain(&self.earlier)
+            .find(|f| f.base == base)
+    }
+}
+
+/// A partition's consume queue: its files by segment, mapped on use.
 pub struct ConsumeQueue {
     /// Here as well as in `shared`: the append path reads it for every message, and must
     /// not follow a pointer to another cache line for it.
@@ -351,21 +385,29 @@ impl ConsumeQueue {
     }
 
     /// Allocates room for the entries `[from, to)`, so that writing them cannot fail, and
-    /// says up to which offset the file of `to - 1` has room. Only the partition's single
-    /// writer calls this; `active` caches the file it writes to, so an append skips the
-    /// lookup of the file map.
-    pub fn reserve(&self, active: &mut Option<Arc<QueueFile>>, from: u64, to: u64) -> Result<u64> {
+    /// pins their files in `reserved` until they are written, and says up to which offset
+    /// the file of `to - 1` has room. Only the partition's single writer calls this;
+    /// `reserved` may start with the file its last append wrote to, so an append to the same
+    /// file skips the lookup of the file map.
+    pub fn reserve(&self, reserved: &mut ReservedFiles, from: u64, to: u64) -> Result<u64> {
         let mut offset = from;
         let mut room_end = to;
         while offset < to {
             let base = self.segment_base(offset);
-            if active.as_ref().is_none_or(|f| f.base != base) {
-                *active = Some(match self.file(base) {
+            if reserved.last.as_ref().is_none_or(|f| f.base != base) {
+                let file = match self.stored_file(base)? {
                     Some(file) => file,
                     None => self.adopt_or_create(base)?,
-                });
+                };
+                // Before the first entry, `last` was the previous append's file: none of
+                // these entries is in it.
+                if let Some(previous) = reserved.last.replace(file) {
+                    if offset > from {
+                        reserved.earlier.push(previous);
+                    }
+                }
             }
-            let file = active.as_ref().expect("set above");
+            let file = reserved.last.as_ref().expect("set above");
             self.shared.open_files.touch(file);
             let file_end = (base + self.entries_per_file).min(to);
             let needed = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
@@ -387,25 +429,20 @@ impl ConsumeQueue {
         Ok(room_end)
     }
 
-    /// Starts loading the cache line of `offset`'s entry, if `active` is its file.
-    pub fn prefetch(&self, active: &Option<Arc<QueueFile>>, offset: u64) {
-        if let Some(file) = active
-            .as_ref()
-            .filter(|f| f.base == self.segment_base(offset))
-        {
+    /// Starts loading the cache line of `offset`'s entry, if `file` is its file.
+    pub fn prefetch(&self, file: Option<&Arc<QueueFile>>, offset: u64) {
+        if let Some(file) = file.filter(|f| f.base == self.segment_base(offset)) {
             file.data
                 .prefetch((offset - file.base) * QUEUE_ENTRY_BYTES as u64);
         }
     }
 
-    /// Writes the entry of `offset`, whose room [`reserve`](Self::reserve) made.
-    pub fn put(&self, active: &mut Option<Arc<QueueFile>>, offset: u64, entry: &QueueEntry) {
+    /// Writes the entry of `offset`, whose room [`reserve`](Self::reserve) made in one of
+    /// the `reserved` files: nothing is mapped again here, so nothing can fail.
+    pub fn put(&self, reserved: &ReservedFiles, offset: u64, entry: &QueueEntry) {
         let base = self.segment_base(offset);
-        if active.as_ref().is_none_or(|f| f.base != base) {
-            *active = self.file(base);
-        }
-        let file = active
-            .as_ref()
+        let file = reserved
+            .file(base)
             .expect("entry reserved before it is written");
         file.data
             .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode());
@@ -813,10 +850,10 @@ mod fuzz {
                 prop_assert!(from >= to || (from..=to).contains(&found));
                 let _ = queue.flush(from, to);
             }
-            let mut active = None;
-            if queue.reserve(&mut active, 3, 11).is_ok() {
+            let mut reserved = ReservedFiles::default();
+            if queue.reserve(&mut reserved, 3, 11).is_ok() {
                 let entry = QueueEntry { commit_log_offset: 1, size: 48, batch: 0 };
-                queue.put(&mut active, 10, &entry);
+                queue.put(&reserved, 10, &entry);
                 prop_assert_eq!(queue.entry(10), Some(entry));
             }
             let _ = queue.remove_from(20);

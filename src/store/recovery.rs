@@ -23,7 +23,7 @@ use super::meta::{self, Layout, Meta};
 use super::open_files::{self, OpenFiles};
 use super::partition::PartitionOffsets;
 use super::progress::{Output, ScanProgress};
-use super::queue::{ConsumeQueue, QueueFile};
+use super::queue::{ConsumeQueue, QueueFile, ReservedFiles};
 use super::released::ReleasedFiles;
 use super::{maintenance, Store, StoreConfig};
 
@@ -696,14 +696,21 @@ impl Recovering {
         self.put_entries(from, to, &lost)
     }
 
-    /// Writes `entry` as the entry of each of the offsets `from..to`.
+    /// Writes `entry` as the entry of each of the offsets `from..to`, a segment at a time, so
+    /// that a long lost span pins one queue file at a time, not all of them.
     fn put_entries(&mut self, from: u64, to: u64, entry: &QueueEntry) -> Result<()> {
-        let mut active = self.active_file.upgrade();
-        self.queue.reserve(&mut active, from, to)?;
-        for offset in from..to {
-            self.queue.put(&mut active, offset, entry);
+        let mut reserved = ReservedFiles::starting_with(self.active_file.upgrade());
+        let mut offset = from;
+        while offset < to {
+            let segment_end =
+                (self.queue.segment_base(offset) + self.queue.entries_per_file()).min(to);
+            self.queue.reserve(&mut reserved, offset, segment_end)?;
+            for offset in offset..segment_end {
+                self.queue.put(&reserved, offset, entry);
+            }
+            offset = segment_end;
         }
-        self.active_file = active.as_ref().map_or_else(Weak::new, Arc::downgrade);
+        self.active_file = reserved.last().map_or_else(Weak::new, Arc::downgrade);
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::framing::{message, LineError, PartialLine, MAX_RAW_WRITE_BYTES};
-use crate::store::{Framing, NewMessage, Partition, SegmentReader, Topic};
+use crate::store::{Framing, NewMessage, Partition, SegmentInfo, SegmentReader, Topic};
 
 use super::{segment_file_name, Attr, CommitFs, Node, Opened};
 
@@ -46,6 +46,38 @@ struct Writer {
     destination: Destination,
     opener_pid: u32,
     partial: Mutex<PartialLine>,
+}
+
+/// What an OPEN asks for.
+struct OpenRequest {
+    ino: u64,
+    flags: i32,
+    pid: u32,
+    /// This thread's READLINK of `active` just named the segment opened.
+    through_active: bool,
+}
+
+impl OpenRequest {
+    fn writes(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+
+    fn reads(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_WRONLY
+    }
+
+    fn writer(&self, destination: Destination) -> Writer {
+        Writer {
+            destination,
+            opener_pid: self.pid,
+            partial: Mutex::new(PartialLine::default()),
+        }
+    }
+}
+
+/// An open of `node` refused, saying why after its path.
+fn refused(node: &Node, errno: i32, why: &str) -> FsError {
+    FsError::refused(errno, format!("{}{why}", node.path()))
 }
 
 /// What an open file reads.
@@ -119,16 +151,14 @@ impl CommitFs {
             .lock()
             .remove(&pid)
             .is_some_and(|link| link.segment == ino && link.at.elapsed() < LINK_TO_OPEN);
-        let node = self.resolve(ino)?;
-        let refuse =
-            |errno, why: &str| Err(FsError::refused(errno, format!("{}{why}", node.path())));
-        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
-        let writer = |destination| Writer {
-            destination,
-            opener_pid: pid,
-            partial: Mutex::new(PartialLine::default()),
+        let request = OpenRequest {
+            ino,
+            flags,
+            pid,
+            through_active,
         };
+        let node = self.resolve(ino)?;
+        let refuse = |errno, why: &str| Err(refused(&node, errno, why));
         let mut passthrough = None;
         let (file, fopen) = match &node {
             // Any open mode works (`echo x > append` truncates first, which is a no-op); reads
@@ -138,57 +168,18 @@ impl CommitFs {
                     ino,
                     topic: topic.clone(),
                     reader: None,
-                    writer: writes.then(|| writer(Destination::ByKey)),
+                    writer: request.writes().then(|| request.writer(Destination::ByKey)),
                 };
                 (file, FopenFlags::FOPEN_DIRECT_IO)
             }
             Node::Segment(topic, partition, info) => {
-                // O_TRUNC counts even with O_RDONLY, with which Linux truncates too.
-                let truncates = flags & libc::O_TRUNC != 0;
-                if info.sealed && (truncates || writes && !through_active) {
-                    return refuse(libc::EPERM, ": sealed segments are immutable");
-                }
-                if truncates || writes && flags & libc::O_APPEND == 0 {
-                    return refuse(
-                        libc::EPERM,
-                        ": the active segment is append-only: open it with O_APPEND (>>) and without O_TRUNC",
-                    );
-                }
-                let mut fopen = FopenFlags::empty();
-                let mut file = OpenFile {
-                    ino,
-                    topic: topic.clone(),
-                    reader: None,
-                    writer: None,
-                };
-                if writes {
-                    // One write(2) stays one request, and written bytes stay out of the page
-                    // cache, where they would sit at the kernel's guess of the offset.
-                    fopen |= FopenFlags::FOPEN_DIRECT_IO;
-                    file.writer = Some(writer(Destination::Partition(partition.clone())));
-                    *self.writers_on.lock().entry(ino).or_default() += 1;
-                }
-                if reads {
-                    let reader = self.store.open_segment(partition, info.base_offset)?;
-                    // Writes go to the daemon, so only a read-only open may be passed
-                    // through (and none of a segment a writer still holds: see below). An
-                    // O_DIRECT open keeps the daemon's direct I/O, which takes any buffer.
-                    let direct = flags & libc::O_DIRECT != 0;
-                    let passthrough_allowed = self.passthrough.load(Ordering::Relaxed);
-                    if passthrough_allowed
-                        && !writes
-                        && !direct
-                        && !self.writers_on.lock().contains_key(&ino)
-                    {
-                        passthrough = reader.materialized_file().cloned();
-                    }
-                    fopen |= self.read_cache_policy(ino, info.sealed, flags, passthrough.is_some());
-                    file.reader = Some(Reader::Segment(reader));
-                }
+                let (file, fopen, own_file) =
+                    self.open_segment(&request, &node, topic, partition, info)?;
+                passthrough = own_file;
                 (file, fopen)
             }
             Node::Stream(topic, partition) => {
-                if writes || flags & libc::O_TRUNC != 0 {
+                if request.writes() || flags & libc::O_TRUNC != 0 {
                     return refuse(
                         libc::EPERM,
                         ": stream is read-only; append to the partition's active segment",
@@ -213,6 +204,69 @@ impl CommitFs {
             flags: fopen,
             passthrough,
         })
+    }
+
+    /// Opens segment `node` (see [`open`](Self::open)): the file, how the kernel may cache
+    /// it, and the sealed segment's own file if its reads may be passed through to it.
+    fn open_segment(
+        &self,
+        request: &OpenRequest,
+        node: &Node,
+        topic: &Arc<Topic>,
+        partition: &Arc<Partition>,
+        info: &SegmentInfo,
+    ) -> FsResult<(OpenFile, FopenFlags, Option<Arc<std::fs::File>>)> {
+        let (ino, flags) = (request.ino, request.flags);
+        let writes = request.writes();
+        // O_TRUNC counts even with O_RDONLY, with which Linux truncates too.
+        let truncates = flags & libc::O_TRUNC != 0;
+        if info.sealed && (truncates || writes && !request.through_active) {
+            return Err(refused(
+                node,
+                libc::EPERM,
+                ": sealed segments are immutable",
+            ));
+        }
+        if truncates || writes && flags & libc::O_APPEND == 0 {
+            return Err(refused(
+                node,
+                libc::EPERM,
+                ": the active segment is append-only: open it with O_APPEND (>>) and without O_TRUNC",
+            ));
+        }
+        let mut fopen = FopenFlags::empty();
+        let mut passthrough = None;
+        let mut file = OpenFile {
+            ino,
+            topic: topic.clone(),
+            reader: None,
+            writer: None,
+        };
+        if writes {
+            // One write(2) stays one request, and written bytes stay out of the page
+            // cache, where they would sit at the kernel's guess of the offset.
+            fopen |= FopenFlags::FOPEN_DIRECT_IO;
+            file.writer = Some(request.writer(Destination::Partition(partition.clone())));
+            *self.writers_on.lock().entry(ino).or_default() += 1;
+        }
+        if request.reads() {
+            let reader = self.store.open_segment(partition, info.base_offset)?;
+            // Writes go to the daemon, so only a read-only open may be passed
+            // through (and none of a segment a writer still holds: see below). An
+            // O_DIRECT open keeps the daemon's direct I/O, which takes any buffer.
+            let direct = flags & libc::O_DIRECT != 0;
+            let passthrough_allowed = self.passthrough.load(Ordering::Relaxed);
+            if passthrough_allowed
+                && !writes
+                && !direct
+                && !self.writers_on.lock().contains_key(&ino)
+            {
+                passthrough = reader.materialized_file().cloned();
+            }
+            fopen |= self.read_cache_policy(ino, info.sealed, flags, passthrough.is_some());
+            file.reader = Some(Reader::Segment(reader));
+        }
+        Ok((file, fopen, passthrough))
     }
 
     /// How the kernel may cache what a reader of segment `ino` reads. Nothing is cached

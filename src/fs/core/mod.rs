@@ -484,17 +484,7 @@ impl CommitFs {
             }
             Node::Append(topic) => {
                 let (mode, owner) = topic_owner(topic);
-                let mtime = Self::topic_mtime_ms(topic);
-                let attr = file_attr(
-                    ino,
-                    FileType::RegularFile,
-                    mode & 0o222,
-                    0,
-                    1,
-                    owner,
-                    mtime,
-                    topic.created_ms(),
-                );
+                let attr = Self::append_attr(ino, topic, mode, owner);
                 (attr, self.settings.attr_ttl)
             }
             Node::Partition(topic, partition) => {
@@ -507,46 +497,84 @@ impl CommitFs {
             }
             Node::ActiveLink(topic, partition) => {
                 let (_, owner) = topic_owner(topic);
-                let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
-                let target_len = segment_file_name(partition.active_base()).len() as u64;
-                let attr = file_attr(
-                    ino,
-                    FileType::Symlink,
-                    0o777,
-                    target_len,
-                    1,
-                    owner,
-                    mtime,
-                    topic.created_ms(),
-                );
+                let attr = Self::active_link_attr(ino, topic, partition, owner);
                 (attr, self.settings.attr_ttl)
             }
             Node::Stream(topic, partition) => {
                 let (mode, owner) = topic_owner(topic);
-                let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
-                let mut attr = file_attr(
-                    ino,
-                    FileType::RegularFile,
-                    mode & 0o444,
-                    partition.stream_end(),
-                    1,
-                    owner,
-                    mtime,
-                    topic.created_ms(),
-                );
-                attr.blocks = attr.size.div_ceil(512);
-                // `tail` reads a file no bigger than one st_blksize from byte 0, which is
-                // ENXIO once retention has removed the first messages: a small block lets it
-                // seek to the end instead.
-                attr.blksize = STREAM_BLOCK_BYTES;
                 // It grows with every append: never cached.
-                (attr, Duration::ZERO)
+                (
+                    Self::stream_attr(ino, topic, partition, mode, owner),
+                    Duration::ZERO,
+                )
             }
             Node::Segment(topic, partition, info) => {
                 return self.segment_attr(ino, topic, info, partition.last_timestamp(), 1);
             }
         };
         Attr { attr, ttl }
+    }
+
+    /// A topic's `append` file: write-only, always empty.
+    fn append_attr(ino: u64, topic: &Topic, mode: u32, owner: (u32, u32)) -> FileAttr {
+        file_attr(
+            ino,
+            FileType::RegularFile,
+            mode & 0o222,
+            0,
+            1,
+            owner,
+            Self::topic_mtime_ms(topic),
+            topic.created_ms(),
+        )
+    }
+
+    /// A partition's `active` symlink, whose target names the active segment.
+    fn active_link_attr(
+        ino: u64,
+        topic: &Topic,
+        partition: &Partition,
+        owner: (u32, u32),
+    ) -> FileAttr {
+        let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
+        let target_len = segment_file_name(partition.active_base()).len() as u64;
+        file_attr(
+            ino,
+            FileType::Symlink,
+            0o777,
+            target_len,
+            1,
+            owner,
+            mtime,
+            topic.created_ms(),
+        )
+    }
+
+    /// A partition's `stream`: as long as every message it ever held.
+    fn stream_attr(
+        ino: u64,
+        topic: &Topic,
+        partition: &Partition,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> FileAttr {
+        let mtime = partition.last_timestamp().unwrap_or(topic.created_ms());
+        let mut attr = file_attr(
+            ino,
+            FileType::RegularFile,
+            mode & 0o444,
+            partition.stream_end(),
+            1,
+            owner,
+            mtime,
+            topic.created_ms(),
+        );
+        attr.blocks = attr.size.div_ceil(512);
+        // `tail` reads a file no bigger than one st_blksize from byte 0, which is ENXIO once
+        // retention has removed the first messages: a small block lets it seek to the end
+        // instead.
+        attr.blksize = STREAM_BLOCK_BYTES;
+        attr
     }
 
     fn segment_attr(

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::xattr::{self, SegmentFact, Setting, XattrName, XattrReply, MAX_VALUE_BYTES};
-use crate::store::{Partition, Topic};
+use crate::store::{Partition, SegmentInfo, Topic};
 
 use super::{segment_file_name, CommitFs, Node};
 
@@ -137,26 +137,37 @@ impl CommitFs {
                 number(partition.stream_start()?)
             }
             (XattrName::Segment(fact), Node::Segment(_, partition, info)) => {
-                let end = partition
-                    .end_offset()
-                    .min(info.base_offset + self.segment_messages);
-                match fact {
-                    SegmentFact::BaseOffset => number(info.base_offset),
-                    SegmentFact::EndOffset => number(end),
-                    SegmentFact::Messages => number(info.messages),
-                    SegmentFact::FirstTimestamp => info
-                        .first_timestamp
-                        .map(|t| t.to_string().into_bytes())
-                        .ok_or_else(no_attribute),
-                    SegmentFact::LastTimestamp => info
-                        .last_timestamp
-                        .map(|t| t.to_string().into_bytes())
-                        .ok_or_else(no_attribute),
-                    SegmentFact::Sealed => Ok(info.sealed.to_string().into_bytes()),
-                    SegmentFact::Materialized => Ok(info.materialized.to_string().into_bytes()),
-                }
+                self.segment_fact(fact, partition, info)
             }
             _ => Err(no_attribute()),
+        }
+    }
+
+    /// One of a segment's `user.*` facts.
+    fn segment_fact(
+        &self,
+        fact: SegmentFact,
+        partition: &Partition,
+        info: &SegmentInfo,
+    ) -> FsResult<Vec<u8>> {
+        let number = |value: u64| Ok(value.to_string().into_bytes());
+        let end = partition
+            .end_offset()
+            .min(info.base_offset + self.segment_messages);
+        match fact {
+            SegmentFact::BaseOffset => number(info.base_offset),
+            SegmentFact::EndOffset => number(end),
+            SegmentFact::Messages => number(info.messages),
+            SegmentFact::FirstTimestamp => info
+                .first_timestamp
+                .map(|t| t.to_string().into_bytes())
+                .ok_or_else(no_attribute),
+            SegmentFact::LastTimestamp => info
+                .last_timestamp
+                .map(|t| t.to_string().into_bytes())
+                .ok_or_else(no_attribute),
+            SegmentFact::Sealed => Ok(info.sealed.to_string().into_bytes()),
+            SegmentFact::Materialized => Ok(info.materialized.to_string().into_bytes()),
         }
     }
 
