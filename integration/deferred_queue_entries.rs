@@ -8,39 +8,26 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use commitfs::store::{
-    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, Topic, TopicSettings,
-};
+use commitfs::store::{NewMessage, Partition, Store, StoreConfig, Topic};
+
+mod fixtures;
 
 fn config(max_open_files: usize) -> StoreConfig {
     StoreConfig {
         commit_log_file_bytes: 1 << 20,
         // Short segments: entries wait in memory across many segment rolls.
         segment_messages: 16,
-        max_message_bytes: 4096,
-        flush: FlushPolicy::Async { interval_ms: 1000 },
-        checkpoint_interval_ms: 3_600_000,
-        retention_check_interval_ms: 3_600_000,
         index_slots: 1024,
         index_entries: 100_000,
-        materialize_segments: false,
         max_open_files,
-        ..StoreConfig::default()
+        ..fixtures::small_store_config()
     }
 }
 
 fn topic(store: &Store, partitions: u32) -> Arc<Topic> {
-    let settings = TopicSettings {
-        partitions,
-        framing: Framing::Lines,
-        key_separator: None,
-        retention_ms: None,
-        retention_bytes: None,
-        owner_uid: 0,
-        owner_gid: 0,
-        mode: 0o755,
-    };
-    store.create_topic("t", settings).unwrap()
+    store
+        .create_topic("t", fixtures::keyed_topic(partitions))
+        .unwrap()
 }
 
 fn line(partition: u32, offset: u64) -> String {
