@@ -635,7 +635,10 @@ impl Partition {
     /// The first offset whose timestamp is at or after `timestamp_ms`, by binary search
     /// (timestamps never go backwards within a partition).
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        let (mut low, mut high) = (self.start_offset(), self.end_offset());
+        // One end for the whole search: a message appended meanwhile was not looked at, so
+        // it must not be the answer (it may be older than `timestamp_ms`).
+        let end = self.end_offset();
+        let (mut low, mut high) = (self.start_offset(), end);
         while low < high {
             let middle = low + (high - low) / 2;
             match self.stored_record(middle)? {
@@ -645,7 +648,7 @@ impl Partition {
                 None => low = middle + 1,
             }
         }
-        Ok((low < self.end_offset()).then_some(low))
+        Ok((low < end).then_some(low))
     }
 
     /// The payload of message `offset`.
