@@ -157,7 +157,7 @@ fn newest_by_key(store: &Store, topic: &Topic) -> HashMap<String, usize> {
         let key = format!("k{key}");
         store
             .for_each_key_match(topic, None, key.as_bytes(), |m| {
-                found.insert(key.clone(), number(m.payload().unwrap()));
+                found.insert(key.clone(), number(&m.payload().unwrap()));
                 ControlFlow::Break(())
             })
             .unwrap();

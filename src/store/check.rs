@@ -7,6 +7,7 @@
 //! completes `store.toml` from the data, removes the checkpoint and opens the store, which
 //! then rebuilds the queues and the index from the whole log; it reports every offset lost.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
@@ -21,6 +22,7 @@ use super::mapped::MappedFile;
 use super::meta::{self, Layout, Meta, TopicRecord};
 use super::progress::{Output, ScanProgress};
 use super::recovery::{self, LOG_DIR};
+use super::released::ReleasedFiles;
 use super::{Framing, StoreConfig, TopicSettings};
 
 #[derive(Clone, Debug, Default)]
@@ -259,6 +261,11 @@ struct LogWalk {
     end: u64,
     /// For each partition that has records: the offset after its newest.
     partitions: HashMap<(u32, u32), PartitionSeen>,
+    /// Batches whose messages' bytes the log gave back are read from segments' files: by
+    /// the walk, and by the queue and index entries' checks (the last one kept for the
+    /// entries that point into it).
+    released: ReleasedFiles,
+    looked_up: RefCell<(ReleasedFiles, Vec<u8>)>,
 }
 
 struct PartitionSeen {
@@ -282,10 +289,16 @@ impl LogWalk {
             spans: Vec::new(),
             end: 0,
             partitions: HashMap::new(),
+            released: ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
+            looked_up: RefCell::new((
+                ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
+                Vec::new(),
+            )),
         };
         for base in commitlog::list_files(&log_dir).unwrap_or_default() {
             let path = log_dir.join(format::file_name(base));
-            let file = MappedFile::open(&path, walk.file_bytes)?;
+            // Nothing allocated: ranges released to segments' files stay holes.
+            let file = MappedFile::open_allocating_from(&path, walk.file_bytes, walk.file_bytes)?;
             if file.allocated() != walk.file_bytes || base % walk.file_bytes != 0 {
                 report.damage(format!(
                     "{} is {} bytes long at offset {base}; commit-log files are {} bytes at multiples of that",
@@ -352,13 +365,26 @@ impl LogWalk {
         let mut breaks: Option<u64> = None;
         let mut disowned = std::collections::HashSet::new();
         let mut resume = bases.first().map(|&b| (0usize, b, 0usize));
+        let mut restored = Vec::new();
         while let Some((i, base, mut position)) = resume.take() {
             let path = log_dir.join(format::file_name(base));
             let bytes = files[&base].bytes(0, self.file_bytes as usize);
             let mut next_file = bases.get(i + 1).map(|&b| (i + 1, b, 0));
             while position < bytes.len() {
                 let at = base + position as u64;
-                match format::scan_record(&bytes[position..]) {
+                let scanned = match self.released.scan(&bytes[position..], &mut restored) {
+                    Ok(scanned) => scanned,
+                    // The log's batch is whole (its header says its size); its segment's
+                    // file, the only copy of its messages, is what is damaged.
+                    Err(why) => {
+                        report.damage(why);
+                        match format::decode_header(&bytes[position..]) {
+                            Ok(batch) => Scanned::Record(batch),
+                            Err(reason) => Scanned::Invalid(reason),
+                        }
+                    }
+                };
+                match scanned {
                     Scanned::Record(batch) => {
                         let header = batch.header;
                         report.records += u64::from(header.count);
@@ -521,12 +547,27 @@ impl LogWalk {
         Some((j, next_base, next_position))
     }
 
-    /// What lies where a queue or index entry says a batch is, if its file is stored.
-    fn record_at(&self, offset: u64) -> Option<Scanned<'_>> {
+    /// Calls `look` with what lies where a queue or index entry says a batch is, if its
+    /// file is stored (a released batch read back from its segment's file).
+    fn with_record_at<T>(&self, offset: u64, look: impl FnOnce(Option<Scanned<'_>>) -> T) -> T {
         let base = offset - offset % self.file_bytes;
-        let file = self.files.get(&base)?;
-        let bytes = file.bytes(0, self.file_bytes as usize);
-        Some(format::scan_record(&bytes[(offset - base) as usize..]))
+        let Some(file) = self.files.get(&base) else {
+            return look(None);
+        };
+        let rest = &file.bytes(0, self.file_bytes as usize)[(offset - base) as usize..];
+        let mut looked_up = self.looked_up.borrow_mut();
+        let (released, restored) = &mut *looked_up;
+        // The header (its CRC32C included) names the batch.
+        let header = |bytes: &[u8]| bytes.get(..format::BATCH_HEADER_BYTES).map(<[u8]>::to_vec);
+        if header(rest).is_some() && header(rest) == header(restored) {
+            return look(Some(format::scan_record(restored)));
+        }
+        match released.scan(rest, restored) {
+            Ok(scanned) => look(Some(scanned)),
+            Err(_) => look(Some(Scanned::Invalid(
+                "its segment's file does not hold it",
+            ))),
+        }
     }
 }
 
@@ -664,19 +705,26 @@ fn entry_problem(
     walk: &LogWalk,
 ) -> Option<String> {
     let at = entry.batch;
-    let batch = match walk.record_at(at) {
-        None => {
-            return Some(format!(
-                "points at commit-log offset {at}, in no stored file"
-            ))
-        }
-        Some(Scanned::Record(batch)) => batch,
-        Some(_) => {
-            return Some(format!(
-                "points at commit-log offset {at}, which holds no valid batch"
-            ))
-        }
-    };
+    walk.with_record_at(at, |found| match found {
+        None => Some(format!(
+            "points at commit-log offset {at}, in no stored file"
+        )),
+        Some(Scanned::Record(batch)) => batch_problem(topic_id, partition, offset, entry, &batch),
+        Some(_) => Some(format!(
+            "points at commit-log offset {at}, which holds no valid batch"
+        )),
+    })
+}
+
+/// Why a queue entry of `offset` does not describe its message in `batch`, if it does not.
+fn batch_problem(
+    topic_id: u32,
+    partition: u32,
+    offset: u64,
+    entry: &QueueEntry,
+    batch: &format::Batch<'_>,
+) -> Option<String> {
+    let at = entry.batch;
     let header = batch.header;
     let message = offset
         .checked_sub(header.first_offset)
@@ -721,13 +769,13 @@ fn check_index(
             if at.batch < first_log {
                 return None;
             }
-            Some(match walk.record_at(at.batch) {
+            Some(walk.with_record_at(at.batch, |found| match found {
                 Some(Scanned::Record(batch)) => batch.message(at.index).and_then(|message| {
                     let key = &batch.payload(&message)[..message.key_len? as usize];
                     Some(format::key_hash(batch.header.topic_id, key))
                 }),
                 _ => None,
-            })
+            }))
         };
         let checked = index::verify_file(&bytes, count, hash_at, |byte, problem| {
             report.damage(format!("{} byte {byte}: {problem}", path.display()));

@@ -3,6 +3,7 @@
 //! sequential write stream however many partitions exist.
 
 use std::ops::Deref;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -48,13 +49,6 @@ pub struct Record<F> {
 pub type RecordRef = Record<Arc<LogFile>>;
 
 impl<F: Deref<Target = LogFile>> Record<F> {
-    pub fn payload(&self) -> &[u8] {
-        self.file.data.bytes(
-            self.batch_at + u64::from(self.header.payload_at),
-            self.header.payload_len(),
-        )
-    }
-
     /// The bytes of this message and the later ones of its batch: a stretch of its segment.
     pub fn payload_to_batch_end(&self) -> &[u8] {
         let from = u64::from(self.header.payload_at);
@@ -66,6 +60,18 @@ impl<F: Deref<Target = LogFile>> Record<F> {
 
     pub fn batch_end_offset(&self) -> u64 {
         self.batch_end_offset
+    }
+
+    /// Its batch's bytes as the log holds them.
+    pub fn batch_bytes(&self) -> &[u8] {
+        self.file
+            .data
+            .bytes(self.batch_at, self.batch_size as usize)
+    }
+
+    /// The log file holding it.
+    pub fn log_file(&self) -> &LogFile {
+        &self.file
     }
 
     /// Whether its batch's bytes still match the CRC32C stored in it.
@@ -93,11 +99,6 @@ impl<F: Deref<Target = LogFile>> Record<F> {
             batch: self.file.base + self.batch_at,
             index: self.header.index,
         }
-    }
-
-    pub fn key(&self) -> Option<&[u8]> {
-        let key_len = self.header.key_len? as usize;
-        Some(&self.payload()[..key_len])
     }
 }
 
@@ -176,7 +177,7 @@ impl CommitLog {
             }
             // Only the file being written is mapped now; the others when read.
             let file = if base == write_base {
-                let file = Arc::new(open_file(&path, base, file_bytes)?);
+                let file = Arc::new(open_file(&path, base, file_bytes, end - write_base)?);
                 let weak = Arc::downgrade(&file);
                 current = Some(file);
                 weak
@@ -280,16 +281,30 @@ impl CommitLog {
         self.files.read().first().map_or(0, |f| f.base)
     }
 
-    pub fn file_count(&self) -> usize {
-        self.files.read().len()
-    }
-
-    /// Bytes on disk: the log's files, and the removed files that readers still hold
-    /// (unlinked but mapped, like an open unlinked file).
+    /// Bytes on disk: the blocks of the log's files (ranges released to segments' files are
+    /// holes), and of the removed files that readers still hold (unlinked but mapped, like
+    /// an open unlinked file).
     pub fn disk_bytes(&self) -> u64 {
-        let mut removed = self.removed.lock();
-        removed.retain(|file| file.strong_count() > 0);
-        (self.file_count() + removed.len()) as u64 * self.file_bytes
+        let removed: Vec<Arc<LogFile>> = {
+            let mut removed = self.removed.lock();
+            removed.retain(|file| file.strong_count() > 0);
+            removed.iter().filter_map(Weak::upgrade).collect()
+        };
+        let slots: Vec<(u64, Option<Arc<LogFile>>)> = self
+            .files
+            .read()
+            .iter()
+            .map(|slot| (slot.base, slot.file.upgrade()))
+            .collect();
+        let stored: u64 = slots
+            .into_iter()
+            .map(|(base, file)| match file {
+                Some(file) => file.data.disk_bytes(),
+                None => std::fs::metadata(self.dir.join(format::file_name(base)))
+                    .map_or(self.file_bytes, |m| m.blocks() * 512),
+            })
+            .sum();
+        stored + removed.iter().map(|f| f.data.disk_bytes()).sum::<u64>()
     }
 
     /// Exclusive access for appending; holding it is the only serial part of an append.
@@ -345,7 +360,8 @@ impl CommitLog {
             return Ok(Some(file));
         }
         let path = self.dir.join(format::file_name(base));
-        let file = Arc::new(open_file(&path, base, self.file_bytes)?);
+        // Never written again: nothing to allocate (released ranges stay holes).
+        let file = Arc::new(open_file(&path, base, self.file_bytes, self.file_bytes)?);
         slot.file = Arc::downgrade(&file);
         Ok(Some(file))
     }
@@ -722,9 +738,11 @@ fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
     }
 }
 
-fn open_file(path: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
+/// Opens the log file at `path`, allocating its blocks from byte `write_from` on: below it
+/// the file is written, and ranges released to segments' files are holes to keep.
+fn open_file(path: &Path, base: u64, file_bytes: u64, write_from: u64) -> Result<LogFile> {
     check_name(path, base, file_bytes)?;
-    let data = MappedFile::open(path, file_bytes)?;
+    let data = MappedFile::open_allocating_from(path, file_bytes, write_from)?;
     check_length(path, data.allocated(), file_bytes)?;
     Ok(LogFile { base, data })
 }
@@ -780,7 +798,7 @@ fn remove_unused_file(path: &Path, file_bytes: u64, end: u64) -> Result<()> {
 /// The position of the first valid record in the commit-log file at `path`, whatever its
 /// length.
 pub fn first_valid_record(path: &Path, file_bytes: u64) -> Result<Option<usize>> {
-    let file = MappedFile::open(path, file_bytes)?;
+    let file = MappedFile::open_allocating_from(path, file_bytes, file_bytes)?;
     Ok(next_valid_batch(&file, 0))
 }
 
@@ -851,9 +869,10 @@ mod fuzz {
                 if let Some(record) = message_in(&file, MessageAt { batch, index }) {
                     let end = record.position() + u64::from(record.batch_size);
                     prop_assert!(end <= capacity);
-                    prop_assert_eq!(record.payload().len(), record.header.payload_len());
-                    prop_assert!(record.payload_to_batch_end().len() >= record.payload().len());
-                    prop_assert!(record.key().is_none_or(|k| k.len() <= record.payload().len()));
+                    let len = record.header.payload_len();
+                    prop_assert!(record.payload_to_batch_end().len() >= len);
+                    prop_assert!(record.header.key_len.is_none_or(|k| k as usize <= len));
+                    prop_assert_eq!(record.batch_bytes().len(), record.batch_size as usize);
                     let _ = record.crc_matches();
                 }
             }

@@ -20,6 +20,7 @@ use super::format::{self, Batch, Scanned};
 use super::mapped::MappedFile;
 use super::meta::{self, Meta};
 use super::recovery::{self, LOG_DIR};
+use super::released::ReleasedFiles;
 
 /// Which messages to print.
 #[derive(Clone, Debug, Default)]
@@ -81,9 +82,15 @@ pub fn dump(dir: &Path, options: &DumpOptions, out: &mut impl Write) -> Result<D
         Some(meta) => meta.layout.commit_log_file_bytes,
         None => file_length(&log_dir, bases.first())?,
     };
+    let segment_messages = meta
+        .as_ref()
+        .map_or(super::StoreConfig::default().segment_messages, |meta| {
+            meta.layout.segment_messages
+        });
     let mut walk = Walk {
         log_dir: &log_dir,
         file_bytes,
+        released: ReleasedFiles::new(dir, u64::from(segment_messages), false),
         filter,
         line: Vec::with_capacity(4096),
         report,
@@ -153,6 +160,8 @@ impl Filter {
 struct Walk<'a> {
     log_dir: &'a Path,
     file_bytes: u64,
+    /// Where batches whose messages' bytes the log gave back are read from.
+    released: ReleasedFiles,
     filter: Filter,
     /// One message's line, reused.
     line: Vec<u8>,
@@ -164,7 +173,8 @@ impl Walk<'_> {
         let mut next = bases.first().map(|_| (0usize, 0usize));
         while let Some((i, position)) = next.take() {
             let path = self.log_dir.join(format::file_name(bases[i]));
-            let file = MappedFile::open(&path, self.file_bytes)?;
+            // Read only: nothing allocated, so released (punched) ranges stay holes.
+            let file = MappedFile::open_allocating_from(&path, self.file_bytes, self.file_bytes)?;
             let len = file.allocated().min(file.capacity()) as usize;
             let bytes = file.bytes(0, len);
             next = match self.file(bases[i], bytes, position, out)? {
@@ -184,8 +194,22 @@ impl Walk<'_> {
         mut position: usize,
         out: &mut impl Write,
     ) -> Result<Option<(usize, &'static str)>> {
+        let mut restored = Vec::new();
         while position < bytes.len() {
-            match format::scan_record(&bytes[position..]) {
+            let scanned = match self.released.scan(&bytes[position..], &mut restored) {
+                Ok(scanned) => scanned,
+                // The only copy of its messages is damaged: nothing of them is shown (the
+                // log holds holes there), and the walk goes on past the batch.
+                Err(why) => {
+                    self.report.damaged = true;
+                    self.report.notes.push(format!("damage: {why}"));
+                    let size = format::decode_header(&bytes[position..])
+                        .map_or(bytes.len() - position, |b| b.header.size as usize);
+                    position += size;
+                    continue;
+                }
+            };
+            match scanned {
                 Scanned::Record(batch) => {
                     self.batch(&batch, base + position as u64, true, out)?;
                     position += batch.header.size as usize;

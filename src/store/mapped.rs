@@ -61,6 +61,13 @@ impl MappedFile {
     /// through the map on a full disk is a `SIGBUS` (a store on any file system, a read on
     /// tmpfs). A disk too full to fill the holes refuses the open with `ENOSPC`.
     pub fn open(path: &Path, capacity: u64) -> Result<MappedFile> {
+        Self::open_allocating_from(path, capacity, 0)
+    }
+
+    /// [`MappedFile::open`], allocating only from byte `from` to the end: a commit-log file
+    /// is written only past its write position, and below it blocks punched out on purpose
+    /// (`released`) must stay holes.
+    pub fn open_allocating_from(path: &Path, capacity: u64, from: u64) -> Result<MappedFile> {
         inject!("mapped::open", path, "opening");
         let file = OpenOptions::new()
             .read(true)
@@ -71,7 +78,8 @@ impl MappedFile {
             .metadata()
             .map_err(|e| StoreError::io(format!("reading the size of {}", path.display()), e))?
             .len();
-        match fallocate(&file, 0, 0, len) {
+        let from = from.min(len);
+        match fallocate(&file, 0, from, len - from) {
             Ok(()) => {}
             // Nothing to re-establish without fallocate; writing zeroes would destroy data.
             Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
@@ -117,6 +125,34 @@ impl MappedFile {
 
     pub fn allocated(&self) -> u64 {
         self.allocated.load(Ordering::Acquire)
+    }
+
+    /// The bytes of the blocks the file occupies on disk (its length where that cannot be
+    /// read).
+    pub fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file
+            .metadata()
+            .map_or(self.allocated(), |m| m.blocks() * 512)
+    }
+
+    /// Gives the blocks wholly inside `[from, from + len)` back to the file system: they read
+    /// as zeroes from then on. Only for bytes that live elsewhere too (a sealed segment's own
+    /// file) and that nothing writes again.
+    pub fn punch_hole(&self, from: u64, len: u64) -> Result<()> {
+        const BLOCK: u64 = 4096;
+        let start = from.div_ceil(BLOCK) * BLOCK;
+        let end = (from + len).min(self.capacity()) / BLOCK * BLOCK;
+        if end <= start {
+            return Ok(());
+        }
+        fallocate(
+            &self.file,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            end - start,
+        )
+        .map_err(|e| StoreError::io(format!("punching a hole in {}", self.path.display()), e))
     }
 
     /// Makes sure the first `len` bytes (at most the capacity) have blocks on disk.

@@ -10,7 +10,7 @@
 //! over the partitions; a copy of bytes that a power loss then took from the log does not
 //! match its segment at the next open, which removes it and copies the segment again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,10 @@ use super::Store;
 
 pub(super) const SEGMENTS_DIR: &str = "segments";
 const PARTIAL_SUFFIX: &str = ".partial";
-const FILE_SUFFIX: &str = ".log";
+pub(super) const FILE_SUFFIX: &str = ".log";
+/// Next to a segment's file once the commit log gave back its messages' bytes (`released`):
+/// the file is then their only copy, never removed or made again while the segment is stored.
+pub(super) const RELEASED_SUFFIX: &str = ".log.released";
 /// Bytes copied per read of the segment.
 const COPY_CHUNK: usize = 1 << 20;
 /// How often the thread looks for newly sealed segments.
@@ -48,6 +51,13 @@ pub(super) struct SegmentFiles {
     files: Mutex<BTreeMap<u64, u64>>,
     /// Sealed segments below this base were looked at by this run (made, or refused).
     looked_at: AtomicU64,
+    /// Segments whose bytes in the commit log this run gave back (see `released`).
+    pub(super) released: Mutex<BTreeSet<u64>>,
+    /// Segments marked (on disk) as having given back their bytes in the log, in any run.
+    marked: Mutex<BTreeSet<u64>>,
+    /// The last batch of a released segment read from its file (by its commit-log offset),
+    /// checked against its CRC32C (see `released`).
+    pub(super) last_read: Mutex<Option<(u64, Arc<[u8]>)>>,
 }
 
 impl SegmentFiles {
@@ -55,6 +65,7 @@ impl SegmentFiles {
     /// interrupted copy are removed.
     pub fn open(dir: PathBuf) -> Result<SegmentFiles> {
         let mut files = BTreeMap::new();
+        let mut marked = BTreeSet::new();
         let listing = |e| StoreError::io(format!("listing {}", dir.display()), e);
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
@@ -68,6 +79,13 @@ impl SegmentFiles {
                             entry.path().display()
                         );
                         remove(&entry.path())?;
+                        continue;
+                    }
+                    if let Some(base) = name
+                        .strip_suffix(RELEASED_SUFFIX)
+                        .and_then(format::parse_file_name)
+                    {
+                        marked.insert(base);
                         continue;
                     }
                     let base = name
@@ -86,7 +104,49 @@ impl SegmentFiles {
             dir,
             files: Mutex::new(files),
             looked_at: AtomicU64::new(0),
+            released: Mutex::default(),
+            marked: Mutex::new(marked),
+            last_read: Mutex::default(),
         })
+    }
+
+    /// The bases of the segments that have files, lowest first.
+    pub fn bases(&self) -> Vec<u64> {
+        self.files.lock().keys().copied().collect()
+    }
+
+    /// Marks, durably, that the commit log gives back segment `base`'s bytes: from then on
+    /// its file is never removed or remade while the segment is stored.
+    /// The marker holds `shift`, the segment position of the file's first byte, so that
+    /// recovery, `check` and `dump` find a batch's bytes in the file without the partition.
+    pub fn mark_released(&self, base: u64, shift: u64) -> Result<()> {
+        if self.marked.lock().contains(&base) {
+            return Ok(());
+        }
+        let path = self.marker_path(base);
+        File::create(&path)
+            .and_then(|mut f| {
+                writeln!(f, "{shift}")?;
+                f.sync_all()
+            })
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        sync_dir(&self.dir)?;
+        self.marked.lock().insert(base);
+        Ok(())
+    }
+
+    /// Whether the commit log gave back segment `base`'s bytes (in any run).
+    pub fn is_marked(&self, base: u64) -> bool {
+        self.marked.lock().contains(&base)
+    }
+
+    fn marker_path(&self, base: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}{RELEASED_SUFFIX}", format::file_name(base)))
+    }
+
+    pub fn file_path(&self, base: u64) -> PathBuf {
+        self.path(base)
     }
 
     fn path(&self, base: u64) -> PathBuf {
@@ -114,6 +174,21 @@ impl SegmentFiles {
         }
     }
 
+    /// The length of segment `base`'s file, if it has one.
+    pub fn len(&self, base: u64) -> Option<u64> {
+        self.files.lock().get(&base).copied()
+    }
+
+    /// Fills `buf` from byte `at` of segment `base`'s file; an error naming the file if it
+    /// is missing or shorter.
+    pub fn read_exact_at(&self, base: u64, at: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(base);
+        File::open(&path)
+            .and_then(|file| file.read_exact_at(buf, at))
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))
+    }
+
     pub fn disk_bytes(&self) -> u64 {
         self.files.lock().values().sum()
     }
@@ -127,23 +202,42 @@ impl SegmentFiles {
             remove(&self.path(old))?;
             files.remove(&old);
         }
+        let mut marked = self.marked.lock();
+        let unmarked: Vec<u64> = marked.range(..base).copied().collect();
+        for old in unmarked {
+            remove(&self.marker_path(old))?;
+            marked.remove(&old);
+        }
         Ok(())
     }
 
-    /// Removes the file of the lowest segment that has one, returning its length: the disk
-    /// ceiling takes copies before messages, as the commit log still holds their bytes.
+    /// Removes the file of the lowest segment that has one the commit log still holds the
+    /// bytes of, returning its length: the disk ceiling takes copies before messages. The
+    /// file of a segment whose bytes the log gave back is their only copy and stays.
     pub fn discard_lowest(&self) -> Result<Option<u64>> {
         let mut files = self.files.lock();
-        let Some((&base, &len)) = files.first_key_value() else {
+        let marked = self.marked.lock();
+        let Some((&base, &len)) = files.iter().find(|(base, _)| !marked.contains(base)) else {
             return Ok(None);
         };
+        drop(marked);
         remove(&self.path(base))?;
         files.remove(&base);
         Ok(Some(len))
     }
 
-    /// Removes segment `base`'s file: it does not match the segment.
+    /// Removes segment `base`'s file: it does not match the segment. The file of a segment
+    /// whose bytes the log gave back is their only copy: it is an error instead.
     fn discard(&self, base: u64, why: &str) -> Result<()> {
+        if self.marked.lock().contains(&base) {
+            return Err(StoreError::Corrupt {
+                path: self.path(base),
+                offset: 0,
+                reason: format!(
+                    "{why}, and it is the only copy of the segment's messages (the commit log gave back their bytes)"
+                ),
+            });
+        }
         tracing::warn!(
             "removing {}: {why}; the segment is copied again",
             self.path(base).display()
@@ -215,6 +309,14 @@ impl Partition {
             .collect();
         let first = self.segment_base(self.start_offset());
         self.segment_files.remove_before(first)?;
+        let marked = self.segment_files.marked.lock().clone();
+        if let Some(&lost) = marked.iter().find(|&&b| !self.segment_files.contains(b)) {
+            return Err(StoreError::Corrupt {
+                path: self.segment_files.path(lost),
+                offset: 0,
+                reason: "the file is missing, and it was the only copy of the segment's messages (the commit log gave back their bytes)".into(),
+            });
+        }
         for (base, len) in files.into_iter().filter(|&(base, _)| base >= first) {
             match self.segment(base) {
                 Ok(Some(info)) if info.sealed && info.bytes == len => {}
@@ -447,7 +549,13 @@ fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar), stopping: &AtomicBool
             continue;
         }
         let started = Instant::now();
-        wait = match store.materialize_pass(stopping) {
+        // Copies first, then the log gives back what they hold (`released`): each copy is
+        // fsynced under its final name before the log is flushed, the segment's marker
+        // fsynced, and the first block punched.
+        let passed = store
+            .materialize_pass(stopping)
+            .and_then(|made| store.release_materialized_log().map(|_| made));
+        wait = match passed {
             Ok(made) => {
                 if made > 0 {
                     tracing::debug!(

@@ -22,6 +22,7 @@ mod partition;
 pub mod progress;
 mod queue;
 mod recovery;
+mod released;
 mod reserve;
 mod retention;
 
@@ -169,13 +170,14 @@ pub struct KeyMatch<'a> {
     /// Grows in the order messages were stored, across partitions.
     pub store_order: (u64, u32),
     record: &'a commitlog::RecordRef,
+    owner: &'a Partition,
 }
 
 impl KeyMatch<'_> {
-    /// The message's bytes, checked against its CRC32C.
-    pub fn payload(&self) -> Result<&[u8]> {
-        partition::verify(self.record)?;
-        Ok(self.record.payload())
+    /// The message's bytes, checked against its CRC32C (from the commit log, or from its
+    /// segment's own file).
+    pub fn payload(&self) -> Result<Vec<u8>> {
+        self.owner.payload_of(self.record)
     }
 }
 
@@ -585,14 +587,25 @@ impl Store {
                 return ControlFlow::Break(());
             };
             let header = record.header;
-            let wanted = header.topic_id == topic.id
-                && partition.is_none_or(|p| p == header.partition)
-                && record.key() == Some(key)
-                && topic.partition(header.partition).is_some_and(|owner| {
-                    (owner.start_offset()..owner.end_offset()).contains(&header.offset)
+            let owner = topic
+                .partition(header.partition)
+                .filter(|owner| {
+                    header.topic_id == topic.id
+                        && partition.is_none_or(|p| p == header.partition)
+                        && header.key_len == Some(key.len() as u32)
+                        && (owner.start_offset()..owner.end_offset()).contains(&header.offset)
                 });
-            if !wanted {
+            let Some(owner) = owner else {
                 return ControlFlow::Continue(());
+            };
+            // The key's bytes may live only in the segment's own file (see `released`).
+            match owner.key_of(&record) {
+                Ok(stored) if stored.as_deref() == Some(key) => {}
+                Ok(_) => return ControlFlow::Continue(()),
+                Err(error) => {
+                    damage = Some(error);
+                    return ControlFlow::Break(());
+                }
             }
             f(&KeyMatch {
                 partition: header.partition,
@@ -600,6 +613,7 @@ impl Store {
                 timestamp: header.timestamp,
                 store_order: (at.batch, at.index),
                 record: &record,
+                owner: &owner,
             })
         });
         damage.map_or(Ok(()), Err)

@@ -341,7 +341,17 @@ impl Partition {
             Scanned::Record(batch) => Err(self.foreign_record(offset, at, &batch.header)),
             Scanned::EndOfFile => Err(self.record_damage(offset, at, "an end-of-file marker")),
             Scanned::Skip(_) => Err(self.record_damage(offset, at, "a repaired (skipped) span")),
-            Scanned::Invalid(why) => Err(self.record_damage(offset, at, why)),
+            Scanned::Invalid(why) => {
+                let where_ = format!("{} at byte {position}", file.data.path().display());
+                match self.released_last_record(offset, &bytes, &where_) {
+                    Some(released) => released.and_then(|message| {
+                        Self::agrees(&entry, &message)
+                            .then_some(message)
+                            .ok_or_else(|| self.disagreeing_entry(offset))
+                    }),
+                    None => Err(self.record_damage(offset, at, why)),
+                }
+            }
         }
     }
 
@@ -657,8 +667,7 @@ impl Partition {
         let record = self
             .stored_record(offset)?
             .ok_or(StoreError::OffsetOutOfRange { offset, start, end })?;
-        verify(&record)?;
-        Ok(record.payload().to_vec())
+        self.payload_of(&record)
     }
 
     /// The size of the partition's `stream`: every byte it ever stored.
@@ -739,14 +748,17 @@ impl Partition {
                     ),
                 ));
             };
-            let stretch = record.payload_to_batch_end();
-            if let Some(rest) = stretch.get(skip as usize..).filter(|r| !r.is_empty()) {
-                verify(&record)?;
-                let n = rest.len().min(buf.len() - filled);
-                buf[filled..filled + n].copy_from_slice(&rest[..n]);
-                filled += n;
+            let batch_end = record.batch_end_offset();
+            let skip = skip as usize;
+            if skip < record.payload_to_batch_end().len() {
+                filled += self.with_stretch(&record, |stretch| {
+                    let rest = &stretch[skip..];
+                    let n = rest.len().min(buf.len() - filled);
+                    buf[filled..filled + n].copy_from_slice(&rest[..n]);
+                    n
+                })?;
             }
-            offset = record.batch_end_offset();
+            offset = batch_end;
         }
         Ok(filled)
     }
@@ -964,16 +976,30 @@ impl SegmentReader {
     /// that cannot be read is an error naming the file and byte.
     pub fn read_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
         if let Some(file) = &self.file {
-            return read_file_at(file, position, buf).map_err(|e| {
-                StoreError::io(
-                    format!(
-                        "reading segment {} of {} partition {}'s own file",
-                        self.base, self.partition.topic_name, self.partition.index
-                    ),
-                    e,
-                )
-            });
+            return self.read_own_file(file, position, buf);
         }
+        let files = &self.partition.segment_files;
+        if !files.is_marked(self.base) {
+            let from_log = self.read_log_at(position, buf);
+            // The segment is marked before the log's first byte of it is punched: still
+            // unmarked after the copy, the bytes copied were the log's own.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !files.is_marked(self.base) {
+                return from_log;
+            }
+        }
+        // The log gave back the segment's bytes (see `released`): its file answers.
+        let file = files.open_file(self.base).ok_or_else(|| {
+            self.partition.file_damage(
+                self.base,
+                0,
+                "the file is missing, and it was the only copy of the segment's messages",
+            )
+        })?;
+        self.read_own_file(&file, position, buf)
+    }
+
+    fn read_log_at(&self, position: u64, buf: &mut [u8]) -> Result<usize> {
         let end = self.end();
         if self.first >= end || buf.is_empty() {
             return Ok(0);
@@ -1019,6 +1045,18 @@ impl SegmentReader {
             offset = next;
         }
         Ok(filled)
+    }
+
+    fn read_own_file(&self, file: &File, position: u64, buf: &mut [u8]) -> Result<usize> {
+        read_file_at(file, position, buf).map_err(|e| {
+            StoreError::io(
+                format!(
+                    "reading segment {} of {} partition {}'s own file",
+                    self.base, self.partition.topic_name, self.partition.index
+                ),
+                e,
+            )
+        })
     }
 
     /// Checks the CRC32C of `record`'s batch unless it was the last batch checked.

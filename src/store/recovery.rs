@@ -24,6 +24,7 @@ use super::open_files::{self, OpenFiles};
 use super::partition::PartitionOffsets;
 use super::progress::{Output, ScanProgress};
 use super::queue::{ConsumeQueue, QueueFile, ReservedFiles};
+use super::released::ReleasedFiles;
 use super::{maintenance, Store, StoreConfig};
 
 pub(super) const LOG_DIR: &str = "commitlog";
@@ -96,6 +97,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         records: 0,
         machine_restarted,
         progress: None,
+        released: ReleasedFiles::new(dir, u64::from(layout.segment_messages), false),
     };
     let recovered = scanner.recover(&plan)?;
     let lost = scanner.lost;
@@ -733,6 +735,8 @@ struct Scanner<'a> {
     machine_restarted: bool,
     /// Log lines saying how far a scan is.
     progress: Option<ScanProgress>,
+    /// Where batches whose messages' bytes the log gave back are read from.
+    released: ReleasedFiles,
 }
 
 /// Where a scan of one file stopped.
@@ -813,7 +817,8 @@ impl Scanner<'_> {
                 break;
             }
             let path = self.log_dir.join(format::file_name(base));
-            let file = MappedFile::open(&path, file_bytes)?;
+            // Read only: nothing allocated, so released (punched) ranges stay holes.
+            let file = MappedFile::open_allocating_from(&path, file_bytes, file_bytes)?;
             if file.allocated() != file_bytes {
                 tracing::warn!(
                     "commit-log file {} has the wrong size; the log ends before it",
@@ -850,12 +855,21 @@ impl Scanner<'_> {
         mut position: usize,
         end: &mut u64,
     ) -> Result<FileScan> {
+        let mut restored = Vec::new();
         loop {
             if position == bytes.len() {
                 *end = base + position as u64;
                 return Ok(FileScan::Ended);
             }
-            match format::scan_record(&bytes[position..]) {
+            let scanned = self
+                .released
+                .scan(&bytes[position..], &mut restored)
+                .map_err(|reason| StoreError::Corrupt {
+                    path: self.path_of(base),
+                    offset: position as u64,
+                    reason,
+                })?;
+            match scanned {
                 Scanned::Record(batch) => {
                     let at = base + position as u64;
                     for message in batch.messages() {

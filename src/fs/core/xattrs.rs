@@ -180,7 +180,7 @@ impl CommitFs {
         let mut newest = None;
         self.store
             .for_each_key_match(topic, partition, key, |found| {
-                newest = Some(found.payload().map(<[u8]>::to_vec));
+                newest = Some(found.payload());
                 ControlFlow::Break(())
             })?;
         Ok(newest.ok_or_else(no_key)??)

@@ -1,0 +1,565 @@
+//! The commit log gives back the bytes of messages whose sealed segments are files of their own
+//! (issue 8, "a commit-log file ... is deleted early", first step: the blocks are punched out,
+//! batch headers and tables stay). In-process: every way of reading a message still answers
+//! with its bytes, now from the segment's file, and a message whose bytes are neither in the
+//! log nor in an intact file is an error, never zeroes.
+
+mod fixtures;
+
+use std::ops::ControlFlow;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use commitfs::store::{NewMessage, Store, StoreConfig};
+
+/// Messages per append: each append is one batch of 10,000 bytes of messages, one segment.
+const PER_APPEND: usize = 10;
+const MESSAGE_BYTES: usize = 1000;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        commit_log_file_bytes: 1 << 20,
+        ..fixtures::small_store_config()
+    }
+}
+
+/// Message `i`: key `k<i>`, then `:`, then a letter that changes with `i`.
+fn message(i: usize) -> Vec<u8> {
+    let mut bytes = format!("k{i}:").into_bytes();
+    bytes.resize(MESSAGE_BYTES, b'a' + (i % 26) as u8);
+    bytes
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k{i}").into_bytes()
+}
+
+/// A store with `messages` messages in partition 0 of keyed topic `t`, written ten at a time.
+fn store_with(dir: &Path, messages: usize) -> Arc<Store> {
+    let store = Store::open(dir, config()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for first in (0..messages).step_by(PER_APPEND) {
+        let bytes: Vec<Vec<u8>> = (first..messages.min(first + PER_APPEND))
+            .map(message)
+            .collect();
+        let batch: Vec<NewMessage<'_>> = bytes
+            .iter()
+            .enumerate()
+            .map(|(n, payload)| NewMessage {
+                payload,
+                key_len: Some(key(first + n).len()),
+            })
+            .collect();
+        store.append_batch(&partition, &batch).unwrap();
+    }
+    store
+}
+
+/// The blocks the commit-log files occupy on disk, in bytes.
+fn log_disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+fn segment_file(dir: &Path, base: u64) -> PathBuf {
+    dir.join("segments/1/0").join(format!("{base:020}.log"))
+}
+
+/// Every message by offset, by key, through the `stream` and through its segment's reader.
+fn assert_every_read_answers(store: &Store, messages: usize) {
+    let topic = store.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    for i in 0..messages {
+        assert_eq!(
+            store.read_message(&partition, i as u64).unwrap(),
+            message(i),
+            "message {i} by offset"
+        );
+        let mut found = None;
+        store
+            .for_each_key_match(&topic, None, &key(i), |m| {
+                found = Some((m.offset, m.payload().unwrap()));
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        assert_eq!(found, Some((i as u64, message(i))), "message {i} by key");
+    }
+    let all: Vec<u8> = (0..messages).flat_map(message).collect();
+    let mut stream = vec![0u8; all.len()];
+    let mut filled = 0;
+    while filled < stream.len() {
+        let n = partition
+            .read_stream(filled as u64, &mut stream[filled..])
+            .unwrap();
+        assert!(n > 0, "the stream ended at byte {filled}");
+        filled += n;
+    }
+    assert!(stream == all, "the stream differs from the messages");
+    for (s, base) in [0u64, 10, 20, 30].into_iter().enumerate() {
+        let reader = partition.open_segment(base).unwrap();
+        let mut bytes = vec![0u8; 10 * MESSAGE_BYTES + 1];
+        let n = reader.read_at(0, &mut bytes).unwrap();
+        let want: Vec<u8> = (s * 10..messages.min(s * 10 + 10))
+            .flat_map(message)
+            .collect();
+        assert!(bytes[..n] == want[..], "segment {base} differs");
+    }
+}
+
+#[test]
+fn messages_whose_log_bytes_were_given_back_are_read_from_their_segment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    let before = log_disk_bytes(dir.path());
+    let released = store.release_materialized_log().unwrap();
+    assert_eq!(released, 3 * 10 * MESSAGE_BYTES as u64);
+    let after = log_disk_bytes(dir.path());
+    // Each 10,000-byte stretch of messages covers at least one whole 4 KiB block.
+    assert!(
+        before - after >= 3 * 4096,
+        "the log occupies {before} bytes before and {after} after"
+    );
+    assert_every_read_answers(&store, 35);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let location = partition.locate(12).unwrap();
+    assert_eq!((location.segment_base, location.position), (10, 2000));
+    assert_eq!(partition.offset_for_time(0).unwrap(), Some(0));
+    store.close().unwrap();
+}
+
+#[test]
+fn a_reader_opened_before_the_segment_had_a_file_reads_it_after_the_log_gave_its_bytes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let reader = partition.open_segment(10).unwrap();
+    assert!(reader.materialized_file().is_none());
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    let mut bytes = vec![0u8; 3 * MESSAGE_BYTES];
+    let n = reader.read_at(4500, &mut bytes).unwrap();
+    let want: Vec<u8> = (10..20).flat_map(message).collect();
+    assert!(
+        bytes[..n] == want[4500..7500],
+        "the reader served other bytes"
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn a_message_whose_bytes_are_neither_in_the_log_nor_in_an_intact_file_is_an_error_not_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    let topic = store.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+
+    // A byte of segment 10's file changed: its batch no longer matches its CRC32C.
+    let damaged = segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[5000] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let error = store.read_message(&partition, 15).unwrap_err();
+    assert!(error.to_string().contains("CRC32C"), "{error}");
+    let mut buf = vec![0u8; 100];
+    assert!(partition.read_stream(10_500, &mut buf).is_err());
+
+    // Segment 0's file gone: its messages cannot be read, nor found by key.
+    std::fs::remove_file(segment_file(dir.path(), 0)).unwrap();
+    assert!(store.read_message(&partition, 3).is_err());
+    let found = store.for_each_key_match(&topic, None, &key(3), |_| ControlFlow::Break(()));
+    assert!(found.is_err(), "a key whose bytes are gone was answered");
+    // Messages of the active segment are still in the log.
+    assert_eq!(store.read_message(&partition, 33).unwrap(), message(33));
+}
+
+#[test]
+fn the_log_keeps_the_bytes_of_a_segment_whose_file_does_not_hold_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    store.materialize_sealed().unwrap();
+    let damaged = segment_file(dir.path(), 0);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[9000] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    // The other segments give their bytes back; this one keeps them, and says why in the log.
+    assert!(store.release_materialized_log().unwrap() > 0);
+    assert!(
+        !damaged.with_extension("log.released").exists(),
+        "the segment was marked released"
+    );
+    assert!(segment_file(dir.path(), 10)
+        .with_extension("log.released")
+        .exists());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    for i in 0..35 {
+        let read = store.read_message(&partition, i as u64).unwrap();
+        assert_eq!(read, message(i), "message {i} by offset");
+    }
+}
+
+/// Bytes `dir` occupies on disk: the blocks of every file under it.
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let metadata = entry.metadata().unwrap();
+        total += if metadata.is_dir() {
+            disk_bytes(&entry.path())
+        } else {
+            metadata.blocks() * 512
+        };
+    }
+    total
+}
+
+/// The disk goal of issue 8 (at most 1.35 times the message bytes for 100-byte messages,
+/// queues included) once the log has given back what the segments' files hold: unkeyed 100-byte
+/// messages written 1,300 at a time, as `cat` writes lines through the mount. What 100,100 more
+/// messages add is measured, so the fixed cost of a store (the commit-log file being written and
+/// the next, allocated whole) does not count.
+#[test]
+fn a_store_of_100_byte_messages_occupies_at_most_1_35_times_their_bytes_once_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 1 << 20,
+        segment_messages: 13_000,
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    let line = [b'x'; 100];
+    let batch = vec![
+        NewMessage {
+            payload: &line,
+            key_len: None,
+        };
+        1300
+    ];
+    let mut measured = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..77 {
+            store.append_batch(&partition, &batch).unwrap();
+        }
+        store.materialize_sealed().unwrap();
+        store.release_materialized_log().unwrap();
+        measured.push(disk_bytes(dir.path()));
+    }
+    let added_bytes = (77 * 1300 * 100) as f64;
+    let released = (measured[1] - measured[0]) as f64 / added_bytes;
+    eprintln!("disk per message byte added, once released: {released:.3}");
+    assert!(released <= 1.35, "{released:.3} times the message bytes");
+    assert_eq!(store.read_message(&partition, 7).unwrap(), line);
+    store.close().unwrap();
+}
+
+#[test]
+fn after_a_clean_stop_the_messages_whose_log_bytes_were_given_back_are_read_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
+/// A segment file that does not match its segment is normally removed at open and copied
+/// again; once the log gave back the segment's bytes, it is their only copy, so the open
+/// refuses (naming the file) and keeps it.
+#[test]
+fn the_only_copy_of_a_segment_is_never_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let only_copy = segment_file(dir.path(), 10);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&only_copy)
+        .unwrap();
+    file.set_len(9000).unwrap();
+    drop(file);
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open went on");
+    assert!(error.to_string().contains("only copy"), "{error}");
+    assert!(
+        error.to_string().contains("00000000000000000010.log"),
+        "{error}"
+    );
+    assert_eq!(std::fs::metadata(&only_copy).unwrap().len(), 9000);
+
+    std::fs::remove_file(&only_copy).unwrap();
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open went on");
+    assert!(error.to_string().contains("missing"), "{error}");
+}
+
+/// The open checks each partition's last message from the log with `pread`: when it is the
+/// last of a segment whose bytes the log gave back, it is checked against the segment's file.
+#[test]
+fn a_partition_whose_last_message_lies_in_a_released_segment_opens_after_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 30);
+    store.materialize_sealed().unwrap();
+    store.release_materialized_log().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 30);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.stream_end(), 30 * MESSAGE_BYTES as u64);
+    store.close().unwrap();
+    drop(store);
+
+    // Its file changed: the open refuses, naming the file.
+    let damaged = segment_file(dir.path(), 20);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[9999] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open went on");
+    assert!(error.to_string().contains("CRC32C"), "{error}");
+    assert!(
+        error.to_string().contains("00000000000000000020.log"),
+        "{error}"
+    );
+}
+
+/// A store of 35 messages whose three sealed segments were copied and released.
+fn released_store(dir: &Path) -> Arc<Store> {
+    let store = store_with(dir, 35);
+    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    assert!(store.release_materialized_log().unwrap() > 0);
+    store
+}
+
+/// `commitfs check` of `dir`: its findings as text, and whether any is damage.
+fn check(dir: &Path) -> (bool, String) {
+    use commitfs::store::check::{check, CheckOptions};
+    let options = CheckOptions {
+        repair: false,
+        segment_messages: None,
+        progress: false,
+    };
+    let report = check(dir, &options).unwrap();
+    let text: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+    (report.damaged(), text.join("\n"))
+}
+
+/// `commitfs dump` of `dir`: its output and report.
+fn dump(dir: &Path) -> (String, commitfs::store::dump::DumpReport) {
+    use commitfs::store::dump::{dump, DumpOptions};
+    let options = DumpOptions {
+        topic: None,
+        partition: None,
+        from: 0,
+    };
+    let mut out = Vec::new();
+    let report = dump(dir, &options, &mut out).unwrap();
+    (String::from_utf8(out).unwrap(), report)
+}
+
+/// A crash after the punches, before any checkpoint recorded the batches: recovery scans
+/// them from the last checkpoint (the empty store's) and reads their messages back from the
+/// segments' files; a full rebuild (queues and index deleted) does too.
+#[test]
+fn recovery_scans_batches_whose_bytes_the_log_gave_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.halt_without_cleanup();
+    drop(store);
+    assert!(dir.path().join("abort").exists());
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+    drop(store);
+
+    std::fs::remove_dir_all(dir.path().join("queues")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
+/// A released segment whose file was altered: recovery refuses, naming the file, instead of
+/// taking its batches for a damaged log.
+#[test]
+fn recovery_names_a_released_segments_file_that_does_not_hold_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.halt_without_cleanup();
+    drop(store);
+    let altered = segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[5000] ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+    let Err(error) = Store::open(dir.path(), config()) else {
+        panic!("opened over a released segment's altered file");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains(&altered.display().to_string()) && error.contains("CRC32C"),
+        "{error}"
+    );
+}
+
+#[test]
+fn check_passes_on_a_released_store_and_names_a_damaged_segment_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.checkpoint().unwrap();
+    store.halt_without_cleanup();
+    drop(store);
+    let (damaged, findings) = check(dir.path());
+    assert!(!damaged, "{findings}");
+
+    let altered = segment_file(dir.path(), 20);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+    let (damaged, findings) = check(dir.path());
+    assert!(damaged, "{findings}");
+    assert!(
+        findings.contains(&altered.display().to_string()),
+        "{findings}"
+    );
+}
+
+#[test]
+fn dump_shows_the_messages_whose_bytes_the_log_gave_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.close().unwrap();
+    drop(store);
+    let (out, report) = dump(dir.path());
+    assert!(!report.damaged, "{:?}", report.notes);
+    assert_eq!(report.messages, 35);
+    for i in 0..35 {
+        let line = format!("offset={i} ");
+        let found = out.lines().find(|l| l.contains(&line)).unwrap();
+        let payload = String::from_utf8(message(i)).unwrap();
+        assert!(
+            found.contains("crc=ok") && found.ends_with(&format!("payload={payload}")),
+            "message {i}: {found}"
+        );
+    }
+
+    std::fs::remove_file(segment_file(dir.path(), 0)).unwrap();
+    let (out, report) = dump(dir.path());
+    assert!(report.damaged);
+    let notes = report.notes.join("\n");
+    assert!(
+        notes.contains(&segment_file(dir.path(), 0).display().to_string()),
+        "{notes}"
+    );
+    // Nothing of the lost segment is shown (its bytes in the log are holes), the rest is.
+    assert_eq!(report.messages, 25, "{out}");
+    assert!(!out.contains("offset=3 "));
+}
+
+/// The blocks the log gave back stay given back when the store is opened again (an open
+/// allocates a log file only from where it is written), and the store's own count of its
+/// disk use (the ceiling's measure) sees them go.
+#[test]
+fn the_log_stays_smaller_across_an_open_and_disk_usage_counts_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 35);
+    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    let usage_before = store.disk_usage();
+    store.release_materialized_log().unwrap();
+    let usage_after = store.disk_usage();
+    assert!(
+        usage_before - usage_after >= 3 * 4096,
+        "disk_usage {usage_before} before the release, {usage_after} after"
+    );
+    let released = log_disk_bytes(dir.path());
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(
+        log_disk_bytes(dir.path()),
+        released,
+        "the holes were filled"
+    );
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
+/// Over the disk ceiling the copies of segments go first, but not the file of a segment the
+/// log gave back: that is the only copy of its messages.
+#[test]
+fn the_disk_ceiling_never_removes_the_only_copy_of_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    store.close().unwrap();
+    drop(store);
+    let config = StoreConfig {
+        max_disk_bytes: Some(1),
+        ..config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    store.enforce_retention().unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let start = partition.start_offset();
+    for base in [0u64, 10, 20] {
+        if base + 10 > start {
+            assert!(segment_file(dir.path(), base).exists(), "segment {base}");
+        }
+    }
+    for i in start..35 {
+        let read = store.read_message(&partition, i).unwrap();
+        assert_eq!(read, message(i as usize), "message {i}");
+    }
+    store.close().unwrap();
+}
+
+/// Batches smaller than a block give nothing back (only whole blocks are punched), yet reads
+/// of a released segment take its bytes from its file: `check` checks that file too.
+#[test]
+fn check_names_an_altered_file_of_a_released_segment_whose_log_still_holds_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    for i in 0..25u8 {
+        let payload = [b'a' + i; 100];
+        let message = NewMessage {
+            payload: &payload,
+            key_len: None,
+        };
+        store.append_batch(&partition, &[message]).unwrap();
+    }
+    assert_eq!(store.materialize_sealed().unwrap(), 2);
+    store.release_materialized_log().unwrap();
+    assert!(segment_file(dir.path(), 10)
+        .with_extension("log.released")
+        .exists());
+    store.close().unwrap();
+    drop(store);
+    assert!(!check(dir.path()).0);
+    let altered = segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    bytes[450] ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+    let (damaged, findings) = check(dir.path());
+    assert!(damaged, "{findings}");
+    assert!(
+        findings.contains(&altered.display().to_string()),
+        "{findings}"
+    );
+}
