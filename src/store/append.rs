@@ -439,7 +439,9 @@ impl Staged<'_> {
         if self.defer_entries {
             partition.queue.defer(self.first_offset, entries);
         } else {
-            // Older entries go to the file first: readers look in memory only above them.
+            // Older entries go to the file first. They are `pending_file`'s: only the writer
+            // adds entries, and a checkpoint only writes them out; were they not, they would
+            // stay in memory, still found, for the next write-out.
             partition
                 .queue
                 .write_out_pending(self.pending_file.as_ref());

@@ -502,14 +502,16 @@ impl ConsumeQueue {
 
     /// Writes the entries waiting in memory into `file` (from
     /// [`file_for_pending`](Self::file_for_pending)); readers find them there from now on.
-    pub fn write_out_pending(&self, file: Option<&Arc<QueueFile>>) {
+    /// False when the entries waiting now are not `file`'s (others came meanwhile): they
+    /// stay in memory, still found by readers, for a later write-out.
+    pub fn write_out_pending(&self, file: Option<&Arc<QueueFile>>) -> bool {
         let mut pending = self.pending.lock();
         if pending.len == 0 {
-            return;
+            return true;
         }
         let base = self.segment_base(pending.first);
-        match file.filter(|file| file.base == base) {
-            Some(file) => {
+        match file {
+            Some(file) if file.base == base => {
                 let mut bytes = [0u8; PENDING_ENTRIES * QUEUE_ENTRY_BYTES];
                 let entries = &pending.entries[..pending.len];
                 for (entry, slot) in entries
@@ -524,23 +526,30 @@ impl ConsumeQueue {
             }
             // Only retention removes the file of a segment that has messages, and it moved
             // the partition's start past them first: no reader asks for them any more.
-            None => tracing::debug!(
+            None if !self.shared.files.read().contains_key(&base) => tracing::debug!(
                 "consume-queue entries {}..{} of {} go with their file, removed by retention",
                 pending.first,
                 pending.first + pending.len as u64,
                 self.shared.dir.display()
             ),
+            _ => return false,
         }
         pending.len = 0;
         self.pending_from.store(u64::MAX, Ordering::Release);
+        true
     }
 
     /// Writes the entries waiting in memory into their file now (before a checkpoint counts
-    /// them as stored).
+    /// them as stored). The partition's writer may add entries of another segment while
+    /// the file is found: then that segment's file is found and written.
     pub fn write_out_pending_now(&self) -> Result<()> {
-        let file = self.file_for_pending()?;
-        self.write_out_pending(file.as_ref());
-        Ok(())
+        loop {
+            let file = self.file_for_pending()?;
+            fail::fail_point!("queue::write-out-pending");
+            if self.write_out_pending(file.as_ref()) {
+                return Ok(());
+            }
+        }
     }
 
     /// The segment whose file should be made ahead of need once `[from, to)` is reserved:
