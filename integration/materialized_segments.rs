@@ -198,26 +198,6 @@ fn a_damaged_log_is_not_copied() {
     assert_eq!(read_all(&segment(&m, "t/0", 100)), lines(100, 200));
 }
 
-/// Mounts `m` with `FAILPOINTS` set for the daemon alone.
-#[cfg(feature = "failpoints")]
-fn start_with_failpoints(m: &mut Mount, failpoints: &str) {
-    let out = common::Bounded::new(common::COMMITFS, Duration::from_secs(120))
-        .arg("mount")
-        .arg("--config")
-        .arg(m.config_path())
-        .arg(&m.data)
-        .arg(&m.mnt)
-        .env("FAILPOINTS", failpoints)
-        .stdin(std::process::Stdio::null())
-        .output();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    m.adopt_daemon();
-}
-
 #[cfg(feature = "failpoints")]
 #[test]
 fn kill_9_during_a_copy_leaves_no_half_file_and_the_copy_is_made_again() {
@@ -230,7 +210,7 @@ fn kill_9_during_a_copy_leaves_no_half_file_and_the_copy_is_made_again() {
             .set("commit_log_file_bytes", "8388608")
             .set("max_message_bytes", "65536"),
     );
-    start_with_failpoints(&mut m, "materialize::copy=sleep(120000)");
+    m.start_with_failpoints("materialize::copy=sleep(120000)");
     m.sh_ok("mkdir t");
     let line = "x".repeat(29_999);
     m.sh_ok(&format!(

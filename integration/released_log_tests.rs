@@ -154,9 +154,7 @@ fn a_reader_opened_before_the_segment_had_a_file_reads_it_after_the_log_gave_its
 #[test]
 fn a_message_whose_bytes_are_neither_in_the_log_nor_in_an_intact_file_is_an_error_not_zeroes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with(dir.path(), 35);
-    store.materialize_sealed().unwrap();
-    store.release_materialized_log().unwrap();
+    let store = released_store(dir.path());
     let topic = store.topic("t").unwrap();
     let partition = topic.partition(0).unwrap();
 
@@ -263,9 +261,7 @@ fn a_store_of_100_byte_messages_occupies_at_most_1_35_times_their_bytes_once_rel
 #[test]
 fn after_a_clean_stop_the_messages_whose_log_bytes_were_given_back_are_read_from_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with(dir.path(), 35);
-    store.materialize_sealed().unwrap();
-    store.release_materialized_log().unwrap();
+    let store = released_store(dir.path());
     store.close().unwrap();
     drop(store);
     let store = Store::open(dir.path(), config()).unwrap();
@@ -279,9 +275,7 @@ fn after_a_clean_stop_the_messages_whose_log_bytes_were_given_back_are_read_from
 #[test]
 fn the_only_copy_of_a_segment_is_never_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with(dir.path(), 35);
-    store.materialize_sealed().unwrap();
-    store.release_materialized_log().unwrap();
+    let store = released_store(dir.path());
     store.close().unwrap();
     drop(store);
     let only_copy = segment_file(dir.path(), 10);

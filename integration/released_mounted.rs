@@ -135,25 +135,6 @@ fn every_read_returns_the_messages_whose_log_bytes_were_given_back() {
     assert_every_read_answers(&m);
 }
 
-/// Starts the daemon of `m` with `FAILPOINTS` set for it alone.
-fn start_with_failpoints(m: &mut Mount, failpoints: &str) {
-    let out = Bounded::new(common::COMMITFS, Duration::from_secs(120))
-        .arg("mount")
-        .arg("--config")
-        .arg(m.config_path())
-        .arg(&m.data)
-        .arg(&m.mnt)
-        .env("FAILPOINTS", failpoints)
-        .stdin(std::process::Stdio::null())
-        .output();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    m.adopt_daemon();
-}
-
 /// `kill -9` after the marker, between two punches, and after the punches before any
 /// checkpoint: the next mount recovers every message (reading the released batches back from
 /// the segments' files), serves each right, and `commitfs check` passes.
@@ -164,7 +145,7 @@ fn kill_9_at_each_step_of_a_release_loses_nothing() {
     }
     for step in ["released::done", "released::punch", "released::marked"] {
         let mut m = Mount::prepare(config());
-        start_with_failpoints(&mut m, &format!("{step}=sleep(600000)"));
+        m.start_with_failpoints(&format!("{step}=sleep(600000)"));
         write_messages(&m);
         wait_until(
             DEADLINE,

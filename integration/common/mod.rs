@@ -265,15 +265,26 @@ impl Mount {
 
     /// `commitfs mount --config FILE DATA MNT`; returns once the daemon says it is ready.
     pub fn start(&mut self) {
+        self.start_daemon(None);
+    }
+
+    /// [`start`](Self::start) with `FAILPOINTS` set for the daemon alone.
+    pub fn start_with_failpoints(&mut self, failpoints: &str) {
+        self.start_daemon(Some(failpoints));
+    }
+
+    fn start_daemon(&mut self, failpoints: Option<&str>) {
         assert!(self.daemon_pid.is_none(), "already mounted");
-        let output = Bounded::new(COMMITFS, START_DEADLINE)
+        let mut mount = Bounded::new(COMMITFS, START_DEADLINE)
             .arg("mount")
             .arg("--config")
             .arg(&self.config_path)
             .arg(&self.data)
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .output();
+            .arg(&self.mnt);
+        if let Some(failpoints) = failpoints {
+            mount = mount.env("FAILPOINTS", failpoints);
+        }
+        let output = mount.stdin(Stdio::null()).output();
         if !output.status.success() {
             panic!(
                 "commitfs mount failed ({}):\nstdout: {}\nstderr: {}\n{}",
