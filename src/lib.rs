@@ -5,6 +5,7 @@ pub mod config;
 pub mod fs;
 pub mod metrics;
 pub mod mirror;
+mod stop_signals;
 pub mod store;
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use fuser::{Session, SessionACL};
 use parking_lot::Mutex;
 
 use crate::metrics::MetricsListener;
+use crate::stop_signals::StopSignals;
 use crate::store::{Store, StoreConfig, StoreError};
 
 use super::core::{CommitFs, FsSettings};
@@ -491,8 +492,7 @@ fn serve(
     )
     .map_err(mount_failed)
     .and_then(|session| {
-        signals
-            .watch(kernel_mount.clone(), closer.clone())
+        watch_signals(signals, kernel_mount.clone(), closer.clone())
             .map_err(MountError::Session)?;
         Ok(session)
     });
@@ -616,67 +616,41 @@ impl Closer {
     }
 }
 
-/// SIGTERM and SIGINT, blocked in every thread and taken by one watcher thread.
-struct StopSignals {
-    set: libc::sigset_t,
-}
-
-impl StopSignals {
-    fn block() -> io::Result<StopSignals> {
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls
-        // only touch `set` and this thread's signal mask.
-        unsafe {
-            let mut set = std::mem::zeroed::<libc::sigset_t>();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            let error = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if error != 0 {
-                return Err(io::Error::from_raw_os_error(error));
-            }
-            Ok(StopSignals { set })
-        }
-    }
-
-    fn wait(&self) -> libc::c_int {
-        let mut signal = 0;
-        // SAFETY: `set` is initialised and `signal` is a valid place to write.
-        while unsafe { libc::sigwait(&self.set, &mut signal) } != 0 {}
-        signal
-    }
-
-    /// First signal: unmount our mount, which ends the session and lets `serve` close the
-    /// store. Second signal: close the store and exit without waiting for open files — or,
-    /// if `serve` is already closing it, let that finish (`serve` then exits).
-    fn watch(self, mount: Arc<KernelMount>, closer: Arc<Closer>) -> io::Result<()> {
-        std::thread::Builder::new()
-            .name("commitfs-signals".to_owned())
-            .spawn(move || {
-                let signal = self.wait();
-                tracing::info!("signal {signal}: unmounting {}", mount.mountpoint().display());
-                unmount_on_signal(&mount);
-                let signal = self.wait();
-                match closer.close() {
-                    Closed::Now(result) => {
-                        tracing::warn!(
-                            "signal {signal} again: closed the store without waiting for open files; exiting"
-                        );
-                        let code = match result {
-                            Ok(()) => 0,
-                            Err(error) => {
-                                tracing::error!("closing the store: {error}");
-                                1
-                            }
-                        };
-                        std::process::exit(code);
-                    }
-                    Closed::Before => tracing::info!(
-                        "signal {signal} again: the store was already being closed, and now is"
-                    ),
+/// Watches `signals`. First signal: unmount our mount, which ends the session and lets
+/// `serve` close the store. Second signal: close the store and exit without waiting for open
+/// files — or, if `serve` is already closing it, let that finish (`serve` then exits).
+fn watch_signals(
+    signals: StopSignals,
+    mount: Arc<KernelMount>,
+    closer: Arc<Closer>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("commitfs-signals".to_owned())
+        .spawn(move || {
+            let signal = signals.wait();
+            tracing::info!("signal {signal}: unmounting {}", mount.mountpoint().display());
+            unmount_on_signal(&mount);
+            let signal = signals.wait();
+            match closer.close() {
+                Closed::Now(result) => {
+                    tracing::warn!(
+                        "signal {signal} again: closed the store without waiting for open files; exiting"
+                    );
+                    let code = match result {
+                        Ok(()) => 0,
+                        Err(error) => {
+                            tracing::error!("closing the store: {error}");
+                            1
+                        }
+                    };
+                    std::process::exit(code);
                 }
-            })?;
-        Ok(())
-    }
+                Closed::Before => tracing::info!(
+                    "signal {signal} again: the store was already being closed, and now is"
+                ),
+            }
+        })?;
+    Ok(())
 }
 
 /// Unmounts our mount; if files are open, detaches it instead. A mount that is no longer

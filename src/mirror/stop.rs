@@ -6,6 +6,8 @@ use std::io;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::stop_signals::StopSignals;
+
 /// How many stop signals came, and the first one's number.
 #[derive(Default)]
 pub struct StopRequests {
@@ -17,29 +19,13 @@ impl StopRequests {
     /// Blocks SIGTERM and SIGINT in this thread (and every thread it starts later) and
     /// starts the thread that counts them.
     pub fn watch() -> io::Result<Arc<StopRequests>> {
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls
-        // only touch `set` and this thread's signal mask.
-        let set = unsafe {
-            let mut set = std::mem::zeroed::<libc::sigset_t>();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            let error = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if error != 0 {
-                return Err(io::Error::from_raw_os_error(error));
-            }
-            set
-        };
+        let signals = StopSignals::block()?;
         let requests = Arc::new(StopRequests::default());
         let counted = requests.clone();
         std::thread::Builder::new()
             .name("mirror-signals".to_owned())
             .spawn(move || loop {
-                let mut signal = 0;
-                // SAFETY: `set` is initialised and `signal` is a valid place to write.
-                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                    continue;
-                }
+                let signal = signals.wait();
                 // Only this thread writes: the number is there before the count says so.
                 if counted.count.load(Ordering::SeqCst) == 0 {
                     counted.first.store(signal, Ordering::SeqCst);
