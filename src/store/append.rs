@@ -19,6 +19,7 @@ use super::commitlog::{Appender, CommitLog};
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, QueueEntry};
 use super::index::{IndexRoom, KeyIndex};
+use super::mapped::prefetch;
 use super::partition::{Partition, WriteState};
 use super::queue::{QueueFile, ReservedFiles};
 use super::{now_ms, AppendOutcome, NewMessage};
@@ -146,16 +147,6 @@ impl<'s> Scratch<'s> {
 /// touch next: each partition's state lies on its own cache lines, and waiting for each in
 /// turn, rather than for several at once, was most of the time of such an append.
 const PREFETCH_AHEAD: usize = 8;
-
-/// Hints the CPU to start loading the cache line holding `value`.
-pub(super) fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast());
-    }
-}
 
 /// Refuses a batch with a message over `max_message_bytes` or a key longer than its message.
 fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Result<()> {

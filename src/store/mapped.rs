@@ -314,12 +314,7 @@ impl MappedFile {
     /// a different page).
     pub fn prefetch(&self, at: u64) {
         if at < self.allocated() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch never faults, and the address is inside the mapping.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().add(at as usize).cast());
-            }
+            prefetch(self.map.as_ptr().wrapping_add(at as usize));
         }
     }
 
@@ -385,6 +380,16 @@ fn fallocate(file: &File, mode: i32, from: u64, len: u64) -> std::io::Result<()>
 }
 
 /// Removes a file; one already gone is fine.
+/// Hints the CPU to start loading the cache line at `address`.
+pub(super) fn prefetch<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(address.cast());
+    }
+}
+
 pub fn remove_file(path: &Path) -> Result<()> {
     inject!("mapped::remove", path, "removing");
     match std::fs::remove_file(path) {

@@ -468,7 +468,7 @@ impl ConsumeQueue {
     /// Starts loading the lock of the entries waiting in memory, which the partition's next
     /// append takes.
     pub fn prefetch_pending(&self) {
-        super::append::prefetch(&self.pending);
+        super::mapped::prefetch(&self.pending);
     }
 
     /// Keeps the entries of `from` on in memory, after those waiting already (as
