@@ -3,34 +3,30 @@
 //! partitions is stored whole or not at all, a panic while appending fences writes until a
 //! remount, and a raw write is one message or `EFBIG`, never several messages.
 //!
-//! Faults are injected in the daemon through its `FAILPOINTS` environment variable. Every
-//! test mounts through [`mount_with`], which sets that variable for one daemon at a time.
+//! Faults are injected in the daemon through its `FAILPOINTS` environment variable, set for
+//! that daemon alone (never in this process's environment, which a remount by another test
+//! running at the same time would inherit).
 
 mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::Mutex;
 
 #[cfg(feature = "failpoints")]
 use common::partition_lines;
 use common::{assert_errno, kafka_partition, xattr_get, xattr_text, xattr_u64, Config, Mount};
 
-/// Serialises the spawning of daemons, so each inherits only its own test's failpoints.
-static DAEMON_ENVIRONMENT: Mutex<()> = Mutex::new(());
-
 /// Mounts with `failpoints` (the fail crate's `FAILPOINTS` syntax) set in the daemon.
 fn mount_with(config: Config, failpoints: Option<&str>) -> Option<Mount> {
-    let _spawning = DAEMON_ENVIRONMENT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    match failpoints {
-        Some(failpoints) => std::env::set_var("FAILPOINTS", failpoints),
-        None => std::env::remove_var("FAILPOINTS"),
+    if !common::fuse_available() {
+        return None;
     }
-    let mount = common::mount(config);
-    std::env::remove_var("FAILPOINTS");
-    mount
+    let mut mount = Mount::prepare(config);
+    match failpoints {
+        Some(failpoints) => mount.start_with_failpoints(failpoints),
+        None => mount.start(),
+    }
+    Some(mount)
 }
 
 /// A key that `append` sends to another partition (of 2) than `key`.
