@@ -5,7 +5,9 @@
 mod fixtures;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use commitfs::store::{NewMessage, Store, StoreConfig};
 
@@ -125,4 +127,52 @@ fn files_that_are_not_a_topics_directory_under_segments_do_not_stop_an_open() {
     for stray in ["12345", "README"] {
         assert!(segments.join(stray).exists(), "{stray} was removed");
     }
+}
+
+#[test]
+fn a_writer_that_never_pauses_still_gets_its_sealed_segments_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            materialize_segments: true,
+            ..config(None)
+        },
+    )
+    .unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let copied = AtomicBool::new(false);
+    // Copying waits while the log grows (it would take the writer's CPU), but not forever: the
+    // writer appends every few milliseconds, so the log grows between any two looks.
+    let appended_while_waiting = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut appended = 0u64;
+            while !copied.load(Ordering::Acquire) && Instant::now() < deadline {
+                let message = NewMessage {
+                    payload: b"x",
+                    key_len: None,
+                };
+                store.append_batch(&partition, &[message]).unwrap();
+                appended += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            appended
+        });
+        while !partition.segments().unwrap()[0].materialized && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        copied.store(true, Ordering::Release);
+        writer.join().unwrap()
+    });
+    assert!(
+        partition.segments().unwrap()[0].materialized,
+        "segment 0 was not copied within a minute of appends that never paused"
+    );
+    assert!(
+        appended_while_waiting > 10,
+        "the writer stopped before segment 0 sealed"
+    );
+    store.close().unwrap();
 }

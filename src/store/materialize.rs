@@ -38,6 +38,10 @@ const COPY_CHUNK: usize = 1 << 20;
 const POLL: Duration = Duration::from_millis(200);
 /// How long the thread waits after a copy failed for a reason that may pass (a full disk).
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long copying waits while the commit log keeps growing: a copy takes CPU and page cache
+/// from the writer (on two cores, a `cat` and the daemon's writer use both), so a burst of
+/// appends is copied once it ends, and a writer that never pauses waits at most this long.
+const PUT_OFF_WHILE_WRITING: Duration = Duration::from_secs(5);
 
 /// The directory of a topic's segment files.
 pub(super) fn topic_dir(dir: &Path, topic_id: u32) -> PathBuf {
@@ -532,8 +536,50 @@ impl Handle {
     }
 }
 
+/// Whether the writer is busy enough to put copying off (see `PUT_OFF_WHILE_WRITING`).
+struct WriterActivity {
+    /// The commit log's end at the previous look.
+    seen_end: u64,
+    /// Since when copying has been put off for a writer that keeps appending.
+    writing_since: Option<Instant>,
+}
+
+impl WriterActivity {
+    fn new(end: u64) -> WriterActivity {
+        WriterActivity {
+            seen_end: end,
+            writing_since: None,
+        }
+    }
+
+    /// True if the log grew since the previous look (`end` is its end now) and copying has
+    /// not yet been put off for `PUT_OFF_WHILE_WRITING`.
+    fn put_off(&mut self, end: u64, now: Instant) -> bool {
+        let grew = self.seen_end != end;
+        self.seen_end = end;
+        if !grew {
+            self.writing_since = None;
+            return false;
+        }
+        let since = *self.writing_since.get_or_insert(now);
+        if now.duration_since(since) < PUT_OFF_WHILE_WRITING {
+            return true;
+        }
+        // Copy now; the next wait starts afresh, so a writer that never pauses gets a pass of
+        // copying every `PUT_OFF_WHILE_WRITING`.
+        self.writing_since = None;
+        false
+    }
+}
+
 fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar), stopping: &AtomicBool) {
     let mut wait = POLL;
+    let Some(mut writer) = store
+        .upgrade()
+        .map(|store| WriterActivity::new(store.log.written_end()))
+    else {
+        return;
+    };
     loop {
         {
             let mut stopped = stop.0.lock();
@@ -549,6 +595,10 @@ fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar), stopping: &AtomicBool
             continue;
         }
         let started = Instant::now();
+        if writer.put_off(store.log.written_end(), started) {
+            wait = POLL;
+            continue;
+        }
         // Copies first, then the log gives back what they hold (`released`): each copy is
         // fsynced under its final name before the log is flushed, the segment's marker
         // fsynced, and the first block punched.
@@ -572,5 +622,35 @@ fn run(store: &Weak<Store>, stop: &(Mutex<bool>, Condvar), stopping: &AtomicBool
                 RETRY_AFTER
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copying_waits_while_the_log_grows_but_never_longer_than_its_limit() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut writer = WriterActivity::new(100);
+        assert!(!writer.put_off(100, at(200)), "a quiet log is copied");
+        assert!(writer.put_off(200, at(400)), "a growing log waits");
+        assert!(writer.put_off(300, at(2_000)));
+        assert!(
+            !writer.put_off(400, at(5_400)),
+            "the log grew for PUT_OFF_WHILE_WRITING: copy anyway"
+        );
+        assert!(writer.put_off(500, at(5_600)), "and wait again afresh");
+        assert!(writer.put_off(600, at(10_500)));
+        assert!(!writer.put_off(700, at(10_600)));
+        assert!(writer.put_off(800, at(10_800)));
+        assert!(!writer.put_off(800, at(11_000)), "a pause ends the wait");
+        assert!(
+            writer.put_off(900, at(11_200)),
+            "a new burst waits its own limit"
+        );
+        assert!(writer.put_off(1_000, at(16_100)));
+        assert!(!writer.put_off(1_100, at(16_200)));
     }
 }
