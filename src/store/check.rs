@@ -368,7 +368,9 @@ impl LogWalk {
         let mut restored = Vec::new();
         while let Some((i, base, mut position)) = resume.take() {
             let path = log_dir.join(format::file_name(base));
-            let bytes = files[&base].bytes(0, self.file_bytes as usize);
+            // SAFETY: `check` holds the store's lock, and repairs only after its walk:
+            // nothing writes the file meanwhile.
+            let bytes = unsafe { files[&base].bytes(0, self.file_bytes as usize) };
             let mut next_file = bases.get(i + 1).map(|&b| (i + 1, b, 0));
             while position < bytes.len() {
                 let at = base + position as u64;
@@ -504,19 +506,24 @@ impl LogWalk {
         let marker = format::MARKER_BYTES;
         // A skip marker needs 8 bytes: a closer record is given up with the span.
         let file = &files[&bases[0]];
-        let in_file = commitlog::next_valid_batch(file, position + 1)
+        // SAFETY: `check` holds the store's lock, and repairs only after its walk: nothing
+        // writes the files meanwhile.
+        let next_valid =
+            |file: &MappedFile, from: usize| unsafe { commitlog::next_valid_batch(file, from) };
+        let in_file = next_valid(file, position + 1)
             .map(|q| match q - position < marker {
-                true => commitlog::next_valid_batch(file, position + marker),
+                true => next_valid(file, position + marker),
                 false => Some(q),
             })
             .unwrap_or(None);
-        let found =
-            match in_file {
-                Some(q) => Some((0, bases[0], q)),
-                None => bases.iter().enumerate().skip(1).find_map(|(j, &b)| {
-                    commitlog::next_valid_batch(&files[&b], 0).map(|q| (j, b, q))
-                }),
-            };
+        let found = match in_file {
+            Some(q) => Some((0, bases[0], q)),
+            None => bases
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find_map(|(j, &b)| next_valid(&files[&b], 0).map(|q| (j, b, q))),
+        };
         let Some((j, next_base, next_position)) = found else {
             if at < durable {
                 report.damage(format!(
@@ -554,7 +561,10 @@ impl LogWalk {
         let Some(file) = self.files.get(&base) else {
             return look(None);
         };
-        let rest = &file.bytes(0, self.file_bytes as usize)[(offset - base) as usize..];
+        // SAFETY: `check` holds the store's lock, and repairs only after its walk: nothing
+        // writes the file meanwhile.
+        let whole = unsafe { file.bytes(0, self.file_bytes as usize) };
+        let rest = &whole[(offset - base) as usize..];
         let mut looked_up = self.looked_up.borrow_mut();
         let (released, restored) = &mut *looked_up;
         // The header (its CRC32C included) names the batch.
@@ -998,7 +1008,9 @@ fn repair(
     for &(base, from, to) in &walk.spans {
         let file = &walk.files[&base];
         let len = u32::try_from(to - from).expect("a span lies within one file");
-        file.write(from as u64, &format::skip_marker(len));
+        // SAFETY: `check --repair` holds the store's lock, and no slice of the walk over the
+        // files is alive any more: the span is this thread's alone.
+        unsafe { file.write(from as u64, &format::skip_marker(len)) };
         file.flush(from as u64, format::MARKER_BYTES as u64)?;
         report.findings.push(Finding::Repaired(format!(
             "{} bytes {from}..{to} marked as a skipped span",
