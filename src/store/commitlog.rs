@@ -164,58 +164,11 @@ impl CommitLog {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let write_base = end - end % file_bytes;
-        let mut files = Vec::new();
-        let mut current = None;
-        for base in list_files(dir)? {
-            let path = dir.join(format::file_name(base));
-            if base > write_base {
-                remove_unused_file(&path, file_bytes, end)?;
-                continue;
-            }
-            // Only the file being written is mapped now; the others when read.
-            let file = if base == write_base {
-                let file = Arc::new(open_file(&path, base, file_bytes, end - write_base)?);
-                let weak = Arc::downgrade(&file);
-                current = Some(file);
-                weak
-            } else {
-                check_file(&path, base, file_bytes)?;
-                Weak::new()
-            };
-            files.push(Slot { base, file });
-        }
-        for pair in files.windows(2) {
-            if pair[1].base != pair[0].base + file_bytes {
-                return Err(StoreError::Corrupt {
-                    path: dir.join(format::file_name(pair[0].base + file_bytes)),
-                    offset: 0,
-                    reason: "commit-log file missing in the middle of the log".into(),
-                });
-            }
-        }
-        let current = match (current, files.last()) {
-            (Some(current), _) => current,
-            // The log ends exactly where its last file does, or is empty.
-            (None, last)
-                if end == write_base
-                    && last.is_none_or(|last| last.base + file_bytes == write_base) =>
-            {
-                let file = Arc::new(create_file(dir, write_base, file_bytes)?);
-                files.push(Slot {
-                    base: write_base,
-                    file: Arc::downgrade(&file),
-                });
-                file
-            }
-            _ => {
-                return Err(StoreError::Corrupt {
-                    path: dir.join(format::file_name(write_base)),
-                    offset: end - write_base,
-                    reason: format!(
-                        "the commit log ends at offset {end}, in this file, which is missing; run `commitfs check --repair` on the data directory"
-                    ),
-                })
-            }
+        let (mut files, current) = open_files_to(dir, file_bytes, end)?;
+        check_contiguous(dir, &files, file_bytes)?;
+        let current = match current {
+            Some(current) => current,
+            None => create_end_file(dir, file_bytes, end, &mut files)?,
         };
         if zero_tail {
             current.data.zero_from(end - write_base)?;
@@ -694,6 +647,80 @@ impl Appender<'_> {
             .store(self.writer.position, Ordering::Release);
         Ok(())
     }
+}
+
+/// The log's files up to the one holding `end`, oldest first, and that one mapped (the
+/// others are mapped when read); files past it are deleted if they hold no valid record.
+fn open_files_to(
+    dir: &Path,
+    file_bytes: u64,
+    end: u64,
+) -> Result<(Vec<Slot>, Option<Arc<LogFile>>)> {
+    let write_base = end - end % file_bytes;
+    let mut files = Vec::new();
+    let mut current = None;
+    for base in list_files(dir)? {
+        let path = dir.join(format::file_name(base));
+        if base > write_base {
+            remove_unused_file(&path, file_bytes, end)?;
+            continue;
+        }
+        let file = if base == write_base {
+            let file = Arc::new(open_file(&path, base, file_bytes, end - write_base)?);
+            let weak = Arc::downgrade(&file);
+            current = Some(file);
+            weak
+        } else {
+            check_file(&path, base, file_bytes)?;
+            Weak::new()
+        };
+        files.push(Slot { base, file });
+    }
+    Ok((files, current))
+}
+
+/// Refuses a log with a file missing between two others.
+fn check_contiguous(dir: &Path, files: &[Slot], file_bytes: u64) -> Result<()> {
+    for pair in files.windows(2) {
+        if pair[1].base != pair[0].base + file_bytes {
+            return Err(StoreError::Corrupt {
+                path: dir.join(format::file_name(pair[0].base + file_bytes)),
+                offset: 0,
+                reason: "commit-log file missing in the middle of the log".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the file the log goes on in when none holds `end`: only where the log ends
+/// exactly where its last file does, or is empty. Otherwise the file `end` lies in is
+/// missing, which is refused.
+fn create_end_file(
+    dir: &Path,
+    file_bytes: u64,
+    end: u64,
+    files: &mut Vec<Slot>,
+) -> Result<Arc<LogFile>> {
+    let write_base = end - end % file_bytes;
+    let ends_with_last = files
+        .last()
+        .is_none_or(|last| last.base + file_bytes == write_base);
+    if end != write_base || !ends_with_last {
+        return Err(StoreError::Corrupt {
+            path: dir.join(format::file_name(write_base)),
+            offset: end - write_base,
+            reason: format!(
+                "the commit log ends at offset {end}, in this file, which is missing; run `commitfs check --repair` on the data directory"
+            ),
+        });
+    }
+    let file = Arc::new(create_file(dir, write_base, file_bytes)?);
+    files.push(Slot {
+        base: write_base,
+        file: Arc::downgrade(&file),
+    });
+    Ok(file)
 }
 
 fn create_file(dir: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
