@@ -246,8 +246,9 @@ impl MappedFile {
     ///
     /// The caller is the only one that accesses `[at, at + data.len())` until it publishes
     /// it: no other thread writes it or reads it (through [`bytes`](Self::bytes) or
-    /// [`atomic_u32`](Self::atomic_u32)) meanwhile. It lies past every end its writer has
-    /// published, or the file is not yet shared with any reader.
+    /// [`atomic_u32`](Self::atomic_u32)) meanwhile: it lies past every end its writer has
+    /// published, the file is not yet shared, or the caller holds a lock that every other
+    /// user of the range takes.
     pub unsafe fn write(&self, at: u64, data: &[u8]) {
         assert!(
             at.checked_add(data.len() as u64)

@@ -826,8 +826,8 @@ impl Scanner<'_> {
                 );
                 break;
             }
-            // SAFETY: the store is being opened under its lock and is not shared yet; the
-            // scan writes the log only after it has found where it ends.
+            // SAFETY: the store is being opened under its lock and is not shared yet; nothing
+            // writes the log while recovery scans it (`CommitLog::open` cuts the tail after).
             let bytes = unsafe { file.bytes(0, file_bytes as usize) };
             let position = (end.max(base) - base) as usize;
             if let FileScan::Invalid {
@@ -1035,13 +1035,14 @@ impl Scanner<'_> {
         file: &MappedFile,
         position: usize,
     ) -> Result<Option<(PathBuf, usize)>> {
-        // SAFETY (both): the store is being opened under its lock and is not shared yet;
-        // recovery's scan writes the log only after it has found where it ends.
+        // SAFETY: the store is being opened under its lock and is not shared yet; nothing
+        // writes the log while recovery scans it (`CommitLog::open` cuts the tail after).
         if let Some(at) = unsafe { commitlog::next_valid_batch(file, position + 1) } {
             return Ok(Some((self.log_dir.join(format::file_name(files[0])), at)));
         }
         for &base in &files[1..] {
             let path = self.log_dir.join(format::file_name(base));
+            // SAFETY: as above: under the store's lock, before anything writes the log.
             if let Some(at) = unsafe { commitlog::first_valid_record(&path, self.file_bytes)? } {
                 return Ok(Some((path, at)));
             }
