@@ -467,6 +467,35 @@ fn serve(
             return Err(MountError::Session(error));
         }
     };
+    let session = match start_session(request, data_dir, mountpoint, &store, signals, &closer) {
+        Ok(session) => session,
+        Err(error) => {
+            closer.close_and_log();
+            return Err(error);
+        }
+    };
+    on_ready();
+    let served = session.run();
+    tracing::info!("{} unmounted; closing the store", mountpoint.display());
+    drop(metrics);
+    let closed = closer.close();
+    served.map_err(MountError::Session)?;
+    match closed {
+        Closed::Now(result) => result.map_err(MountError::Close),
+        Closed::Before => Ok(()),
+    }
+}
+
+/// Mounts `mountpoint` and starts serving `store` there, with the watcher of stop signals;
+/// if the session cannot start, the kernel mount is undone (the caller closes the store).
+fn start_session(
+    request: &MountRequest,
+    data_dir: &Path,
+    mountpoint: &Path,
+    store: &Arc<Store>,
+    signals: StopSignals,
+    closer: &Arc<Closer>,
+) -> Result<Session<FuseAdapter>, MountError> {
     let mount_failed = |source| MountError::Mount {
         mountpoint: mountpoint.to_owned(),
         source,
@@ -474,14 +503,8 @@ fn serve(
     if request.over_mount {
         log_mount_beneath(mountpoint);
     }
-    let (fd, kernel_mount) =
-        match kernel_mount::mount(mountpoint, &kernel_options(request, data_dir)) {
-            Ok(mounted) => mounted,
-            Err(source) => {
-                closer.close_and_log();
-                return Err(mount_failed(source));
-            }
-        };
+    let (fd, kernel_mount) = kernel_mount::mount(mountpoint, &kernel_options(request, data_dir))
+        .map_err(mount_failed)?;
     let kernel_mount = Arc::new(kernel_mount);
     let fs = CommitFs::new(store.clone(), request.fs.clone());
     let started = Session::from_fd(
@@ -496,16 +519,12 @@ fn serve(
             .map_err(MountError::Session)?;
         Ok(session)
     });
-    let session = match started {
-        Ok(session) => session,
-        Err(error) => {
-            if let Err(unmount) = kernel_mount.unmount(true) {
-                tracing::error!("unmounting {}: {unmount}", mountpoint.display());
-            }
-            closer.close_and_log();
-            return Err(error);
+    if started.is_err() {
+        if let Err(unmount) = kernel_mount.unmount(true) {
+            tracing::error!("unmounting {}: {unmount}", mountpoint.display());
         }
-    };
+        return started;
+    }
     if request.mount.read_ahead_kb > 0 {
         set_read_ahead(
             mountpoint,
@@ -522,16 +541,7 @@ fn serve(
         data_dir.display(),
         mountpoint.display(),
     );
-    on_ready();
-    let served = session.run();
-    tracing::info!("{} unmounted; closing the store", mountpoint.display());
-    drop(metrics);
-    let closed = closer.close();
-    served.map_err(MountError::Session)?;
-    match closed {
-        Closed::Now(result) => result.map_err(MountError::Close),
-        Closed::Before => Ok(()),
-    }
+    started
 }
 
 /// Opens the store to serve; one another process holds is "in use".

@@ -8,7 +8,7 @@
 //! then rebuilds the queues and the index from the whole log; it reports every offset lost.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
@@ -273,6 +273,17 @@ struct PartitionSeen {
     last_record: u64,
 }
 
+/// What the walk over the log's files carries from one file to the next.
+struct ScanState<'m> {
+    meta: Option<&'m Meta>,
+    /// Where the last damaged or skipped span ended, if one did.
+    breaks: Option<u64>,
+    /// Partitions whose batches the metadata disowns, reported once each.
+    disowned: HashSet<(u32, u32)>,
+    /// The bytes of a released batch, read back from its segment's file.
+    restored: Vec<u8>,
+}
+
 impl LogWalk {
     fn run(
         dir: &Path,
@@ -330,13 +341,12 @@ impl LogWalk {
                 .map_or(from, |&b| b + walk.file_bytes);
             ScanProgress::new("check", Output::for_stderr(to - from), from, to)
         });
-        walk.scan(&log_dir, meta, durable, progress, report);
+        walk.scan(meta, durable, progress, report);
         Ok(walk)
     }
 
     fn scan(
         &mut self,
-        log_dir: &Path,
         meta: Option<&Meta>,
         durable: u64,
         progress: Option<ScanProgress>,
@@ -344,7 +354,7 @@ impl LogWalk {
     ) {
         let files = std::mem::take(&mut self.files);
         let mut progress = progress;
-        self.scan_files(&files, log_dir, meta, durable, &mut progress, report);
+        self.scan_files(&files, meta, durable, &mut progress, report);
         if let Some(progress) = progress {
             progress.finish();
         }
@@ -355,96 +365,109 @@ impl LogWalk {
     fn scan_files(
         &mut self,
         files: &BTreeMap<u64, MappedFile>,
-        log_dir: &Path,
         meta: Option<&Meta>,
         durable: u64,
         progress: &mut Option<ScanProgress>,
         report: &mut CheckReport,
     ) {
         let bases: Vec<u64> = files.keys().copied().collect();
-        let mut breaks: Option<u64> = None;
-        let mut disowned = std::collections::HashSet::new();
+        let mut state = ScanState {
+            meta,
+            breaks: None,
+            disowned: HashSet::new(),
+            restored: Vec::new(),
+        };
         let mut resume = bases.first().map(|&b| (0usize, b, 0usize));
-        let mut restored = Vec::new();
-        while let Some((i, base, mut position)) = resume.take() {
-            let path = log_dir.join(format::file_name(base));
-            let bytes = files[&base].bytes(0, self.file_bytes as usize);
-            let mut next_file = bases.get(i + 1).map(|&b| (i + 1, b, 0));
-            while position < bytes.len() {
-                let at = base + position as u64;
-                let scanned = match self.released.scan(&bytes[position..], &mut restored) {
-                    Ok(scanned) => scanned,
-                    // The log's batch is whole (its header says its size); its segment's
-                    // file, the only copy of its messages, is what is damaged.
-                    Err(why) => {
-                        report.damage(why);
-                        match format::decode_header(&bytes[position..]) {
-                            Ok(batch) => Scanned::Record(batch),
-                            Err(reason) => Scanned::Invalid(reason),
-                        }
-                    }
-                };
-                match scanned {
-                    Scanned::Record(batch) => {
-                        let header = batch.header;
-                        report.records += u64::from(header.count);
-                        let key = (header.topic_id, header.partition);
-                        if let Some(why) = meta.and_then(|m| m.disowns(key.0, key.1)) {
-                            if disowned.insert(key) {
-                                report.damage(format!(
-                                    "{} byte {position}: message {} of {why}",
-                                    path.display(),
-                                    header.first_offset
-                                ));
-                            }
-                        }
-                        self.see(&header, at, breaks, &path, position, report);
-                        position += header.size as usize;
-                        if let Some(progress) = progress {
-                            progress.at(base + position as u64);
-                        }
-                    }
-                    Scanned::Skip(len) => {
-                        report.note(format!(
-                            "{} bytes {position}..{}: a span skipped by an earlier repair",
-                            path.display(),
-                            position + len
-                        ));
-                        position += len;
-                        breaks = Some(base + position as u64);
-                    }
-                    Scanned::EndOfFile => position = bytes.len(),
-                    Scanned::Invalid(reason) => {
-                        let found = self.damaged_span(
-                            files,
-                            &bases[i..],
-                            position,
-                            reason,
-                            durable,
-                            report,
-                        );
-                        self.end = at;
-                        match found {
-                            Some((j, b, p)) => {
-                                resume = Some((i + j, b, p));
-                                breaks = Some(b + p as u64);
-                            }
-                            None => return,
-                        }
-                        next_file = None;
-                        break;
-                    }
+        while let Some((i, base, position)) = resume.take() {
+            let invalid =
+                self.scan_file(&files[&base], base, position, &mut state, progress, report);
+            let next = match invalid {
+                None => {
+                    self.end = base + self.file_bytes;
+                    bases.get(i + 1).map(|&b| (i + 1, b, 0))
                 }
-                self.end = base + position as u64;
-            }
+                Some((position, reason)) => {
+                    let found =
+                        self.damaged_span(files, &bases[i..], position, reason, durable, report);
+                    self.end = base + position as u64;
+                    let Some((j, b, p)) = found else {
+                        return;
+                    };
+                    state.breaks = Some(b + p as u64);
+                    Some((i + j, b, p))
+                }
+            };
             if let Some(progress) = progress {
                 progress.file_done(base + self.file_bytes);
             }
-            if next_file.is_some() {
-                self.end = base + self.file_bytes;
-                resume = next_file;
-            }
+            resume = next;
         }
+    }
+
+    /// Scans the batches of `file`, the commit-log file at `base`, from `position` to its
+    /// end; returns where it met invalid bytes, and why, if it did.
+    fn scan_file(
+        &mut self,
+        file: &MappedFile,
+        base: u64,
+        mut position: usize,
+        state: &mut ScanState<'_>,
+        progress: &mut Option<ScanProgress>,
+        report: &mut CheckReport,
+    ) -> Option<(usize, &'static str)> {
+        let path = file.path();
+        // SAFETY: `check` holds the store's lock, and repairs only after its walk: nothing
+        // writes the file meanwhile.
+        let bytes = unsafe { file.bytes(0, self.file_bytes as usize) };
+        while position < bytes.len() {
+            let at = base + position as u64;
+            let scanned = match self.released.scan(&bytes[position..], &mut state.restored) {
+                Ok(scanned) => scanned,
+                // The log's batch is whole (its header says its size); its segment's
+                // file, the only copy of its messages, is what is damaged.
+                Err(why) => {
+                    report.damage(why);
+                    match format::decode_header(&bytes[position..]) {
+                        Ok(batch) => Scanned::Record(batch),
+                        Err(reason) => Scanned::Invalid(reason),
+                    }
+                }
+            };
+            match scanned {
+                Scanned::Record(batch) => {
+                    let header = batch.header;
+                    report.records += u64::from(header.count);
+                    let key = (header.topic_id, header.partition);
+                    if let Some(why) = state.meta.and_then(|m| m.disowns(key.0, key.1)) {
+                        if state.disowned.insert(key) {
+                            report.damage(format!(
+                                "{} byte {position}: message {} of {why}",
+                                path.display(),
+                                header.first_offset
+                            ));
+                        }
+                    }
+                    self.see(&header, at, state.breaks, path, position, report);
+                    position += header.size as usize;
+                    if let Some(progress) = progress {
+                        progress.at(base + position as u64);
+                    }
+                }
+                Scanned::Skip(len) => {
+                    report.note(format!(
+                        "{} bytes {position}..{}: a span skipped by an earlier repair",
+                        path.display(),
+                        position + len
+                    ));
+                    position += len;
+                    state.breaks = Some(base + position as u64);
+                }
+                Scanned::EndOfFile => position = bytes.len(),
+                Scanned::Invalid(reason) => return Some((position, reason)),
+            }
+            self.end = base + position as u64;
+        }
+        None
     }
 
     /// A batch of a partition: its first offset must follow the partition's previous one,
@@ -504,19 +527,24 @@ impl LogWalk {
         let marker = format::MARKER_BYTES;
         // A skip marker needs 8 bytes: a closer record is given up with the span.
         let file = &files[&bases[0]];
-        let in_file = commitlog::next_valid_batch(file, position + 1)
+        // SAFETY: `check` holds the store's lock, and repairs only after its walk: nothing
+        // writes the files meanwhile.
+        let next_valid =
+            |file: &MappedFile, from: usize| unsafe { commitlog::next_valid_batch(file, from) };
+        let in_file = next_valid(file, position + 1)
             .map(|q| match q - position < marker {
-                true => commitlog::next_valid_batch(file, position + marker),
+                true => next_valid(file, position + marker),
                 false => Some(q),
             })
             .unwrap_or(None);
-        let found =
-            match in_file {
-                Some(q) => Some((0, bases[0], q)),
-                None => bases.iter().enumerate().skip(1).find_map(|(j, &b)| {
-                    commitlog::next_valid_batch(&files[&b], 0).map(|q| (j, b, q))
-                }),
-            };
+        let found = match in_file {
+            Some(q) => Some((0, bases[0], q)),
+            None => bases
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find_map(|(j, &b)| next_valid(&files[&b], 0).map(|q| (j, b, q))),
+        };
         let Some((j, next_base, next_position)) = found else {
             if at < durable {
                 report.damage(format!(
@@ -554,7 +582,10 @@ impl LogWalk {
         let Some(file) = self.files.get(&base) else {
             return look(None);
         };
-        let rest = &file.bytes(0, self.file_bytes as usize)[(offset - base) as usize..];
+        // SAFETY: `check` holds the store's lock, and repairs only after its walk: nothing
+        // writes the file meanwhile.
+        let whole = unsafe { file.bytes(0, self.file_bytes as usize) };
+        let rest = &whole[(offset - base) as usize..];
         let mut looked_up = self.looked_up.borrow_mut();
         let (released, restored) = &mut *looked_up;
         // The header (its CRC32C included) names the batch.
@@ -998,7 +1029,9 @@ fn repair(
     for &(base, from, to) in &walk.spans {
         let file = &walk.files[&base];
         let len = u32::try_from(to - from).expect("a span lies within one file");
-        file.write(from as u64, &format::skip_marker(len));
+        // SAFETY: `check --repair` holds the store's lock, and no slice of the walk over the
+        // files is alive any more: the span is this thread's alone.
+        unsafe { file.write(from as u64, &format::skip_marker(len)) };
         file.flush(from as u64, format::MARKER_BYTES as u64)?;
         report.findings.push(Finding::Repaired(format!(
             "{} bytes {from}..{to} marked as a skipped span",

@@ -51,11 +51,7 @@ pub type RecordRef = Record<Arc<LogFile>>;
 impl<F: Deref<Target = LogFile>> Record<F> {
     /// The bytes of this message and the later ones of its batch: a stretch of its segment.
     pub fn payload_to_batch_end(&self) -> &[u8] {
-        let from = u64::from(self.header.payload_at);
-        self.file.data.bytes(
-            self.batch_at + from,
-            (u64::from(self.batch_size) - from) as usize,
-        )
+        &self.batch_bytes()[self.header.payload_at as usize..]
     }
 
     pub fn batch_end_offset(&self) -> u64 {
@@ -64,9 +60,14 @@ impl<F: Deref<Target = LogFile>> Record<F> {
 
     /// Its batch's bytes as the log holds them.
     pub fn batch_bytes(&self) -> &[u8] {
-        self.file
-            .data
-            .bytes(self.batch_at, self.batch_size as usize)
+        // SAFETY: `message_in`, the only maker of records, found the batch inside bytes
+        // published to this thread (`published_from`), which the log never writes again
+        // (a released segment's payloads may be punched: see `MappedFile::bytes`).
+        unsafe {
+            self.file
+                .data
+                .bytes(self.batch_at, self.batch_size as usize)
+        }
     }
 
     /// The log file holding it.
@@ -76,11 +77,7 @@ impl<F: Deref<Target = LogFile>> Record<F> {
 
     /// Whether its batch's bytes still match the CRC32C stored in it.
     pub fn crc_matches(&self) -> bool {
-        format::crc_matches(
-            self.file
-                .data
-                .bytes(self.batch_at, self.batch_size as usize),
-        )
+        format::crc_matches(self.batch_bytes())
     }
 
     /// The commit-log file holding the message.
@@ -167,58 +164,11 @@ impl CommitLog {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let write_base = end - end % file_bytes;
-        let mut files = Vec::new();
-        let mut current = None;
-        for base in list_files(dir)? {
-            let path = dir.join(format::file_name(base));
-            if base > write_base {
-                remove_unused_file(&path, file_bytes, end)?;
-                continue;
-            }
-            // Only the file being written is mapped now; the others when read.
-            let file = if base == write_base {
-                let file = Arc::new(open_file(&path, base, file_bytes, end - write_base)?);
-                let weak = Arc::downgrade(&file);
-                current = Some(file);
-                weak
-            } else {
-                check_file(&path, base, file_bytes)?;
-                Weak::new()
-            };
-            files.push(Slot { base, file });
-        }
-        for pair in files.windows(2) {
-            if pair[1].base != pair[0].base + file_bytes {
-                return Err(StoreError::Corrupt {
-                    path: dir.join(format::file_name(pair[0].base + file_bytes)),
-                    offset: 0,
-                    reason: "commit-log file missing in the middle of the log".into(),
-                });
-            }
-        }
-        let current = match (current, files.last()) {
-            (Some(current), _) => current,
-            // The log ends exactly where its last file does, or is empty.
-            (None, last)
-                if end == write_base
-                    && last.is_none_or(|last| last.base + file_bytes == write_base) =>
-            {
-                let file = Arc::new(create_file(dir, write_base, file_bytes)?);
-                files.push(Slot {
-                    base: write_base,
-                    file: Arc::downgrade(&file),
-                });
-                file
-            }
-            _ => {
-                return Err(StoreError::Corrupt {
-                    path: dir.join(format::file_name(write_base)),
-                    offset: end - write_base,
-                    reason: format!(
-                        "the commit log ends at offset {end}, in this file, which is missing; run `commitfs check --repair` on the data directory"
-                    ),
-                })
-            }
+        let (mut files, current) = open_files_to(dir, file_bytes, end)?;
+        check_contiguous(dir, &files, file_bytes)?;
+        let current = match current {
+            Some(current) => current,
+            None => create_end_file(dir, file_bytes, end, &mut files)?,
         };
         if zero_tail {
             current.data.zero_from(end - write_base)?;
@@ -391,7 +341,7 @@ impl CommitLog {
     /// The message at `at`, if its file is still stored and something that looks like its
     /// batch is there.
     pub fn message_at(&self, at: MessageAt) -> Option<RecordRef> {
-        message_in(self.file_at(at.batch)?, at)
+        message_in(self.file_at(at.batch)?, at, self.written_end())
     }
 
     /// Makes everything written before the call durable. Concurrent callers share one
@@ -520,23 +470,40 @@ impl CommitLog {
     }
 }
 
+/// The bytes of `file` from global offset `from` to `published` (the log's written end, as
+/// loaded with `Acquire` by the caller) or the file's end, whichever comes first; `None` if
+/// `from` lies outside them. A damaged queue or index entry may name any offset: it must
+/// neither make a reader run off the mapping nor read bytes the writer is storing now.
+fn published_from(file: &LogFile, from: u64, published: u64) -> Option<&[u8]> {
+    let position = from.checked_sub(file.base)?;
+    let end = published.checked_sub(file.base)?.min(file.data.allocated());
+    let len = usize::try_from(end.checked_sub(position)?).ok()?;
+    // SAFETY: `[position, end)` lies below the log's written end, which `publish` stored with
+    // `Release` after writing these bytes and the caller loaded with `Acquire`; the log writes
+    // only past its written end (the append lock's holder), and `discard_unpublished` zeroes
+    // only past it too.
+    Some(unsafe { file.data.bytes(position, len) })
+}
+
 /// The header of the batch at global offset `batch` of `file`, if something that looks like
-/// a batch is there: a damaged queue or index entry must not make a reader run off the
-/// mapping. Its CRC is checked where its bytes are served.
-pub(super) fn batch_in(file: &LogFile, batch: u64) -> Option<BatchHeader> {
-    let position = batch.checked_sub(file.base)?;
-    let rest = file.data.capacity().checked_sub(position)?;
-    format::decode_header(file.data.bytes(position, rest as usize))
+/// a batch lies there below `published` (the log's written end, loaded by the caller). Its
+/// CRC is checked where its bytes are served.
+pub(super) fn batch_in(file: &LogFile, batch: u64, published: u64) -> Option<BatchHeader> {
+    format::decode_header(published_from(file, batch, published)?)
         .ok()
         .map(|batch| batch.header)
 }
 
-/// Message `at.index` of the batch at `at.batch` in `file`, if the batch's header and its
-/// table slots for the message look right.
-pub(super) fn message_in<F: Deref<Target = LogFile>>(file: F, at: MessageAt) -> Option<Record<F>> {
+/// Message `at.index` of the batch at `at.batch` in `file`, if the batch lies below
+/// `published` (the log's written end, loaded by the caller) and its header and its table
+/// slots for the message look right.
+pub(super) fn message_in<F: Deref<Target = LogFile>>(
+    file: F,
+    at: MessageAt,
+    published: u64,
+) -> Option<Record<F>> {
     let position = at.batch.checked_sub(file.base)?;
-    let rest = file.data.capacity().checked_sub(position)?;
-    let batch = format::decode_header(file.data.bytes(position, rest as usize)).ok()?;
+    let batch = format::decode_header(published_from(&file, at.batch, published)?).ok()?;
     let (header, batch_size) = (batch.message(at.index)?, batch.header.size);
     let batch_end_offset = batch.header.end_offset();
     Some(Record {
@@ -644,7 +611,9 @@ impl Appender<'_> {
         let mut blank = [0u8; BLANK_BYTES];
         blank[0..4].copy_from_slice(&((file_bytes - local) as u32).to_le_bytes());
         blank[4..8].copy_from_slice(&BLANK_MAGIC.to_le_bytes());
-        self.writer.file.data.write(local, &blank);
+        // SAFETY: `local` is the writer's position, at or past the log's written end: this
+        // thread holds the append lock (the only writer), and readers stay below the end.
+        unsafe { self.writer.file.data.write(local, &blank) };
         let next = self
             .log
             .file_at(self.writer.file.base + file_bytes)
@@ -678,6 +647,80 @@ impl Appender<'_> {
             .store(self.writer.position, Ordering::Release);
         Ok(())
     }
+}
+
+/// The log's files up to the one holding `end`, oldest first, and that one mapped (the
+/// others are mapped when read); files past it are deleted if they hold no valid record.
+fn open_files_to(
+    dir: &Path,
+    file_bytes: u64,
+    end: u64,
+) -> Result<(Vec<Slot>, Option<Arc<LogFile>>)> {
+    let write_base = end - end % file_bytes;
+    let mut files = Vec::new();
+    let mut current = None;
+    for base in list_files(dir)? {
+        let path = dir.join(format::file_name(base));
+        if base > write_base {
+            remove_unused_file(&path, file_bytes, end)?;
+            continue;
+        }
+        let file = if base == write_base {
+            let file = Arc::new(open_file(&path, base, file_bytes, end - write_base)?);
+            let weak = Arc::downgrade(&file);
+            current = Some(file);
+            weak
+        } else {
+            check_file(&path, base, file_bytes)?;
+            Weak::new()
+        };
+        files.push(Slot { base, file });
+    }
+    Ok((files, current))
+}
+
+/// Refuses a log with a file missing between two others.
+fn check_contiguous(dir: &Path, files: &[Slot], file_bytes: u64) -> Result<()> {
+    for pair in files.windows(2) {
+        if pair[1].base != pair[0].base + file_bytes {
+            return Err(StoreError::Corrupt {
+                path: dir.join(format::file_name(pair[0].base + file_bytes)),
+                offset: 0,
+                reason: "commit-log file missing in the middle of the log".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the file the log goes on in when none holds `end`: only where the log ends
+/// exactly where its last file does, or is empty. Otherwise the file `end` lies in is
+/// missing, which is refused.
+fn create_end_file(
+    dir: &Path,
+    file_bytes: u64,
+    end: u64,
+    files: &mut Vec<Slot>,
+) -> Result<Arc<LogFile>> {
+    let write_base = end - end % file_bytes;
+    let ends_with_last = files
+        .last()
+        .is_none_or(|last| last.base + file_bytes == write_base);
+    if end != write_base || !ends_with_last {
+        return Err(StoreError::Corrupt {
+            path: dir.join(format::file_name(write_base)),
+            offset: end - write_base,
+            reason: format!(
+                "the commit log ends at offset {end}, in this file, which is missing; run `commitfs check --repair` on the data directory"
+            ),
+        });
+    }
+    let file = Arc::new(create_file(dir, write_base, file_bytes)?);
+    files.push(Slot {
+        base: write_base,
+        file: Arc::downgrade(&file),
+    });
+    Ok(file)
 }
 
 fn create_file(dir: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
@@ -781,7 +824,8 @@ fn check_length(path: &Path, len: u64, file_bytes: u64) -> Result<()> {
 /// Removes a file past the log's `end`, which recovery found holds nothing: if it holds a
 /// valid record after all, that is refused.
 fn remove_unused_file(path: &Path, file_bytes: u64, end: u64) -> Result<()> {
-    if let Some(at) = first_valid_record(path, file_bytes)? {
+    // SAFETY: the store is being opened under its lock and `path` lies past the log's end.
+    if let Some(at) = unsafe { first_valid_record(path, file_bytes)? } {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
             offset: at as u64,
@@ -797,17 +841,30 @@ fn remove_unused_file(path: &Path, file_bytes: u64, end: u64) -> Result<()> {
 
 /// The position of the first valid record in the commit-log file at `path`, whatever its
 /// length.
-pub fn first_valid_record(path: &Path, file_bytes: u64) -> Result<Option<usize>> {
+///
+/// # Safety
+///
+/// Nothing writes the file meanwhile: the caller holds the store's lock, and the file is
+/// not one an open store writes (it lies past the log's end, or the store is not open).
+pub unsafe fn first_valid_record(path: &Path, file_bytes: u64) -> Result<Option<usize>> {
     let file = MappedFile::open_allocating_from(path, file_bytes, file_bytes)?;
-    Ok(next_valid_batch(&file, 0))
+    // SAFETY: nothing writes the file, by the caller's guarantee.
+    Ok(unsafe { next_valid_batch(&file, 0) })
 }
 
 /// The position of the first valid batch at or after `from` in a commit-log file, looking
 /// only where the file holds data: a batch is written data, and the never-written rest of a
 /// 1 GiB file would otherwise be read (and zero-filled) page by page, which made recovery
 /// after a crash take seconds whatever was written since the checkpoint.
-pub fn next_valid_batch(file: &MappedFile, from: usize) -> Option<usize> {
-    let bytes = file.bytes(0, file.allocated().min(file.capacity()) as usize);
+///
+/// # Safety
+///
+/// Nothing writes `file` meanwhile: recovery before the store is shared, or `commitfs
+/// check` holding the store's lock.
+pub unsafe fn next_valid_batch(file: &MappedFile, from: usize) -> Option<usize> {
+    // SAFETY: all of the file is unwritten meanwhile, by the caller's guarantee, and was
+    // written (if at all) before it was mapped here.
+    let bytes = unsafe { file.bytes(0, file.allocated() as usize) };
     file.data_ranges(from as u64).into_iter().find_map(|range| {
         let start = (range.start as usize).max(from);
         format::next_valid_record(&bytes[..range.end as usize], start)
@@ -861,12 +918,13 @@ mod fuzz {
             let dir = tempfile::tempdir().unwrap();
             let capacity = bytes.len().max(1) as u64;
             let data = MappedFile::create(&dir.path().join("log"), capacity, capacity).unwrap();
-            data.write(0, &bytes);
+            // SAFETY: the file was just created here and is not shared.
+            unsafe { data.write(0, &bytes) };
             let file = LogFile { base, data };
             let places = offsets.iter().map(|&(o, i)| (base.wrapping_add(o), i));
             for (batch, index) in places.chain([(wild, 0)]) {
-                let _ = batch_in(&file, batch);
-                if let Some(record) = message_in(&file, MessageAt { batch, index }) {
+                let _ = batch_in(&file, batch, u64::MAX);
+                if let Some(record) = message_in(&file, MessageAt { batch, index }, u64::MAX) {
                     let end = record.position() + u64::from(record.batch_size);
                     prop_assert!(end <= capacity);
                     let len = record.header.payload_len();

@@ -81,7 +81,7 @@ pub fn durable_image(path: &Path) -> Option<DurableImage> {
     FILES.lock().get(path).cloned()
 }
 
-fn recording() -> bool {
+pub(crate) fn recording() -> bool {
     RECORDING.load(Ordering::Acquire)
 }
 

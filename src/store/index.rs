@@ -58,7 +58,8 @@ impl IndexFile {
         header[16..20].copy_from_slice(&1u32.to_le_bytes());
         header[24..32].copy_from_slice(&base.to_le_bytes());
         header[32..40].copy_from_slice(&base.to_le_bytes());
-        data.write(0, &header);
+        // SAFETY: the file was just created here and is not shared yet.
+        unsafe { data.write(0, &header) };
         Ok(IndexFile {
             base,
             data,
@@ -134,18 +135,28 @@ impl IndexFile {
             .atomic_u32(HEADER_BYTES + (hash % u64::from(self.slots)) * 4)
     }
 
+    /// Entry `number`: below the entry count its caller loaded (`walk`), or any allocated
+    /// one before the file is shared (`truncate`, at open).
     fn entry(&self, number: u32) -> (u64, MessageAt, u32) {
-        let bytes = self.data.bytes(
-            self.entries_at() + u64::from(number) * ENTRY_BYTES,
-            ENTRY_BYTES as usize,
-        );
+        // SAFETY: `insert` stores an entry once, then the count past it with `Release`;
+        // below a count this thread loaded with `Acquire`, the entry is written and never
+        // written again. Before the file is shared, nothing else writes it at all.
+        let bytes = unsafe {
+            self.data.bytes(
+                self.entries_at() + u64::from(number) * ENTRY_BYTES,
+                ENTRY_BYTES as usize,
+            )
+        };
         decode_entry(bytes)
     }
 
     /// The largest commit-log offset indexed here (entries go in in log order, so the
-    /// newest message's): no live entry lies past it.
+    /// newest message's): no live entry lies past it. Under the index's writer lock.
     pub fn end_offset(&self) -> u64 {
-        le_u64(self.data.bytes(32, 8), 0)
+        // SAFETY: only `insert` and `truncate` store this header field, and they, like every
+        // caller of this method, hold the index's writer lock (or run before the file is
+        // shared).
+        le_u64(unsafe { self.data.bytes(32, 8) }, 0)
     }
 
     fn reserve(&self, count: u32) -> Result<()> {
@@ -166,10 +177,16 @@ impl IndexFile {
         entry[8..16].copy_from_slice(&at.batch.to_le_bytes());
         entry[16..20].copy_from_slice(&at.index.to_le_bytes());
         entry[20..24].copy_from_slice(&slot.load(Ordering::Acquire).to_le_bytes());
-        self.data
-            .write(self.entries_at() + u64::from(number) * ENTRY_BYTES, &entry);
+        // SAFETY: entry `number` lies at the count, past every entry a reader may read (they
+        // stay below the count); the caller holds the index's writer lock (`IndexRoom`), so
+        // no other thread inserts.
+        unsafe {
+            self.data
+                .write(self.entries_at() + u64::from(number) * ENTRY_BYTES, &entry)
+        };
         let end = self.end_offset().max(at.batch);
-        self.data.write(32, &end.to_le_bytes());
+        // SAFETY: the end field is read and written only under the writer lock, held here.
+        unsafe { self.data.write(32, &end.to_le_bytes()) };
         // The count first, then the slot: a reader that sees the slot sees a valid entry.
         self.count_cell().store(number + 1, Ordering::Release);
         slot.store(number, Ordering::Release);
@@ -201,14 +218,16 @@ impl IndexFile {
     fn truncate(&self, count: u32) {
         let count = count.clamp(1, self.allocated_entries().max(1));
         let zeroes = vec![0u8; (u64::from(self.slots) * 4) as usize];
-        self.data.write(HEADER_BYTES, &zeroes);
+        // SAFETY: recovery truncates the index before the store is shared: no lookup runs.
+        unsafe { self.data.write(HEADER_BYTES, &zeroes) };
         let mut last = self.base;
         for number in 1..count {
             let (hash, at, _) = self.entry(number);
             self.slot(hash).store(number, Ordering::Relaxed);
             last = last.max(at.batch);
         }
-        self.data.write(32, &last.to_le_bytes());
+        // SAFETY: as above, before the store is shared.
+        unsafe { self.data.write(32, &last.to_le_bytes()) };
         self.count_cell().store(count, Ordering::Release);
     }
 

@@ -142,7 +142,7 @@ impl MappedFile {
     pub fn punch_hole(&self, from: u64, len: u64) -> Result<()> {
         const BLOCK: u64 = 4096;
         let start = from.div_ceil(BLOCK) * BLOCK;
-        let end = (from + len).min(self.capacity()) / BLOCK * BLOCK;
+        let end = from.saturating_add(len).min(self.capacity()) / BLOCK * BLOCK;
         if end <= start {
             return Ok(());
         }
@@ -204,27 +204,61 @@ impl MappedFile {
         })
     }
 
-    /// Bytes `[at, at + len)`. The caller guarantees the range is allocated and not being
-    /// written concurrently (it was published before this read).
-    pub fn bytes(&self, at: u64, len: usize) -> &[u8] {
+    /// Bytes `[at, at + len)` of the file, through the map.
+    ///
+    /// Panics with a clear message if the range does not lie inside the allocated bytes: a
+    /// caller that reads past them has broken its own bounds (touching the map there could
+    /// be a `SIGBUS`).
+    ///
+    /// # Safety
+    ///
+    /// The range must be *published* to the calling thread and stay unwritten while the
+    /// slice lives:
+    /// - every store into it ([`write`](Self::write), [`write_at`](Self::write_at),
+    ///   [`zero_range`](Self::zero_range), [`zero_from`](Self::zero_from)) happened before the
+    ///   call: on this thread, before the file was shared, or before a `Release` store of an
+    ///   end past the range that this thread loaded with `Acquire` (the log's written end, a
+    ///   partition's end, an index file's entry count);
+    /// - nothing stores into it until the slice is dropped (a writer only writes past every
+    ///   end it published; `commitfs check` and `dump` hold the store's lock).
+    ///
+    /// The one store that may still reach such bytes is [`punch_hole`](Self::punch_hole) of
+    /// a released segment's payloads, which then read as zeroes: readers of the log's
+    /// payloads look at the segment's released mark after their copy and read again from
+    /// the segment's file (see `released.rs`).
+    pub unsafe fn bytes(&self, at: u64, len: usize) -> &[u8] {
         assert!(
             at.checked_add(len as u64)
-                .is_some_and(|end| end <= self.capacity()),
-            "read past the mapping"
+                .is_some_and(|end| end <= self.allocated()),
+            "read of {len} bytes at byte {at} of {} past its allocated bytes",
+            self.path.display()
         );
-        // SAFETY: in bounds of the mapping (checked above); see the caller's guarantee.
+        // SAFETY: inside the mapping and its allocated blocks (checked above), so no fault;
+        // published and unwritten while the slice lives by the caller's guarantee.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len) }
     }
 
-    /// Stores `data` at `at`. The caller owns this range (no concurrent reader or writer
-    /// until it publishes it) and has allocated it.
-    pub fn write(&self, at: u64, data: &[u8]) {
+    /// Stores `data` at `at`, through the map.
+    ///
+    /// Panics with a clear message if the range does not lie inside the allocated bytes.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the only one that accesses `[at, at + data.len())` until it publishes
+    /// it: no other thread writes it or reads it (through [`bytes`](Self::bytes) or
+    /// [`atomic_u32`](Self::atomic_u32)) meanwhile: it lies past every end its writer has
+    /// published, the file is not yet shared, or the caller holds a lock that every other
+    /// user of the range takes.
+    pub unsafe fn write(&self, at: u64, data: &[u8]) {
         assert!(
             at.checked_add(data.len() as u64)
                 .is_some_and(|end| end <= self.allocated()),
-            "store past the allocated blocks"
+            "store of {} bytes at byte {at} of {} past its allocated blocks",
+            data.len(),
+            self.path.display()
         );
-        // SAFETY: in bounds and allocated (checked above); exclusive by the caller's guarantee.
+        // SAFETY: in bounds and allocated (checked above); exclusive by the caller's
+        // guarantee.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -319,10 +353,13 @@ impl MappedFile {
     }
 
     /// A 32-bit atomic cell inside the mapping (used by the index's slot table and header).
+    /// Safe: every access through the cell is atomic, and [`write`](Self::write)'s callers
+    /// promise that no cell a reader may use lies in the range they store into.
     pub fn atomic_u32(&self, at: u64) -> &std::sync::atomic::AtomicU32 {
         assert!(
-            at % 4 == 0 && at + 4 <= self.allocated(),
-            "misplaced atomic"
+            at % 4 == 0 && at.checked_add(4).is_some_and(|end| end <= self.allocated()),
+            "misplaced atomic at byte {at} of {}",
+            self.path.display()
         );
         // SAFETY: aligned (mapping is page-aligned, `at` is a multiple of 4), in bounds and
         // allocated; all accesses to this cell go through atomics.
@@ -331,7 +368,7 @@ impl MappedFile {
 
     /// Writes `[at, at + len)` back to disk and waits for it.
     pub fn flush(&self, at: u64, len: u64) -> Result<()> {
-        let end = (at + len).min(self.allocated());
+        let end = at.saturating_add(len).min(self.allocated());
         if end <= at {
             return Ok(());
         }
@@ -340,7 +377,13 @@ impl MappedFile {
             .flush_range(at as usize, (end - at) as usize)
             .map_err(|e| StoreError::io(format!("flushing {}", self.path.display()), e))?;
         #[cfg(feature = "failpoints")]
-        super::faults::made_durable(&self.path, at, self.bytes(at, (end - at) as usize));
+        if super::faults::recording() {
+            // Read with `pread`, not through the map: a flush does not stop writers, who may
+            // be storing the next entries of a queue or index into this range meanwhile.
+            let mut durable = vec![0u8; (end - at) as usize];
+            self.read_exact_at(at, &mut durable)?;
+            super::faults::made_durable(&self.path, at, &durable);
+        }
         Ok(())
     }
 
@@ -379,7 +422,6 @@ fn fallocate(file: &File, mode: i32, from: u64, len: u64) -> std::io::Result<()>
     }
 }
 
-/// Removes a file; one already gone is fine.
 /// Hints the CPU to start loading the cache line at `address`.
 pub(super) fn prefetch<T>(address: *const T) {
     #[cfg(target_arch = "x86_64")]
@@ -390,6 +432,7 @@ pub(super) fn prefetch<T>(address: *const T) {
     }
 }
 
+/// Removes a file; one already gone is fine.
 pub fn remove_file(path: &Path) -> Result<()> {
     inject!("mapped::remove", path, "removing");
     match std::fs::remove_file(path) {

@@ -485,13 +485,14 @@ impl Partition {
     ) -> Result<Record<F>> {
         let at = entry.batch;
         let file = file.ok_or_else(|| self.nowhere(offset, at))?;
-        let batch = super::commitlog::batch_in(&file, at)
+        let published = self.log.written_end();
+        let batch = super::commitlog::batch_in(&file, at, published)
             .ok_or_else(|| self.record_damage(offset, at, "no valid batch header"))?;
         if !self.owns(&batch, offset) {
             return Err(self.foreign_record(offset, at, &batch));
         }
         let index = (offset - batch.first_offset) as u32;
-        match super::commitlog::message_in(file, MessageAt { batch: at, index }) {
+        match super::commitlog::message_in(file, MessageAt { batch: at, index }, published) {
             Some(record) if Self::agrees(&entry, &record.header) => Ok(record),
             _ => Err(self.disagreeing_entry(offset)),
         }

@@ -27,12 +27,18 @@ pub struct QueueFile {
 
 impl QueueFile {
     /// The entry of `offset`, if it lies in the file's allocated bytes (a shorter file
-    /// than expected must not make a reader touch the map past the file's end).
+    /// than expected must not make a reader touch the map past the file's end). Only for
+    /// an offset below the partition's end as the caller loaded it, or before the queue is
+    /// shared; an entry waiting in memory is read from there instead (`Queue::entry`).
     pub fn entry(&self, offset: u64) -> Option<QueueEntry> {
         let index = offset.checked_sub(self.base)?;
         (index < self.allocated_entries()).then(|| {
             let at = index * QUEUE_ENTRY_BYTES as u64;
-            QueueEntry::decode(self.data.bytes(at, QUEUE_ENTRY_BYTES))
+            // SAFETY: the partition's writer stores an entry once (`put`, or
+            // `write_out_pending` for one a reader finds in memory until then), before it
+            // moves the partition's end past it with `Release`; the caller loaded an end past
+            // `offset` with `Acquire`, or the queue is not shared yet.
+            QueueEntry::decode(unsafe { self.data.bytes(at, QUEUE_ENTRY_BYTES) })
         })
     }
 
@@ -444,8 +450,13 @@ impl ConsumeQueue {
         let file = reserved
             .file(base)
             .expect("entry reserved before it is written");
-        file.data
-            .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode());
+        // SAFETY: only the partition's writer calls this (an append under the partition's
+        // writer lock, or recovery before the store is shared), for an offset the end has
+        // not passed yet: no reader asks for it, and no one else writes it.
+        unsafe {
+            file.data
+                .write((offset - base) * QUEUE_ENTRY_BYTES as u64, &entry.encode())
+        };
     }
 
     /// Whether the entries `[from, from + count)` can wait in memory after those waiting
@@ -521,8 +532,14 @@ impl ConsumeQueue {
                     slot.copy_from_slice(&entry.encode());
                 }
                 let at = (pending.first - base) * QUEUE_ENTRY_BYTES as u64;
-                file.data
-                    .write(at, &bytes[..pending.len * QUEUE_ENTRY_BYTES]);
+                // SAFETY: the pending lock is held, and readers take these entries from
+                // memory (under the lock) until `pending_from` moves past them below, with
+                // `Release` after this store; only this partition's writer or a checkpoint
+                // holding the lock writes them out, once.
+                unsafe {
+                    file.data
+                        .write(at, &bytes[..pending.len * QUEUE_ENTRY_BYTES])
+                };
             }
             // Only retention removes the file of a segment that has messages, and it moved
             // the partition's start past them first: no reader asks for them any more.

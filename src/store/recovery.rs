@@ -826,7 +826,9 @@ impl Scanner<'_> {
                 );
                 break;
             }
-            let bytes = file.bytes(0, file_bytes as usize);
+            // SAFETY: the store is being opened under its lock and is not shared yet; nothing
+            // writes the log while recovery scans it (`CommitLog::open` cuts the tail after).
+            let bytes = unsafe { file.bytes(0, file_bytes as usize) };
             let position = (end.max(base) - base) as usize;
             if let FileScan::Invalid {
                 position,
@@ -1033,12 +1035,15 @@ impl Scanner<'_> {
         file: &MappedFile,
         position: usize,
     ) -> Result<Option<(PathBuf, usize)>> {
-        if let Some(at) = commitlog::next_valid_batch(file, position + 1) {
+        // SAFETY: the store is being opened under its lock and is not shared yet; nothing
+        // writes the log while recovery scans it (`CommitLog::open` cuts the tail after).
+        if let Some(at) = unsafe { commitlog::next_valid_batch(file, position + 1) } {
             return Ok(Some((self.log_dir.join(format::file_name(files[0])), at)));
         }
         for &base in &files[1..] {
             let path = self.log_dir.join(format::file_name(base));
-            if let Some(at) = commitlog::first_valid_record(&path, self.file_bytes)? {
+            // SAFETY: as above: under the store's lock, before anything writes the log.
+            if let Some(at) = unsafe { commitlog::first_valid_record(&path, self.file_bytes)? } {
                 return Ok(Some((path, at)));
             }
         }
