@@ -12,21 +12,14 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{
-    assert_errno, kafka_partition, mount, murmur2, now_ms, partition_bytes, partition_lines,
-    segment_files, segment_name, wait_until, xattr_text, xattr_u64, Background, Bounded, Config,
-    Mount, Rng, COMMAND_TIMEOUT,
+    assert_errno, kafka_partition, lines_of, mount, murmur2, now_ms, partition_bytes,
+    partition_lines, segment_files, segment_name, wait_until, xattr_text, xattr_u64, Background,
+    Bounded, Config, Mount, Rng, COMMAND_TIMEOUT,
 };
 
 /// Lines of `ls DIR`, one name each.
 fn ls(m: &Mount, dir: &str) -> Vec<String> {
     m.sh_ok(&format!("ls {dir}"))
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn lines_of(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
         .lines()
         .map(str::to_owned)
         .collect()
@@ -275,11 +268,8 @@ fn tail_f_shows_lines_appended_after_it_started() {
     };
     m.sh_ok("mkdir t && echo before-1 >> t/0/active && echo before-2 >> t/0/active");
 
-    let tail = Background::spawn(m.sh_command("exec tail -f -n +1 t/0/active"));
     let deadline = Duration::from_secs(30);
-    wait_until(deadline, "tail -f prints the existing lines", || {
-        lines_of(&tail.output()).len() == 2
-    });
+    let tail = common::tail_f(&m, "t/0/active", 2, deadline);
     for i in 1..=3 {
         m.sh_ok(&format!("echo after-{i} >> t/0/active"));
     }

@@ -591,6 +591,26 @@ fn become_subreaper() {
     });
 }
 
+/// The lines of a command's output, without their newlines.
+pub fn lines_of(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts `tail -f -n +1 FILE` on the mount in the background; returns it once it printed
+/// exactly the `lines` lines the file holds now (waiting at most `deadline`).
+pub fn tail_f(m: &Mount, file: &str, lines: usize, deadline: Duration) -> Background {
+    let tail = Background::spawn(m.sh_command(&format!("exec tail -f -n +1 {file}")));
+    wait_until(
+        deadline,
+        &format!("tail -f {file} prints {lines} lines"),
+        || lines_of(&tail.output()).len() == lines,
+    );
+    tail
+}
+
 /// Asserts that `systemd-analyze verify` passes the units `names` of `mount-config/`, as
 /// shipped but for the binary's path (it checks that ExecStart names an executable, and the
 /// commitfs under test is not in /usr/local/bin): copies in `work`.
