@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     cat_until_enospc, fuse_available, mount_tmpfs, partition_lines, xattr_text, xattr_u64, Config,
-    Mount,
+    Mount, COMMAND_TIMEOUT,
 };
 
 /// Line `i` of the input: 100 bytes with its newline, numbered so any cut shows.
@@ -21,7 +21,7 @@ fn after_enospc_no_torn_line_is_stored_and_reads_and_rmdir_still_work() {
         return;
     }
     let mut m = Mount::prepare(Config::small().set("segment_messages", "10000"));
-    mount_tmpfs(&m.data, "size=8m");
+    mount_tmpfs(&m.data, "size=8m", COMMAND_TIMEOUT);
     m.start();
     m.sh_ok("mkdir t other && for i in $(seq 1 50); do echo other-$i >> other/0/active; done");
 
@@ -58,7 +58,7 @@ fn after_enospc_no_torn_line_is_stored_and_reads_and_rmdir_still_work() {
     assert_eq!(m.sh_ok("ls"), "t\n");
 
     // With room again, a remount finds the same messages.
-    mount_tmpfs(&m.data, "remount,size=64m");
+    mount_tmpfs(&m.data, "remount,size=64m", COMMAND_TIMEOUT);
     m.remount();
     assert_eq!(partition_lines(&m.path("t/0")), stored);
     assert_eq!(m.sh_ok("ls"), "t\n");

@@ -1103,7 +1103,7 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
     let config = Config::small().set("segment_messages", "10000");
     let mut m = Mount::prepare(config);
     // The data directory on an 8 MiB tmpfs (root only), so the disk fills quickly.
-    common::mount_tmpfs(&m.data, "size=8m");
+    common::mount_tmpfs(&m.data, "size=8m", COMMAND_TIMEOUT);
     m.start();
     m.sh_ok("mkdir t");
 
@@ -1135,7 +1135,7 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
     );
 
     // With room again, a remount finds the same messages and takes new ones.
-    common::mount_tmpfs(&m.data, "remount,size=64m");
+    common::mount_tmpfs(&m.data, "remount,size=64m", COMMAND_TIMEOUT);
     m.remount();
     assert_eq!(partition_lines(&m.path("t/0")), stored);
     m.sh_ok("echo after-space-was-freed >> t/0/active");

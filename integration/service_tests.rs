@@ -366,7 +366,7 @@ fn a_stopping_daemon_never_unmounts_what_is_mounted_on_its_path_now() {
     let held = fs::File::open(m.path("orders/0/active")).expect("open a file on the mount");
     let out = Bounded::new("umount", LIMIT).arg("-l").arg(&m.mnt).output();
     assert!(out.status.success(), "umount -l: {}", describe(&out));
-    common::mount_tmpfs(&m.mnt, "size=1m");
+    common::mount_tmpfs(&m.mnt, "size=1m", LIMIT);
     fs::write(m.mnt.join("on-tmpfs"), "mine").unwrap();
     drop(held);
     wait_for_exit(

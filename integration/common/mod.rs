@@ -635,10 +635,10 @@ pub fn assert_units_verify(work: &Path, names: &[&str]) {
     );
 }
 
-/// `mount -t tmpfs -o OPTIONS tmpfs DIR` (root only): a small disk to fill, or with
-/// `remount,size=…` the same one grown.
-pub fn mount_tmpfs(dir: &Path, options: &str) {
-    let out = Bounded::new("mount", COMMAND_TIMEOUT)
+/// `mount -t tmpfs -o OPTIONS tmpfs DIR` (root only), within `limit`: a small disk to fill,
+/// or with `remount,size=…` the same one grown.
+pub fn mount_tmpfs(dir: &Path, options: &str, limit: Duration) {
+    let out = Bounded::new("mount", limit)
         .args(["-t", "tmpfs", "-o", options, "tmpfs"])
         .arg(dir)
         .output();
