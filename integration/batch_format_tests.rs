@@ -34,13 +34,7 @@ fn append_batches(store: &Store, partition: &Partition, sizes: &[usize]) -> Vec<
     let mut all = Vec::new();
     for (b, &count) in sizes.iter().enumerate() {
         let payloads: Vec<Vec<u8>> = (0..count).map(|n| message(b, n)).collect();
-        let messages: Vec<NewMessage<'_>> = payloads
-            .iter()
-            .map(|payload| NewMessage {
-                payload,
-                key_len: payload.iter().position(|&byte| byte == b':'),
-            })
-            .collect();
+        let messages = fixtures::keyed_messages(&payloads);
         store.append_batch(partition, &messages).expect("append");
         all.extend(payloads);
     }
@@ -105,11 +99,7 @@ fn assert_holds_exactly(dir: &Path, messages: &[Vec<u8>]) {
 /// A crashed store whose topic "t" got one write per entry of `sizes`.
 fn crashed_store(dir: &Path, sizes: &[usize]) -> Vec<Vec<u8>> {
     let store = open(dir);
-    let partition = store
-        .create_topic("t", fixtures::keyed_topic(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
     let messages = append_batches(&store, &partition, sizes);
     store.halt_without_cleanup();
     messages
@@ -234,11 +224,7 @@ fn the_commit_log_holds_100_byte_messages_in_little_more_than_their_bytes() {
     let store = Store::open(dir.path(), config).unwrap();
     let mut settings = fixtures::keyed_topic(1);
     settings.key_separator = None;
-    let partition = store
-        .create_topic("t", settings)
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings);
     // 100 writes of 1,300 lines of 100 bytes: what 100 `cat` writes of 128 KiB carry.
     let line = format!("{}\n", "m".repeat(99));
     let lines: Vec<NewMessage<'_>> = (0..1300)
@@ -296,11 +282,7 @@ fn stream_positions_survive_retention_of_every_message_and_a_remount() {
     let store = open(dir.path());
     let mut settings = fixtures::keyed_topic(1);
     settings.retention_ms = Some(1);
-    let partition = store
-        .create_topic("t", settings)
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings);
     // Exactly one segment (10 messages): sealed at once, and wholly expired below.
     let lines: Vec<String> = (0..10).map(|i| format!("line-{i:05}\n")).collect();
     let batch: Vec<NewMessage<'_>> = lines

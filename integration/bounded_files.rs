@@ -52,6 +52,17 @@ fn held_under(pid: &str, dir: &Path) -> (usize, usize) {
     (descriptors, maps)
 }
 
+/// Asserts that process `pid` holds at most `budget` descriptors and as many maps of the
+/// store files under `data`, give or take 8 (`what` says which budget, for the message).
+#[track_caller]
+fn assert_store_files_within(pid: &str, data: &Path, budget: usize, what: &str) {
+    let (descriptors, maps) = held_under(pid, data);
+    assert!(
+        descriptors <= budget + 8 && maps <= budget + 8,
+        "the daemon holds {descriptors} descriptors and {maps} maps of store files, {what}"
+    );
+}
+
 fn line(n: u64) -> Vec<u8> {
     format!("message {n}\n").into_bytes()
 }
@@ -311,11 +322,7 @@ fn twenty_thousand_segments_read_through_the_mount_under_1024_descriptors() {
         "an append failed: {status:?}\n{}",
         mount.log_tail(20)
     );
-    let (descriptors, maps) = held_under(&pid, &mount.data);
-    assert!(
-        descriptors <= 256 + 8 && maps <= 256 + 8,
-        "the daemon holds {descriptors} descriptors and {maps} maps of store files, with max_open_files 256"
-    );
+    assert_store_files_within(&pid, &mount.data, 256, "with max_open_files 256");
     let lines = mount.sh_ok("cat t/0/stream | wc -l");
     assert_eq!(lines.trim(), "102000");
 }
@@ -343,10 +350,11 @@ fn twenty_thousand_written_partitions_under_1024_descriptors() {
         "for t in $(seq 1 2000); do mkdir t$t && seq 1 10 > t$t/append || exit 1; done",
         Duration::from_secs(600),
     );
-    let (descriptors, maps) = held_under(&pid, &mount.data);
-    assert!(
-        descriptors <= 896 + 8 && maps <= 896 + 8,
-        "the daemon holds {descriptors} descriptors and {maps} maps of store files for 20,000 partitions, within 1024 descriptors"
+    assert_store_files_within(
+        &pid,
+        &mount.data,
+        896,
+        "for 20,000 partitions, within 1024 descriptors",
     );
     let stored = mount.sh_ok("cat t1999/*/stream | sort -n | tr '\\n' ' '");
     assert_eq!(stored.trim(), "1 2 3 4 5 6 7 8 9 10");

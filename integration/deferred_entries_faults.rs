@@ -37,11 +37,7 @@ fn entries_of_a_new_segment_that_arrive_during_a_checkpoint_reach_their_file() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();
-    let partition = store
-        .create_topic("t", fixtures::keyed_topic(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
     // Offsets 1..15 wait in memory, in segment 0.
     for _ in 0..15 {
         append_one(&store, &partition);

@@ -126,6 +126,17 @@ fn readers_find_every_message_while_single_message_appends_go_on() {
     store.close().unwrap();
 }
 
+/// Opens the store in `dir` again with `config`, asserts that every partition of `t` holds
+/// `end` messages, all readable, and closes it.
+fn reopen_and_read_all(dir: &Path, config: StoreConfig, end: u64) {
+    let store = Store::open(dir, config).unwrap();
+    for partition in store.topic("t").unwrap().partitions() {
+        assert_eq!(partition.end_offset(), end);
+        assert_all_readable(&store, &partition);
+    }
+    store.close().unwrap();
+}
+
 #[test]
 fn a_checkpoint_and_a_clean_close_write_waiting_entries_to_their_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,12 +150,7 @@ fn a_checkpoint_and_a_clean_close_write_waiting_entries_to_their_files() {
         store.close().unwrap();
     }
     // A clean close leaves nothing to scan: the entries come from the files.
-    let store = Store::open(dir.path(), config(32_768)).unwrap();
-    for partition in store.topic("t").unwrap().partitions() {
-        assert_eq!(partition.end_offset(), 23);
-        assert_all_readable(&store, &partition);
-    }
-    store.close().unwrap();
+    reopen_and_read_all(dir.path(), config(32_768), 23);
     assert_queue_files_hold_entries(dir.path(), 20, 23);
 }
 
@@ -186,12 +192,7 @@ fn a_crash_with_entries_waiting_in_memory_loses_no_message() {
         append_round_robin(&store, &topic, 13);
         store.halt_without_cleanup();
     }
-    let store = Store::open(dir.path(), config(32_768)).unwrap();
-    for partition in store.topic("t").unwrap().partitions() {
-        assert_eq!(partition.end_offset(), 23);
-        assert_all_readable(&store, &partition);
-    }
-    store.close().unwrap();
+    reopen_and_read_all(dir.path(), config(32_768), 23);
 }
 
 #[test]
@@ -208,10 +209,5 @@ fn waiting_entries_reach_a_file_the_budget_of_open_files_closed() {
         }
         store.close().unwrap();
     }
-    let store = Store::open(dir.path(), config(16)).unwrap();
-    for partition in store.topic("t").unwrap().partitions() {
-        assert_eq!(partition.end_offset(), 40);
-        assert_all_readable(&store, &partition);
-    }
-    store.close().unwrap();
+    reopen_and_read_all(dir.path(), config(16), 40);
 }

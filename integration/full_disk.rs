@@ -5,28 +5,14 @@
 
 mod common;
 
-use std::fs;
-use std::path::Path;
-
 use common::{
-    fuse_available, partition_lines, xattr_text, xattr_u64, Bounded, Config, Mount, COMMAND_TIMEOUT,
+    cat_until_enospc, fuse_available, mount_tmpfs, partition_lines, xattr_text, xattr_u64, Config,
+    Mount, COMMAND_TIMEOUT,
 };
 
 /// Line `i` of the input: 100 bytes with its newline, numbered so any cut shows.
 fn line(i: usize) -> String {
     format!("line-{i:07}-{}", "x".repeat(87))
-}
-
-fn mount_tmpfs(dir: &Path, options: &str) {
-    let out = Bounded::new("mount", COMMAND_TIMEOUT)
-        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-        .arg(dir)
-        .output();
-    assert!(
-        out.status.success(),
-        "mounting a tmpfs needs root: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -35,18 +21,12 @@ fn after_enospc_no_torn_line_is_stored_and_reads_and_rmdir_still_work() {
         return;
     }
     let mut m = Mount::prepare(Config::small().set("segment_messages", "10000"));
-    mount_tmpfs(&m.data, "size=8m");
+    mount_tmpfs(&m.data, "size=8m", COMMAND_TIMEOUT);
     m.start();
     m.sh_ok("mkdir t other && for i in $(seq 1 50); do echo other-$i >> other/0/active; done");
 
     let input: String = (0..300_000).map(|i| line(i) + "\n").collect();
-    fs::write(m.work.join("lines"), input).unwrap();
-    let out = m.sh("cat \"$WORK/lines\" >> t/0/active");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("No space left on device"),
-        "{stderr}"
-    );
+    cat_until_enospc(&m, input, "t/0/active");
 
     // Every stored line is whole and in order: cat's writes cut lines anywhere, and the
     // start of a line whose rest was in the refused write is never stored.
@@ -78,7 +58,7 @@ fn after_enospc_no_torn_line_is_stored_and_reads_and_rmdir_still_work() {
     assert_eq!(m.sh_ok("ls"), "t\n");
 
     // With room again, a remount finds the same messages.
-    mount_tmpfs(&m.data, "remount,size=64m");
+    mount_tmpfs(&m.data, "remount,size=64m", COMMAND_TIMEOUT);
     m.remount();
     assert_eq!(partition_lines(&m.path("t/0")), stored);
     assert_eq!(m.sh_ok("ls"), "t\n");

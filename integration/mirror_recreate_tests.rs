@@ -12,14 +12,9 @@ mod common;
 use broker::{Broker, MirrorProcess, Record};
 use common::{Config, Mount};
 
+/// A broker and a mount of one-partition topics mirrored to it.
 fn setup() -> Option<(Broker, Mount)> {
-    if !broker::kafka_available() {
-        return None;
-    }
-    let broker = Broker::start();
-    let config = Config::small().set("partitions", "1");
-    let mount = Mount::new(broker::mirror_config(config, &broker));
-    Some((broker, mount))
+    broker::broker_and_mount(Config::small().set("partitions", "1"))
 }
 
 /// Waits until Kafka's partition 0 of `topic` holds `count` messages; returns them.

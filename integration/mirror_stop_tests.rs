@@ -9,21 +9,12 @@ use std::time::Duration;
 mod broker;
 mod common;
 
-use broker::{assert_mirrored, end_offsets, wait_for_positions, Broker, MirrorProcess, Record};
+use broker::{assert_mirrored, end_offsets, wait_for_positions, MirrorProcess, Record};
 use common::{Background, Config, Mount};
 
 /// How long a stopped mirror may take to exit before the test calls it a hang (it waits at
 /// most 10 s for Kafka).
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
-
-fn setup(config: Config) -> Option<(Broker, Mount)> {
-    if !broker::kafka_available() {
-        return None;
-    }
-    let broker = Broker::start();
-    let mount = Mount::new(broker::mirror_config(config, &broker));
-    Some((broker, mount))
-}
 
 fn position(m: &Mount, partition_dir: &str) -> Option<u64> {
     common::xattr_get(&m.path(partition_dir), "user.consumer.mirror")
@@ -54,7 +45,7 @@ fn held_once_each(records: &[Vec<Record>]) -> Vec<u64> {
 #[test]
 fn sigterm_or_sigint_mid_stream_exits_0_with_positions_at_what_kafka_holds_and_a_restart_ships_the_rest_once(
 ) {
-    let Some((broker, m)) = setup(Config::small().set("partitions", "2")) else {
+    let Some((broker, m)) = broker::broker_and_mount(Config::small().set("partitions", "2")) else {
         return;
     };
     m.sh_ok("mkdir orders");
@@ -102,7 +93,7 @@ fn a_position_waits_for_its_interval_and_a_graceful_stop_writes_it() {
     let config = Config::small()
         .set("partitions", "1")
         .set("mirror.position_interval_ms", "600000");
-    let Some((broker, m)) = setup(config) else {
+    let Some((broker, m)) = broker::broker_and_mount(config) else {
         return;
     };
     m.sh_ok("mkdir paced && seq 1 500 >> paced/0/active");
@@ -120,7 +111,7 @@ fn a_position_waits_for_its_interval_and_a_graceful_stop_writes_it() {
 /// again ships everything once.
 #[test]
 fn a_stop_while_the_broker_does_not_answer_abandons_what_is_in_flight_and_exits_0() {
-    let Some((broker, m)) = setup(Config::small().set("partitions", "1")) else {
+    let Some((broker, m)) = broker::broker_and_mount(Config::small().set("partitions", "1")) else {
         return;
     };
     m.sh_ok("mkdir stalled && seq -f 'before %g' 1 200 >> stalled/0/active");

@@ -5,7 +5,6 @@
 //! partitions that appear are followed; a target with too few partitions is refused by name.
 //! What landed is read back with an rdkafka consumer.
 
-use std::path::Path;
 use std::time::Duration;
 
 mod broker;
@@ -17,21 +16,12 @@ use common::{Background, Config, Mount};
 /// How long the mirror may take to catch up or log something before the test calls it a hang.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn setup(config: Config) -> Option<(Broker, Mount)> {
-    if !broker::kafka_available() {
-        return None;
-    }
-    let broker = Broker::start();
-    let mount = Mount::new(broker::mirror_config(config, &broker));
-    Some((broker, mount))
-}
-
 #[test]
 fn every_message_lands_once_with_key_timestamp_and_header_across_kill_9() {
     let config = Config::small()
         .set("partitions", "3")
         .set("key_separator", "\":\"");
-    let Some((broker, m)) = setup(config) else {
+    let Some((broker, m)) = broker::broker_and_mount(config) else {
         return;
     };
     m.sh_ok("mkdir orders");
@@ -84,7 +74,7 @@ fn a_broker_that_stops_answering_stalls_the_mirror_not_the_mount_and_it_catches_
         // again when the broker answers, while the broker still reads the first copies from
         // the closed sockets: the idempotent producer must keep them from being stored twice.
         .set("mirror.properties.\"socket.timeout.ms\"", "3000");
-    let Some((broker, m)) = setup(config) else {
+    let Some((broker, m)) = broker::broker_and_mount(config) else {
         return;
     };
     m.sh_ok("mkdir events && seq -f 'before %g' 1 500 >> events/0/active");
@@ -155,7 +145,7 @@ fn a_broker_absent_at_the_start_is_waited_for_with_few_log_lines() {
 #[test]
 fn topics_and_partitions_that_appear_while_mirroring_are_followed() {
     let config = Config::small().set("partitions", "1");
-    let Some((broker, m)) = setup(config) else {
+    let Some((broker, m)) = broker::broker_and_mount(config) else {
         return;
     };
     broker.create_topic("first", 3);
@@ -186,7 +176,7 @@ fn a_target_topic_with_fewer_partitions_is_refused_by_name_and_others_go_on() {
     let config = Config::small()
         .set("partitions", "2")
         .set("mirror.target_prefix", "\"copy.\"");
-    let Some((broker, m)) = setup(config) else {
+    let Some((broker, m)) = broker::broker_and_mount(config) else {
         return;
     };
     broker.create_topic("copy.narrow", 1);
@@ -208,7 +198,7 @@ fn raw_messages_keep_their_bytes_newlines_included() {
         .set("partitions", "1")
         .set("framing", "\"raw\"")
         .set("key_separator", "\"=\"");
-    let Some((broker, m)) = setup(config) else {
+    let Some((broker, m)) = broker::broker_and_mount(config) else {
         return;
     };
     m.sh_ok("mkdir blobs");
@@ -237,28 +227,7 @@ fn the_mirror_unit_passes_systemd_analyze_verify() {
         return;
     }
     let m = Mount::prepare(Config::small());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-config");
-    let mut units = Vec::new();
-    for name in ["srv-commitfs.mount", "commitfs-mirror.service"] {
-        let unit = std::fs::read_to_string(dir.join(name)).unwrap();
-        let copy = m.work.join(name);
-        std::fs::write(
-            &copy,
-            unit.replace("/usr/local/bin/commitfs", common::COMMITFS),
-        )
-        .unwrap();
-        units.push(copy);
-    }
-    let out = common::Bounded::new("systemd-analyze", Duration::from_secs(60))
-        .arg("verify")
-        .args(&units)
-        .output();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_units_verify(&m.work, &["srv-commitfs.mount", "commitfs-mirror.service"]);
 }
 
 #[test]
@@ -297,7 +266,7 @@ fn a_bad_mirror_configuration_exits_2_naming_the_key() {
 /// report's 10 s, new messages that ship at once draw no stall line.
 #[test]
 fn a_mirror_idle_for_a_while_reports_no_stall_when_messages_come_again() {
-    let Some((broker, m)) = setup(Config::small().set("partitions", "1")) else {
+    let Some((broker, m)) = broker::broker_and_mount(Config::small().set("partitions", "1")) else {
         return;
     };
     m.sh_ok("mkdir quiet && echo first >> quiet/0/active");

@@ -12,21 +12,14 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{
-    assert_errno, kafka_partition, mount, murmur2, now_ms, partition_bytes, partition_lines,
-    segment_files, segment_name, wait_until, xattr_text, xattr_u64, Background, Bounded, Config,
-    Mount, Rng, COMMAND_TIMEOUT,
+    assert_errno, kafka_partition, lines_of, mount, murmur2, now_ms, partition_bytes,
+    partition_lines, segment_files, segment_name, wait_until, xattr_text, xattr_u64, Background,
+    Bounded, Config, Mount, Rng, COMMAND_TIMEOUT,
 };
 
 /// Lines of `ls DIR`, one name each.
 fn ls(m: &Mount, dir: &str) -> Vec<String> {
     m.sh_ok(&format!("ls {dir}"))
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn lines_of(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
         .lines()
         .map(str::to_owned)
         .collect()
@@ -275,11 +268,8 @@ fn tail_f_shows_lines_appended_after_it_started() {
     };
     m.sh_ok("mkdir t && echo before-1 >> t/0/active && echo before-2 >> t/0/active");
 
-    let tail = Background::spawn(m.sh_command("exec tail -f -n +1 t/0/active"));
     let deadline = Duration::from_secs(30);
-    wait_until(deadline, "tail -f prints the existing lines", || {
-        lines_of(&tail.output()).len() == 2
-    });
+    let tail = common::tail_f(&m, "t/0/active", 2, deadline);
     for i in 1..=3 {
         m.sh_ok(&format!("echo after-{i} >> t/0/active"));
     }
@@ -874,11 +864,7 @@ fn raw_framing_stores_each_write_as_one_message() {
     let Some(m) = mount(Config::small()) else {
         return;
     };
-    m.sh_ok("mkdir t && setfattr -n user.framing -v raw t");
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(m.path("t/0/active"))
-        .unwrap();
+    let mut file = m.open_raw_topic();
     for chunk in [&b"a"[..], b"bc", b"no newline\nat all"] {
         assert_eq!(file.write(chunk).unwrap(), chunk.len());
     }
@@ -1117,27 +1103,13 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
     let config = Config::small().set("segment_messages", "10000");
     let mut m = Mount::prepare(config);
     // The data directory on an 8 MiB tmpfs (root only), so the disk fills quickly.
-    let tmpfs = Bounded::new("mount", COMMAND_TIMEOUT)
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&m.data)
-        .output();
-    assert!(
-        tmpfs.status.success(),
-        "mounting a tmpfs needs root: {}",
-        String::from_utf8_lossy(&tmpfs.stderr)
-    );
+    common::mount_tmpfs(&m.data, "size=8m", COMMAND_TIMEOUT);
     m.start();
     m.sh_ok("mkdir t");
 
     // 100-byte lines until the disk is full: the writer sees ENOSPC.
     let line = "x".repeat(99);
-    fs::write(m.work.join("lines"), format!("{line}\n").repeat(300_000)).unwrap();
-    let out = m.sh("cat \"$WORK/lines\" >> t/0/active");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("No space left on device"),
-        "{stderr}"
-    );
+    common::cat_until_enospc(&m, format!("{line}\n").repeat(300_000), "t/0/active");
 
     // The daemon serves on: everything stored is whole and readable.
     let stored = partition_lines(&m.path("t/0"));
@@ -1163,11 +1135,7 @@ fn a_full_disk_gives_enospc_to_the_writer_and_everything_stored_stays_readable()
     );
 
     // With room again, a remount finds the same messages and takes new ones.
-    let grow = Bounded::new("mount", COMMAND_TIMEOUT)
-        .args(["-o", "remount,size=64m"])
-        .arg(&m.data)
-        .output();
-    assert!(grow.status.success());
+    common::mount_tmpfs(&m.data, "remount,size=64m", COMMAND_TIMEOUT);
     m.remount();
     assert_eq!(partition_lines(&m.path("t/0")), stored);
     m.sh_ok("echo after-space-was-freed >> t/0/active");

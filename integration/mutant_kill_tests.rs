@@ -66,6 +66,32 @@ fn a_checkpoint_cut_short_is_ignored_and_every_message_stays() {
     }
 }
 
+/// In a store of 25 messages, `name` made unreadable (a directory in its place: EISDIR,
+/// which root cannot bypass as it does permissions): asserts that the open is refused and
+/// changes nothing, and that with the file back the store opens whole. Returns the refusal.
+fn refusal_with_unreadable(name: &str) -> StoreError {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 25);
+    let file = dir.path().join(name);
+    let saved = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let before = fixtures::tree(dir.path());
+    let error = Store::open(dir.path(), small_config())
+        .err()
+        .unwrap_or_else(|| panic!("an unreadable {name} must refuse the open"));
+    assert!(
+        fixtures::tree(dir.path()) == before,
+        "the failed open changed the directory"
+    );
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, saved).unwrap();
+    let store = open(dir.path());
+    assert_messages(&store, 25);
+    store.close().unwrap();
+    error
+}
+
 /// A checkpoint that exists but cannot be read (here a directory: EISDIR, which root cannot
 /// bypass as it does permissions) refuses the open with the file named, rather than being
 /// taken for absent: it may vouch for messages a rebuild would not know were lost. Nothing
@@ -73,29 +99,11 @@ fn a_checkpoint_cut_short_is_ignored_and_every_message_stays() {
 /// `NotFound` guard in `Checkpoint::load` → `true`).
 #[test]
 fn an_unreadable_checkpoint_refuses_the_open_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    filled_store(dir.path(), 25);
-    let checkpoint = dir.path().join("checkpoint");
-    let saved = std::fs::read(&checkpoint).unwrap();
-    std::fs::remove_file(&checkpoint).unwrap();
-    std::fs::create_dir(&checkpoint).unwrap();
-    let before = fixtures::tree(dir.path());
-    let error = Store::open(dir.path(), small_config())
-        .err()
-        .expect("an unreadable checkpoint must refuse the open");
+    let error = refusal_with_unreadable("checkpoint");
     assert!(
         error.to_string().contains("checkpoint"),
         "the error names the checkpoint: {error}"
     );
-    assert!(
-        fixtures::tree(dir.path()) == before,
-        "the failed open changed the directory"
-    );
-    std::fs::remove_dir(&checkpoint).unwrap();
-    std::fs::write(&checkpoint, saved).unwrap();
-    let store = open(dir.path());
-    assert_messages(&store, 25);
-    store.close().unwrap();
 }
 
 /// A key may be the whole message (the store API allows it, and recovery reads such a record
@@ -142,28 +150,10 @@ fn a_key_as_long_as_its_message_is_stored_and_found() {
 /// `Meta::load` → `true`).
 #[test]
 fn an_unreadable_store_toml_is_an_io_error_not_a_missing_file() {
-    let dir = tempfile::tempdir().unwrap();
-    filled_store(dir.path(), 25);
-    let meta = dir.path().join("store.toml");
-    let saved = std::fs::read(&meta).unwrap();
-    std::fs::remove_file(&meta).unwrap();
-    std::fs::create_dir(&meta).unwrap();
-    let before = fixtures::tree(dir.path());
-    let error = Store::open(dir.path(), small_config())
-        .err()
-        .expect("an unreadable store.toml must refuse the open");
+    let error = refusal_with_unreadable("store.toml");
     let text = error.to_string();
     assert!(matches!(error, StoreError::Io { .. }), "{text}");
     assert!(text.contains("store.toml"), "{text}");
-    assert!(
-        fixtures::tree(dir.path()) == before,
-        "the failed open changed the directory"
-    );
-    std::fs::remove_dir(&meta).unwrap();
-    std::fs::write(&meta, saved).unwrap();
-    let store = open(dir.path());
-    assert_messages(&store, 25);
-    store.close().unwrap();
 }
 
 /// A `store.toml` whose `next_topic_id` is not above every topic's id would give the next

@@ -7,38 +7,25 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use commitfs::store::{
-    FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, StoreError, TopicSettings,
-};
+use commitfs::store::{NewMessage, Partition, Store, StoreConfig, StoreError, TopicSettings};
 
 const FILE_BYTES: u64 = 64 * 1024;
+
+mod fixtures;
 
 fn config() -> StoreConfig {
     StoreConfig {
         commit_log_file_bytes: FILE_BYTES,
-        segment_messages: 10,
-        max_message_bytes: 4096,
-        flush: FlushPolicy::Async { interval_ms: 1000 },
-        checkpoint_interval_ms: 3_600_000,
-        retention_check_interval_ms: 3_600_000,
-        max_disk_bytes: None,
-        index_slots: 64,
         index_entries: 10_000,
-        materialize_segments: false,
-        ..StoreConfig::default()
+        ..fixtures::small_store_config()
     }
 }
 
+/// One keyed partition, with a retention bound by bytes where given.
 fn settings(retention_bytes: Option<u64>) -> TopicSettings {
     TopicSettings {
-        partitions: 1,
-        framing: Framing::Lines,
-        key_separator: Some(b":".to_vec()),
-        retention_ms: None,
         retention_bytes,
-        owner_uid: 0,
-        owner_gid: 0,
-        mode: 0o755,
+        ..fixtures::keyed_topic(1)
     }
 }
 
@@ -67,9 +54,8 @@ fn deleted_but_mapped(dir: &Path) -> BTreeSet<String> {
 /// commit-log files; `old` gets one more message last, in the file being written.
 fn old_segment_behind_busy_files(dir: &Path) -> (Arc<Store>, Arc<Partition>, Arc<Partition>) {
     let store = Store::open(dir, config()).unwrap();
-    let old = store.create_topic("old", settings(Some(1))).unwrap();
-    let busy = store.create_topic("busy", settings(Some(1))).unwrap();
-    let (old, busy) = (old.partition(0).unwrap(), busy.partition(0).unwrap());
+    let old = fixtures::new_partition(&store, "old", settings(Some(1)));
+    let busy = fixtures::new_partition(&store, "busy", settings(Some(1)));
     append_n(&store, &old, 10, 50);
     // 250 records of about 1 KiB: four 64 KiB files; 250 ends a segment, so busy's active
     // segment is empty and needs no file.
@@ -139,11 +125,7 @@ const ONE_MESSAGE_BATCH: u64 = 60 + 8 + 1004;
 
 fn closed_store(dir: &Path, count: usize) {
     let store = Store::open(dir, config()).unwrap();
-    let partition = store
-        .create_topic("t", settings(None))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings(None));
     append_n(&store, &partition, count, 1000);
     store.close().unwrap();
 }

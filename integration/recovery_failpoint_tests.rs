@@ -4,23 +4,12 @@
 
 use std::path::Path;
 
-use commitfs::store::{Store, StoreConfig, TopicSettings};
+use commitfs::store::{Store, TopicSettings};
 
 mod fixtures;
 
-fn small_config() -> StoreConfig {
-    StoreConfig {
-        segment_messages: 100,
-        index_entries: 10_000,
-        ..fixtures::small_store_config()
-    }
-}
-
 fn settings(partitions: u32) -> TopicSettings {
-    TopicSettings {
-        key_separator: None,
-        ..fixtures::keyed_topic(partitions)
-    }
+    fixtures::lines_topic(partitions)
 }
 
 fn read(dir: &Path, name: &str) -> Vec<u8> {
@@ -32,7 +21,7 @@ fn a_failed_open_writes_no_checkpoint_and_leaves_store_toml_unchanged() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), small_config()).unwrap();
+        let store = Store::open(dir.path(), fixtures::recovery_store_config()).unwrap();
         for name in ["a", "b", "c"] {
             let topic = store.create_topic(name, settings(4)).unwrap();
             for partition in topic.partitions() {
@@ -52,7 +41,7 @@ fn a_failed_open_writes_no_checkpoint_and_leaves_store_toml_unchanged() {
 
     // The second topic cannot be built (as with EMFILE under a low open-file limit).
     fail::cfg("recovery::build_topic", "1*off->return").unwrap();
-    let error = Store::open(dir.path(), small_config())
+    let error = Store::open(dir.path(), fixtures::recovery_store_config())
         .err()
         .expect("the open fails");
     assert!(
@@ -67,7 +56,7 @@ fn a_failed_open_writes_no_checkpoint_and_leaves_store_toml_unchanged() {
     );
     assert_eq!(read(dir.path(), "store.toml"), meta, "store.toml unchanged");
 
-    let store = Store::open(dir.path(), small_config()).unwrap();
+    let store = Store::open(dir.path(), fixtures::recovery_store_config()).unwrap();
     for name in ["a", "b", "c"] {
         for partition in store.topic(name).unwrap().partitions() {
             assert_eq!(partition.end_offset(), 50, "{name}/{}", partition.index());

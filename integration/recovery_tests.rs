@@ -6,24 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use commitfs::store::{Store, StoreConfig, StoreError, TopicSettings};
+use commitfs::store::{Store, StoreConfig, TopicSettings};
 
 mod fixtures;
-
-fn small_config() -> StoreConfig {
-    StoreConfig {
-        segment_messages: 100,
-        index_entries: 10_000,
-        ..fixtures::small_store_config()
-    }
-}
 
 fn settings(partitions: u32) -> TopicSettings {
     fixtures::keyed_topic(partitions)
 }
 
 fn open(dir: &Path) -> Arc<Store> {
-    Store::open(dir, small_config()).expect("open store")
+    Store::open(dir, fixtures::recovery_store_config()).expect("open store")
 }
 
 fn message(topic: &str, partition: u32, offset: u64) -> Vec<u8> {
@@ -151,6 +143,15 @@ fn lost_offsets(report: &str) -> Vec<(u32, std::ops::Range<u64>)> {
         .collect()
 }
 
+/// Asserts that `commitfs check` of `dir` exits 0 (finds no damage); returns its report.
+#[track_caller]
+fn assert_check_passes(dir: &Path) -> String {
+    let checked = commitfs(&["check"], dir);
+    let report = stdout(&checked);
+    assert_eq!(checked.status.code(), Some(0), "{report}");
+    report
+}
+
 #[test]
 fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_else() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,16 +173,13 @@ fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_
     }
     std::fs::write(second, &bytes).unwrap();
 
-    let error = Store::open(dir.path(), small_config())
+    let error = Store::open(dir.path(), fixtures::recovery_store_config())
         .err()
         .expect("the open is refused");
-    let text = error.to_string();
-    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
-    assert!(
-        text.contains(&format!("{} byte {damaged_record}:", second.display())),
-        "{text}"
+    fixtures::assert_needs_repair(
+        error,
+        &format!("{} byte {damaged_record}:", second.display()),
     );
-    assert!(text.contains("commitfs check --repair"), "{text}");
     assert_eq!(
         log_files(dir.path()),
         files,
@@ -229,21 +227,15 @@ fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_
     assert_messages(&store, "a", 1000, &lost_in("a"));
     assert_messages(&store, "b", 1000, &lost_in("b"));
     drop(store);
-    let again = commitfs(&["check"], dir.path());
-    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+    assert_check_passes(dir.path());
 }
 
 #[test]
 fn a_clean_store_and_a_crashed_one_pass_check() {
     let dir = tempfile::tempdir().unwrap();
     filled_store(dir.path(), &[("a", 3)], 300);
-    let checked = commitfs(&["check"], dir.path());
-    assert_eq!(checked.status.code(), Some(0), "{}", stdout(&checked));
-    assert!(
-        stdout(&checked).contains("0 damaged"),
-        "{}",
-        stdout(&checked)
-    );
+    let report = assert_check_passes(dir.path());
+    assert!(report.contains("0 damaged"), "{report}");
 
     let store = open(dir.path());
     let partition = store.topic("a").unwrap().partition(1).unwrap();
@@ -254,8 +246,7 @@ fn a_clean_store_and_a_crashed_one_pass_check() {
     }
     store.halt_without_cleanup();
     drop(store);
-    let checked = commitfs(&["check"], dir.path());
-    assert_eq!(checked.status.code(), Some(0), "{}", stdout(&checked));
+    assert_check_passes(dir.path());
 }
 
 #[test]
@@ -344,13 +335,10 @@ fn edit_meta_file(dir: &Path, name: &str, from: &str, to: &str) {
 }
 
 fn refused(dir: &Path, expected: &str) {
-    let error = Store::open(dir, small_config())
+    let error = Store::open(dir, fixtures::recovery_store_config())
         .err()
         .expect("the open is refused");
-    let text = error.to_string();
-    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
-    assert!(text.contains(expected), "{text} does not say {expected:?}");
-    assert!(text.contains("commitfs check --repair"), "{text}");
+    fixtures::assert_needs_repair(error, expected);
 }
 
 #[test]
@@ -483,7 +471,7 @@ fn a_missing_commit_log_file_holding_the_checkpoints_end_is_refused() {
     let files = log_files(dir.path());
     let last = files.last().unwrap();
     std::fs::remove_file(last).unwrap();
-    let error = Store::open(dir.path(), small_config())
+    let error = Store::open(dir.path(), fixtures::recovery_store_config())
         .err()
         .expect("the open is refused");
     let text = error.to_string();
@@ -526,7 +514,7 @@ fn a_valid_record_past_the_log_end_is_never_deleted() {
     let crc = crc32c::crc32c(&bytes[..body]);
     bytes[body..].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&checkpoint, bytes).unwrap();
-    assert!(Store::open(dir.path(), small_config()).is_err());
+    assert!(Store::open(dir.path(), fixtures::recovery_store_config()).is_err());
     assert_eq!(log_files(dir.path()), files, "every file is still there");
 }
 
@@ -534,11 +522,7 @@ fn a_valid_record_past_the_log_end_is_never_deleted() {
 fn a_torn_tail_before_an_empty_prepared_file_is_still_cut() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let partition = store
-        .create_topic("a", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "a", settings(1));
     for offset in 0..1200 {
         store
             .append(&partition, &message("a", 0, offset), None)
@@ -593,14 +577,10 @@ fn recovery_after_a_crash_does_not_read_the_unwritten_rest_of_the_log_file() {
     let config = StoreConfig {
         commit_log_file_bytes: 1 << 30,
         max_message_bytes: 4096,
-        ..small_config()
+        ..fixtures::recovery_store_config()
     };
     let store = Store::open(dir.path(), config.clone()).unwrap();
-    let partition = store
-        .create_topic("a", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "a", settings(1));
     for offset in 0..100 {
         store
             .append(&partition, &message("a", 0, offset), None)

@@ -261,12 +261,8 @@ fn a_store_of_100_byte_messages_occupies_at_most_1_35_times_their_bytes_once_rel
 #[test]
 fn after_a_clean_stop_the_messages_whose_log_bytes_were_given_back_are_read_from_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let store = released_store(dir.path());
-    store.close().unwrap();
-    drop(store);
-    let store = Store::open(dir.path(), config()).unwrap();
-    assert_every_read_answers(&store, 35);
-    store.close().unwrap();
+    closed_released_store(dir.path());
+    reopen_and_read_everything(dir.path());
 }
 
 /// A segment file that does not match its segment is normally removed at open and copied
@@ -275,9 +271,7 @@ fn after_a_clean_stop_the_messages_whose_log_bytes_were_given_back_are_read_from
 #[test]
 fn the_only_copy_of_a_segment_is_never_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = released_store(dir.path());
-    store.close().unwrap();
-    drop(store);
+    closed_released_store(dir.path());
     let only_copy = segment_file(dir.path(), 10);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -342,6 +336,24 @@ fn released_store(dir: &Path) -> Arc<Store> {
     store
 }
 
+/// [`released_store`] closed cleanly: the data directory as a stop leaves it.
+fn closed_released_store(dir: &Path) {
+    let store = released_store(dir);
+    store.close().unwrap();
+}
+
+/// [`released_store`] halted as by a crash (no checkpoint, no cleanup).
+fn crashed_released_store(dir: &Path) {
+    released_store(dir).halt_without_cleanup();
+}
+
+/// Opens the store in `dir` again, asserts that every read answers its 35 messages, closes it.
+fn reopen_and_read_everything(dir: &Path) {
+    let store = Store::open(dir, config()).unwrap();
+    assert_every_read_answers(&store, 35);
+    store.close().unwrap();
+}
+
 /// `commitfs check` of `dir`: its findings as text, and whether any is damage.
 fn check(dir: &Path) -> (bool, String) {
     use commitfs::store::check::{check, CheckOptions};
@@ -374,20 +386,13 @@ fn dump(dir: &Path) -> (String, commitfs::store::dump::DumpReport) {
 #[test]
 fn recovery_scans_batches_whose_bytes_the_log_gave_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = released_store(dir.path());
-    store.halt_without_cleanup();
-    drop(store);
+    crashed_released_store(dir.path());
     assert!(dir.path().join("abort").exists());
-    let store = Store::open(dir.path(), config()).unwrap();
-    assert_every_read_answers(&store, 35);
-    store.close().unwrap();
-    drop(store);
+    reopen_and_read_everything(dir.path());
 
     std::fs::remove_dir_all(dir.path().join("queues")).unwrap();
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
-    let store = Store::open(dir.path(), config()).unwrap();
-    assert_every_read_answers(&store, 35);
-    store.close().unwrap();
+    reopen_and_read_everything(dir.path());
 }
 
 /// A released segment whose file was altered: recovery refuses, naming the file, instead of
@@ -395,9 +400,7 @@ fn recovery_scans_batches_whose_bytes_the_log_gave_back() {
 #[test]
 fn recovery_names_a_released_segments_file_that_does_not_hold_its_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let store = released_store(dir.path());
-    store.halt_without_cleanup();
-    drop(store);
+    crashed_released_store(dir.path());
     let altered = segment_file(dir.path(), 10);
     let mut bytes = std::fs::read(&altered).unwrap();
     bytes[5000] ^= 1;
@@ -437,9 +440,7 @@ fn check_passes_on_a_released_store_and_names_a_damaged_segment_file() {
 #[test]
 fn dump_shows_the_messages_whose_bytes_the_log_gave_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = released_store(dir.path());
-    store.close().unwrap();
-    drop(store);
+    closed_released_store(dir.path());
     let (out, report) = dump(dir.path());
     assert!(!report.damaged, "{:?}", report.notes);
     assert_eq!(report.messages, 35);
@@ -499,9 +500,7 @@ fn the_log_stays_smaller_across_an_open_and_disk_usage_counts_its_blocks() {
 #[test]
 fn the_disk_ceiling_never_removes_the_only_copy_of_a_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let store = released_store(dir.path());
-    store.close().unwrap();
-    drop(store);
+    closed_released_store(dir.path());
     let config = StoreConfig {
         max_disk_bytes: Some(1),
         ..config()

@@ -116,6 +116,18 @@ fn check(data: &Path) -> std::process::Output {
         .output()
 }
 
+/// Unmounts, then asserts that `commitfs check` passes the data directory (`what` names the
+/// case in the failure message).
+fn unmount_and_check_passes(m: &mut Mount, what: &str) {
+    m.unmount();
+    let checked = check(&m.data);
+    assert!(
+        checked.status.success(),
+        "{what}: commitfs check: {}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+}
+
 #[test]
 fn every_read_returns_the_messages_whose_log_bytes_were_given_back() {
     let Some(mut m) = common::mount(config()) else {
@@ -124,13 +136,7 @@ fn every_read_returns_the_messages_whose_log_bytes_were_given_back() {
     write_messages(&m);
     wait_released(&m);
     assert_every_read_answers(&m);
-    m.unmount();
-    let checked = check(&m.data);
-    assert!(
-        checked.status.success(),
-        "commitfs check: {}",
-        String::from_utf8_lossy(&checked.stdout)
-    );
+    unmount_and_check_passes(&mut m, "after the release");
     m.start();
     assert_every_read_answers(&m);
 }
@@ -159,13 +165,7 @@ fn kill_9_at_each_step_of_a_release_loses_nothing() {
         assert_every_read_answers(&m);
         wait_released(&m);
         assert_every_read_answers(&m);
-        m.unmount();
-        let checked = check(&m.data);
-        assert!(
-            checked.status.success(),
-            "{step}: commitfs check: {}",
-            String::from_utf8_lossy(&checked.stdout)
-        );
+        unmount_and_check_passes(&mut m, step);
     }
 }
 

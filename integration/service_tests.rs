@@ -40,15 +40,43 @@ fn mount_line(mnt: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `commitfs mount --config C DATA MNT`, with `env` for the daemon (failpoints); adopts it.
-fn start_with_env(m: &mut Mount, env: &[(&str, &str)]) {
-    let mut command = Bounded::new(COMMITFS, LIMIT)
+/// `commitfs mount [OPTIONS] --config C DATA MNT` with `m`'s config and mountpoint, not run.
+fn mount_command(m: &Mount, options: &[&str], data: &Path) -> Bounded {
+    Bounded::new(COMMITFS, LIMIT)
         .arg("mount")
+        .args(options)
         .arg("--config")
         .arg(m.config_path())
-        .arg(&m.data)
+        .arg(data)
         .arg(&m.mnt)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+}
+
+/// Asserts that `out` is a refusal with exit code `code` whose stderr says `says`.
+fn assert_refused(out: &Output, code: i32, says: &str, what: &str) {
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", describe(out));
+    assert!(
+        text(&out.stderr).contains(says),
+        "{what}: {}",
+        describe(out)
+    );
+}
+
+/// Asserts that a namespace script ran to its end (else says why, with the log's end), and
+/// returns what it printed.
+fn stdout_of_success(out: &Output, m: &Mount) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(out),
+        m.log_tail(30)
+    );
+    text(&out.stdout)
+}
+
+/// `commitfs mount --config C DATA MNT`, with `env` for the daemon (failpoints); adopts it.
+fn start_with_env(m: &mut Mount, env: &[(&str, &str)]) {
+    let mut command = mount_command(m, &[], &m.data);
     for (key, value) in env {
         command = command.env(key, value);
     }
@@ -77,16 +105,27 @@ fn wait_for_exit(m: &mut Mount, what: &str) {
 /// /usr/local/sbin (a bind mount only that namespace sees) and runs `script` there; nothing
 /// of it is visible outside, and a daemon left behind is stopped by the guard.
 fn run_in_namespace_with_commitfs_on_path(m: &Mount, script: &str) -> Output {
+    let bin = dir_with_commitfs(m);
+    run_in_namespace(&format!(
+        "mount --bind '{}' /usr/local/sbin\n{script}",
+        bin.display()
+    ))
+}
+
+/// A directory holding (a link to) the commitfs under test, to put on a PATH.
+fn dir_with_commitfs(m: &Mount) -> std::path::PathBuf {
     let bin = m.work.join("bin");
     fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(COMMITFS, bin.join("commitfs")).unwrap();
-    let full = format!(
-        "set -eu\nmount --make-rprivate /\nmount --bind '{}' /usr/local/sbin\n{script}",
-        bin.display()
-    );
+    bin
+}
+
+/// Runs `script` as root with `sh -eu` in a mount namespace of its own, whose mounts nothing
+/// outside sees.
+fn run_in_namespace(script: &str) -> Output {
     Bounded::new("unshare", Duration::from_secs(120))
         .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(full)
+        .arg(format!("set -eu\nmount --make-rprivate /\n{script}"))
         .stdin(Stdio::null())
         .output()
 }
@@ -130,7 +169,7 @@ fn use_and_stop(m: &Mount) -> String {
 
 #[test]
 fn mount_t_fuse_commitfs_with_o_config_mounts_and_umount_stops_cleanly() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let _stop = StopLeftovers(&m);
@@ -142,13 +181,7 @@ fn mount_t_fuse_commitfs_with_o_config_mounts_and_umount_stops_cleanly() {
         rest = use_and_stop(&m)
     );
     let out = run_in_namespace_with_commitfs_on_path(&m, &script);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        describe(&out),
-        m.log_tail(30)
-    );
-    let stdout = text(&out.stdout);
+    let stdout = stdout_of_success(&out, &m);
     assert!(stdout.contains(" - fuse.commitfs "), "type: {stdout}");
     assert!(
         stdout.contains("allow_other"),
@@ -170,7 +203,7 @@ fn mount_t_fuse_commitfs_with_o_config_mounts_and_umount_stops_cleanly() {
 
 #[test]
 fn the_example_fstab_line_mounts_with_mount_capital_t() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let _stop = StopLeftovers(&m);
@@ -208,28 +241,17 @@ fn the_example_fstab_line_mounts_with_mount_capital_t() {
         rest = use_and_stop(&m)
     );
     let out = run_in_namespace_with_commitfs_on_path(&m, &script);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        describe(&out),
-        m.log_tail(30)
-    );
-    assert!(
-        text(&out.stdout).contains("one\ntwo\n"),
-        "{}",
-        describe(&out)
-    );
+    let stdout = stdout_of_success(&out, &m);
+    assert!(stdout.contains("one\ntwo\n"), "{}", describe(&out));
     assert!(log_of(&m).contains("closed cleanly"));
 }
 
 #[test]
 fn mount_fuse3_runs_the_helper_form_found_on_the_path() {
-    let Some(mut m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(mut m) = common::prepared(Config::small()) else {
         return;
     };
-    let bin = m.work.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(COMMITFS, bin.join("commitfs")).unwrap();
+    let bin = dir_with_commitfs(&m);
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -252,7 +274,7 @@ fn mount_fuse3_runs_the_helper_form_found_on_the_path() {
 
 #[test]
 fn unknown_mount_options_are_refused_by_name_and_leave_nothing_behind() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let data = m.work.join("new-data");
@@ -262,40 +284,17 @@ fn unknown_mount_options_are_refused_by_name_and_leave_nothing_behind() {
         .arg("-o")
         .arg(format!("config={},allow_othr", m.config_path().display()))
         .output();
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("unknown mount option `allow_othr`"),
-        "{}",
-        describe(&out)
-    );
+    assert_refused(&out, 2, "unknown mount option `allow_othr`", "allow_othr");
     assert!(mount_line(&m.mnt).is_none());
     assert!(!data.exists(), "the refused mount made {}", data.display());
 }
 
-/// The units as shipped, but for the binary's path: systemd-analyze checks that ExecStart
-/// names an executable, and this test's commitfs is not in /usr/local/bin.
 #[test]
 fn the_systemd_units_pass_systemd_analyze_verify() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-config");
-    let mut units = Vec::new();
-    for name in ["srv-commitfs.mount", "commitfs.service"] {
-        let unit = fs::read_to_string(dir.join(name)).unwrap();
-        let copy = m.work.join(name);
-        fs::write(&copy, unit.replace("/usr/local/bin/commitfs", COMMITFS)).unwrap();
-        units.push(copy);
-    }
-    let out = Bounded::new("systemd-analyze", LIMIT)
-        .arg("verify")
-        .args(&units)
-        .output();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify: {}",
-        describe(&out)
-    );
+    common::assert_units_verify(&m.work, &["srv-commitfs.mount", "commitfs.service"]);
 }
 
 // ---- lifecycle ----
@@ -307,18 +306,12 @@ fn a_mountpoint_that_is_already_a_mount_is_refused_with_exit_code_3() {
     };
     m.sh_ok("mkdir orders && echo kept >> orders/append");
     let other = m.work.join("other-data");
-    let out = Bounded::new(COMMITFS, LIMIT)
-        .args(["mount", "--config"])
-        .arg(m.config_path())
-        .arg(&other)
-        .arg(&m.mnt)
-        .stdin(Stdio::null())
-        .output();
-    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("is already a mount point"),
-        "{}",
-        describe(&out)
+    let out = mount_command(&m, &[], &other).output();
+    assert_refused(
+        &out,
+        3,
+        "is already a mount point",
+        "a mount over the mount",
     );
     assert!(!other.exists(), "the refused mount made its data directory");
     // The mount beneath is untouched and still served.
@@ -344,13 +337,7 @@ fn over_mount_mounts_on_a_mount_point_on_purpose_and_umount_uncovers_the_one_ben
     };
     m.sh_ok("mkdir beneath && echo kept >> beneath/append");
     let other = m.work.join("other-data");
-    let out = Bounded::new(COMMITFS, LIMIT)
-        .args(["mount", "-o", "over_mount", "--config"])
-        .arg(m.config_path())
-        .arg(&other)
-        .arg(&m.mnt)
-        .stdin(Stdio::null())
-        .output();
+    let out = mount_command(&m, &["-o", "over_mount"], &other).output();
     let mut top = TopMount(out.status.success().then(|| m.mnt.clone()));
     assert!(out.status.success(), "{}", describe(&out));
     // The store on top is the other one; the one beneath is hidden, not gone.
@@ -379,11 +366,7 @@ fn a_stopping_daemon_never_unmounts_what_is_mounted_on_its_path_now() {
     let held = fs::File::open(m.path("orders/0/active")).expect("open a file on the mount");
     let out = Bounded::new("umount", LIMIT).arg("-l").arg(&m.mnt).output();
     assert!(out.status.success(), "umount -l: {}", describe(&out));
-    let out = Bounded::new("mount", LIMIT)
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&m.mnt)
-        .output();
-    assert!(out.status.success(), "mount tmpfs: {}", describe(&out));
+    common::mount_tmpfs(&m.mnt, "size=1m", LIMIT);
     fs::write(m.mnt.join("on-tmpfs"), "mine").unwrap();
     drop(held);
     wait_for_exit(
@@ -403,7 +386,7 @@ fn a_stopping_daemon_never_unmounts_what_is_mounted_on_its_path_now() {
 
 #[test]
 fn umount_then_mount_at_once_waits_for_the_old_daemon_to_close() {
-    let Some(mut m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(mut m) = common::prepared(Config::small()) else {
         return;
     };
     // The old daemon's close takes 4 s, longer than the store's own 2 s wait for its lock.
@@ -452,7 +435,7 @@ fn umount_then_mount_at_once_waits_for_the_old_daemon_to_close() {
 
 #[test]
 fn a_second_sigint_during_the_close_lets_it_finish_cleanly() {
-    let Some(mut m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(mut m) = common::prepared(Config::small()) else {
         return;
     };
     start_with_env(&mut m, &[("FAILPOINTS", "store::close=sleep(1500)")]);
@@ -474,31 +457,21 @@ fn a_second_sigint_during_the_close_lets_it_finish_cleanly() {
 
 #[test]
 fn a_failed_mount_removes_the_data_directory_it_made() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let made = m.work.join("made");
-    let out = Bounded::new(COMMITFS, LIMIT)
-        .args(["mount", "--config"])
-        .arg(m.config_path())
-        .arg(made.join("data"))
-        .arg(&m.mnt)
+    let out = mount_command(&m, &[], &made.join("data"))
         .env("FAILPOINTS", "kernel_mount::mount=return")
-        .stdin(Stdio::null())
         .output();
-    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("injected failure"),
-        "{}",
-        describe(&out)
-    );
+    assert_refused(&out, 5, "injected failure", "a failed kernel mount");
     assert!(!made.exists(), "{} left behind", made.display());
     assert!(mount_line(&m.mnt).is_none());
 }
 
 #[test]
 fn exit_codes_name_the_cause() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let run = |args: &[&std::ffi::OsStr]| {
@@ -549,28 +522,17 @@ fn exit_codes_name_the_cause() {
         (vec!["mount".as_ref(), "--bogus".as_ref()], 2, "--bogus"),
     ];
     for (args, code, says) in cases {
-        let out = run(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{args:?}: {}",
-            describe(&out)
-        );
-        assert!(
-            text(&out.stderr).contains(says),
-            "{args:?}: {}",
-            describe(&out)
-        );
+        assert_refused(&run(&args), code, says, &format!("{args:?}"));
     }
     // A store held by a live mount: refused with 4, without waiting out the bound.
     let mut live = Mount::prepare(Config::small());
     live.start();
     let out = run(&["mount".as_ref(), live.data.as_ref(), m.mnt.as_ref()]);
-    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("is mounted by process"),
-        "{}",
-        describe(&out)
+    assert_refused(
+        &out,
+        4,
+        "is mounted by process",
+        "a store held by a live mount",
     );
 }
 
@@ -640,27 +602,20 @@ fn run_as_nobody_with_dev_fuse_mode(m: &Mount, mode: &str, script: &str) -> Outp
         .arg(&m.mnt)
         .output();
     assert!(out.status.success(), "chown: {}", describe(&out));
-    let full = format!(
-        "set -eu\n\
-         mount --make-rprivate /\n\
-         mknod -m {mode} {work}/fuse c 10 229\n\
+    run_in_namespace(&format!(
+        "mknod -m {mode} {work}/fuse c 10 229\n\
          mount --bind {work}/fuse /dev/fuse\n\
          NOBODY='setpriv --reuid=65534 --regid=65534 --clear-groups --reset-env'\n\
          {script}",
         work = m.work.display()
-    );
-    Bounded::new("unshare", Duration::from_secs(120))
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(full)
-        .stdin(Stdio::null())
-        .output()
+    ))
 }
 
 /// Debian's /dev/fuse is 0666: a user opens it, mount(2) says EPERM, and commitfs mounts
 /// through the setuid fusermount3 instead; it unmounts through fusermount3 -u on SIGTERM.
 #[test]
 fn a_user_mounts_through_fusermount3_and_sigterm_unmounts_it() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let _stop = StopLeftovers(&m);
@@ -679,13 +634,7 @@ fn a_user_mounts_through_fusermount3_and_sigterm_unmounts_it() {
         mnt = m.mnt.display()
     );
     let out = run_as_nobody_with_dev_fuse_mode(&m, "0666", &script);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        describe(&out),
-        m.log_tail(30)
-    );
-    let stdout = text(&out.stdout);
+    let stdout = stdout_of_success(&out, &m);
     assert!(stdout.starts_with("hello\n65534\n"), "{stdout}");
     assert!(
         stdout.contains("user_id=65534"),
@@ -700,7 +649,7 @@ fn a_user_mounts_through_fusermount3_and_sigterm_unmounts_it() {
 /// the device too), says why it failed, and leaves no data directory behind.
 #[test]
 fn a_user_without_dev_fuse_is_told_why_and_nothing_is_left_behind() {
-    let Some(m) = common::fuse_available().then(|| Mount::prepare(Config::small())) else {
+    let Some(m) = common::prepared(Config::small()) else {
         return;
     };
     let _stop = StopLeftovers(&m);

@@ -7,69 +7,18 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use commitfs::store::{FlushPolicy, Framing, Store, StoreConfig, StoreError, TopicSettings};
+use commitfs::store::{Store, StoreConfig, StoreError};
 
+mod fixtures;
+
+use fixtures::SmallDisk;
+
+/// 512 KiB commit-log files, so that the sparse copy has holes to fill.
 fn config() -> StoreConfig {
     StoreConfig {
         commit_log_file_bytes: 512 * 1024,
         segment_messages: 1000,
-        max_message_bytes: 4096,
-        flush: FlushPolicy::Async { interval_ms: 1000 },
-        checkpoint_interval_ms: 3_600_000,
-        retention_check_interval_ms: 3_600_000,
-        max_disk_bytes: None,
-        index_slots: 64,
-        index_entries: 1000,
-        materialize_segments: false,
-        ..StoreConfig::default()
-    }
-}
-
-fn settings() -> TopicSettings {
-    TopicSettings {
-        partitions: 1,
-        framing: Framing::Lines,
-        key_separator: None,
-        retention_ms: None,
-        retention_bytes: None,
-        owner_uid: 0,
-        owner_gid: 0,
-        mode: 0o755,
-    }
-}
-
-/// A small tmpfs, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(bytes: u64) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("timeout")
-            .args([
-                "20",
-                "mount",
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={bytes}"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        SmallDisk { dir }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("timeout")
-            .args(["20", "umount"])
-            .arg(self.dir.path())
-            .status();
+        ..fixtures::small_store_config()
     }
 }
 
@@ -97,11 +46,7 @@ fn a_sparse_copy_on_a_full_disk_refuses_the_open_and_never_faults() {
     let source = tempfile::tempdir().unwrap();
     {
         let store = Store::open(source.path(), config()).unwrap();
-        let partition = store
-            .create_topic("t", settings())
-            .unwrap()
-            .partition(0)
-            .unwrap();
+        let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
         for i in 0..10 {
             store
                 .append(&partition, format!("before {i}\n").as_bytes(), None)

@@ -92,11 +92,7 @@ fn appended_messages_read_back_in_order_across_segments_and_files() {
 fn reads_at_any_byte_position_return_the_right_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let partition = store
-        .create_topic("t", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings(1));
     let mut expected = Vec::new();
     for i in 0..10 {
         let payload = message(i * 13);
@@ -191,11 +187,7 @@ fn a_clean_reopen_keeps_everything_without_scanning() {
     let mut expected = Vec::new();
     {
         let store = open(dir.path());
-        let partition = store
-            .create_topic("t", settings(1))
-            .unwrap()
-            .partition(0)
-            .unwrap();
+        let partition = fixtures::new_partition(&store, "t", settings(1));
         for i in 0..25 {
             let payload = message(i);
             append_keyed(&store, &partition, &payload);
@@ -238,11 +230,7 @@ const KEYED_BATCH_OVERHEAD: usize = 60 + 8;
 /// Returns the messages and each one's batch's (start, end) byte range in the commit log.
 fn crashed_store(dir: &Path, count: usize) -> (Vec<Vec<u8>>, Vec<(usize, usize)>) {
     let store = open(dir);
-    let partition = store
-        .create_topic("t", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings(1));
     let mut messages = Vec::new();
     let mut ranges = Vec::new();
     let mut position = 0;
@@ -328,13 +316,7 @@ fn a_flipped_bit_in_the_last_record_cuts_it_and_elsewhere_refuses_the_open() {
             let error = Store::open(dir.path(), small_config())
                 .err()
                 .expect("damage in the middle of the log refuses the open");
-            let text = error.to_string();
-            assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
-            assert!(
-                text.contains(&format!("{} byte {start}:", log.display())),
-                "{text}"
-            );
-            assert!(text.contains("commitfs check --repair"), "{text}");
+            fixtures::assert_needs_repair(error, &format!("{} byte {start}:", log.display()));
             assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log is untouched");
         }
     }
@@ -391,11 +373,7 @@ fn a_second_process_cannot_open_an_open_store() {
 fn oversize_messages_and_bad_names_are_refused_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let partition = store
-        .create_topic("t", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings(1));
     let big = vec![b'x'; 4097];
     assert!(matches!(
         store.append(&partition, &big, None),
@@ -532,11 +510,7 @@ fn retention_by_bytes_and_time_moves_the_start_in_whole_segments() {
 
     let mut by_time = settings(1);
     by_time.retention_ms = Some(1);
-    let timed = store
-        .create_topic("timed", by_time)
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let timed = fixtures::new_partition(&store, "timed", by_time);
     for i in 0..25 {
         append_keyed(&store, &timed, format!("k:{i}\n").as_bytes());
     }
@@ -579,16 +553,8 @@ fn commit_log_files_go_when_no_partition_needs_them_or_the_disk_ceiling_says_so(
     let store = Store::open(dir.path(), config).unwrap();
     let mut short = settings(1);
     short.retention_bytes = Some(1);
-    let kept = store
-        .create_topic("kept", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
-    let trimmed = store
-        .create_topic("trimmed", short)
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let kept = fixtures::new_partition(&store, "kept", settings(1));
+    let trimmed = fixtures::new_partition(&store, "trimmed", short);
     let payload = vec![b'y'; 1000];
     for _ in 0..600 {
         store.append(&kept, &payload, None).unwrap();
@@ -655,46 +621,16 @@ fn appends_from_many_threads_keep_every_partition_gapless() {
     }
 }
 
-/// A small tmpfs, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(bytes: u64) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        SmallDisk { dir }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_appends_with_enospc_and_keeps_what_was_stored() {
-    let disk = SmallDisk::new(2 * 1024 * 1024);
+    let disk = fixtures::SmallDisk::new(2 * 1024 * 1024);
     let data = disk.dir.path().join("data");
     let config = StoreConfig {
         commit_log_file_bytes: 256 * 1024,
         ..small_config()
     };
     let store = Store::open(&data, config.clone()).unwrap();
-    let partition = store
-        .create_topic("t", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings(1));
     let payload = vec![b'z'; 3000];
     // Append until the disk refuses three times in a row. A refusal may be transient while the
     // preparer thread's allocation of the next file holds the last free blocks, so refusals
@@ -740,16 +676,8 @@ fn a_quiet_topic_behind_a_busy_one(
     config: StoreConfig,
 ) -> (Arc<Store>, Arc<Partition>) {
     let store = Store::open(dir, config).unwrap();
-    let quiet = store
-        .create_topic("quiet", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
-    let busy = store
-        .create_topic("busy", settings(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let quiet = fixtures::new_partition(&store, "quiet", settings(1));
+    let busy = fixtures::new_partition(&store, "busy", settings(1));
     for _ in 0..3 {
         store.append(&quiet, b"old\n", None).unwrap();
     }
@@ -883,11 +811,7 @@ fn recovery_keeps_the_log_when_retention_removed_the_checkpoints_file() {
     let store = open(dir.path());
     let mut short = settings(1);
     short.retention_bytes = Some(1);
-    let partition = store
-        .create_topic("t", short)
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", short);
     let payload = vec![b'r'; 1000];
     for _ in 0..100 {
         store.append(&partition, &payload, None).unwrap();

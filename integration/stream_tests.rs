@@ -8,14 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{mount, wait_until, xattr_u64, Background, Config};
-
-fn lines_of(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
+use common::{lines_of, mount, wait_until, xattr_u64, Config};
 
 fn numbered(range: std::ops::Range<u64>) -> Vec<String> {
     range.map(|i| format!("line-{i:05}")).collect()
@@ -29,11 +22,8 @@ fn tail_f_on_stream_follows_every_line_across_hundreds_of_rolls() {
         return;
     };
     m.sh_ok("mkdir t && echo line-00000 >> t/0/active");
-    let tail = Background::spawn(m.sh_command("exec tail -f -n +1 t/0/stream"));
     let deadline = Duration::from_secs(60);
-    wait_until(deadline, "tail -f prints the first line", || {
-        lines_of(&tail.output()).len() == 1
-    });
+    let tail = common::tail_f(&m, "t/0/stream", 1, deadline);
     // In bursts, with pauses shorter and longer than tail's one-second poll.
     for (burst, pause) in [(1..700, 0), (700..1400, 300), (1400..3000, 1500)] {
         let (from, to) = (burst.start, burst.end - 1);

@@ -29,11 +29,7 @@ fn a_time_lookup_during_appends_never_answers_an_older_message() {
         ..fixtures::small_store_config()
     };
     let store = Store::open(dir.path(), config).unwrap();
-    let partition = store
-        .create_topic("t", fixtures::keyed_topic(1))
-        .unwrap()
-        .partition(0)
-        .unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
     let line = b"a message\n";
     let first = NewMessage {
         payload: line,

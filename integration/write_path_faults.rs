@@ -5,13 +5,10 @@
 
 #![cfg(feature = "failpoints")]
 
-use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use commitfs::store::{
-    NewMessage, Partition, Store, StoreConfig, StoreError, Topic, TopicSettings,
-};
+use commitfs::store::{Partition, Store, StoreConfig, StoreError, TopicSettings};
 use fail::FailScenario;
 
 mod fixtures;
@@ -27,13 +24,6 @@ fn settings(partitions: u32) -> TopicSettings {
     fixtures::keyed_topic(partitions)
 }
 
-fn keyed(payload: &[u8]) -> NewMessage<'_> {
-    NewMessage {
-        payload,
-        key_len: payload.iter().position(|&b| b == b':'),
-    }
-}
-
 /// Every message of a partition, oldest first.
 fn messages(store: &Store, partition: &Partition) -> Vec<String> {
     (partition.start_offset()..partition.end_offset())
@@ -42,19 +32,6 @@ fn messages(store: &Store, partition: &Partition) -> Vec<String> {
             String::from_utf8(bytes).expect("UTF-8")
         })
         .collect()
-}
-
-/// (partition, offset, payload) of every message of `topic` with `key`, newest first.
-fn key_matches(store: &Store, topic: &Topic, key: &str) -> Vec<(u32, u64, String)> {
-    let mut found = Vec::new();
-    store
-        .for_each_key_match(topic, None, key.as_bytes(), |m| {
-            let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
-            found.push((m.partition, m.offset, payload));
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    found
 }
 
 fn partition(store: &Store, index: u32) -> Arc<Partition> {
@@ -117,14 +94,14 @@ fn a_failed_write_of_the_commit_log_fails_the_append_and_fences_the_store() {
         let topic = store.create_topic("t", settings(1)).unwrap();
         let p = partition(&store, 0);
         let earlier: Vec<String> = (0..5).map(|i| format!("k{i}:earlier\n")).collect();
-        let batch: Vec<NewMessage<'_>> = earlier.iter().map(|m| keyed(m.as_bytes())).collect();
+        let batch = fixtures::keyed_messages(&earlier);
         store.append_batch(&p, &batch).unwrap();
 
         fail::cfg("mapped::write_at", failure).unwrap();
         let failed: Vec<String> = (0..40)
             .map(|i| format!("k{}:failed {i}\n", i % 5))
             .collect();
-        let batch: Vec<NewMessage<'_>> = failed.iter().map(|m| keyed(m.as_bytes())).collect();
+        let batch = fixtures::keyed_messages(&failed);
         let refused = store.append_batch(&p, &batch);
         fail::remove("mapped::write_at");
         assert!(
@@ -145,7 +122,7 @@ fn a_failed_write_of_the_commit_log_fails_the_append_and_fences_the_store() {
         let p = partition(&store, 0);
         assert_eq!(messages(&store, &p), earlier, "{failure}");
         assert_eq!(
-            key_matches(&store, &topic_again, "k1"),
+            fixtures::key_matches(&store, &topic_again, "k1"),
             [(0, 1, "k1:earlier\n".into())]
         );
         let next = store.append(&p, b"k0:after the reopen\n", Some(2)).unwrap();
@@ -179,7 +156,7 @@ fn an_append_waiting_while_another_write_fails_is_refused_and_the_log_keeps_no_h
     });
     assert!(matches!(waited, Err(StoreError::Fenced)), "{waited:?}");
     assert_eq!(
-        key_matches(&store, &topic, "k0"),
+        fixtures::key_matches(&store, &topic, "k0"),
         [(0, 0, "k0:first\n".into())]
     );
     drop((topic, p0, p1));
@@ -203,7 +180,7 @@ fn a_full_disk_for_a_new_key_index_file_fails_the_append_and_stores_nothing() {
     let topic = store.create_topic("t", settings(1)).unwrap();
     let p = partition(&store, 0);
     let first_try: Vec<String> = (0..5).map(|i| format!("k{i}:first try\n")).collect();
-    let batch: Vec<NewMessage<'_>> = first_try.iter().map(|m| keyed(m.as_bytes())).collect();
+    let batch = fixtures::keyed_messages(&first_try);
 
     fail::cfg("index::create-file", "1*off->return").unwrap();
     let refused = store.append_batch(&p, &batch);
@@ -214,17 +191,17 @@ fn a_full_disk_for_a_new_key_index_file_fails_the_append_and_stores_nothing() {
     );
     assert_eq!(p.end_offset(), 0);
     for i in 0..5 {
-        assert_eq!(key_matches(&store, &topic, &format!("k{i}")), []);
+        assert_eq!(fixtures::key_matches(&store, &topic, &format!("k{i}")), []);
     }
 
     // The disk has room again: the next append works, and every key is found.
     let second_try: Vec<String> = (0..5).map(|i| format!("k{i}:second try\n")).collect();
-    let batch: Vec<NewMessage<'_>> = second_try.iter().map(|m| keyed(m.as_bytes())).collect();
+    let batch = fixtures::keyed_messages(&second_try);
     assert_eq!(store.append_batch(&p, &batch).unwrap().first_offset, 0);
     for (i, line) in second_try.iter().enumerate() {
         let key = format!("k{i}");
         assert_eq!(
-            key_matches(&store, &topic, &key),
+            fixtures::key_matches(&store, &topic, &key),
             [(0, i as u64, line.clone())]
         );
     }
@@ -239,7 +216,7 @@ fn a_full_disk_for_a_new_key_index_file_fails_the_append_and_stores_nothing() {
     for (i, line) in second_try.iter().enumerate() {
         let key = format!("k{i}");
         assert_eq!(
-            key_matches(&store, &topic, &key),
+            fixtures::key_matches(&store, &topic, &key),
             [(0, i as u64, line.clone())]
         );
     }
@@ -259,40 +236,28 @@ fn a_full_disk_for_one_partition_of_a_write_to_several_stores_none_of_it() {
             (p1.clone(), vec![long.clone()]),
         ]
     };
-    let write = |store: &Store, batches: &[(Arc<Partition>, Vec<String>)]| {
-        let messages: Vec<Vec<NewMessage<'_>>> = batches
-            .iter()
-            .map(|(_, lines)| lines.iter().map(|l| keyed(l.as_bytes())).collect())
-            .collect();
-        let pairs: Vec<(&Partition, &[NewMessage<'_>])> = batches
-            .iter()
-            .zip(&messages)
-            .map(|((p, _), m)| (&**p, m.as_slice()))
-            .collect();
-        store.append_to_partitions(&pairs)
-    };
 
     // The second partition's consume-queue room cannot be allocated.
     fail::cfg("append::reserve-queue", "1*off->return").unwrap();
-    let refused = write(&store, &batches("a:PARTIAL\n"));
+    let refused = fixtures::append_to_partitions(&store, &batches("a:PARTIAL\n"));
     fail::remove("append::reserve-queue");
     assert!(
         matches!(refused, Err(StoreError::DiskFull(_))),
         "{refused:?}"
     );
     assert_eq!((p0.end_offset(), p1.end_offset()), (0, 0));
-    assert_eq!(key_matches(&store, &topic, "a"), []);
+    assert_eq!(fixtures::key_matches(&store, &topic, "a"), []);
 
-    let outcomes = write(&store, &batches("a:WHOLE\n")).unwrap();
+    let offsets = fixtures::append_to_partitions(&store, &batches("a:WHOLE\n")).unwrap();
+    assert_eq!(offsets, [0, 0]);
     assert_eq!(
-        outcomes.iter().map(|o| o.first_offset).collect::<Vec<_>>(),
-        [0, 0]
-    );
-    assert_eq!(
-        key_matches(&store, &topic, "a"),
+        fixtures::key_matches(&store, &topic, "a"),
         [(0, 0, "a:WHOLE\n".to_owned())]
     );
-    assert_eq!(key_matches(&store, &topic, "b"), [(1, 0, long.clone())]);
+    assert_eq!(
+        fixtures::key_matches(&store, &topic, "b"),
+        [(1, 0, long.clone())]
+    );
 
     // Recovery after an unclean stop reads the log: the refused write is not there.
     store.halt_without_cleanup();

@@ -72,22 +72,29 @@ fn after_a_failed_write_no_fragment_of_a_line_is_stored() {
     assert_eq!(partition_lines(&m.path("t/0")), ["whole", "after"]);
 }
 
+/// Makes keyed topic `t` (two partitions) and returns one write to its `append` file for
+/// both: `a:PARTIAL`, then a line of `x`s `long` bytes long keyed for the other partition;
+/// with that other key, and `append` opened for writing.
+fn write_for_two_partitions(m: &Mount, long: usize) -> (Vec<u8>, String, std::fs::File) {
+    m.sh_ok("mkdir t && setfattr -n user.key_separator -v : t");
+    let other = key_for_the_other_partition("a");
+    let mut data = b"a:PARTIAL\n".to_vec();
+    data.extend_from_slice(format!("{other}:{}\n", "x".repeat(long)).as_bytes());
+    let file = OpenOptions::new()
+        .write(true)
+        .open(m.path("t/append"))
+        .unwrap();
+    (data, other, file)
+}
+
 #[test]
 fn a_write_to_append_for_two_partitions_with_a_line_too_long_stores_neither() {
     let Some(m) = mount_with(Config::small().set("max_message_bytes", "4096"), None) else {
         return;
     };
-    m.sh_ok("mkdir t && setfattr -n user.key_separator -v : t");
-    let other = key_for_the_other_partition("a");
-    let mut data = b"a:PARTIAL\n".to_vec();
-    data.extend_from_slice(format!("{other}:{}\n", "x".repeat(5000)).as_bytes());
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(m.path("t/append"))
-            .unwrap();
-        assert_errno(file.write(&data), libc::EFBIG, "a 5,000-byte line");
-    }
+    let (data, _, mut file) = write_for_two_partitions(&m, 5000);
+    assert_errno(file.write(&data), libc::EFBIG, "a 5,000-byte line");
+    drop(file);
     assert_eq!(xattr_get(&m.path("t"), "user.key.a").unwrap(), None);
     for partition in ["t/0", "t/1"] {
         assert_eq!(xattr_u64(&m.path(partition), "user.end_offset"), 0);
@@ -102,14 +109,7 @@ fn a_write_to_append_for_two_partitions_is_stored_whole_or_not_at_all_on_a_full_
     let Some(m) = mount_with(Config::small(), Some(failpoints)) else {
         return;
     };
-    m.sh_ok("mkdir t && setfattr -n user.key_separator -v : t");
-    let other = key_for_the_other_partition("a");
-    let mut data = b"a:PARTIAL\n".to_vec();
-    data.extend_from_slice(format!("{other}:{}\n", "x".repeat(60_000)).as_bytes());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(m.path("t/append"))
-        .unwrap();
+    let (data, other, mut file) = write_for_two_partitions(&m, 60_000);
     assert_errno(
         file.write(&data),
         libc::ENOSPC,
@@ -185,11 +185,7 @@ fn a_raw_write_over_255_pages_is_refused_with_efbig_and_stores_nothing() {
     let Some(m) = mount_with(config, None) else {
         return;
     };
-    m.sh_ok("mkdir t && setfattr -n user.framing -v raw t");
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(m.path("t/0/active"))
-        .unwrap();
+    let mut file = m.open_raw_topic();
     for (what, offset, len) in [
         ("1,048,576 bytes from 100 bytes into a page", 100, 1 << 20),
         ("1,048,576 bytes from a page's start", 0, 1 << 20),

@@ -3,12 +3,9 @@
 //! partitions is stored whole or not at all.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use commitfs::store::{
-    NewMessage, Partition, Store, StoreConfig, StoreError, Topic, TopicSettings,
-};
+use commitfs::store::{Partition, Store, StoreConfig, StoreError, Topic, TopicSettings};
 
 mod fixtures;
 
@@ -22,26 +19,6 @@ fn config() -> StoreConfig {
 
 fn settings(partitions: u32) -> TopicSettings {
     fixtures::keyed_topic(partitions)
-}
-
-fn keyed(payload: &[u8]) -> NewMessage<'_> {
-    NewMessage {
-        payload,
-        key_len: payload.iter().position(|&b| b == b':'),
-    }
-}
-
-/// (partition, offset, payload) of every stored message of `topic` with `key`, newest first.
-fn key_matches(store: &Store, topic: &Topic, key: &str) -> Vec<(u32, u64, String)> {
-    let mut found = Vec::new();
-    store
-        .for_each_key_match(topic, None, key.as_bytes(), |m| {
-            let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
-            found.push((m.partition, m.offset, payload));
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    found
 }
 
 const WRITERS: usize = 8;
@@ -60,7 +37,7 @@ fn write_keyed(store: &Store, topic: &Topic, writer: usize) -> Vec<(String, u32,
         let lines: Vec<String> = (i..i + size)
             .map(|n| format!("w{writer}-{n}:message {n} of writer {writer}\n"))
             .collect();
-        let batch: Vec<NewMessage<'_>> = lines.iter().map(|l| keyed(l.as_bytes())).collect();
+        let batch = fixtures::keyed_messages(&lines);
         let first = store.append_batch(&partition, &batch).unwrap().first_offset;
         for (j, line) in lines.into_iter().enumerate() {
             let key = line.split(':').next().unwrap().to_owned();
@@ -85,7 +62,7 @@ fn assert_every_stored_key_is_found(store: &Store, stored: &[(String, u32, u64, 
             continue;
         }
         assert_eq!(
-            key_matches(store, &topic, key),
+            fixtures::key_matches(store, &topic, key),
             [(*partition, *offset, line.clone())],
             "key {key}"
         );
@@ -142,24 +119,6 @@ fn concurrent_keyed_appends_keep_every_key_although_index_files_fill_up_all_the_
     assert_every_stored_key_is_found(&store, &stored);
 }
 
-/// `batches` as one append of the store, each (partition, lines) one partition's batch.
-fn append_to_partitions(
-    store: &Store,
-    batches: &[(Arc<Partition>, Vec<String>)],
-) -> Result<Vec<u64>, StoreError> {
-    let messages: Vec<Vec<NewMessage<'_>>> = batches
-        .iter()
-        .map(|(_, lines)| lines.iter().map(|l| keyed(l.as_bytes())).collect())
-        .collect();
-    let pairs: Vec<(&Partition, &[NewMessage<'_>])> = batches
-        .iter()
-        .zip(&messages)
-        .map(|((p, _), m)| (&**p, m.as_slice()))
-        .collect();
-    let outcomes = store.append_to_partitions(&pairs)?;
-    Ok(outcomes.iter().map(|o| o.first_offset).collect())
-}
-
 #[test]
 fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,7 +126,7 @@ fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
     let topic = store.create_topic("t", settings(3)).unwrap();
     let p: Vec<Arc<Partition>> = topic.partitions();
     let too_long = format!("b:{}\n", "x".repeat(5000));
-    let refused = append_to_partitions(
+    let refused = fixtures::append_to_partitions(
         &store,
         &[
             (p[2].clone(), vec!["c:1\n".into()]),
@@ -180,10 +139,10 @@ fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
         "{refused:?}"
     );
     assert!(p.iter().all(|p| p.end_offset() == 0));
-    assert_eq!(key_matches(&store, &topic, "a"), []);
+    assert_eq!(fixtures::key_matches(&store, &topic, "a"), []);
 
     // Batches in any order of partitions; outcomes in the order given.
-    let offsets = append_to_partitions(
+    let offsets = fixtures::append_to_partitions(
         &store,
         &[
             (p[2].clone(), vec!["c:1\n".into(), "c:2\n".into()]),
@@ -193,16 +152,16 @@ fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
     .unwrap();
     assert_eq!(offsets, [0, 0]);
     assert_eq!(
-        key_matches(&store, &topic, "c"),
+        fixtures::key_matches(&store, &topic, "c"),
         [(2, 1, "c:2\n".into()), (2, 0, "c:1\n".into())]
     );
     assert_eq!(
-        key_matches(&store, &topic, "a"),
+        fixtures::key_matches(&store, &topic, "a"),
         [(0, 0, "a:WHOLE\n".into())]
     );
 
     // One partition named twice would wait for its own lock: refused, nothing stored.
-    let twice = append_to_partitions(
+    let twice = fixtures::append_to_partitions(
         &store,
         &[
             (p[1].clone(), vec!["b:1\n".into()]),

@@ -354,6 +354,17 @@ impl MirrorProcess {
     }
 }
 
+/// A broker, and a mount of `config` with a [mirror] section shipping to it; `None` only
+/// under the explicit opt-out (`COMMITFS_SKIP_KAFKA_TESTS=1`).
+pub fn broker_and_mount(config: common::Config) -> Option<(Broker, Mount)> {
+    if !kafka_available() {
+        return None;
+    }
+    let broker = Broker::start();
+    let mount = Mount::new(mirror_config(config, &broker));
+    Some((broker, mount))
+}
+
 /// The mount's configuration with a [mirror] section shipping to `broker`.
 pub fn mirror_config(config: common::Config, broker: &Broker) -> common::Config {
     mirror_config_for(config, broker.port)

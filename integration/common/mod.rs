@@ -230,6 +230,12 @@ pub fn mount(config: Config) -> Option<Mount> {
     fuse_available().then(|| Mount::new(config))
 }
 
+/// The directories and config file of a mount of `config`, not mounted yet, or `None` only
+/// under the explicit opt-out.
+pub fn prepared(config: Config) -> Option<Mount> {
+    fuse_available().then(|| Mount::prepare(config))
+}
+
 impl Mount {
     pub fn new(config: Config) -> Mount {
         let mut mount = Mount::prepare(config);
@@ -307,6 +313,16 @@ impl Mount {
             )
         });
         self.daemon_pid = Some(pid);
+    }
+
+    /// Makes topic `t` with raw framing (each write one message) and opens its partition 0's
+    /// `active` file for appending.
+    pub fn open_raw_topic(&self) -> fs::File {
+        self.sh_ok("mkdir t && setfattr -n user.framing -v raw t");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.path("t/0/active"))
+            .unwrap()
     }
 
     /// The config file the mount uses.
@@ -573,6 +589,76 @@ fn become_subreaper() {
             io::Error::last_os_error()
         );
     });
+}
+
+/// The lines of a command's output, without their newlines.
+pub fn lines_of(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts `tail -f -n +1 FILE` on the mount in the background; returns it once it printed
+/// exactly the `lines` lines the file holds now (waiting at most `deadline`).
+pub fn tail_f(m: &Mount, file: &str, lines: usize, deadline: Duration) -> Background {
+    let tail = Background::spawn(m.sh_command(&format!("exec tail -f -n +1 {file}")));
+    wait_until(
+        deadline,
+        &format!("tail -f {file} prints {lines} lines"),
+        || lines_of(&tail.output()).len() == lines,
+    );
+    tail
+}
+
+/// Asserts that `systemd-analyze verify` passes the units `names` of `mount-config/`, as
+/// shipped but for the binary's path (it checks that ExecStart names an executable, and the
+/// commitfs under test is not in /usr/local/bin): copies in `work`.
+pub fn assert_units_verify(work: &Path, names: &[&str]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-config");
+    let mut units = Vec::new();
+    for name in names {
+        let unit = fs::read_to_string(dir.join(name)).unwrap();
+        let copy = work.join(name);
+        fs::write(&copy, unit.replace("/usr/local/bin/commitfs", COMMITFS)).unwrap();
+        units.push(copy);
+    }
+    let out = Bounded::new("systemd-analyze", Duration::from_secs(60))
+        .arg("verify")
+        .args(&units)
+        .output();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify {names:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `mount -t tmpfs -o OPTIONS tmpfs DIR` (root only), within `limit`: a small disk to fill,
+/// or with `remount,size=…` the same one grown.
+pub fn mount_tmpfs(dir: &Path, options: &str, limit: Duration) {
+    let out = Bounded::new("mount", limit)
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .output();
+    assert!(
+        out.status.success(),
+        "mounting a tmpfs needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Appends `input` to the mount's `active` file with one `cat` and asserts that the disk
+/// filled before its end: cat fails with ENOSPC.
+pub fn cat_until_enospc(m: &Mount, input: String, active: &str) {
+    fs::write(m.work.join("lines"), input).unwrap();
+    let out = m.sh(&format!("cat \"$WORK/lines\" >> {active}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
 }
 
 /// Whether `mnt` is a mountpoint now (from /proc/self/mountinfo).

@@ -18,7 +18,7 @@ use fuser::{
 };
 use tracing::Level;
 
-use super::core::{Attr, AttrChanges, CommitFs, DirectoryReplier, Entry};
+use super::core::{Attr, AttrChanges, CommitFs, DirectoryReplier, Entry, StatFs};
 use super::error::{FsError, FsResult};
 use super::framing::MAX_RAW_WRITE_BYTES;
 use super::passthrough::Passthrough;
@@ -74,33 +74,16 @@ impl FuseAdapter {
         })
     }
 
-    fn reply_entry(
-        &self,
-        op: &'static str,
-        parent: INodeNo,
-        reply: ReplyEntry,
-        core: impl FnOnce() -> FsResult<Entry>,
-    ) {
-        match self.call(op, parent, core) {
-            Ok(entry) => reply.entry_with_ttls(
-                &entry.attr_ttl,
-                &entry.entry_ttl,
-                &entry.attr,
-                fuser::Generation(0),
-            ),
-            Err(errno) => reply.error(errno),
-        }
-    }
-
-    fn reply_attr(
+    /// Runs one core call and answers the kernel with what it returned, or its errno.
+    fn answer<T>(
         &self,
         op: &'static str,
         ino: INodeNo,
-        reply: ReplyAttr,
-        core: impl FnOnce() -> FsResult<Attr>,
+        reply: impl Answer<T>,
+        core: impl FnOnce() -> FsResult<T>,
     ) {
         match self.call(op, ino, core) {
-            Ok(attr) => reply.attr(&attr.ttl, &attr.attr),
+            Ok(value) => reply.value(value),
             Err(errno) => reply.error(errno),
         }
     }
@@ -112,34 +95,51 @@ impl FuseAdapter {
             Err(errno) => errno,
         }
     }
-
-    fn reply_empty(
-        &self,
-        op: &'static str,
-        ino: INodeNo,
-        reply: ReplyEmpty,
-        core: impl FnOnce() -> FsResult<()>,
-    ) {
-        match self.call(op, ino, core) {
-            Ok(()) => reply.ok(),
-            Err(errno) => reply.error(errno),
-        }
-    }
-
-    fn reply_xattr(
-        &self,
-        op: &'static str,
-        ino: INodeNo,
-        reply: ReplyXattr,
-        core: impl FnOnce() -> FsResult<XattrReply>,
-    ) {
-        match self.call(op, ino, core) {
-            Ok(XattrReply::Length(length)) => reply.size(length),
-            Ok(XattrReply::Value(value)) => reply.data(&value),
-            Err(errno) => reply.error(errno),
-        }
-    }
 }
+
+/// A fuser reply that carries a core call's `T`, or its errno.
+trait Answer<T> {
+    fn value(self, value: T);
+    fn error(self, errno: Errno);
+}
+
+/// [`Answer`] for a fuser reply type (each has an `error` of its own): `|reply, value: T|
+/// body` answers with the value.
+macro_rules! answer {
+    ($type:ty, |$reply:ident, $value:ident: $t:ty| $body:expr) => {
+        impl Answer<$t> for $type {
+            fn value(self, $value: $t) {
+                let $reply = self;
+                $body;
+            }
+
+            fn error(self, errno: Errno) {
+                <$type>::error(self, errno);
+            }
+        }
+    };
+}
+
+answer!(ReplyEntry, |reply, entry: Entry| reply.entry_with_ttls(
+    &entry.attr_ttl,
+    &entry.entry_ttl,
+    &entry.attr,
+    fuser::Generation(0),
+));
+answer!(ReplyAttr, |reply, attr: Attr| reply
+    .attr(&attr.ttl, &attr.attr));
+answer!(ReplyEmpty, |reply, _done: ()| reply.ok());
+answer!(ReplyData, |reply, bytes: Vec<u8>| reply.data(&bytes));
+answer!(ReplyWrite, |reply, written: u32| reply.written(written));
+answer!(ReplyOpen, |reply, fh: u64| reply
+    .opened(FileHandle(fh), fuser::FopenFlags::empty()));
+answer!(ReplyStatfs, |reply, s: StatFs| reply.statfs(
+    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+));
+answer!(ReplyXattr, |reply, answer: XattrReply| match answer {
+    XattrReply::Length(length) => reply.size(length),
+    XattrReply::Value(value) => reply.data(&value),
+});
 
 fn log_refusal(op: &str, ino: INodeNo, error: &FsError) {
     let reason = error.message();
@@ -187,11 +187,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry("lookup", parent, reply, || self.fs.lookup(parent.0, name));
+        self.answer("lookup", parent, reply, || self.fs.lookup(parent.0, name));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.reply_attr("getattr", ino, reply, || {
+        self.answer("getattr", ino, reply, || {
             self.fs.getattr(ino.0, fh.map(|fh| fh.0))
         });
     }
@@ -222,14 +222,13 @@ impl Filesystem for FuseAdapter {
             atime,
             mtime,
         };
-        self.reply_attr("setattr", ino, reply, || self.fs.setattr(ino.0, &changes));
+        self.answer("setattr", ino, reply, || self.fs.setattr(ino.0, &changes));
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.call("readlink", ino, || self.fs.readlink(ino.0, req.pid())) {
-            Ok(target) => reply.data(&target),
-            Err(errno) => reply.error(errno),
-        }
+        self.answer("readlink", ino, reply, || {
+            self.fs.readlink(ino.0, req.pid())
+        });
     }
 
     fn mknod(
@@ -254,18 +253,18 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry("mkdir", parent, reply, || {
+        self.answer("mkdir", parent, reply, || {
             self.fs
                 .mkdir(parent.0, name, mode, umask, req.uid(), req.gid())
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty("unlink", parent, reply, || self.fs.unlink(parent.0, name));
+        self.answer("unlink", parent, reply, || self.fs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty("rmdir", parent, reply, || {
+        self.answer("rmdir", parent, reply, || {
             self.fs.rmdir(parent.0, name, req.uid())
         });
     }
@@ -291,7 +290,7 @@ impl Filesystem for FuseAdapter {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("rename", parent, reply, || self.fs.rename(parent.0, name));
+        self.answer("rename", parent, reply, || self.fs.rename(parent.0, name));
     }
 
     fn link(
@@ -353,10 +352,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.call("write", ino, || self.fs.write(fh.0, data)) {
-            Ok(written) => reply.written(written),
-            Err(errno) => reply.error(errno),
-        }
+        self.answer("write", ino, reply, || self.fs.write(fh.0, data));
     }
 
     fn flush(
@@ -367,7 +363,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("flush", ino, reply, || self.fs.flush(fh.0, req.pid()));
+        self.answer("flush", ino, reply, || self.fs.flush(fh.0, req.pid()));
     }
 
     fn release(
@@ -381,7 +377,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.passthrough.release(fh.0);
-        self.reply_empty("release", ino, reply, || self.fs.release(fh.0));
+        self.answer("release", ino, reply, || self.fs.release(fh.0));
     }
 
     fn fsync(
@@ -392,14 +388,11 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsync", ino, reply, || self.fs.fsync());
+        self.answer("fsync", ino, reply, || self.fs.fsync());
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.call("opendir", ino, || self.fs.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), fuser::FopenFlags::empty()),
-            Err(errno) => reply.error(errno),
-        }
+        self.answer("opendir", ino, reply, || self.fs.opendir(ino.0));
     }
 
     fn readdir(
@@ -427,7 +420,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("releasedir", ino, reply, || self.fs.releasedir(fh.0));
+        self.answer("releasedir", ino, reply, || self.fs.releasedir(fh.0));
     }
 
     fn fsyncdir(
@@ -438,16 +431,11 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsyncdir", ino, reply, || self.fs.fsync());
+        self.answer("fsyncdir", ino, reply, || self.fs.fsync());
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.call("statfs", ino, || self.fs.statfs()) {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(errno) => reply.error(errno),
-        }
+        self.answer("statfs", ino, reply, || self.fs.statfs());
     }
 
     fn setxattr(
@@ -460,23 +448,23 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("setxattr", ino, reply, || {
+        self.answer("setxattr", ino, reply, || {
             self.fs.setxattr(ino.0, name, value, flags)
         });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.reply_xattr("getxattr", ino, reply, || {
+        self.answer("getxattr", ino, reply, || {
             self.fs.getxattr(ino.0, name, size)
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.reply_xattr("listxattr", ino, reply, || self.fs.listxattr(ino.0, size));
+        self.answer("listxattr", ino, reply, || self.fs.listxattr(ino.0, size));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.reply_empty("removexattr", ino, reply, || {
+        self.answer("removexattr", ino, reply, || {
             self.fs.removexattr(ino.0, name)
         });
     }

@@ -927,6 +927,24 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
+/// The settings the core's tests run with: lines framing, TTLs of 1 s (60 s for sealed
+/// segments), new topics of `partitions` partitions keyed before `key_separator`.
+#[cfg(test)]
+fn test_settings(partitions: u32, key_separator: Option<&[u8]>) -> FsSettings {
+    FsSettings {
+        entry_ttl: Duration::from_secs(1),
+        attr_ttl: Duration::from_secs(1),
+        sealed_segment_ttl: Duration::from_secs(60),
+        topic_defaults: TopicDefaults {
+            partitions,
+            framing: Framing::Lines,
+            key_separator: key_separator.map(<[u8]>::to_vec),
+            retention_ms: None,
+            retention_bytes: None,
+        },
+    }
+}
+
 mod model_tests;
 #[cfg(test)]
 mod tests;

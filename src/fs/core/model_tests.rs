@@ -441,20 +441,8 @@ fn store_config() -> StoreConfig {
 
 fn open_fs(dir: TempDir) -> Harness {
     let store = Store::open(dir.path(), store_config()).expect("open the store");
-    let settings = FsSettings {
-        entry_ttl: Duration::from_secs(1),
-        attr_ttl: Duration::from_secs(1),
-        sealed_segment_ttl: Duration::from_secs(60),
-        topic_defaults: TopicDefaults {
-            partitions: 2,
-            framing: Framing::Lines,
-            key_separator: Some(b":".to_vec()),
-            retention_ms: None,
-            retention_bytes: None,
-        },
-    };
     Harness {
-        fs: CommitFs::new(store.clone(), settings),
+        fs: CommitFs::new(store.clone(), test_settings(2, Some(b":"))),
         store,
         dir,
     }

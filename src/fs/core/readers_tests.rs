@@ -23,19 +23,7 @@ fn open_store(dir: &Path, segment_messages: u32) -> Arc<Store> {
 }
 
 fn core(store: &Arc<Store>) -> CommitFs {
-    let settings = FsSettings {
-        entry_ttl: Duration::from_secs(1),
-        attr_ttl: Duration::from_secs(1),
-        sealed_segment_ttl: Duration::from_secs(60),
-        topic_defaults: TopicDefaults {
-            partitions: 1,
-            framing: Framing::Lines,
-            key_separator: None,
-            retention_ms: None,
-            retention_bytes: None,
-        },
-    };
-    CommitFs::new(store.clone(), settings)
+    CommitFs::new(store.clone(), test_settings(1, None))
 }
 
 fn ino(fs: &CommitFs, path: &str) -> u64 {
@@ -152,14 +140,21 @@ fn open_flags(fs: &CommitFs, ino: u64, flags: i32) -> FopenFlags {
     opened.flags
 }
 
-#[test]
-fn the_active_segment_is_read_uncached_and_sealing_drops_what_its_readers_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path(), 2);
+/// A core over a store of 2-message segments whose topic `t` holds one message: the inode of
+/// segment 0, still active (the store is returned to outlive the core).
+fn one_message_in_active_segment(dir: &Path) -> (Arc<Store>, CommitFs, u64) {
+    let store = open_store(dir, 2);
     let fs = core(&store);
     mkdir(&fs, "t");
     append(&fs, "t/append", b"000000\n");
     let first = ino(&fs, "t/0/00000000000000000000.log");
+    (store, fs, first)
+}
+
+#[test]
+fn the_active_segment_is_read_uncached_and_sealing_drops_what_its_readers_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, fs, first) = one_message_in_active_segment(dir.path());
     let active = open_flags(&fs, first, libc::O_RDONLY);
     assert!(active.contains(FopenFlags::FOPEN_DIRECT_IO), "{active:?}");
     assert!(!active.contains(FopenFlags::FOPEN_KEEP_CACHE), "{active:?}");
@@ -191,11 +186,7 @@ fn the_active_segment_is_read_uncached_and_sealing_drops_what_its_readers_cached
 #[test]
 fn a_sealed_segment_a_writer_still_appends_through_is_read_uncached() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path(), 2);
-    let fs = core(&store);
-    mkdir(&fs, "t");
-    append(&fs, "t/append", b"000000\n");
-    let first = ino(&fs, "t/0/00000000000000000000.log");
+    let (_store, fs, first) = one_message_in_active_segment(dir.path());
     // A long `cat >> active`: its descriptor stays on segment 0 across the roll.
     let writer = fs.open(first, APPEND, 7).unwrap();
     fs.write(writer.fh, b"000001\n000002\n000003\n").unwrap();

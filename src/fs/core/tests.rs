@@ -31,20 +31,8 @@ fn open(dir: TempDir, segment_messages: u32, partitions: u32) -> Fixture {
         ..StoreConfig::default()
     };
     let store = Store::open(dir.path(), config).unwrap();
-    let settings = FsSettings {
-        entry_ttl: Duration::from_secs(1),
-        attr_ttl: Duration::from_secs(1),
-        sealed_segment_ttl: Duration::from_secs(60),
-        topic_defaults: TopicDefaults {
-            partitions,
-            framing: Framing::Lines,
-            key_separator: Some(b":".to_vec()),
-            retention_ms: None,
-            retention_bytes: None,
-        },
-    };
     Fixture {
-        fs: CommitFs::new(store.clone(), settings),
+        fs: CommitFs::new(store.clone(), test_settings(partitions, Some(b":"))),
         store,
         dir,
     }
