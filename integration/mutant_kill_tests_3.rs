@@ -88,3 +88,92 @@ fn a_checkpoint_counting_messages_of_a_dropped_partition_refuses_the_open() {
         "{text}"
     );
 }
+
+/// The soft and hard limits of open files of this process.
+fn open_file_limits() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain syscall with a valid pointer to a local.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+fn set_open_file_limits(soft: u64, hard: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: a plain syscall with a valid pointer to a local.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+}
+
+/// Kills `raise_open_file_limit -> ()`, and `==` -> `!=` and `<` -> `==`/`>` in it: opening
+/// a store takes the hard limit of open files as the soft one, so a store of thousands of
+/// partitions does not run out at the usual soft limit.
+#[test]
+fn opening_a_store_raises_the_soft_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = open_file_limits();
+    // A finite hard limit the soft one can be raised to (an unlimited one cannot be).
+    let hard = hard.min(65_536);
+    set_open_file_limits(256, hard);
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (soft, _) = open_file_limits();
+    store.close().unwrap();
+    assert_eq!(soft, hard, "the soft limit after the open");
+}
+
+/// Kills `fit_max_message -> ()`, `>` -> `==`/`<` and `+` -> `-`/`*` in it: a store of
+/// 64 KiB commit-log files lowers a configured maximum of 1 MiB to what fits in one file
+/// (README "On-disk format": a 60-byte batch header, 8 table bytes for one keyed message,
+/// the 8-byte end-of-file marker); the largest message it allows is stored and reads back,
+/// one byte more is refused; a maximum that fits stays as configured.
+#[test]
+fn the_largest_message_is_what_fits_in_one_commit_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            max_message_bytes: 1 << 20,
+            ..config()
+        },
+    )
+    .unwrap();
+    let largest = 64 * 1024 - 60 - 8 - 8;
+    assert_eq!(store.config().max_message_bytes, largest);
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    let mut message = vec![b'x'; largest];
+    message[..2].copy_from_slice(b"k:");
+    store.append(&partition, &message, Some(1)).unwrap();
+    store.append(&partition, b"k:after\n", Some(1)).unwrap();
+    message.push(b'x');
+    let error = store.append(&partition, &message, Some(1)).unwrap_err();
+    assert!(
+        matches!(error, StoreError::MessageTooLarge { .. }),
+        "{error}"
+    );
+    assert_eq!(store.read_message(&partition, 0).unwrap().len(), largest);
+    assert_eq!(store.read_message(&partition, 1).unwrap(), b"k:after\n");
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+
+    // 4096 (the fixtures' maximum) fits: it stays.
+    let store = open(dir.path());
+    assert_eq!(store.config().max_message_bytes, 4096);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let error = store
+        .append(&partition, &vec![b'y'; 4097], None)
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::MessageTooLarge { .. }),
+        "{error}"
+    );
+    assert_eq!(store.read_message(&partition, 0).unwrap().len(), largest);
+}
