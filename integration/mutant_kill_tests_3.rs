@@ -177,3 +177,62 @@ fn the_largest_message_is_what_fits_in_one_commit_log_file() {
     );
     assert_eq!(store.read_message(&partition, 0).unwrap().len(), largest);
 }
+
+/// Rewrites the checkpoint without the mark of `partition` of topic `topic_id` (README
+/// "On-disk format": 32-byte partition marks after a 36-byte head, then a CRC32C).
+fn checkpoint_without_partition(dir: &Path, topic_id: u32, partition: u32) {
+    let path = dir.join("checkpoint");
+    let bytes = std::fs::read(&path).unwrap();
+    let count = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize;
+    let kept: Vec<&[u8]> = (0..count)
+        .map(|i| &bytes[36 + i * 32..68 + i * 32])
+        .filter(|mark| {
+            let id = u32::from_le_bytes(mark[0..4].try_into().unwrap());
+            let index = u32::from_le_bytes(mark[4..8].try_into().unwrap());
+            (id, index) != (topic_id, partition)
+        })
+        .collect();
+    assert_eq!(kept.len(), count - 1);
+    let mut out = bytes[..32].to_vec();
+    out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+    kept.iter().for_each(|mark| out.extend_from_slice(mark));
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, out).unwrap();
+}
+
+/// Kills `holds_queue_files -> false`: when only the consume queue of a partition the
+/// metadata dropped still holds its messages (the checkpoint forgot it, and a clean stop
+/// scans nothing), the open is refused naming that queue, not opened without them.
+#[test]
+fn a_consume_queue_holding_messages_of_a_dropped_partition_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
+    append_lines(&store, &topic.partition(0).unwrap(), 0, 5);
+    append_lines(&store, &topic.partition(1).unwrap(), 0, 5);
+    drop(topic);
+    store.close().unwrap();
+    drop(store);
+
+    edit_meta_file(
+        dir.path(),
+        "topics/1.toml",
+        "partitions = 2",
+        "partitions = 1",
+    );
+    checkpoint_without_partition(dir.path(), 1, 1);
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open is refused");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
+    let queue = dir.path().join("queues/1/1");
+    assert!(
+        text.contains(&format!(
+            "{} holds messages of partition 1 of topic \"t\"",
+            queue.display()
+        )),
+        "{text}"
+    );
+}
