@@ -236,3 +236,48 @@ fn a_consume_queue_holding_messages_of_a_dropped_partition_refuses_the_open() {
         "{text}"
     );
 }
+
+/// Copies the directory `from` to a new directory `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    fixtures::copy_dir(from, to);
+}
+
+/// Kills `remove_orphan_queues -> Ok(())`: the consume queues of a topic whose deletion was
+/// cut short (its metadata gone, its queues still there) are removed at the next open, so
+/// the disk space comes back; the other topic keeps its messages.
+#[test]
+fn the_queues_of_a_topic_deleted_before_a_crash_are_removed_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for name in ["gone", "kept"] {
+        let topic = store.create_topic(name, fixtures::keyed_topic(1)).unwrap();
+        append_lines(&store, &topic.partition(0).unwrap(), 0, 25);
+    }
+    store.close().unwrap();
+    drop(store);
+    let queues = dir.path().join("queues/1");
+    let aside = dir.path().join("queues-of-gone");
+    copy_tree(&queues, &aside);
+
+    let store = open(dir.path());
+    store.delete_topic("gone").unwrap();
+    store.close().unwrap();
+    drop(store);
+    // The deletion as a crash leaves it: metadata updated, queue files not yet removed.
+    copy_tree(&aside, &queues);
+    assert!(queues.join("0").read_dir().unwrap().next().is_some());
+
+    let store = open(dir.path());
+    assert!(
+        !queues.exists(),
+        "the deleted topic's queues are still there"
+    );
+    assert!(store.topic("gone").is_none());
+    assert_reads(
+        &store,
+        &store.topic("kept").unwrap().partition(0).unwrap(),
+        0,
+        25,
+    );
+}
