@@ -345,3 +345,189 @@ fn consume_queue_entries_rebuilt_at_an_open_survive_a_power_loss_right_after_it(
     assert_eq!(partition.end_offset(), 30);
     assert_reads(&store, &partition, 0, 30);
 }
+
+/// A line of about 100 bytes, so that 1,500 of them fill several 64 KiB commit-log files.
+fn long_line(number: u64) -> Vec<u8> {
+    format!("line {number} {}\n", "x".repeat(90)).into_bytes()
+}
+
+/// A store of one single-partition topic `t` holding `count` long lines, closed cleanly,
+/// with its checkpoint removed (the next open rebuilds from the whole log); the commit-log
+/// files, oldest first.
+fn filled_without_checkpoint(dir: &Path, count: u64) -> Vec<std::path::PathBuf> {
+    let store = open(dir);
+    let partition = store
+        .create_topic("t", fixtures::keyed_topic(1))
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    for number in 0..count {
+        store.append(&partition, &long_line(number), None).unwrap();
+    }
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+    std::fs::remove_file(dir.join("checkpoint")).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Start of every batch of a commit-log file (README "On-disk format": a batch starts
+/// with its size and the magic 0xC0F5BA7C).
+fn batch_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let magic = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        if magic != 0xC0F5_BA7C || size < 60 {
+            break;
+        }
+        starts.push(at);
+        at += size;
+    }
+    starts
+}
+
+/// Kills `offset > next && !after_skip` -> `false` and `>` -> `<` in `Recovering::dispatch`:
+/// a span of records gone from the middle of the log without a skip marker (here an
+/// end-of-file marker written over the middle of the first file) leaves a gap in the
+/// partition's offsets; the open refuses, naming it, rather than serving the partition
+/// with the gap as lost messages.
+#[test]
+fn a_gap_in_a_partitions_offsets_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = filled_without_checkpoint(dir.path(), 1500);
+    assert!(files.len() >= 3, "{} commit-log files", files.len());
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let starts = batch_starts(&bytes);
+    let at = starts[starts.len() / 2];
+    let rest = (bytes.len() - at) as u32;
+    bytes[at..at + 4].copy_from_slice(&rest.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&0xC0F5_B1A4u32.to_le_bytes());
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open is refused");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
+    assert!(text.contains("was expected"), "{text}");
+    assert!(text.contains(&files[1].display().to_string()), "{text}");
+}
+
+/// Kills `>` -> `==` and `<` in `Recovering::dispatch`'s check of a rebuilt partition's
+/// first record: when the oldest commit-log file is gone (as retention leaves it) and the
+/// checkpoint too, the partition starts at the first message still in the log, and every
+/// message from there reads back.
+#[test]
+fn a_rebuilt_partition_starts_at_its_first_message_still_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = filled_without_checkpoint(dir.path(), 1500);
+    assert!(files.len() >= 3, "{} commit-log files", files.len());
+    std::fs::remove_file(&files[0]).unwrap();
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let start = partition.start_offset();
+    assert!(start > 0, "the partition starts at {start}");
+    assert_eq!(partition.end_offset(), 1500);
+    for number in start..1500 {
+        let read = store.read_message(&partition, number);
+        assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
+    }
+    assert!(store.read_message(&partition, start - 1).is_err());
+}
+
+/// Kills `offset < self.start` -> `false` in `Recovering::dispatch`: a rebuild (here for a
+/// lost consume-queue file) skips the records of messages that retention removed, which
+/// the commit log still holds: their consume-queue files do not come back.
+#[test]
+fn a_rebuild_does_not_bring_back_queue_files_that_retention_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut settings = fixtures::keyed_topic(1);
+    settings.retention_ms = Some(1);
+    let partition = store
+        .create_topic("t", settings)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    // Three sealed segments of ten, and the active one: one commit-log file holds them all.
+    append_lines(&store, &partition, 0, 35);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    store.enforce_retention().unwrap();
+    assert_eq!(partition.start_offset(), 30);
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+    let queue = dir.path().join("queues/1/0");
+    let kept = queue_files(&queue);
+    assert_eq!(kept, ["00000000000000000030"]);
+    std::fs::remove_file(queue.join(&kept[0])).unwrap();
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.start_offset(), 30);
+    assert_reads(&store, &partition, 30, 35);
+    assert_eq!(queue_files(&queue), kept);
+}
+
+fn queue_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Kills `offset > next` -> `true` in `Recovering::dispatch`: after `commitfs check
+/// --repair` skips a damaged span, its report names the offsets lost in it, each a
+/// non-empty range, and no record that was kept.
+#[test]
+fn a_repair_reports_only_offsets_that_were_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = filled_without_checkpoint(dir.path(), 1500);
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 4] {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(&files[1], &bytes).unwrap();
+
+    let repaired = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_commitfs"))
+        .args(["check", "--repair"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&repaired.stdout).into_owned();
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    let lost: Vec<&str> = report
+        .lines()
+        .filter(|line| line.contains(" lost in a damaged span"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{report}");
+    let range = lost[0].split(" offsets ").nth(1).unwrap();
+    let (from, to) = range
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once("..")
+        .unwrap();
+    let (from, to): (u64, u64) = (from.parse().unwrap(), to.parse().unwrap());
+    assert!(from < to && to - from <= 2, "{report}");
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    for number in (0..1500).filter(|n| !(from..to).contains(n)) {
+        let read = store.read_message(&partition, number);
+        assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
+    }
+}
