@@ -569,3 +569,38 @@ fn recovery_from_a_checkpoint_ending_at_a_file_boundary_keeps_every_later_messag
         assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
     }
 }
+
+/// Kills `+` -> `*` in `Scanner::scan_file` where a skip marker reaches the end of a
+/// file: damage in the newest record of a commit-log file that later files follow is
+/// skipped by `commitfs check --repair` up to that file's end; the store then opens and
+/// serves every message but the lost one.
+#[test]
+fn a_repaired_span_reaching_the_end_of_a_file_opens_and_serves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = filled_without_checkpoint(dir.path(), 1500);
+    assert!(files.len() >= 3, "{} commit-log files", files.len());
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    let newest = *batch_starts(&bytes).last().unwrap();
+    for byte in &mut bytes[newest + 70..newest + 74] {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(&files[1], &bytes).unwrap();
+
+    let repaired = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_commitfs"))
+        .args(["check", "--repair"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&repaired.stdout).into_owned();
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 1500);
+    let unreadable: Vec<u64> = (0..1500)
+        .filter(|&number| store.read_message(&partition, number).ok() != Some(long_line(number)))
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}\n{report}");
+}
