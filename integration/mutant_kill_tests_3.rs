@@ -612,3 +612,31 @@ fn a_repaired_span_reaching_the_end_of_a_file_opens_and_serves_the_rest() {
         .collect();
     assert_eq!(unreadable.len(), 1, "{unreadable:?}\n{report}");
 }
+
+/// Kills `+` -> `-` in `Scanner::next_valid_record` (which, for damage at a file's first
+/// byte, looked for valid records from past the file's end): damage at the very start of
+/// the newest commit-log file, with valid records after it in that file, refuses the open
+/// and keeps the file, rather than cutting the log there as a torn tail.
+#[test]
+fn damage_at_the_first_byte_of_the_newest_file_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = filled_without_checkpoint(dir.path(), 1500);
+    let newest = files.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    assert!(batch_starts(&bytes).len() > 2);
+    for byte in &mut bytes[8..12] {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(newest, &bytes).unwrap();
+
+    let error = Store::open(dir.path(), config())
+        .err()
+        .expect("the open is refused");
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NeedsRepair { .. }), "{text}");
+    assert!(
+        text.contains(&format!("{} byte 0:", newest.display())),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(newest).unwrap(), bytes, "nothing cut");
+}
