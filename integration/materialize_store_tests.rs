@@ -146,33 +146,26 @@ fn a_writer_that_never_pauses_still_gets_its_sealed_segments_copied() {
     let copied = AtomicBool::new(false);
     // Copying waits while the log grows (it would take the writer's CPU), but not forever: the
     // writer appends every few milliseconds, so the log grows between any two looks.
-    let appended_while_waiting = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
-            let mut appended = 0u64;
             while !copied.load(Ordering::Acquire) && Instant::now() < deadline {
                 let message = NewMessage {
                     payload: b"x",
                     key_len: None,
                 };
                 store.append_batch(&partition, &[message]).unwrap();
-                appended += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            appended
         });
         while !partition.segments().unwrap()[0].materialized && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         copied.store(true, Ordering::Release);
-        writer.join().unwrap()
+        writer.join().unwrap();
     });
     assert!(
         partition.segments().unwrap()[0].materialized,
         "segment 0 was not copied within a minute of appends that never paused"
-    );
-    assert!(
-        appended_while_waiting > 10,
-        "the writer stopped before segment 0 sealed"
     );
     store.close().unwrap();
 }
