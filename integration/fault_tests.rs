@@ -11,13 +11,15 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-use commitfs::store::faults::{assume_durable, durable_image, record_durability};
+use commitfs::store::faults::record_durability;
 use commitfs::store::{
     FlushPolicy, NewMessage, Store, StoreConfig, StoreError, Topic, TopicSettings,
 };
 use fail::FailScenario;
 
 mod fixtures;
+
+use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
 
 const PARTITIONS: u32 = 3;
 const NEVER: u64 = 3_600_000;
@@ -197,28 +199,6 @@ fn assert_holds_a_prefix(store: &Store, appended: &Acknowledged, at_least: &[usi
     served.iter().map(Vec::len).collect()
 }
 
-/// What a machine crash leaves in place of bytes that were never made durable.
-#[derive(Clone, Copy, Debug)]
-enum Fill {
-    Zeros,
-    Garbage,
-    /// The page cache wrote some pages back on its own (every other page, from `phase`), the
-    /// rest are as they were last made durable or zero: out-of-order writeback.
-    PartlyWrittenBack {
-        phase: u64,
-    },
-}
-
-/// How a power loss treats what was not made durable.
-#[derive(Clone, Copy, Debug)]
-struct PowerLoss {
-    fill: Fill,
-    /// Files whose names were never synced into their directory survive as well (the file
-    /// system's journal had them): recovery then starts from the checkpoint instead of
-    /// rebuilding lost queue and index files, and must find what the checkpoint vouches for.
-    unsynced_names_survive: bool,
-}
-
 const POWER_LOSSES: [PowerLoss; 8] = {
     let fills = [
         Fill::Zeros,
@@ -245,58 +225,6 @@ const ZEROS: PowerLoss = PowerLoss {
     fill: Fill::Zeros,
     unsynced_names_survive: false,
 };
-
-/// Copies the data directory `from` to `to` as a power loss now would leave it: a followed
-/// file keeps only what was made durable (the rest per `fill`), a file whose name was never
-/// synced into its directory is gone. The copy's files count as durable from then on.
-fn crash_copy(from: &Path, to: &Path, loss: PowerLoss) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            crash_copy(&entry.path(), &target, loss);
-            continue;
-        }
-        let current = std::fs::read(entry.path()).unwrap();
-        let bytes = match durable_image(&entry.path()) {
-            None => current,
-            Some(image) if !image.linked && !loss.unsynced_names_survive => continue,
-            Some(image) => {
-                let mut bytes: Vec<u8> = match loss.fill {
-                    Fill::Zeros | Fill::PartlyWrittenBack { .. } => vec![0; current.len()],
-                    Fill::Garbage => (0..current.len())
-                        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
-                        .collect(),
-                };
-                for range in &image.durable {
-                    let (start, end) =
-                        (range.start as usize, (range.end as usize).min(bytes.len()));
-                    bytes[start..end].copy_from_slice(&image.bytes[start..end]);
-                }
-                if let Fill::PartlyWrittenBack { phase } = loss.fill {
-                    for (page, chunk) in bytes.chunks_mut(4096).enumerate() {
-                        if (page as u64 + phase) % 2 == 0 {
-                            let at = page * 4096;
-                            chunk.copy_from_slice(&current[at..at + chunk.len()]);
-                        }
-                    }
-                }
-                bytes
-            }
-        };
-        std::fs::write(&target, bytes).unwrap();
-        assume_durable(&target);
-        if entry.file_name() == "abort" {
-            // The machine went down with the store open: its marker predates the next boot.
-            std::fs::File::options()
-                .write(true)
-                .open(&target)
-                .and_then(|f| f.set_modified(std::time::UNIX_EPOCH))
-                .unwrap();
-        }
-    }
-}
 
 /// A store opened on a crash copy of a data directory.
 struct AfterPowerLoss {

@@ -11,22 +11,7 @@ use fail::FailScenario;
 
 mod fixtures;
 
-fn line(number: u64) -> Vec<u8> {
-    format!("line {number}\n").into_bytes()
-}
-
-fn append_lines(store: &Store, partition: &Partition, from: u64, to: u64) {
-    for number in from..to {
-        store.append(partition, &line(number), None).unwrap();
-    }
-}
-
-fn assert_reads(store: &Store, partition: &Partition, from: u64, to: u64) {
-    for number in from..to {
-        let read = store.read_message(partition, number);
-        assert_eq!(read.ok(), Some(line(number)), "offset {number}");
-    }
-}
+use fixtures::{append_lines, assert_reads, line};
 
 /// A store of one single-partition topic `t` with `max_open_files` 16.
 fn store_with_budget(dir: &std::path::Path) -> (Arc<Store>, Arc<Partition>) {

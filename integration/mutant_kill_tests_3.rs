@@ -4,9 +4,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use commitfs::store::{Partition, Store, StoreConfig, StoreError};
+use commitfs::store::{Store, StoreConfig, StoreError};
 
 mod fixtures;
+
+#[cfg(feature = "failpoints")]
+use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
+use fixtures::{append_lines, assert_reads, batch_starts};
 
 fn config() -> StoreConfig {
     fixtures::small_store_config()
@@ -14,23 +18,6 @@ fn config() -> StoreConfig {
 
 fn open(dir: &Path) -> Arc<Store> {
     Store::open(dir, config()).expect("open store")
-}
-
-fn line(number: u64) -> Vec<u8> {
-    format!("line {number}\n").into_bytes()
-}
-
-fn append_lines(store: &Store, partition: &Partition, from: u64, to: u64) {
-    for number in from..to {
-        store.append(partition, &line(number), None).unwrap();
-    }
-}
-
-fn assert_reads(store: &Store, partition: &Partition, from: u64, to: u64) {
-    for number in from..to {
-        let read = store.read_message(partition, number);
-        assert_eq!(read.ok(), Some(line(number)), "offset {number}");
-    }
 }
 
 /// Replaces the first `from` in the metadata file `name` under `dir`.
@@ -282,41 +269,6 @@ fn the_queues_of_a_topic_deleted_before_a_crash_are_removed_at_the_next_open() {
     );
 }
 
-/// Copies the data directory `from` to `to` as a power loss now would leave it: the bytes
-/// of a file the store followed (created since `record_durability`) that it never made
-/// durable read as zeroes; every name survives; the abort marker predates the next boot.
-#[cfg(feature = "failpoints")]
-fn power_loss_copy(from: &Path, to: &Path) {
-    use commitfs::store::faults::{assume_durable, durable_image};
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let (path, target) = (entry.path(), to.join(entry.file_name()));
-        if entry.file_type().unwrap().is_dir() {
-            power_loss_copy(&path, &target);
-            continue;
-        }
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(image) = durable_image(&path) {
-            let mut left = vec![0; bytes.len()];
-            for range in &image.durable {
-                let (start, end) = (range.start as usize, (range.end as usize).min(left.len()));
-                left[start..end].copy_from_slice(&image.bytes[start..end]);
-            }
-            bytes = left;
-        }
-        std::fs::write(&target, bytes).unwrap();
-        assume_durable(&target);
-        if entry.file_name() == "abort" {
-            std::fs::File::options()
-                .write(true)
-                .open(&target)
-                .and_then(|f| f.set_modified(std::time::UNIX_EPOCH))
-                .unwrap();
-        }
-    }
-}
-
 /// Kills deleting `settle_offsets`'s `Plan::Rebuild` arm (which counted the rebuilt
 /// consume-queue entries below the checkpoint's end as already on disk): the entries an
 /// open rebuilds are made durable by the checkpoint it writes, so a power loss right after
@@ -339,7 +291,14 @@ fn consume_queue_entries_rebuilt_at_an_open_survive_a_power_loss_right_after_it(
     drop(store);
 
     let copy = tempfile::tempdir().unwrap();
-    power_loss_copy(dir.path(), copy.path());
+    crash_copy(
+        dir.path(),
+        copy.path(),
+        PowerLoss {
+            fill: Fill::Zeros,
+            unsynced_names_survive: true,
+        },
+    );
     let store = open(copy.path());
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     assert_eq!(partition.end_offset(), 30);
@@ -374,23 +333,6 @@ fn filled_without_checkpoint(dir: &Path, count: u64) -> Vec<std::path::PathBuf> 
         .collect();
     files.sort();
     files
-}
-
-/// Start of every batch of a commit-log file (README "On-disk format": a batch starts
-/// with its size and the magic 0xC0F5BA7C).
-fn batch_starts(bytes: &[u8]) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let magic = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        if magic != 0xC0F5_BA7C || size < 60 {
-            break;
-        }
-        starts.push(at);
-        at += size;
-    }
-    starts
 }
 
 /// Kills `offset > next && !after_skip` -> `false` and `>` -> `<` in `Recovering::dispatch`:

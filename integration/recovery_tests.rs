@@ -91,22 +91,6 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Start of every batch of one commit-log file (these tests append one message per batch).
-fn record_starts(bytes: &[u8]) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let magic = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        if magic != 0xC0F5_BA7C || size < 60 {
-            break;
-        }
-        starts.push(at);
-        at += size;
-    }
-    starts
-}
-
 /// Runs the built `commitfs` with a timeout.
 fn commitfs(args: &[&str], dir: &Path) -> Output {
     Command::new("timeout")
@@ -163,7 +147,7 @@ fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_
     let second = &files[1];
     let mut bytes = std::fs::read(second).unwrap();
     let middle = bytes.len() / 2;
-    let damaged_record = *record_starts(&bytes)
+    let damaged_record = *fixtures::batch_starts(&bytes)
         .iter()
         .rev()
         .find(|&&s| s <= middle)
@@ -538,7 +522,7 @@ fn a_torn_tail_before_an_empty_prepared_file_is_still_cut() {
     std::fs::write(&prepared, vec![0u8; 64 * 1024]).unwrap();
     // The newest record torn.
     let mut bytes = std::fs::read(last).unwrap();
-    let newest = *record_starts(&bytes).last().unwrap();
+    let newest = *fixtures::batch_starts(&bytes).last().unwrap();
     bytes[newest + 20..newest + 60].fill(0);
     std::fs::write(last, &bytes).unwrap();
 
