@@ -28,19 +28,25 @@ fn edit_meta_file(dir: &Path, name: &str, from: &str, to: &str) {
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
 }
 
+/// A closed store whose topic `t` has `partitions` partitions, five lines in each of 0 and 1.
+fn closed_store_with_two_filled_partitions(dir: &Path, partitions: u32) {
+    let store = open(dir);
+    let topic = store
+        .create_topic("t", fixtures::keyed_topic(partitions))
+        .unwrap();
+    append_lines(&store, &topic.partition(0).unwrap(), 0, 5);
+    append_lines(&store, &topic.partition(1).unwrap(), 0, 5);
+    drop(topic);
+    store.close().unwrap();
+}
+
 /// Kills `>` -> `==`, `<` and `>=` in `check_data_against_meta`'s checkpoint check: when
 /// only the checkpoint still counts the messages of a partition the metadata dropped, the
 /// open is refused; a dropped partition that never held a message is no disagreement.
 #[test]
 fn a_checkpoint_counting_messages_of_a_dropped_partition_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let topic = store.create_topic("t", fixtures::keyed_topic(3)).unwrap();
-    append_lines(&store, &topic.partition(0).unwrap(), 0, 5);
-    append_lines(&store, &topic.partition(1).unwrap(), 0, 5);
-    drop(topic);
-    store.close().unwrap();
-    drop(store);
+    closed_store_with_two_filled_partitions(dir.path(), 3);
 
     // Partition 2 never held a message: dropping it from the count opens.
     edit_meta_file(
@@ -165,27 +171,11 @@ fn the_largest_message_is_what_fits_in_one_commit_log_file() {
     assert_eq!(store.read_message(&partition, 0).unwrap().len(), largest);
 }
 
-/// Rewrites the checkpoint without the mark of `partition` of topic `topic_id` (README
-/// "On-disk format": 32-byte partition marks after a 36-byte head, then a CRC32C).
+/// Rewrites the checkpoint without the mark of `partition` of topic `topic_id`.
 fn checkpoint_without_partition(dir: &Path, topic_id: u32, partition: u32) {
-    let path = dir.join("checkpoint");
-    let bytes = std::fs::read(&path).unwrap();
-    let count = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize;
-    let kept: Vec<&[u8]> = (0..count)
-        .map(|i| &bytes[36 + i * 32..68 + i * 32])
-        .filter(|mark| {
-            let id = u32::from_le_bytes(mark[0..4].try_into().unwrap());
-            let index = u32::from_le_bytes(mark[4..8].try_into().unwrap());
-            (id, index) != (topic_id, partition)
-        })
-        .collect();
-    assert_eq!(kept.len(), count - 1);
-    let mut out = bytes[..32].to_vec();
-    out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
-    kept.iter().for_each(|mark| out.extend_from_slice(mark));
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    std::fs::write(&path, out).unwrap();
+    let dropped =
+        fixtures::rewrite_checkpoint_without(dir, |id, index| (id, index) == (topic_id, partition));
+    assert_eq!(dropped, 1);
 }
 
 /// Kills `holds_queue_files -> false`: when only the consume queue of a partition the
@@ -194,13 +184,7 @@ fn checkpoint_without_partition(dir: &Path, topic_id: u32, partition: u32) {
 #[test]
 fn a_consume_queue_holding_messages_of_a_dropped_partition_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let topic = store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
-    append_lines(&store, &topic.partition(0).unwrap(), 0, 5);
-    append_lines(&store, &topic.partition(1).unwrap(), 0, 5);
-    drop(topic);
-    store.close().unwrap();
-    drop(store);
+    closed_store_with_two_filled_partitions(dir.path(), 2);
 
     edit_meta_file(
         dir.path(),

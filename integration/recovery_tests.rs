@@ -273,23 +273,10 @@ fn an_open_waits_briefly_for_a_lock_that_is_being_released() {
     assert!(holder.wait().unwrap().success());
 }
 
-/// A checkpoint file without the marks of `topic_id`'s partitions (CRC recomputed).
+/// A checkpoint file without the marks of `topic_id`'s partitions.
 fn checkpoint_without_topic(dir: &Path, topic_id: u32) {
-    let path = dir.join("checkpoint");
-    let bytes = std::fs::read(&path).unwrap();
-    let count = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize;
-    let kept: Vec<&[u8]> = (0..count)
-        // README "On-disk format": 32-byte partition marks after a 36-byte head.
-        .map(|i| &bytes[36 + i * 32..68 + i * 32])
-        .filter(|mark| u32::from_le_bytes(mark[0..4].try_into().unwrap()) != topic_id)
-        .collect();
-    assert!(kept.len() < count);
-    let mut out = bytes[..32].to_vec();
-    out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
-    kept.iter().for_each(|mark| out.extend_from_slice(mark));
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    std::fs::write(&path, out).unwrap();
+    let dropped = fixtures::rewrite_checkpoint_without(dir, |id, _| id == topic_id);
+    assert!(dropped > 0);
 }
 
 #[test]
