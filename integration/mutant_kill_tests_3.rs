@@ -40,6 +40,36 @@ fn closed_store_with_two_filled_partitions(dir: &Path, partitions: u32) {
     store.close().unwrap();
 }
 
+/// Damages 4 bytes from `at` (each XORed with 0xA5).
+fn flip_four_bytes(bytes: &mut [u8], at: usize) {
+    for byte in &mut bytes[at..at + 4] {
+        *byte ^= 0xA5;
+    }
+}
+
+/// Runs `commitfs check --repair` on `dir`, which must report damage it repaired (exit
+/// status 1); returns its report.
+fn repair(dir: &Path) -> String {
+    let repaired = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_commitfs"))
+        .args(["check", "--repair"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&repaired.stdout).into_owned();
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    report
+}
+
+/// The lines of a repair's report that name offsets lost in a damaged span.
+fn lost_spans(report: &str) -> Vec<&str> {
+    report
+        .lines()
+        .filter(|line| line.contains(" lost in a damaged span"))
+        .collect()
+}
+
 /// Kills `>` -> `==`, `<` and `>=` in `check_data_against_meta`'s checkpoint check: when
 /// only the checkpoint still counts the messages of a partition the metadata dropped, the
 /// open is refused; a dropped partition that never held a message is no disagreement.
@@ -429,24 +459,11 @@ fn repair_reports_only_offsets_that_were_lost(damaged: usize) {
     let files = filled_without_checkpoint(dir.path(), 1500);
     let mut bytes = std::fs::read(&files[damaged]).unwrap();
     let middle = bytes.len() / 2;
-    for byte in &mut bytes[middle..middle + 4] {
-        *byte ^= 0xA5;
-    }
+    flip_four_bytes(&mut bytes, middle);
     std::fs::write(&files[damaged], &bytes).unwrap();
 
-    let repaired = std::process::Command::new("timeout")
-        .arg("60")
-        .arg(env!("CARGO_BIN_EXE_commitfs"))
-        .args(["check", "--repair"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&repaired.stdout).into_owned();
-    assert_eq!(repaired.status.code(), Some(1), "{report}");
-    let lost: Vec<&str> = report
-        .lines()
-        .filter(|line| line.contains(" lost in a damaged span"))
-        .collect();
+    let report = repair(dir.path());
+    let lost = lost_spans(&report);
     assert_eq!(lost.len(), 1, "{report}");
     let range = lost[0].split(" offsets ").nth(1).unwrap();
     let (from, to) = range
@@ -515,20 +532,10 @@ fn a_repaired_span_reaching_the_end_of_a_file_opens_and_serves_the_rest() {
     assert!(files.len() >= 3, "{} commit-log files", files.len());
     let mut bytes = std::fs::read(&files[1]).unwrap();
     let newest = *batch_starts(&bytes).last().unwrap();
-    for byte in &mut bytes[newest + 70..newest + 74] {
-        *byte ^= 0xA5;
-    }
+    flip_four_bytes(&mut bytes, newest + 70);
     std::fs::write(&files[1], &bytes).unwrap();
 
-    let repaired = std::process::Command::new("timeout")
-        .arg("60")
-        .arg(env!("CARGO_BIN_EXE_commitfs"))
-        .args(["check", "--repair"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&repaired.stdout).into_owned();
-    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    let report = repair(dir.path());
 
     let store = open(dir.path());
     let partition = store.topic("t").unwrap().partition(0).unwrap();
@@ -550,9 +557,7 @@ fn damage_at_the_first_byte_of_the_newest_file_refuses_the_open() {
     let newest = files.last().unwrap();
     let mut bytes = std::fs::read(newest).unwrap();
     assert!(batch_starts(&bytes).len() > 2);
-    for byte in &mut bytes[8..12] {
-        *byte ^= 0xA5;
-    }
+    flip_four_bytes(&mut bytes, 8);
     std::fs::write(newest, &bytes).unwrap();
 
     let error = Store::open(dir.path(), config())
@@ -589,24 +594,11 @@ fn a_partition_starting_after_a_repaired_span_is_not_reported_lost() {
     let log = dir.path().join("commitlog/00000000000000065536");
     let mut bytes = std::fs::read(&log).unwrap();
     let middle = bytes.len() / 2;
-    for byte in &mut bytes[middle..middle + 4] {
-        *byte ^= 0xA5;
-    }
+    flip_four_bytes(&mut bytes, middle);
     std::fs::write(&log, &bytes).unwrap();
 
-    let repaired = std::process::Command::new("timeout")
-        .arg("60")
-        .arg(env!("CARGO_BIN_EXE_commitfs"))
-        .args(["check", "--repair"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&repaired.stdout).into_owned();
-    assert_eq!(repaired.status.code(), Some(1), "{report}");
-    let lost: Vec<&str> = report
-        .lines()
-        .filter(|line| line.contains(" lost in a damaged span"))
-        .collect();
+    let report = repair(dir.path());
+    let lost = lost_spans(&report);
     assert_eq!(lost.len(), 1, "{report}");
     assert!(lost[0].contains(" partition 0: "), "{report}");
     let store = open(dir.path());
