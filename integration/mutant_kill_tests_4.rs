@@ -79,3 +79,36 @@ fn the_segment_after_a_released_one_keeps_its_bytes_when_its_file_is_damaged() {
     }
     store.close().unwrap();
 }
+
+/// Kills `&&` -> `||` in `release_materialized_log`'s choice of segments, which took every
+/// segment with a file again: a second release gives back only what a newly sealed segment
+/// holds, and nothing when there is none.
+#[test]
+fn a_release_counts_only_the_segments_not_released_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 25);
+    assert_eq!(store.materialize_sealed().unwrap(), 2);
+    let segment_bytes = (PER_APPEND * MESSAGE_BYTES) as u64;
+    assert_eq!(store.release_materialized_log().unwrap(), 2 * segment_bytes);
+    assert_eq!(store.release_materialized_log().unwrap(), 0);
+
+    // Messages 25..30 fill and seal segment 20.
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let bytes: Vec<Vec<u8>> = (25..30).map(message).collect();
+    let batch: Vec<NewMessage<'_>> = bytes
+        .iter()
+        .enumerate()
+        .map(|(n, payload)| NewMessage {
+            payload,
+            key_len: Some(format!("k{}", 25 + n).len()),
+        })
+        .collect();
+    store.append_batch(&partition, &batch).unwrap();
+    assert_eq!(store.materialize_sealed().unwrap(), 1);
+    assert_eq!(store.release_materialized_log().unwrap(), segment_bytes);
+    for i in 0..30 {
+        let read = store.read_message(&partition, i as u64);
+        assert_eq!(read.ok(), Some(message(i)), "message {i}");
+    }
+    store.close().unwrap();
+}
