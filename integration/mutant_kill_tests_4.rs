@@ -112,3 +112,70 @@ fn a_release_counts_only_the_segments_not_released_before() {
     }
     store.close().unwrap();
 }
+
+/// Appends messages `from..to` to partition 0 of topic `t` as one batch.
+fn append_batch(store: &Store, from: usize, to: usize) {
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let bytes: Vec<Vec<u8>> = (from..to).map(message).collect();
+    let batch: Vec<NewMessage<'_>> = bytes
+        .iter()
+        .enumerate()
+        .map(|(n, payload)| NewMessage {
+            payload,
+            key_len: Some(format!("k{}", from + n).len()),
+        })
+        .collect();
+    store.append_batch(&partition, &batch).unwrap();
+}
+
+/// Kills `segment_file_shift` -> `Ok(0)`: the disk ceiling took the oldest messages of the
+/// then active segment, so once sealed its file starts part way into it; its messages still
+/// read once the log gave their bytes back.
+#[test]
+fn a_segment_the_disk_ceiling_cut_into_reads_once_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 16 * 1024,
+        segment_messages: 20,
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    append_batch(&store, 0, 10);
+    append_batch(&store, 10, 15);
+    // A 16 KiB log file holds the first two batches: this one starts the next file.
+    append_batch(&store, 15, 18);
+    store.close().unwrap();
+    drop(store);
+
+    let ceiling = StoreConfig {
+        max_disk_bytes: Some(1),
+        ..config.clone()
+    };
+    let store = Store::open(dir.path(), ceiling).unwrap();
+    store.enforce_retention().unwrap();
+    let start = store
+        .topic("t")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .start_offset();
+    assert!(
+        start > 0 && start < 20,
+        "the ceiling kept messages from {start}"
+    );
+    store.close().unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path(), config).unwrap();
+    append_batch(&store, 18, 20);
+    append_batch(&store, 20, 25);
+    assert_eq!(store.materialize_sealed().unwrap(), 1);
+    assert!(store.release_materialized_log().unwrap() > 0);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    for i in start..25 {
+        let read = store.read_message(&partition, i);
+        assert_eq!(read.ok(), Some(message(i as usize)), "message {i}");
+    }
+    store.close().unwrap();
+}
