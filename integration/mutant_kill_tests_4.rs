@@ -179,3 +179,34 @@ fn a_segment_the_disk_ceiling_cut_into_reads_once_released() {
     }
     store.close().unwrap();
 }
+
+/// Kills `&&` -> `||` in `release_segment`'s marking, which marked the segment released after
+/// checking only its first batch against the file: a segment whose file is damaged in its
+/// second batch keeps its bytes in the log, and every message still reads.
+#[test]
+fn a_segment_whose_file_is_damaged_in_a_later_batch_keeps_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    for first in (0..25).step_by(5) {
+        append_batch(&store, first, first + 5);
+    }
+    assert_eq!(store.materialize_sealed().unwrap(), 2);
+    // Byte 7000 of segment 0's file is in its second batch (messages 5..10).
+    let damaged = segment_file(dir.path(), 0);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[7000] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    assert_eq!(
+        store.release_materialized_log().unwrap(),
+        (PER_APPEND * MESSAGE_BYTES) as u64
+    );
+    assert!(!damaged.with_extension("log.released").exists());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    for i in 0..25 {
+        let read = store.read_message(&partition, i as u64);
+        assert_eq!(read.ok(), Some(message(i)), "message {i}");
+    }
+    store.close().unwrap();
+}
