@@ -3,43 +3,11 @@
 
 mod fixtures;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use fixtures::released::{
+    append_batch, config, message, segment_file, store_with, MESSAGE_BYTES, PER_APPEND,
+};
 
-use commitfs::store::{NewMessage, Store, StoreConfig};
-
-/// Messages per append: each append is one batch of 10,000 bytes of messages, one segment.
-const PER_APPEND: usize = 10;
-const MESSAGE_BYTES: usize = 1000;
-
-fn config() -> StoreConfig {
-    StoreConfig {
-        commit_log_file_bytes: 1 << 20,
-        ..fixtures::small_store_config()
-    }
-}
-
-/// Message `i`: key `k<i>`, then `:`, then a letter that changes with `i`.
-fn message(i: usize) -> Vec<u8> {
-    let mut bytes = format!("k{i}:").into_bytes();
-    bytes.resize(MESSAGE_BYTES, b'a' + (i % 26) as u8);
-    bytes
-}
-
-/// A store with `messages` messages in partition 0 of keyed topic `t`, one batch (and one
-/// segment) per ten.
-fn store_with(dir: &Path, messages: usize) -> Arc<Store> {
-    let store = Store::open(dir, config()).unwrap();
-    store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    for first in (0..messages).step_by(PER_APPEND) {
-        append_batch(&store, first, messages.min(first + PER_APPEND));
-    }
-    store
-}
-
-fn segment_file(dir: &Path, base: u64) -> PathBuf {
-    dir.join("segments/1/0").join(format!("{base:020}.log"))
-}
+use commitfs::store::{Store, StoreConfig};
 
 /// Kills `&&` -> `||` in `release_materialized_log`'s choice of segments, which took every
 /// segment with a file again: a second release gives back only what a newly sealed segment
@@ -63,21 +31,6 @@ fn a_release_counts_only_the_segments_not_released_before() {
         assert_eq!(read.ok(), Some(message(i)), "message {i}");
     }
     store.close().unwrap();
-}
-
-/// Appends messages `from..to` to partition 0 of topic `t` as one batch.
-fn append_batch(store: &Store, from: usize, to: usize) {
-    let partition = store.topic("t").unwrap().partition(0).unwrap();
-    let bytes: Vec<Vec<u8>> = (from..to).map(message).collect();
-    let batch: Vec<NewMessage<'_>> = bytes
-        .iter()
-        .enumerate()
-        .map(|(n, payload)| NewMessage {
-            payload,
-            key_len: Some(format!("k{}", from + n).len()),
-        })
-        .collect();
-    store.append_batch(&partition, &batch).unwrap();
 }
 
 /// Kills `segment_file_shift` -> `Ok(0)`: the disk ceiling took the oldest messages of the

@@ -6,56 +6,14 @@
 
 mod fixtures;
 
+use fixtures::released::{config, key, message, segment_file, store_with, MESSAGE_BYTES};
+
 use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use commitfs::store::{NewMessage, Store, StoreConfig};
-
-/// Messages per append: each append is one batch of 10,000 bytes of messages, one segment.
-const PER_APPEND: usize = 10;
-const MESSAGE_BYTES: usize = 1000;
-
-fn config() -> StoreConfig {
-    StoreConfig {
-        commit_log_file_bytes: 1 << 20,
-        ..fixtures::small_store_config()
-    }
-}
-
-/// Message `i`: key `k<i>`, then `:`, then a letter that changes with `i`.
-fn message(i: usize) -> Vec<u8> {
-    let mut bytes = format!("k{i}:").into_bytes();
-    bytes.resize(MESSAGE_BYTES, b'a' + (i % 26) as u8);
-    bytes
-}
-
-fn key(i: usize) -> Vec<u8> {
-    format!("k{i}").into_bytes()
-}
-
-/// A store with `messages` messages in partition 0 of keyed topic `t`, written ten at a time.
-fn store_with(dir: &Path, messages: usize) -> Arc<Store> {
-    let store = Store::open(dir, config()).unwrap();
-    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    let partition = topic.partition(0).unwrap();
-    for first in (0..messages).step_by(PER_APPEND) {
-        let bytes: Vec<Vec<u8>> = (first..messages.min(first + PER_APPEND))
-            .map(message)
-            .collect();
-        let batch: Vec<NewMessage<'_>> = bytes
-            .iter()
-            .enumerate()
-            .map(|(n, payload)| NewMessage {
-                payload,
-                key_len: Some(key(first + n).len()),
-            })
-            .collect();
-        store.append_batch(&partition, &batch).unwrap();
-    }
-    store
-}
 
 /// The blocks the commit-log files occupy on disk, in bytes.
 fn log_disk_bytes(dir: &Path) -> u64 {
@@ -63,10 +21,6 @@ fn log_disk_bytes(dir: &Path) -> u64 {
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
         .sum()
-}
-
-fn segment_file(dir: &Path, base: u64) -> PathBuf {
-    dir.join("segments/1/0").join(format!("{base:020}.log"))
 }
 
 /// Every message by offset, by key, through the `stream` and through its segment's reader.
