@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use commitfs::store::{Store, StoreConfig, StoreError};
+use commitfs::store::{Partition, Store, StoreConfig, StoreError};
 
 mod fixtures;
 
@@ -324,6 +324,14 @@ fn long_line(number: u64) -> Vec<u8> {
     format!("line {number} {}\n", "x".repeat(90)).into_bytes()
 }
 
+/// Asserts that each of `numbers` reads back as `long_line(number)`.
+fn assert_long_lines(store: &Store, partition: &Partition, numbers: impl Iterator<Item = u64>) {
+    for number in numbers {
+        let read = store.read_message(partition, number);
+        assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
+    }
+}
+
 /// A store of one single-partition topic `t` holding `count` long lines, closed cleanly,
 /// with its checkpoint removed (the next open rebuilds from the whole log); the commit-log
 /// files, oldest first.
@@ -392,10 +400,7 @@ fn a_rebuilt_partition_starts_at_its_first_message_still_in_the_log() {
     let start = partition.start_offset();
     assert!(start > 0, "the partition starts at {start}");
     assert_eq!(partition.end_offset(), 1500);
-    for number in start..1500 {
-        let read = store.read_message(&partition, number);
-        assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
-    }
+    assert_long_lines(&store, &partition, start..1500);
     assert!(store.read_message(&partition, start - 1).is_err());
 }
 
@@ -477,10 +482,11 @@ fn repair_reports_only_offsets_that_were_lost(damaged: usize) {
 
     let store = open(dir.path());
     let partition = store.topic("t").unwrap().partition(0).unwrap();
-    for number in (0..1500).filter(|n| !(from..to).contains(n)) {
-        let read = store.read_message(&partition, number);
-        assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
-    }
+    assert_long_lines(
+        &store,
+        &partition,
+        (0..1500).filter(|n| !(from..to).contains(n)),
+    );
 }
 
 /// Kills `>` -> `>=` in `Scanner::scan`'s choice of files: after an unclean stop whose
@@ -515,10 +521,7 @@ fn recovery_from_a_checkpoint_ending_at_a_file_boundary_keeps_every_later_messag
     let store = open(dir.path());
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     assert_eq!(partition.end_offset(), 1500);
-    for number in 0..1500 {
-        let read = store.read_message(&partition, number);
-        assert_eq!(read.ok(), Some(long_line(number)), "offset {number}");
-    }
+    assert_long_lines(&store, &partition, 0..1500);
 }
 
 /// Kills `+` -> `*` in `Scanner::scan_file` where a skip marker reaches the end of a
