@@ -414,9 +414,13 @@ impl Staged<'_> {
         }
     }
 
-    /// Starts loading the index slots of the batch's keys.
+    /// Starts loading the index slots of the batch's first keys; its copy loads the rest
+    /// `SLOTS_AHEAD` messages ahead of itself.
     fn prefetch_slots(&self, batch: &PlannedBatch, index: &IndexRoom<'_>) {
-        for &hash in &self.scratch.key_hashes[batch.messages.clone()] {
+        for &hash in self.scratch.key_hashes[batch.messages.clone()]
+            .iter()
+            .take(SLOTS_AHEAD)
+        {
             if hash != 0 {
                 index.prefetch_slot(hash);
             }
