@@ -14,7 +14,8 @@
 # per byte of message.
 #
 # The machine is shared and noisy: compare the ratios of one run, not absolute figures across
-# runs. Every command that touches a mount runs under `timeout`, and the EXIT trap unmounts
+# runs. Each rep runs the file systems in a different order (and materialize_segments on and off),
+# so that none always goes first. Every command that touches a mount runs under `timeout`, and the EXIT trap unmounts
 # whatever is still mounted however the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -172,21 +173,28 @@ warm_reads() { # ROW FS FILE
     record "$1" "$2" "$(calc "($t1 - $t0) / $WARM_READS")"
 }
 
+# The file systems in the order rep $1 runs them: each leads in turn, so that no row always
+# runs first (or last) in a rep, right after a drop of the page cache or another's writes.
+rotated() { # REP WORD...
+    local lead=$(($1 % ($# - 1))) words=("${@:2}")
+    echo "${words[@]:lead}" "${words[@]:0:lead}"
+}
+
 for rep in $(seq "$REPS"); do
     mount_all
-    for fs in native bindfs commitfs; do
+    for fs in $(rotated "$rep" native bindfs commitfs); do
         f=$(append_file "$fs")
         timed_cat cat "$fs" "$WORK/lines" "$f"
         echo "$LINE" >>"$f"   # seals commitfs's segment; the same line everywhere
     done
     # The read rows read the sealed segment's own file: wait for the copy, outside the rows.
     materialized "$(read_file commitfs)"
-    for fs in native bindfs commitfs; do
+    for fs in $(rotated "$rep" native bindfs commitfs); do
         timed_cat keyed1 "$fs" "$WORK/keyed" "$(topic_append_file "$fs" keyed1)"
         timed_cat keyedmany "$fs" "$WORK/keyed" "$(topic_append_file "$fs" "keyed$MANY_PARTITIONS")"
         timed_cat unkeyed1 "$fs" "$WORK/lines" "$(topic_append_file "$fs" unkeyed1)"
     done
-    for fs in native bindfs commitfs; do
+    for fs in $(rotated "$rep" native bindfs commitfs); do
         f=$(read_file "$fs")
         drop_caches
         t0=$(now); bounded dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
@@ -203,7 +211,7 @@ for rep in $(seq "$REPS"); do
     record read1 fallback "$(calc "$t1 - $t0")"
     warm_reads read2 fallback "$f"
     # cat into a partition whose segments seal during it: copies made meanwhile, or none.
-    for materialize in true false; do
+    for materialize in $(rotated "$rep" true false); do
         bounded "$BIN" mount --config "$WORK/mat-$materialize.toml" "$MDATA" "$MMNT"
         mkdir "$MMNT/m"
         timed_cat "matcat-$materialize" commitfs "$WORK/lines" "$MMNT/m/0/active"
@@ -211,7 +219,7 @@ for rep in $(seq "$REPS"); do
         stopped "$MDATA"
         rm -rf "${MDATA:?}"/*
     done
-    for fs in native bindfs commitfs; do
+    for fs in $(rotated "$rep" native bindfs commitfs); do
         f=$(append_file "$fs")
         t0=$(now)
         # shellcheck disable=SC2016
