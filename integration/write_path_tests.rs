@@ -159,6 +159,19 @@ fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
         fixtures::key_matches(&store, &topic, "a"),
         [(0, 0, "a:WHOLE\n".into())]
     );
+    let next = fixtures::append_to_partitions(
+        &store,
+        &[
+            (p[2].clone(), vec!["c:3\n".into()]),
+            (p[0].clone(), vec!["a:2\n".into()]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        next,
+        [2, 1],
+        "first offsets in the order the batches were given"
+    );
 
     // One partition named twice would wait for its own lock: refused, nothing stored.
     let twice = fixtures::append_to_partitions(

@@ -493,9 +493,12 @@ pub(super) fn append_together<'a>(
     for (_, messages) in batches {
         check_messages(messages, to.max_message_bytes)?;
     }
-    let mut order: Vec<usize> = (0..batches.len()).collect();
-    order.sort_unstable_by_key(|&i| (batches[i].0.topic_id, batches[i].0.index));
     let key = |i: usize| (batches[i].0.topic_id, batches[i].0.index);
+    let mut order: Vec<usize> = (0..batches.len()).collect();
+    // The mount hands them over in partition order already.
+    if !order.is_sorted_by_key(|&i| key(i)) {
+        order.sort_unstable_by_key(|&i| key(i));
+    }
     if order.windows(2).any(|pair| key(pair[0]) == key(pair[1])) {
         return Err(StoreError::InvalidSetting(
             "one append names a partition twice".into(),
@@ -518,13 +521,11 @@ pub(super) fn append_together<'a>(
             staged.push(partition.stage(messages, mine, now)?);
         }
         commit(to, &mut staged)?;
-        let mut outcomes: Vec<(usize, AppendOutcome)> = order
-            .iter()
-            .zip(&staged)
-            .map(|(&i, s)| (i, s.outcome()))
-            .collect();
-        outcomes.sort_unstable_by_key(|&(i, _)| i);
-        Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+        let mut outcomes = vec![None; batches.len()];
+        for (&i, staged) in order.iter().zip(&staged) {
+            outcomes[i] = Some(staged.outcome());
+        }
+        Ok(outcomes.into_iter().flatten().collect())
     })
 }
 
