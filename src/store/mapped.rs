@@ -352,6 +352,22 @@ impl MappedFile {
         }
     }
 
+    /// Faults `[at, end)` in for writing (`MADV_POPULATE_WRITE`), on the caller's thread: the
+    /// stores a writer makes there later then find each page mapped, instead of each taking a
+    /// fault that reads and zeroes the page on the writer's thread. Allocated bytes only, so
+    /// that no fault has to allocate a block.
+    pub fn populate_for_writing(&self, at: u64, end: u64) -> std::io::Result<()> {
+        let end = end.min(self.allocated());
+        if end <= at {
+            return Ok(());
+        }
+        self.map.advise_range(
+            memmap2::Advice::PopulateWrite,
+            at as usize,
+            (end - at) as usize,
+        )
+    }
+
     /// A 32-bit atomic cell inside the mapping (used by the index's slot table and header).
     /// Safe: every access through the cell is atomic, and [`write`](Self::write)'s callers
     /// promise that no cell a reader may use lies in the range they store into.
