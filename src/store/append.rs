@@ -540,7 +540,7 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
         // for the lock fenced the store, and the log's end is no longer where it says.
         to.fence.check()?;
         let mut index = to.index.reserve(keyed, appender.position())?;
-        if let Some(job) = index.populate_ahead() {
+        if let Some(job) = index.populate_job() {
             to.log.prepare_later(job);
         }
         let file_bytes = appender.file_bytes();

@@ -10,10 +10,11 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
+use super::commitlog::PrepareJob;
 use super::error::{Result, StoreError};
 use super::format::{self, le_u32, le_u64, MessageAt};
 use super::mapped::{remove_file, MappedFile};
-use super::open_files::{Held, OpenFiles};
+use super::open_files::{populate_later, Held, OpenFiles};
 
 const MAGIC: u32 = 0xC0F5_1DC5;
 const VERSION: u32 = 2;
@@ -160,38 +161,25 @@ impl IndexFile {
     }
 
     /// Makes room for `count` more entries. Once less than half a chunk would be left after
-    /// them, allocates the next chunk too, and returns its bytes: they can be faulted in off
-    /// the writer's thread before the writer gets there.
+    /// them, allocates the next chunk too. Returns the bytes allocated past the entries, to
+    /// be faulted in off the writer's thread before the writer gets there.
     fn reserve(&self, count: u32) -> Result<Option<Range<u64>>> {
         let chunk = ENTRY_CHUNK * ENTRY_BYTES;
         let entry_end =
             self.entries_at() + (u64::from(self.count()) + u64::from(count)) * ENTRY_BYTES;
-        if entry_end > self.data.allocated() {
-            self.data
-                .allocate(entry_end.max(self.data.allocated() + chunk))?;
+        let had = self.data.allocated();
+        if entry_end > had {
+            self.data.allocate(entry_end.max(had + chunk))?;
         }
         let allocated = self.data.allocated();
-        if allocated - entry_end >= chunk / 2 || allocated >= self.data.capacity() {
-            return Ok(None);
-        }
-        // Not needed yet: on a full disk the reservation that needs it fails instead.
-        match self.data.allocate(allocated + chunk) {
-            Ok(()) => Ok(Some(allocated..self.data.allocated())),
-            Err(error) => {
+        if allocated - entry_end < chunk / 2 && allocated < self.data.capacity() {
+            // Not needed yet: on a full disk the reservation that needs it fails instead.
+            if let Err(error) = self.data.allocate(allocated + chunk) {
                 tracing::debug!("allocating index entries ahead of need failed: {error}");
-                Ok(None)
             }
         }
-    }
-
-    /// Faults `bytes` in for writing (see [`MappedFile::populate_for_writing`]).
-    fn populate(&self, bytes: Range<u64>) {
-        if let Err(error) = self.data.populate_for_writing(bytes.start, bytes.end) {
-            tracing::debug!(
-                "faulting in {} ahead of the writer failed: {error}",
-                self.data.path().display()
-            );
-        }
+        let ahead = entry_end.max(had)..self.data.allocated();
+        Ok((!ahead.is_empty()).then_some(ahead))
     }
 
     fn insert(&self, hash: u64, at: MessageAt) {
@@ -274,21 +262,17 @@ pub struct IndexRoom<'a> {
     _writer: Option<MutexGuard<'a, ()>>,
     /// The file the next entry goes to.
     current: Option<Arc<IndexFile>>,
-    /// Bytes the reservation allocated ahead of the entries, to be faulted in.
-    allocated_ahead: Option<(Weak<IndexFile>, Range<u64>)>,
+    /// Faults in the bytes the reservation allocated past its entries: with a key per
+    /// message, a page fault on the writer's thread every 170 entries was a seventh of the
+    /// daemon's time.
+    populate: Option<PrepareJob>,
 }
 
 impl IndexRoom<'_> {
-    /// A job that faults in the bytes this reservation allocated ahead of the entries, for a
-    /// thread other than the writer's: with a key per message, a page fault on the writer's
-    /// thread every 170 entries was a seventh of the daemon's time.
-    pub fn populate_ahead(&mut self) -> Option<Box<dyn FnOnce() + Send>> {
-        let (file, bytes) = self.allocated_ahead.take()?;
-        Some(Box::new(move || {
-            if let Some(file) = file.upgrade() {
-                file.populate(bytes);
-            }
-        }))
+    /// The job that faults in the bytes this reservation allocated past its entries, for the
+    /// preparer thread.
+    pub fn populate_job(&mut self) -> Option<PrepareJob> {
+        self.populate.take()
     }
 
     /// Starts loading the slot of `hash` in the file the next entries go to: keys spread
@@ -459,16 +443,16 @@ impl KeyIndex {
                 index: self,
                 _writer: None,
                 current: None,
-                allocated_ahead: None,
+                populate: None,
             });
         }
         let writer = self.writer.lock();
         let current = self.newest.read().clone();
         let mut left = count;
-        let mut allocated_ahead = None;
+        let mut populate = None;
         let mut reserve = |file: &Arc<IndexFile>, here: u32| -> Result<()> {
             if let Some(bytes) = file.reserve(here)? {
-                allocated_ahead = Some((Arc::downgrade(file), bytes));
+                populate = Some(populate_later(file, bytes));
             }
             self.grown(file);
             Ok(())
@@ -491,7 +475,7 @@ impl KeyIndex {
             index: self,
             _writer: Some(writer),
             current,
-            allocated_ahead,
+            populate,
         })
     }
 

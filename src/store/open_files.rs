@@ -6,16 +6,36 @@
 //! mapped for whoever still holds it (a reader, an append in progress) and is closed and
 //! unmapped with its last holder; its owner opens it again on its next use.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::commitlog::PrepareJob;
 use super::mapped::MappedFile;
 
 /// A file the budget can hold.
 pub(super) trait Held: Send + Sync + 'static {
     fn mapped(&self) -> &MappedFile;
+}
+
+/// A job for the preparer thread that faults `bytes` of `file` in for writing (see
+/// [`MappedFile::populate_for_writing`]), allocated ahead of the entries a writer stores
+/// there through the map: each page would otherwise cost the writer's thread a fault that
+/// reads and zeroes it. Holds the file weakly: one closed or removed meanwhile is skipped.
+pub(super) fn populate_later<F: Held>(file: &Arc<F>, bytes: Range<u64>) -> PrepareJob {
+    let file = Arc::downgrade(file);
+    Box::new(move || {
+        let Some(file) = file.upgrade() else { return };
+        let mapped = file.mapped();
+        if let Err(error) = mapped.populate_for_writing(bytes.start, bytes.end) {
+            tracing::debug!(
+                "faulting in {} ahead of its writer failed: {error}",
+                mapped.path().display()
+            );
+        }
+    })
 }
 
 /// When a file was last used, and whether the budget holds it; part of every mapped file.

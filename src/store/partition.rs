@@ -209,6 +209,9 @@ impl Partition {
         to: u64,
     ) -> Result<u64> {
         let room_end = self.queue.reserve(reserved, from, to)?;
+        if let Some(job) = reserved.populate_job() {
+            self.log.prepare_later(job);
+        }
         self.prepare_next_queue_file(from, to);
         Ok(room_end)
     }
