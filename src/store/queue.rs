@@ -18,6 +18,10 @@ use super::open_files::{populate_later, Held, OpenFiles};
 const FIRST_CHUNK_BYTES: u64 = 4096;
 const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
+/// Less allocated ahead is left to the writer's own page faults: with thousands of small
+/// queues, a job for the preparer thread per 4 KiB page cost more than the fault it saved.
+const MIN_POPULATE_BYTES: u64 = 64 * 1024;
+
 /// What a queue file of `have` allocated bytes grows to when it needs `needed`: double the
 /// allocation each time, up to 1 MiB chunks, so that small queues stay small and big ones
 /// grow in few system calls.
@@ -447,7 +451,7 @@ impl ConsumeQueue {
                     slot.len.store(file.data.allocated(), Ordering::Relaxed);
                 }
                 let ahead = needed.max(had)..file.data.allocated();
-                if !ahead.is_empty() {
+                if ahead.end - ahead.start >= MIN_POPULATE_BYTES {
                     reserved.populate = Some(populate_later(&file, ahead));
                 }
             }
