@@ -23,7 +23,12 @@ fn message(number: u64) -> String {
 
 /// A store with topic "t" (one partition) holding `count` keyed messages, closed cleanly.
 fn keyed_store(dir: &Path, count: u64) {
-    let store = open(dir);
+    keyed_store_with(dir, config(), count);
+}
+
+/// [`keyed_store`] with `config`.
+fn keyed_store_with(dir: &Path, config: StoreConfig, count: u64) {
+    let store = Store::open(dir, config).unwrap();
     let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
     for number in 0..count {
         let payload = message(number);
@@ -78,5 +83,60 @@ fn an_index_file_of_another_version_is_rebuilt_and_every_key_is_found() {
     }
     let store = open(dir.path());
     assert_every_key_found(&store, 40);
+    store.close().unwrap();
+}
+
+/// Kills `||` -> `&&` in `IndexFile::open`'s size check, which let a header whose slot
+/// count reads 0 through (a lookup then divides by it): with index files larger than what
+/// they allocate at first (100,000 entries), the file is not longer than such a header says,
+/// so only that check refuses it; the index is rebuilt from the log and every key is found.
+#[test]
+fn an_index_file_whose_header_counts_no_slots_is_rebuilt_and_every_key_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        index_entries: 100_000,
+        ..config()
+    };
+    keyed_store_with(dir.path(), config.clone(), 40);
+    for path in index_files(dir.path()) {
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&0u32.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let store = Store::open(dir.path(), config).unwrap();
+    assert_every_key_found(&store, 40);
+    store.close().unwrap();
+}
+
+/// Kills `<` -> `<=` and `<` -> `==` in `IndexFile::open`'s size check, which refused the
+/// files of the smallest index a store may have (`index_entries = 2`, one entry a file) as
+/// damaged: a clean reopen keeps those files (no rebuild of the whole index) and finds every
+/// key.
+#[test]
+fn a_clean_reopen_keeps_the_files_of_the_smallest_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        index_entries: 2,
+        ..config()
+    };
+    keyed_store_with(dir.path(), config.clone(), 10);
+    // Opening a file re-establishes its allocation (which sets its modification time), so
+    // only its inode tells a kept file from one made again.
+    let inodes = |dir: &Path| -> Vec<u64> {
+        use std::os::unix::fs::MetadataExt;
+        index_files(dir)
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().ino())
+            .collect()
+    };
+    let before = inodes(dir.path());
+    assert_eq!(before.len(), 10, "one index file a keyed message");
+    let store = Store::open(dir.path(), config).unwrap();
+    assert_eq!(
+        inodes(dir.path()),
+        before,
+        "the index files were made again"
+    );
+    assert_every_key_found(&store, 10);
     store.close().unwrap();
 }
