@@ -140,3 +140,31 @@ fn a_clean_reopen_keeps_the_files_of_the_smallest_index() {
     assert_every_key_found(&store, 10);
     store.close().unwrap();
 }
+
+/// A bug the survivor `<` -> `<=` in `IndexFile::open`'s slot-table check led to: an older
+/// index file cut back (damage: room is allocated before any entry goes in, so a crash never
+/// shortens one) was opened with the entries that still fit, and the lost ones were never
+/// rebuilt, so key lookups silently missed stored messages. It is now refused as damaged
+/// and the index rebuilt from the log: every key is found.
+#[test]
+fn an_older_index_file_cut_short_is_rebuilt_and_every_key_is_found() {
+    for kept_entries in [0u64, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            index_entries: 10,
+            ..config()
+        };
+        keyed_store_with(dir.path(), config.clone(), 40);
+        let files = index_files(dir.path());
+        assert!(files.len() > 2, "{} index files", files.len());
+        let slot_table_end = 64 + u64::from(config.index_slots) * 4;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&files[0])
+            .unwrap();
+        file.set_len(slot_table_end + kept_entries * 24).unwrap();
+        let store = Store::open(dir.path(), config).unwrap();
+        assert_every_key_found(&store, 40);
+        store.close().unwrap();
+    }
+}
