@@ -168,3 +168,64 @@ fn an_older_index_file_cut_short_is_rebuilt_and_every_key_is_found() {
         store.close().unwrap();
     }
 }
+
+/// Kills `==` -> `!=` in `Staged::plan`'s choice of bound, which held a batch's first
+/// message to the 2 MiB batch limit: a message over 2 MiB that `max_message_bytes` allows
+/// was refused. It starts a batch of its own and reads back, as do the messages around it.
+#[test]
+fn a_message_larger_than_the_batch_limit_is_stored_when_max_message_bytes_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 8 << 20,
+        max_message_bytes: 3 << 20,
+        ..config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    let mut large = vec![b'x'; (5 << 20) / 2];
+    large[..6].copy_from_slice(b"large:");
+    let lines: Vec<&[u8]> = vec![b"a:before\n", &large, b"b:after\n"];
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines[..1]))
+        .unwrap();
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines[1..]))
+        .unwrap();
+    for (offset, line) in lines.iter().enumerate() {
+        let read = store.read_message(&partition, offset as u64).unwrap();
+        assert!(read == *line, "message {offset} reads back other bytes");
+    }
+    store.close().unwrap();
+}
+
+/// Kills `+` -> `*` in `IndexFile::reserve`, which reserved one entry too few in a new index
+/// file: with index files of more entries than they allocate at first (65,536 with the null
+/// entry), one append of as many keyed messages as that first allocation holds, and then more,
+/// stores them all and every key finds its messages.
+#[test]
+fn appends_past_an_index_files_first_allocation_keep_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 4 << 20,
+        segment_messages: 100_000,
+        index_entries: 200_000,
+        ..config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    let lines: Vec<String> = (0..70_000).map(|n| format!("k{n}:{n}\n")).collect();
+    for batch in [&lines[..65_536], &lines[65_536..]] {
+        store
+            .append_batch(&partition, &fixtures::keyed_messages(batch))
+            .unwrap();
+    }
+    let topic = store.topic("t").unwrap();
+    for n in (0..70_000)
+        .step_by(997)
+        .chain([65_534, 65_535, 65_536, 69_999])
+    {
+        let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
+        assert_eq!(found, vec![(0, n as u64, lines[n].clone())], "key k{n}");
+    }
+    store.close().unwrap();
+}
