@@ -229,3 +229,46 @@ fn appends_past_an_index_files_first_allocation_keep_every_key() {
     }
     store.close().unwrap();
 }
+
+/// Kills `+=` -> `*=` in `Staged::plan`'s running position, which lost where the previous
+/// partition's batches ended in an append to several partitions: the next partition's first
+/// batch was cut for a whole file, did not fit after them and went to the next file, leaving
+/// the rest of this one empty. 120 KB of messages appended at once fill two 64 KiB
+/// commit-log files, not three.
+#[test]
+fn an_append_to_several_partitions_fills_each_commit_log_file_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        segment_messages: 2000,
+        ..config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let topic = store.create_topic("t", fixtures::lines_topic(2)).unwrap();
+    let line = |n: usize| format!("{n:099}\n");
+    let first: Vec<String> = (0..100).map(line).collect();
+    let second: Vec<String> = (100..1200).map(line).collect();
+    let payload_bytes: usize = first.iter().chain(&second).map(String::len).sum();
+    assert!(payload_bytes < 2 * config.commit_log_file_bytes as usize * 19 / 20);
+    let batches = [
+        (topic.partition(0).unwrap(), first.clone()),
+        (topic.partition(1).unwrap(), second.clone()),
+    ];
+    fixtures::append_to_partitions(&store, &batches).unwrap();
+    store.sync().unwrap();
+    // The store makes the next file ahead of need, empty: count the files holding records.
+    let files_with_records = std::fs::read_dir(dir.path().join("commitlog"))
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .filter(|bytes| bytes.iter().any(|&b| b != 0))
+        .count();
+    assert_eq!(
+        files_with_records, 2,
+        "commit-log files holding {payload_bytes} bytes of messages"
+    );
+    let partition = topic.partition(1).unwrap();
+    for (offset, line) in second.iter().enumerate().step_by(99) {
+        let read = store.read_message(&partition, offset as u64).unwrap();
+        assert_eq!(read, line.as_bytes(), "message {offset} of partition 1");
+    }
+    store.close().unwrap();
+}
