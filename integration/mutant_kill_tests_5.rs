@@ -272,3 +272,24 @@ fn an_append_to_several_partitions_fills_each_commit_log_file_before_the_next() 
     }
     store.close().unwrap();
 }
+
+/// Kills `+` -> `*` in `KeyIndex::start_file`'s naming, which gave the second new file of one
+/// append the first one's name: one append of more keyed messages than two index files hold
+/// (1,000 entries each here) is stored and every key finds its message.
+#[test]
+fn one_append_filling_several_index_files_keeps_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    let lines: Vec<String> = (0..2_500).map(|n| format!("k{n}:{n}\n")).collect();
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines))
+        .unwrap();
+    assert!(index_files(dir.path()).len() >= 3);
+    let topic = store.topic("t").unwrap();
+    for (n, line) in lines.iter().enumerate().step_by(7) {
+        let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
+        assert_eq!(found, vec![(0, n as u64, line.clone())], "key k{n}");
+    }
+    store.close().unwrap();
+}
