@@ -106,7 +106,12 @@ impl IndexFile {
         if file.data.allocated() < file.entries_at() {
             return Err(corrupt("index slot table not allocated"));
         }
-        let count = file.count().min(file.allocated_entries()).max(1);
+        // Room is allocated before an entry goes in, so a file shorter than its entries was
+        // cut back: its lost entries are found again only by rebuilding the index.
+        if file.count() > file.allocated_entries() {
+            return Err(corrupt("index file shorter than its entries"));
+        }
+        let count = file.count().max(1);
         // Stored only when it changes: a file opened again to be read stays clean.
         if file.count() != count {
             file.count_cell().store(count, Ordering::Release);
