@@ -29,6 +29,7 @@ fn next_allocation(have: u64, needed: u64) -> u64 {
     let grow = have.clamp(FIRST_CHUNK_BYTES, MAX_CHUNK_BYTES);
     (have + grow).max(needed).div_ceil(FIRST_CHUNK_BYTES) * FIRST_CHUNK_BYTES
 }
+
 /// A file made ahead of need carries this suffix until an append adopts it: recovery and
 /// `commitfs check` see only 20-digit names, so one nobody used holds no claim on anything.
 const PREPARED_SUFFIX: &str = ".prepared";
