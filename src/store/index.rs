@@ -176,13 +176,7 @@ impl IndexFile {
         if entry_end > had {
             self.data.allocate(entry_end.max(had + chunk))?;
         }
-        let allocated = self.data.allocated();
-        if allocated - entry_end < chunk / 2 && allocated < self.data.capacity() {
-            // Not needed yet: on a full disk the reservation that needs it fails instead.
-            if let Err(error) = self.data.allocate(allocated + chunk) {
-                tracing::debug!("allocating index entries ahead of need failed: {error}");
-            }
-        }
+        self.data.allocate_ahead(entry_end, chunk);
         let ahead = entry_end.max(had)..self.data.allocated();
         Ok((!ahead.is_empty()).then_some(ahead))
     }

@@ -352,6 +352,23 @@ impl MappedFile {
         }
     }
 
+    /// Once less than half of `growth` is left allocated past the first `used` bytes,
+    /// allocates `growth` more, so that it can be faulted in before a writer gets there.
+    /// Best effort: the bytes are not needed yet, and on a full disk the allocation that
+    /// needs them fails instead.
+    pub fn allocate_ahead(&self, used: u64, growth: u64) {
+        let have = self.allocated();
+        if have.saturating_sub(used) >= growth / 2 || have >= self.capacity() {
+            return;
+        }
+        if let Err(error) = self.allocate(have + growth) {
+            tracing::debug!(
+                "allocating {} ahead of need failed: {error}",
+                self.path.display()
+            );
+        }
+    }
+
     /// Faults `[at, end)` in for writing (`MADV_POPULATE_WRITE`), on the caller's thread: the
     /// stores a writer makes there later then find each page mapped, instead of each taking a
     /// fault that reads and zeroes the page on the writer's thread. Allocated bytes only, so

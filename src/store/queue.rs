@@ -438,42 +438,31 @@ impl ConsumeQueue {
                     }
                 }
             }
-            let file = reserved.last.clone().expect("set above");
-            self.shared.open_files.touch(&file);
+            let file = reserved.last.as_ref().expect("set above");
+            self.shared.open_files.touch(file);
             let file_end = (base + self.entries_per_file).min(to);
             let needed = (file_end - base) * QUEUE_ENTRY_BYTES as u64;
             let had = file.data.allocated();
             if needed > had {
                 file.data.allocate(next_allocation(had, needed))?;
             }
-            self.allocate_ahead(&file, needed);
+            // Once less than half of the next growth is left, that growth too.
+            let have = file.data.allocated();
+            file.data
+                .allocate_ahead(needed, next_allocation(have, have + 1) - have);
             if file.data.allocated() > had {
                 if let Some(slot) = self.shared.files.read().get(&base) {
                     slot.len.store(file.data.allocated(), Ordering::Relaxed);
                 }
                 let ahead = needed.max(had)..file.data.allocated();
                 if ahead.end - ahead.start >= MIN_POPULATE_BYTES {
-                    reserved.populate = Some(populate_later(&file, ahead));
+                    reserved.populate = Some(populate_later(file, ahead));
                 }
             }
             room_end = base + file.allocated_entries().min(self.entries_per_file);
             offset = file_end;
         }
         Ok(room_end)
-    }
-
-    /// Once less than half of the file's next growth would be left past `needed` bytes,
-    /// allocates that growth already, so that it can be faulted in before the writer gets
-    /// there. Not needed yet: on a full disk the reservation that needs it fails instead.
-    fn allocate_ahead(&self, file: &QueueFile, needed: u64) {
-        let have = file.data.allocated();
-        let growth = next_allocation(have, have + 1) - have;
-        if have.saturating_sub(needed) >= growth / 2 || have >= file.data.capacity() {
-            return;
-        }
-        if let Err(error) = file.data.allocate(have + growth) {
-            tracing::debug!("allocating consume-queue entries ahead of need failed: {error}");
-        }
     }
 
     /// Starts loading the cache line of `offset`'s entry, if `file` is its file.
