@@ -69,3 +69,45 @@ fn a_failed_open_writes_no_checkpoint_and_leaves_store_toml_unchanged() {
     drop(store);
     scenario.teardown();
 }
+
+/// Retention records its new starts in a checkpoint before it removes any file: a process
+/// that dies while removing them leaves the new start recorded, not queues missing their
+/// first files (which recovery rebuilds from the log, bringing back what retention removed).
+#[test]
+fn a_crash_while_retention_removes_files_keeps_its_new_start() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures::recovery_store_config();
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let mut keep_one_segment = settings(1);
+    keep_one_segment.retention_bytes = Some(1);
+    let partition = fixtures::new_partition(&store, "t", keep_one_segment);
+    for i in 0..250 {
+        store
+            .append(&partition, format!("m {i}\n").as_bytes(), None)
+            .unwrap();
+    }
+    store.checkpoint().unwrap();
+
+    // The process dies at the pass's first file removal.
+    fail::cfg("mapped::remove", "panic(killed)").unwrap();
+    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.enforce_retention()));
+    fail::remove("mapped::remove");
+    assert!(pass.is_err(), "the pass died removing a file");
+    assert_eq!(partition.start_offset(), 200);
+    store.halt_without_cleanup();
+    drop(store);
+
+    let store = Store::open(dir.path(), config).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(
+        (partition.start_offset(), partition.end_offset()),
+        (200, 250)
+    );
+    assert_eq!(store.read_message(&partition, 200).unwrap(), b"m 200\n");
+    let queue = dir.path().join("queues/1/0");
+    assert!(
+        !queue.join(format!("{:020}", 100)).exists(),
+        "the files below the start are removed at the open"
+    );
+}

@@ -297,6 +297,39 @@ fn a_checkpoint_that_leaves_out_a_partition_never_empties_it() {
     }
 }
 
+/// Queue directories are not synced, so a power loss may take the names of a partition's
+/// first queue files and keep a later one: the partition's start stays the checkpoint's, and
+/// the lost files come back from the log (never a partition that starts where its first
+/// remaining file does, dropping what the log still holds).
+#[test]
+fn a_partition_that_lost_its_first_queue_files_keeps_every_message() {
+    for unclean in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        filled_store(dir.path(), &[("t", 2)], 250);
+        let queue = dir.path().join("queues/1/1");
+        for base in [0u64, 100] {
+            std::fs::remove_file(queue.join(format!("{base:020}"))).unwrap();
+        }
+        if unclean {
+            std::fs::write(dir.path().join("abort"), b"").unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store
+                .topic("t")
+                .unwrap()
+                .partition(1)
+                .unwrap()
+                .start_offset(),
+            0
+        );
+        assert_messages(&store, "t", 250, &[]);
+        store.close().unwrap();
+        let store = open(dir.path());
+        assert_messages(&store, "t", 250, &[]);
+    }
+}
+
 /// Replaces the first `from` in the metadata file `name` (`store.toml`, or `topics/<id>.toml`).
 fn edit_meta_file(dir: &Path, name: &str, from: &str, to: &str) {
     let path = dir.join(name);

@@ -115,6 +115,18 @@ pub(crate) fn replaced(path: &Path, bytes: &[u8]) {
     }
 }
 
+/// `from` was renamed to `to`: its durable bytes go with it, and the new name is not
+/// durable until its directory is synced.
+pub(crate) fn renamed(from: &Path, to: &Path) {
+    if recording() {
+        let mut files = FILES.lock();
+        if let Some(mut image) = files.remove(from) {
+            image.linked = false;
+            files.insert(to.to_owned(), image);
+        }
+    }
+}
+
 /// `dir` was synced: the names of the files in it are durable.
 pub(crate) fn dir_synced(dir: &Path) {
     if recording() {

@@ -640,6 +640,8 @@ impl ConsumeQueue {
                         error,
                     ));
                 }
+                #[cfg(feature = "failpoints")]
+                super::faults::renamed(&made, &path);
                 match MappedFile::open(&path, capacity) {
                     Ok(data) => data,
                     // It holds no entry yet: made again.

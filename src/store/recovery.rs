@@ -328,12 +328,11 @@ fn open_partitions(
                 open_files.clone(),
             )?;
             let mark = marks.get(&(topic.id, index)).copied();
-            let (mut start, end, stream_end) = mark.unwrap_or((0, 0, 0));
+            // The checkpoint's start, never the first queue file's base: retention records a
+            // new start before it removes files, and a crash may lose the names of files the
+            // checkpoint counts on (those are rebuilt from the log, not taken as removed).
+            let (start, end, stream_end) = mark.unwrap_or((0, 0, 0));
             let first_file = queue.file_bases().first().copied();
-            // Retention may have removed files after the checkpoint was written.
-            if let Some(first) = first_file {
-                start = start.max(first).min(end);
-            }
             // Without a mark, the partition is new since the checkpoint (an unclean stop
             // then finds all of its records after the checkpoint's log end) or the
             // checkpoint is one that forgot it.
@@ -474,6 +473,8 @@ fn settle_offsets(
             _ => partition.end.clamp(start, end),
         };
         partition.queue.remove_from(end)?;
+        // Files retention had recorded as gone when a crash stopped it before it removed them.
+        partition.queue.remove_before(start)?;
         recovered.insert(
             key,
             PartitionOffsets {

@@ -2,6 +2,8 @@
 //! past whole sealed segments, commit-log files no partition needs are removed, and the
 //! store-wide `max_disk_bytes` takes sealed segments' copies first, then the oldest messages.
 
+use std::sync::atomic::Ordering;
+
 use super::error::Result;
 use super::partition::Partition;
 use super::{now_ms, Store};
@@ -33,12 +35,12 @@ impl Store {
                 continue;
             }
             for partition in topic.partitions() {
-                let moved =
+                *changed |=
                     partition.apply_retention(now, settings.retention_ms, settings.retention_bytes);
-                // A failure part way may already have moved the start.
-                *changed |= moved.as_ref().map_or(true, |&moved| moved);
-                moved?;
             }
+        }
+        if *changed {
+            self.remove_files_before_starts()?;
         }
         let deleted = self.log.delete_files_before(self.needed_log_offset());
         *changed |= deleted.as_ref().map_or(true, |files| !files.is_empty());
@@ -60,7 +62,7 @@ impl Store {
                 *changed = true;
                 for topic in self.topics() {
                     for partition in topic.partitions() {
-                        if let Some((from, to)) = partition.drop_messages_before(file_end)? {
+                        if let Some((from, to)) = partition.drop_messages_before(file_end) {
                             tracing::warn!(
                                 "max_disk_bytes: topic {} partition {} lost offsets {from}..{to} early",
                                 topic.name(),
@@ -69,8 +71,26 @@ impl Store {
                         }
                     }
                 }
+                self.remove_files_before_starts()?;
                 self.log.delete_files_before(file_end)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Records the partitions' new starts in a checkpoint, then removes the files below
+    /// them. Recovery takes a partition's start from the checkpoint only (a queue whose first
+    /// files are missing may have lost them in a crash): without the checkpoint first, a
+    /// crash here would rebuild every queue from the log. On a full disk, where the
+    /// checkpoint may fail, the files go anyway (the pass's last checkpoint reports it).
+    fn remove_files_before_starts(&self) -> Result<()> {
+        if let Err(error) = self.checkpoint() {
+            tracing::warn!(
+                "removing files below retention's new starts without a checkpoint first: {error}"
+            );
+        }
+        for partition in self.all_partitions() {
+            partition.remove_files_before_start()?;
         }
         Ok(())
     }
@@ -117,7 +137,7 @@ impl Partition {
         now: i64,
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
-    ) -> Result<bool> {
+    ) -> bool {
         let segments = match self.segments() {
             Ok(segments) => segments,
             Err(error) => {
@@ -126,7 +146,7 @@ impl Partition {
                     self.topic_name,
                     self.index
                 );
-                return Ok(false);
+                return false;
             }
         };
         let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
@@ -146,25 +166,25 @@ impl Partition {
             new_start = segment.base_offset + self.segment_messages;
         }
         if new_start == start {
-            return Ok(false);
+            return false;
         }
-        self.move_start(new_start)?;
+        self.start.store(new_start, Ordering::Release);
         tracing::info!(
             "retention: topic {} partition {} now starts at offset {new_start} (was {start})",
             self.topic_name,
             self.index
         );
-        Ok(true)
+        true
     }
 
     /// Drops the messages stored in commit-log files ending at or before `log_offset` (the
     /// disk ceiling is removing them): sealed segments go whole; the active one may lose its
     /// oldest messages. Returns the offsets lost.
-    pub(super) fn drop_messages_before(&self, log_offset: u64) -> Result<Option<(u64, u64)>> {
+    pub(super) fn drop_messages_before(&self, log_offset: u64) -> Option<(u64, u64)> {
         let (start, end) = (self.start_offset(), self.end_offset());
         let low = self.queue.first_at_or_after(start, end, log_offset);
         if low == start {
-            return Ok(None);
+            return None;
         }
         let base = self.segment_base(low);
         let new_start = if low > base && base + self.segment_messages <= end {
@@ -172,15 +192,14 @@ impl Partition {
         } else {
             low
         };
-        self.move_start(new_start)?;
-        Ok(Some((start, new_start)))
+        self.start.store(new_start, Ordering::Release);
+        Some((start, new_start))
     }
 
-    fn move_start(&self, new_start: u64) -> Result<()> {
-        self.start
-            .store(new_start, std::sync::atomic::Ordering::Release);
-        self.queue.remove_before(new_start)?;
-        self.segment_files
-            .remove_before(self.segment_base(new_start))
+    /// Removes the queue files and segment copies wholly below the start.
+    fn remove_files_before_start(&self) -> Result<()> {
+        let start = self.start_offset();
+        self.queue.remove_before(start)?;
+        self.segment_files.remove_before(self.segment_base(start))
     }
 }
