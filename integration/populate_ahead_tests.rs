@@ -55,9 +55,11 @@ fn queue_file(store_dir: &Path, topic: &Topic) -> PathBuf {
         .join(format!("{:020}", 0))
 }
 
-/// Bytes of `path` the file system has allocated.
+/// Bytes of `path` the file system has allocated, up to its length (`st_blocks` also counts
+/// the blocks of ext4's extent tree once a file has more than four extents).
 fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().blocks() * 512
+    let metadata = std::fs::metadata(path).unwrap();
+    (metadata.blocks() * 512).min(metadata.len())
 }
 
 /// Waits (bounded: only a preparer that never does it runs into the deadline) until every

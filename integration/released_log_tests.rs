@@ -510,3 +510,39 @@ fn check_names_an_altered_file_of_a_released_segment_whose_log_still_holds_the_b
         "{findings}"
     );
 }
+
+/// Retention removes a released segment's file and marker while the log still holds its
+/// batches' headers (the log file is shared with newer batches): a rebuild from the whole log,
+/// `commitfs check` and `commitfs dump` pass over those batches as removed, not as damage
+/// (they used to refuse the mount: "the log is damaged before its end").
+#[test]
+fn batches_of_released_segments_that_retention_removed_are_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    let topic = store.topic("t").unwrap();
+    let mut settings = topic.settings();
+    settings.retention_bytes = Some(1);
+    store.update_topic(&topic, settings).unwrap();
+    store.enforce_retention().unwrap();
+    assert_eq!(topic.partition(0).unwrap().start_offset(), 30);
+    assert!(!segment_file(dir.path(), 20).exists());
+    store.close().unwrap();
+
+    let (damaged, findings) = check(dir.path());
+    assert!(!damaged, "{findings}");
+    let (out, report) = dump(dir.path());
+    assert!(!report.damaged, "{:?}", report.notes);
+    assert_eq!(report.messages, 5, "{out}");
+    assert_eq!(report.removed_batches, 3);
+    // A rebuild of the queues and the index from the whole log.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!((partition.start_offset(), partition.end_offset()), (30, 35));
+    for i in 30..35 {
+        assert_eq!(
+            store.read_message(&partition, i).unwrap(),
+            message(i as usize)
+        );
+    }
+}

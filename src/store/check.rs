@@ -284,6 +284,14 @@ struct ScanState<'m> {
     restored: Vec<u8>,
 }
 
+/// Finds released segments' bytes; the checkpoint's partition starts tell which batches
+/// lie in segments retention removed.
+fn released_files(dir: &Path, layout: &Layout, checkpoint: Option<&Checkpoint>) -> ReleasedFiles {
+    let starts = checkpoint.iter().flat_map(|c| &c.partitions);
+    ReleasedFiles::new(dir, u64::from(layout.segment_messages), true)
+        .with_starts(starts.map(|m| ((m.topic_id, m.partition), m.start)))
+}
+
 impl LogWalk {
     fn run(
         dir: &Path,
@@ -300,11 +308,8 @@ impl LogWalk {
             spans: Vec::new(),
             end: 0,
             partitions: HashMap::new(),
-            released: ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
-            looked_up: RefCell::new((
-                ReleasedFiles::new(dir, u64::from(layout.segment_messages), true),
-                Vec::new(),
-            )),
+            released: released_files(dir, layout, checkpoint),
+            looked_up: RefCell::new((released_files(dir, layout, checkpoint), Vec::new())),
         };
         for base in commitlog::list_files(&log_dir).unwrap_or_default() {
             let path = log_dir.join(format::file_name(base));
@@ -788,6 +793,9 @@ fn check_index(
     };
     let index_dir = dir.join(recovery::INDEX_DIR);
     let first_log = walk.files.keys().next().copied().unwrap_or(0);
+    let starts: HashMap<(u32, u32), u64> = (checkpoint.partitions.iter())
+        .map(|m| ((m.topic_id, m.partition), m.start))
+        .collect();
     for base in commitlog::list_files(&index_dir).unwrap_or_default() {
         if base > mark.file_base {
             continue;
@@ -800,13 +808,21 @@ fn check_index(
             if at.batch < first_log {
                 return None;
             }
-            Some(walk.with_record_at(at.batch, |found| match found {
-                Some(Scanned::Record(batch)) => batch.message(at.index).and_then(|message| {
-                    let key = &batch.payload(&message)[..message.key_len? as usize];
-                    Some(format::key_hash(batch.header.topic_id, key))
-                }),
-                _ => None,
-            }))
+            walk.with_record_at(at.batch, |found| match found {
+                Some(Scanned::Record(batch)) => {
+                    let header = &batch.header;
+                    let start = starts.get(&(header.topic_id, header.partition));
+                    // Retention removed it: no longer stored (its bytes may be gone too).
+                    if start.is_some_and(|&s| header.first_offset + u64::from(at.index) < s) {
+                        return None;
+                    }
+                    Some(batch.message(at.index).and_then(|message| {
+                        let key = &batch.payload(&message)[..message.key_len? as usize];
+                        Some(format::key_hash(header.topic_id, key))
+                    }))
+                }
+                _ => Some(None),
+            })
         };
         let checked = index::verify_file(&bytes, count, hash_at, |byte, problem| {
             report.damage(format!("{} byte {byte}: {problem}", path.display()));

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+use super::checkpoint::Checkpoint;
 use super::commitlog;
 use super::error::{Result, StoreError};
 use super::format::{self, Batch, Scanned};
@@ -42,6 +43,9 @@ pub struct DumpReport {
     /// Invalid bytes with valid batches after them, or a batch whose CRC does not match
     /// before the log's end: the mount would refuse this store.
     pub damaged: bool,
+    /// Batches not shown: retention removed them (below their partition's start in the
+    /// checkpoint), though the log still holds their headers.
+    pub removed_batches: u64,
 }
 
 /// Prints the messages of the store in `dir` that `options` select to `out`.
@@ -87,15 +91,26 @@ pub fn dump(dir: &Path, options: &DumpOptions, out: &mut impl Write) -> Result<D
         .map_or(super::StoreConfig::default().segment_messages, |meta| {
             meta.layout.segment_messages
         });
+    // Its partition starts tell which batches retention removed; without one, all are shown.
+    let checkpoint = Checkpoint::load(dir).ok().flatten();
     let mut walk = Walk {
         log_dir: &log_dir,
         file_bytes,
-        released: ReleasedFiles::new(dir, u64::from(segment_messages), false),
+        released: ReleasedFiles::new(dir, u64::from(segment_messages), false).with_starts(
+            (checkpoint.iter().flat_map(|c| &c.partitions))
+                .map(|m| ((m.topic_id, m.partition), m.start)),
+        ),
         filter,
         line: Vec::with_capacity(4096),
         report,
     };
     walk.run(&bases, out)?;
+    if walk.report.removed_batches > 0 {
+        walk.report.notes.push(format!(
+            "note: {} batches below their partitions' starts are not shown: retention removed them",
+            walk.report.removed_batches
+        ));
+    }
     out.flush().map_err(output_error)?;
     Ok(walk.report)
 }
@@ -212,7 +227,11 @@ impl Walk<'_> {
             };
             match scanned {
                 Scanned::Record(batch) => {
-                    self.batch(&batch, base + position as u64, true, out)?;
+                    if self.released.removed_by_retention(&batch.header) {
+                        self.report.removed_batches += 1;
+                    } else {
+                        self.batch(&batch, base + position as u64, true, out)?;
+                    }
                     position += batch.header.size as usize;
                 }
                 Scanned::Skip(len) => {

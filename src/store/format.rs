@@ -184,7 +184,7 @@ impl<'a> Batch<'a> {
     /// Whether every message's table slots agree with each other and the batch's size: each
     /// message is readable (its end at or after the previous one's, inside the batch, its key
     /// no longer than it), and the last one ends where the batch does.
-    fn table_is_consistent(&self) -> bool {
+    pub fn table_is_consistent(&self) -> bool {
         let mut end = 0;
         for index in 0..self.header.count {
             match self.message(index) {

@@ -84,6 +84,8 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         uncovered,
         unclean,
     )?;
+    let released = ReleasedFiles::new(dir, u64::from(layout.segment_messages), false)
+        .with_starts(partitions.iter().map(|(&key, p)| (key, p.start)));
     let mut scanner = Scanner {
         dir,
         log_dir: &log_dir,
@@ -97,7 +99,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         records: 0,
         machine_restarted,
         progress: None,
-        released: ReleasedFiles::new(dir, u64::from(layout.segment_messages), false),
+        released,
     };
     let recovered = scanner.recover(&plan)?;
     let lost = scanner.lost;

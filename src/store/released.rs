@@ -339,6 +339,9 @@ pub(super) struct ReleasedFiles {
     /// batch's bytes (blocks only partly covered by a batch are not punched): `check` does,
     /// as reads take those bytes from the file.
     check_files: bool,
+    /// Each partition's start: retention removed the segments below it, their files and
+    /// markers with them, while the log may still hold their batches' headers and tables.
+    starts: HashMap<(u32, u32), u64>,
 }
 
 struct ReleasedSegment {
@@ -354,7 +357,15 @@ impl ReleasedFiles {
             segment_messages: segment_messages.max(1),
             segments: HashMap::new(),
             check_files,
+            starts: HashMap::new(),
         }
+    }
+
+    /// Takes the partitions' starts (`(topic id, partition)` → start), so that a batch wholly
+    /// below its partition's start passes as the remains of a segment retention removed.
+    pub fn with_starts(mut self, starts: impl IntoIterator<Item = ((u32, u32), u64)>) -> Self {
+        self.starts = starts.into_iter().collect();
+        self
     }
 
     /// [`format::scan_record`] at the start of `rest`, where a batch of a released segment
@@ -369,7 +380,9 @@ impl ReleasedFiles {
             Scanned::Invalid(reason) => match self.restore(rest, buffer) {
                 Some(Ok(())) => Ok(format::scan_record(buffer)),
                 Some(Err(why)) => Err(why),
-                None => Ok(Scanned::Invalid(reason)),
+                None => Ok(self
+                    .expired(rest)
+                    .map_or(Scanned::Invalid(reason), Scanned::Record)),
             },
             Scanned::Record(batch) if self.check_files => match self.restore(rest, buffer) {
                 Some(Err(why)) => Err(why),
@@ -377,6 +390,22 @@ impl ReleasedFiles {
             },
             scanned => Ok(scanned),
         }
+    }
+
+    /// The batch at the start of `rest` if it lies wholly below its partition's start: a
+    /// segment retention removed, whose bytes the log gave back while it was a file of its
+    /// own (the CRC32C no longer matches). Its header and table still say its size, so a
+    /// scan passes over it; nothing serves its messages.
+    fn expired<'a>(&self, rest: &'a [u8]) -> Option<format::Batch<'a>> {
+        let batch = format::decode_header(rest).ok()?;
+        (self.removed_by_retention(&batch.header) && batch.table_is_consistent()).then_some(batch)
+    }
+
+    /// Whether the batch lies wholly below its partition's start (as given to
+    /// [`with_starts`](Self::with_starts)).
+    pub fn removed_by_retention(&self, header: &format::BatchHeader) -> bool {
+        (self.starts.get(&(header.topic_id, header.partition)))
+            .is_some_and(|&start| header.end_offset() <= start)
     }
 
     /// Rebuilds into `buffer` the batch at the start of `rest` whose messages' bytes the log
