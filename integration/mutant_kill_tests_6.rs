@@ -58,6 +58,79 @@ fn a_damaged_message_is_refused_naming_its_commit_log_file_and_byte() {
     store.close().unwrap();
 }
 
+/// Kills `-` -> `+` in both of `CommitLog::open`'s `end - write_base` where it cuts a torn
+/// tail (zeroing from, and flushing from, that byte of the file being written): a torn batch
+/// after the log's end in its second file is zeroed at the next open (README: bytes after the
+/// log's end are zeroes), durably — a power loss after that open does not bring it back —
+/// and every message still reads. The cut must be in a file other than the first, where
+/// `end - base` and `end + base` are the same.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_torn_tail_in_a_later_log_file_is_zeroed_durably_at_open() {
+    use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
+
+    commitfs::store::faults::record_durability();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 1000);
+    store.sync().unwrap();
+    store.halt_without_cleanup();
+    drop((partition, store));
+
+    // A batch the crash tore: its header reached the disk, its CRC is wrong.
+    let path = log_file(dir.path(), 64 * 1024);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = log_end(&bytes);
+    assert!(end > 0, "the log goes on into its second file");
+    let torn = torn_batch();
+    bytes[end..end + torn.len()].copy_from_slice(&torn);
+    std::fs::write(&path, &bytes).unwrap();
+    commitfs::store::faults::assume_durable(&path);
+
+    let store = open(dir.path());
+    let after_open = std::fs::read(&path).unwrap();
+    assert!(
+        after_open[end..].iter().all(|&b| b == 0),
+        "the torn batch past the log's end (byte {end}) is still there after the open"
+    );
+    store.halt_without_cleanup();
+    drop(store);
+
+    let copy = tempfile::tempdir().unwrap();
+    let loss = PowerLoss {
+        fill: Fill::Zeros,
+        unsynced_names_survive: false,
+    };
+    crash_copy(dir.path(), copy.path(), loss);
+    let after_loss = std::fs::read(log_file(copy.path(), 64 * 1024)).unwrap();
+    assert!(
+        after_loss[end..].iter().all(|&b| b == 0),
+        "a power loss after the open brought the torn batch back: its zeroing was not made durable"
+    );
+    let store = open(copy.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 1000);
+    fixtures::assert_reads(&store, &partition, 0, 1000);
+    store.close().unwrap();
+}
+
+/// Where the batches at the start of a commit-log file's `bytes` end.
+fn log_end(bytes: &[u8]) -> usize {
+    fixtures::batch_starts(bytes).last().map_or(0, |&start| {
+        start + u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize
+    })
+}
+
+/// 200 bytes that start like a batch (size, magic: README "On-disk format") but whose CRC
+/// and contents are garbage.
+fn torn_batch() -> Vec<u8> {
+    let mut bytes = vec![0xAB; 200];
+    bytes[0..4].copy_from_slice(&200u32.to_le_bytes());
+    bytes[4..8].copy_from_slice(&0xC0F5_BA7Cu32.to_le_bytes());
+    bytes
+}
+
 /// Where `needle` starts in `haystack`.
 #[track_caller]
 fn find(haystack: &[u8], needle: &[u8]) -> usize {
