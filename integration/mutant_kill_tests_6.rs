@@ -115,6 +115,46 @@ fn a_torn_tail_in_a_later_log_file_is_zeroed_durably_at_open() {
     store.close().unwrap();
 }
 
+/// Kills `*` -> `+` (and `/`) in `CommitLog::disk_bytes`'s `blocks * 512`, its count of a
+/// file not mapped now (a sealed file after a restart, until read): after a restart, the
+/// store's disk usage still counts every commit-log file holding messages, as `du` would.
+#[test]
+fn after_a_restart_disk_usage_counts_the_sealed_log_files_it_has_not_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    // 2,000-byte messages: about 30 a file, so the log's files outweigh its queue.
+    let message = |i: u64| format!("{i:01999}\n").into_bytes();
+    for i in 0..600 {
+        store.append(&partition, &message(i), None).unwrap();
+    }
+    store.close().unwrap();
+    drop((partition, store));
+
+    let store = open(dir.path());
+    let holding_messages: Vec<PathBuf> = std::fs::read_dir(dir.path().join("commitlog"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| !fixtures::batch_starts(&std::fs::read(path).unwrap()).is_empty())
+        .collect();
+    assert!(holding_messages.len() >= 15, "{holding_messages:?}");
+    let log_blocks: u64 = holding_messages.iter().map(|path| disk_bytes(path)).sum();
+    let usage = store.disk_usage();
+    assert!(
+        usage >= log_blocks,
+        "disk usage {usage} after a restart is less than the {log_blocks} bytes of the commit-log files holding messages"
+    );
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(store.read_message(&partition, 599).unwrap(), message(599));
+    store.close().unwrap();
+}
+
+/// The blocks `path` occupies, in bytes (what `du` counts).
+fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
 /// Where the batches at the start of a commit-log file's `bytes` end.
 fn log_end(bytes: &[u8]) -> usize {
     fixtures::batch_starts(bytes).last().map_or(0, |&start| {
