@@ -149,6 +149,53 @@ fn after_a_restart_disk_usage_counts_the_sealed_log_files_it_has_not_mapped() {
     store.close().unwrap();
 }
 
+/// Kills `>` -> `>=` and `+` -> `-` in `CommitLog::files_between`'s `f.base + file_bytes >
+/// from`, which had a reader of a segment starting exactly at a file's start pin the file
+/// before it (`>=`) or, instead of the segment's files, the first one of the log (`-`, its
+/// `0 - file_bytes` wrapping): once retention removes the older files, the open reader holds
+/// none of them, so the disk usage is the same with the reader open as without (issue 9:
+/// "pin only what the segment needs").
+#[test]
+fn a_reader_of_a_segment_starting_a_file_holds_no_earlier_file_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // 3,150-byte messages, one batch of 3,214 bytes each: exactly 20 to a 64 KiB file, so
+    // segment 40 (10 messages a segment) starts file 2 at its first byte.
+    let message = |i: u64| format!("{i:03149}\n").into_bytes();
+    let segment_bytes = 10 * message(0).len() as u64;
+    let settings = commitfs::store::TopicSettings {
+        // Keeps the six newest segments: retention drops segments 0 to 30, files 0 and 1.
+        retention_bytes: Some(6 * segment_bytes),
+        ..fixtures::lines_topic(1)
+    };
+    let partition = fixtures::new_partition(&store, "t", settings);
+    for i in 0..100 {
+        store.append(&partition, &message(i), None).unwrap();
+    }
+    let file_2 = std::fs::read(log_file(dir.path(), 2 * 64 * 1024)).unwrap();
+    let at_start = &file_2[64..64 + message(40).len()];
+    assert_eq!(at_start, message(40), "message 40 opens file 2");
+
+    let reader = store.open_segment(&partition, 40).unwrap();
+    store.enforce_retention().unwrap();
+    assert_eq!(partition.start_offset(), 40);
+    assert!(
+        !log_file(dir.path(), 64 * 1024).exists(),
+        "file 1 was removed"
+    );
+    let with_reader = store.disk_usage();
+    let mut bytes = vec![0u8; segment_bytes as usize];
+    assert_eq!(reader.read_at(0, &mut bytes).unwrap(), bytes.len());
+    assert_eq!(bytes, (40..50).flat_map(message).collect::<Vec<u8>>());
+    drop(reader);
+    assert_eq!(
+        with_reader,
+        store.disk_usage(),
+        "the reader of segment 40 kept a removed commit-log file on disk"
+    );
+    store.close().unwrap();
+}
+
 /// The blocks `path` occupies, in bytes (what `du` counts).
 fn disk_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
