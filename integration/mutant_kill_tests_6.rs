@@ -1,5 +1,5 @@
-//! What a `cargo mutants` pass over `src/store/commitlog.rs`, `retention.rs` and
-//! `reserve.rs` found untested (issue 9). Each test says which mutants it kills.
+//! What a `cargo mutants` pass over `src/store/commitlog.rs` (131 of its 247 mutants run)
+//! found untested (issue 9). Each test says which mutants it kills.
 
 mod fixtures;
 

@@ -1,4 +1,4 @@
-//! What a `cargo mutants` pass over `src/store/consumers.rs`, `maintenance.rs` and `meta.rs`
+//! What a `cargo mutants` pass over `src/store/consumers.rs` and `maintenance.rs`
 //! found untested (issue 9). Each test says which mutants it kills. Every test here holds a
 //! `FailScenario` (some configure failpoints).
 #![cfg(feature = "failpoints")]
