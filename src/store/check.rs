@@ -287,9 +287,8 @@ struct ScanState<'m> {
 /// Finds released segments' bytes; the checkpoint's partition starts tell which batches
 /// lie in segments retention removed.
 fn released_files(dir: &Path, layout: &Layout, checkpoint: Option<&Checkpoint>) -> ReleasedFiles {
-    let starts = checkpoint.iter().flat_map(|c| &c.partitions);
     ReleasedFiles::new(dir, u64::from(layout.segment_messages), true)
-        .with_starts(starts.map(|m| ((m.topic_id, m.partition), m.start)))
+        .with_starts(checkpoint.into_iter().flat_map(Checkpoint::starts))
 }
 
 impl LogWalk {
@@ -793,9 +792,7 @@ fn check_index(
     };
     let index_dir = dir.join(recovery::INDEX_DIR);
     let first_log = walk.files.keys().next().copied().unwrap_or(0);
-    let starts: HashMap<(u32, u32), u64> = (checkpoint.partitions.iter())
-        .map(|m| ((m.topic_id, m.partition), m.start))
-        .collect();
+    let starts: HashMap<(u32, u32), u64> = checkpoint.starts().collect();
     for base in commitlog::list_files(&index_dir).unwrap_or_default() {
         if base > mark.file_base {
             continue;

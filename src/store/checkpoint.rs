@@ -35,6 +35,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Each partition's start, by (topic id, partition).
+    pub fn starts(&self) -> impl Iterator<Item = ((u32, u32), u64)> + '_ {
+        (self.partitions.iter()).map(|m| ((m.topic_id, m.partition), m.start))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(40 + self.partitions.len() * MARK_BYTES);
         out.extend_from_slice(MAGIC);

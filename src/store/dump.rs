@@ -96,10 +96,8 @@ pub fn dump(dir: &Path, options: &DumpOptions, out: &mut impl Write) -> Result<D
     let mut walk = Walk {
         log_dir: &log_dir,
         file_bytes,
-        released: ReleasedFiles::new(dir, u64::from(segment_messages), false).with_starts(
-            (checkpoint.iter().flat_map(|c| &c.partitions))
-                .map(|m| ((m.topic_id, m.partition), m.start)),
-        ),
+        released: ReleasedFiles::new(dir, u64::from(segment_messages), false)
+            .with_starts(checkpoint.iter().flat_map(Checkpoint::starts)),
         filter,
         line: Vec::with_capacity(4096),
         report,
