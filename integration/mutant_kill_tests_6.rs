@@ -203,6 +203,7 @@ fn disk_bytes(path: &Path) -> u64 {
 }
 
 /// Where the batches at the start of a commit-log file's `bytes` end.
+#[cfg(feature = "failpoints")]
 fn log_end(bytes: &[u8]) -> usize {
     fixtures::batch_starts(bytes).last().map_or(0, |&start| {
         start + u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize
@@ -211,6 +212,7 @@ fn log_end(bytes: &[u8]) -> usize {
 
 /// 200 bytes that start like a batch (size, magic: README "On-disk format") but whose CRC
 /// and contents are garbage.
+#[cfg(feature = "failpoints")]
 fn torn_batch() -> Vec<u8> {
     let mut bytes = vec![0xAB; 200];
     bytes[0..4].copy_from_slice(&200u32.to_le_bytes());
