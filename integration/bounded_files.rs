@@ -273,9 +273,17 @@ fn partitions_not_read_hold_no_descriptor_after_a_remount() {
     // Some fifty passes of retention.
     std::thread::sleep(Duration::from_secs(1));
     let pid = mount.daemon_pid().unwrap().to_string();
-    let (descriptors, maps) = held_under(&pid, &mount.data.join("queues"));
+    // Each retention pass opens every queue file for a moment (a `pread` of one entry, no
+    // map): what is held for good shows in every sample, such a moment in few.
+    let held = (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(7));
+            held_under(&pid, &mount.data.join("queues"))
+        })
+        .min()
+        .unwrap();
     assert_eq!(
-        (descriptors, maps),
+        held,
         (0, 0),
         "consume-queue descriptors and maps held after a remount by 300 partitions not read"
     );
