@@ -792,7 +792,6 @@ fn check_index(
     };
     let index_dir = dir.join(recovery::INDEX_DIR);
     let first_log = walk.files.keys().next().copied().unwrap_or(0);
-    let starts: HashMap<(u32, u32), u64> = checkpoint.starts().collect();
     for base in commitlog::list_files(&index_dir).unwrap_or_default() {
         if base > mark.file_base {
             continue;
@@ -806,18 +805,16 @@ fn check_index(
                 return None;
             }
             walk.with_record_at(at.batch, |found| match found {
-                Some(Scanned::Record(batch)) => {
-                    let header = &batch.header;
-                    let start = starts.get(&(header.topic_id, header.partition));
-                    // Retention removed it: no longer stored (its bytes may be gone too).
-                    if start.is_some_and(|&s| header.first_offset + u64::from(at.index) < s) {
-                        return None;
-                    }
-                    Some(batch.message(at.index).and_then(|message| {
-                        let key = &batch.payload(&message)[..message.key_len? as usize];
-                        Some(format::key_hash(header.topic_id, key))
-                    }))
+                // Retention removed it: no longer stored (its bytes may be gone too).
+                Some(Scanned::Record(batch))
+                    if walk.released.removed_by_retention(&batch.header) =>
+                {
+                    None
                 }
+                Some(Scanned::Record(batch)) => Some(batch.message(at.index).and_then(|message| {
+                    let key = &batch.payload(&message)[..message.key_len? as usize];
+                    Some(format::key_hash(batch.header.topic_id, key))
+                })),
                 _ => Some(None),
             })
         };
