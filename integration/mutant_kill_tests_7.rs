@@ -5,11 +5,12 @@
 
 mod fixtures;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commitfs::store::{Store, StoreConfig, StoreError};
+use commitfs::store::{Store, StoreConfig, StoreError, TopicSettings};
 use fail::FailScenario;
 
 fn open(dir: &Path) -> Arc<Store> {
@@ -76,4 +77,79 @@ fn the_background_thread_writes_checkpoints_on_its_schedule() {
     }
     assert_eq!(first_checkpoint_mark_end(dir.path()), Some(30));
     store.close().unwrap();
+}
+
+/// A store closed while something still holds it (a reader's handle, say) writes nothing
+/// more: the next process to open the directory owns it. Here the next one appends and
+/// closes, and the first one's background thread, had it kept its schedule, would write a
+/// checkpoint of its own older state over the newer one. Kills `maintenance::Handle::stop`
+/// replaced with `()`.
+#[test]
+fn a_closed_store_that_is_still_held_leaves_the_directory_to_the_next_one() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        checkpoint_interval_ms: 10,
+        retention_check_interval_ms: 10,
+        ..fixtures::small_store_config()
+    };
+    let first = Store::open(dir.path(), config.clone()).unwrap();
+    let partition = fixtures::new_partition(&first, "t", fixtures::keyed_topic(1));
+    fixtures::append_lines(&first, &partition, 0, 10);
+    first.close().unwrap();
+
+    let second = Store::open(dir.path(), config).unwrap();
+    let partition = second.topic("t").unwrap().partition(0).unwrap();
+    fixtures::append_lines(&second, &partition, 10, 20);
+    second.close().unwrap();
+    drop((partition, second));
+    // Many of the first store's checkpoint intervals.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let third = open(dir.path());
+    let partition = third.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 20);
+    fixtures::assert_reads(&third, &partition, 0, 20);
+    drop(first);
+    third.close().unwrap();
+}
+
+/// A fenced store (a panic in its write path) keeps its state for the recovery of the next
+/// open: its background thread enforces no retention, though segments fall due; the same
+/// store reopened does. Kills `&&` replaced with `||` in `maintenance::run`'s retention
+/// condition.
+#[test]
+fn a_fenced_store_enforces_no_retention_until_it_is_reopened() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        retention_check_interval_ms: 10,
+        ..fixtures::small_store_config()
+    };
+    let settings = TopicSettings {
+        retention_ms: Some(1000),
+        ..fixtures::keyed_topic(1)
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings);
+    fixtures::append_lines(&store, &partition, 0, 30);
+    fail::cfg("append::after-log-publish", "panic").unwrap();
+    let interrupted = catch_unwind(AssertUnwindSafe(|| {
+        store.append(&partition, b"interrupted\n", None)
+    }));
+    fail::remove("append::after-log-publish");
+    assert!(interrupted.is_err(), "the failpoint panicked the append");
+    // The sealed segments' messages are past their second now, and the background thread
+    // has looked at them a hundred times.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(partition.start_offset(), 0);
+    drop((partition, store));
+
+    let store = Store::open(dir.path(), config).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while partition.start_offset() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(partition.start_offset() > 0, "retention after the reopen");
 }
