@@ -132,7 +132,10 @@ fn a_fenced_store_enforces_no_retention_until_it_is_reopened() {
     };
     let store = Store::open(dir.path(), config.clone()).unwrap();
     let partition = fixtures::new_partition(&store, "t", settings);
-    fixtures::append_lines(&store, &partition, 0, 30);
+    // Two sealed segments; the interrupted append goes to the active one, whose consume-queue
+    // file exists: nothing between the last message and the fence waits for the disk, so
+    // the sealed segments cannot expire before the fence.
+    fixtures::append_lines(&store, &partition, 0, 25);
     fail::cfg("append::after-log-publish", "panic").unwrap();
     let interrupted = catch_unwind(AssertUnwindSafe(|| {
         store.append(&partition, b"interrupted\n", None)

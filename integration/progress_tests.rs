@@ -3,10 +3,8 @@
 //! draws a bar on one. The line interval is shrunk here (process-wide, so these tests have
 //! a binary of their own) instead of making a scan that takes seconds.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commitfs::store::{NewMessage, Store};
@@ -40,31 +38,6 @@ fn store_of_several_files(dir: &Path, crash: bool) -> usize {
     files
 }
 
-/// Log lines written while `run` runs on this thread.
-fn logs_of(run: impl FnOnce()) -> String {
-    #[derive(Clone)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured(Arc::new(Mutex::new(Vec::new())));
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    tracing::subscriber::with_default(subscriber, run);
-    let bytes = captured.0.lock().unwrap().clone();
-    String::from_utf8(bytes).unwrap()
-}
-
 /// The percentages of lines like "WHAT: 45% of the commit log (… MiB), 12.3 MB/s".
 fn percentages(text: &str, what: &str) -> Vec<u32> {
     let prefix = format!("{what}: ");
@@ -83,7 +56,7 @@ fn recovery_logs_how_far_its_scan_is_in_percent_and_mb_per_second() {
     commitfs::store::progress::set_line_interval(Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     store_of_several_files(dir.path(), true);
-    let logs = logs_of(|| {
+    let logs = fixtures::logs_of(|| {
         Store::open(dir.path(), fixtures::small_store_config())
             .unwrap()
             .close()

@@ -138,6 +138,17 @@ pub(crate) fn dir_synced(dir: &Path) {
     }
 }
 
+/// The file system holding `dir` was synced: the names of the files under it are durable.
+pub(crate) fn file_system_synced(dir: &Path) {
+    if recording() {
+        for (path, image) in FILES.lock().iter_mut() {
+            if path.starts_with(dir) {
+                image.linked = true;
+            }
+        }
+    }
+}
+
 /// Takes `path` as durable as it is now (a file a test placed, such as a crash copy), so
 /// that what the store later changes in it without making it durable is followed.
 pub fn assume_durable(path: &Path) {

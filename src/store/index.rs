@@ -14,6 +14,7 @@ use super::commitlog::PrepareJob;
 use super::error::{Result, StoreError};
 use super::format::{self, le_u32, le_u64, MessageAt};
 use super::mapped::{remove_file, MappedFile};
+use super::meta::UnsyncedNames;
 use super::open_files::{populate_later, Held, OpenFiles};
 
 const MAGIC: u32 = 0xC0F5_1DC5;
@@ -331,6 +332,8 @@ pub struct KeyIndex {
     unflushed_from: AtomicU64,
     open_files: Arc<OpenFiles>,
     writer: Mutex<()>,
+    /// Files made (and the directory itself, when new) since the last checkpoint.
+    names: UnsyncedNames,
 }
 
 impl KeyIndex {
@@ -341,6 +344,7 @@ impl KeyIndex {
         capacity: u32,
         open_files: Arc<OpenFiles>,
     ) -> Result<KeyIndex> {
+        let new_dir = !dir.exists();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let mut files = Vec::new();
@@ -363,6 +367,7 @@ impl KeyIndex {
             unflushed_from: AtomicU64::new(0),
             open_files,
             writer: Mutex::new(()),
+            names: UnsyncedNames::new(new_dir),
         })
     }
 
@@ -490,6 +495,7 @@ impl KeyIndex {
             self.slots,
             self.capacity,
         )?);
+        self.names.made();
         self.files.write().push(Slot {
             base,
             file: Arc::downgrade(&file),
@@ -523,6 +529,11 @@ impl KeyIndex {
             file_base: f.base,
             count: f.count(),
         })
+    }
+
+    /// Whether files were made since the last checkpoint (see `meta::sync_names`).
+    pub fn unsynced_names(&self) -> &UnsyncedNames {
+        &self.names
     }
 
     /// Flushes the files that may hold entries since the last flush.

@@ -9,6 +9,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::checkpoint::{Checkpoint, PartitionMark};
 use super::error::Result;
+use super::meta;
 use super::partition::Partition;
 use super::{FlushPolicy, Store};
 
@@ -120,7 +121,7 @@ impl Store {
         };
         self.log.flush()?;
         let mut marks = Vec::with_capacity(partitions.len());
-        for (partition, start, end, stream_end) in partitions {
+        for &(ref partition, start, end, stream_end) in &partitions {
             let flushed = partition.flushed.load(std::sync::atomic::Ordering::Acquire);
             // Entries still in memory are below `end` or above it; either way, out first.
             partition.queue.write_out_pending_now()?;
@@ -137,6 +138,10 @@ impl Store {
             });
         }
         self.index.flush()?;
+        // The queue and index files the checkpoint counts on must be found after a power
+        // loss, or recovery rebuilds them from the whole log.
+        let names = partitions.iter().map(|(p, ..)| p.queue.unsynced_names());
+        meta::sync_names(&self.dir, names.chain([self.index.unsynced_names()]))?;
         Checkpoint {
             commit_log_end,
             index,

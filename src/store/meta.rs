@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -429,18 +429,6 @@ fn write_scratch_topic_file(topics_dir: &Path, record: &TopicRecord) -> Result<(
         .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
 }
 
-/// Everything written to the file system holding `dir` reaches the disk: one call for the
-/// thousands of topic files a migration writes, where an fsync of each would take minutes.
-fn sync_file_system(dir: &Path) -> Result<()> {
-    let io = |e| StoreError::io(format!("syncing the file system of {}", dir.display()), e);
-    let handle = std::fs::File::open(dir).map_err(io)?;
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(io(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 /// What `topics/` holds.
 #[derive(Debug, Default)]
 pub struct TopicFiles {
@@ -593,6 +581,55 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))?;
     #[cfg(feature = "failpoints")]
     super::faults::dir_synced(dir);
+    Ok(())
+}
+
+/// Whether files were made in a directory since the last checkpoint: their names, unlike
+/// their bytes, are durable only once the directory is synced, and recovery counts on the
+/// files a checkpoint counts (a lost one means a rebuild from the whole log).
+pub struct UnsyncedNames(AtomicBool);
+
+impl UnsyncedNames {
+    pub fn new(unsynced: bool) -> UnsyncedNames {
+        UnsyncedNames(AtomicBool::new(unsynced))
+    }
+
+    /// Called once a name is made, not before: a checkpoint in between would miss it.
+    pub fn made(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Makes durable every name made in the directories of `names` since the last call, with one
+/// sync of the file system holding `dir` when there are any (a sync of each directory costs a
+/// device flush each: 2.6 ms apiece here).
+pub fn sync_names<'n>(dir: &Path, names: impl Iterator<Item = &'n UnsyncedNames>) -> Result<()> {
+    let taken: Vec<&UnsyncedNames> = names.filter(|names| names.take()).collect();
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let synced = sync_file_system(dir);
+    if synced.is_err() {
+        // Still to be made durable, by the next checkpoint.
+        taken.iter().for_each(|names| names.made());
+    }
+    synced
+}
+
+/// Everything written to the file system holding `dir` reaches the disk, names included: one
+/// call for the thousands of files a migration writes or partitions roll, where a sync of
+/// each would take seconds to minutes.
+fn sync_file_system(dir: &Path) -> Result<()> {
+    super::mapped::inject!("meta::sync_file_system", dir, "syncing the file system of");
+    std::fs::File::open(dir)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+        .map_err(|e| StoreError::io(format!("syncing the file system of {}", dir.display()), e))?;
+    #[cfg(feature = "failpoints")]
+    super::faults::file_system_synced(dir);
     Ok(())
 }
 

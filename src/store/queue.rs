@@ -13,6 +13,7 @@ use super::commitlog::PrepareJob;
 use super::error::{Result, StoreError};
 use super::format::{self, QueueEntry, QUEUE_ENTRY_BYTES};
 use super::mapped::{remove_file, MappedFile};
+use super::meta::UnsyncedNames;
 use super::open_files::{populate_later, Held, OpenFiles};
 
 const FIRST_CHUNK_BYTES: u64 = 4096;
@@ -188,6 +189,8 @@ struct Shared {
     /// Set, under `prepared`, once the queue's directory is to be removed: no file may be
     /// made in it after that.
     retired: AtomicBool,
+    /// Files put in place (and the directory itself, when new) since the last checkpoint.
+    names: UnsyncedNames,
 }
 
 /// Lets the preparer thread make a queue's files ahead of need without keeping the queue.
@@ -210,6 +213,7 @@ impl ConsumeQueue {
         entries_per_file: u64,
         open_files: Arc<OpenFiles>,
     ) -> Result<ConsumeQueue> {
+        let new_dir = !dir.exists();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let leftovers = prepared_files(dir)?;
@@ -250,6 +254,7 @@ impl ConsumeQueue {
                 open_files,
                 prepared: Mutex::new(prepared),
                 retired: AtomicBool::new(false),
+                names: UnsyncedNames::new(new_dir),
             }),
         })
     }
@@ -659,6 +664,7 @@ impl ConsumeQueue {
                 MappedFile::create(&path, capacity, FIRST_CHUNK_BYTES.min(capacity))?
             }
         };
+        self.shared.names.made();
         let file = Arc::new(QueueFile { base, data });
         let slot = Slot {
             len: AtomicU64::new(file.data.allocated()),
@@ -667,6 +673,11 @@ impl ConsumeQueue {
         self.shared.files.write().insert(base, slot);
         self.shared.open_files.touch(&file);
         Ok(file)
+    }
+
+    /// Whether files were put in place since the last checkpoint (see `meta::sync_names`).
+    pub fn unsynced_names(&self) -> &UnsyncedNames {
+        &self.shared.names
     }
 
     /// Flushes the entries `[from, to)` to disk.
