@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use commitfs::store::{NewMessage, Store, StoreConfig};
 
-/// The blocks the commit-log files occupy on disk, in bytes.
+/// The blocks the first commit-log file occupies on disk, in bytes. It holds every message of
+/// these tests; the next file, made ahead of need by a background thread at a moment of its
+/// own (and removed unused at a close), would make any count of all files racy.
 fn log_disk_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("commitlog"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
-        .sum()
+    let first = dir.join("commitlog").join("00000000000000000000");
+    std::fs::metadata(first).unwrap().blocks() * 512
 }
 
 /// Every message by offset, by key, through the `stream` and through its segment's reader.

@@ -23,6 +23,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{Result, StoreError};
 use super::format;
+use super::meta::sync_dir;
 use super::partition::{Partition, Topic};
 use super::Store;
 
@@ -258,12 +259,6 @@ fn remove(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))
 }
 
 /// Removes the segment files of topics the store no longer has (deleted while the store was
