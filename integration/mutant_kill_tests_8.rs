@@ -1,0 +1,176 @@
+//! What a `cargo mutants` pass over `src/store/retention.rs`, `reserve.rs` and `meta.rs`
+//! found untested (issue 9). Each test says which mutants it kills. Every test here holds a
+//! `FailScenario` (some configure failpoints).
+#![cfg(feature = "failpoints")]
+
+mod fixtures;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use commitfs::store::{Store, StoreConfig, StoreError, TopicSettings};
+use fail::FailScenario;
+
+/// [`fixtures::small_store_config`] with index files of 50 entries, so that a few hundred
+/// keyed messages fill several.
+fn small_index_config() -> StoreConfig {
+    StoreConfig {
+        index_entries: 50,
+        ..fixtures::small_store_config()
+    }
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+/// Deleting a topic frees its key-index files too: the next retention pass, which removes the
+/// commit-log files no partition needs any more, also removes the index files whose every
+/// entry pointed into them. Kills the mutants in `Store::remove_expired` that lose the news
+/// that commit-log files were removed when no partition's start moved (`|=` to `&=`, and the
+/// `!` deleted before `files.is_empty()`): the pass then skips the index.
+#[test]
+fn deleting_a_topic_frees_its_key_index_files_at_the_next_retention_pass() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small_index_config()).unwrap();
+    let gone = fixtures::new_partition(&store, "gone", fixtures::keyed_topic(1));
+    let kept = fixtures::new_partition(&store, "kept", fixtures::lines_topic(1));
+    let padding = "p".repeat(400);
+    for i in 0..400 {
+        let line = format!("key{i}:{padding}\n");
+        store
+            .append(&gone, line.as_bytes(), Some(line.find(':').unwrap()))
+            .unwrap();
+    }
+    let filler = vec![b'f'; 1000];
+    for _ in 0..140 {
+        store.append(&kept, &filler, None).unwrap();
+    }
+    let index_dir = dir.path().join("index");
+    let index_files = files_in(&index_dir);
+    assert!(index_files >= 8, "400 keys fill {index_files} index files");
+    let log_files = files_in(&dir.path().join("commitlog"));
+
+    store.delete_topic("gone").unwrap();
+    store.enforce_retention().unwrap();
+    assert!(
+        files_in(&dir.path().join("commitlog")) < log_files,
+        "the deleted topic's commit-log files go"
+    );
+    assert!(
+        files_in(&index_dir) < index_files,
+        "{index_files} index files before, {} after",
+        files_in(&index_dir)
+    );
+    assert_eq!(kept.start_offset(), 0);
+    for offset in 0..140 {
+        assert_eq!(store.read_message(&kept, offset).unwrap(), filler);
+    }
+    store.close().unwrap();
+}
+
+/// A store whose disk usage is exactly `max_disk_bytes` is within it: retention drops
+/// nothing. Kills `>` to `>=` in `Store::remove_expired`'s ceiling loop.
+#[test]
+fn a_store_exactly_at_its_disk_ceiling_loses_nothing() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    let payload = vec![b'm'; 1000];
+    // 203: past a segment's start but not its middle, so that no consume-queue file is
+    // being made ahead of need when the store closes (it would change the usage).
+    for _ in 0..203 {
+        store.append(&partition, &payload, None).unwrap();
+    }
+    store.close().unwrap();
+    drop(store);
+    let usage = Store::open(dir.path(), fixtures::small_store_config())
+        .map(|store| {
+            let usage = store.disk_usage();
+            store.close().unwrap();
+            usage
+        })
+        .unwrap();
+
+    let config = StoreConfig {
+        max_disk_bytes: Some(usage),
+        ..fixtures::small_store_config()
+    };
+    let store: Arc<Store> = Store::open(dir.path(), config).unwrap();
+    assert_eq!(store.disk_usage(), usage, "the same store, the same usage");
+    store.enforce_retention().unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.start_offset(), 0, "nothing over the ceiling");
+    assert_eq!(partition.end_offset(), 203);
+    assert_eq!(store.read_message(&partition, 0).unwrap(), payload);
+    store.close().unwrap();
+}
+
+/// Bytes of each reserve file (README: `reserve/0` … `reserve/7`, 16 KiB each).
+const RESERVE_FILE_BYTES: u64 = 16 << 10;
+
+fn reserve_file_lengths(dir: &Path) -> Vec<u64> {
+    (0..8)
+        .map(|n| std::fs::metadata(dir.join("reserve").join(n.to_string())).map_or(0, |m| m.len()))
+        .collect()
+}
+
+/// A reserve file a crash left short is no reserve (filling it would need new blocks): the
+/// next open makes it whole again. Kills `==` to `!=` in `Reserve::open`, which took short
+/// files for whole ones and whole ones for missing.
+#[test]
+fn a_reserve_file_left_short_is_made_whole_at_the_next_open() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    assert_eq!(reserve_file_lengths(dir.path()), [RESERVE_FILE_BYTES; 8]);
+    store.close().unwrap();
+    drop(store);
+    let short = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("reserve/3"))
+        .unwrap();
+    short.set_len(100).unwrap();
+    drop(short);
+
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    assert_eq!(reserve_file_lengths(dir.path()), [RESERVE_FILE_BYTES; 8]);
+    store.close().unwrap();
+}
+
+/// A topic file bigger than a reserve file (here: a 20,000-byte key separator) cannot be
+/// written into one without new blocks: on a full disk the change fails with `ENOSPC` and
+/// the reserve stays whole. Kills the match guard `bytes.len() <= FILE_BYTES` replaced with
+/// `true` in `Reserve::write_atomically`.
+#[test]
+fn a_topic_change_too_big_for_a_reserve_file_fails_on_a_full_disk_and_keeps_the_reserve() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    fail::cfg("meta::write_atomically", "return(enospc@/topics/)").unwrap();
+    fail::cfg("reserve::replenish", "return").unwrap();
+    let huge = TopicSettings {
+        key_separator: Some(vec![b'|'; 20_000]),
+        ..topic.settings()
+    };
+    let refused = store.update_topic(&topic, huge).unwrap_err();
+    assert!(matches!(refused, StoreError::DiskFull(_)), "{refused}");
+    assert_eq!(fixtures::reserve_files(dir.path()), 8);
+    assert_eq!(topic.settings().key_separator, Some(b":".to_vec()));
+    let small = TopicSettings {
+        retention_bytes: Some(4096),
+        ..topic.settings()
+    };
+    store.update_topic(&topic, small).unwrap();
+    assert_eq!(
+        fixtures::reserve_files(dir.path()),
+        7,
+        "a small change uses one"
+    );
+    fail::remove("meta::write_atomically");
+    fail::remove("reserve::replenish");
+    store.close().unwrap();
+}
