@@ -174,3 +174,43 @@ fn a_topic_change_too_big_for_a_reserve_file_fails_on_a_full_disk_and_keeps_the_
     fail::remove("reserve::replenish");
     store.close().unwrap();
 }
+
+/// A `topics/` that cannot be listed (a file in its place: `ENOTDIR`, which root cannot
+/// bypass as it does permissions) refuses the open with an I/O error naming it, and changes
+/// nothing: taken for "no topic files", the open would treat every topic's messages as a
+/// deleted topic's. With `topics/` back the store opens whole. Kills the `NotFound` match
+/// guard in `read_topic_files` replaced with `true` (and its `==` replaced with `!=`).
+#[test]
+fn a_topics_directory_that_cannot_be_listed_refuses_the_open_and_changes_nothing() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 25);
+    store.close().unwrap();
+    drop(store);
+    let topics = dir.path().join("topics");
+    let saved = dir.path().join("topics.saved");
+    std::fs::rename(&topics, &saved).unwrap();
+    std::fs::write(&topics, b"not a directory").unwrap();
+    let before = fixtures::tree(dir.path());
+
+    let refused = Store::open(dir.path(), fixtures::small_store_config())
+        .err()
+        .expect("an unlistable topics/ must refuse the open");
+    let text = refused.to_string();
+    assert!(matches!(refused, StoreError::Io { .. }), "{text}");
+    assert!(text.contains("topics"), "{text}");
+    assert!(
+        fixtures::tree(dir.path()) == before,
+        "the failed open changed the directory"
+    );
+
+    std::fs::remove_file(&topics).unwrap();
+    std::fs::rename(&saved, &topics).unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 25);
+    fixtures::assert_reads(&store, &partition, 0, 25);
+    store.close().unwrap();
+}
