@@ -214,3 +214,54 @@ fn a_topics_directory_that_cannot_be_listed_refuses_the_open_and_changes_nothing
     fixtures::assert_reads(&store, &partition, 0, 25);
     store.close().unwrap();
 }
+
+/// The disk ceiling removes the oldest commit-log file and, of each partition, exactly the
+/// messages it held: a sealed segment it cut into goes whole, one that starts in the next
+/// file stays whole, and the active segment loses only its messages in that file. Three
+/// partitions hold 10, 15 and 12 messages in the first file (segments of 10), then 20, 10
+/// and 1 more in the second. Kills, in `Partition::drop_messages_before`, `low > base` to
+/// `>=` (which dropped a segment starting the second file), `base + segment_messages <=
+/// end` to `-` (which dropped the active segment whole, past the partition's end) and the
+/// new start `base + segment_messages` to `*`.
+#[test]
+fn the_disk_ceiling_removes_exactly_the_messages_of_the_oldest_commit_log_file() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let aligned = fixtures::new_partition(&store, "aligned", fixtures::lines_topic(1));
+    let sealed = fixtures::new_partition(&store, "sealed", fixtures::lines_topic(1));
+    let active = fixtures::new_partition(&store, "active", fixtures::lines_topic(1));
+    let filler = fixtures::new_partition(&store, "filler", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &aligned, 0, 10);
+    fixtures::append_lines(&store, &sealed, 0, 15);
+    fixtures::append_lines(&store, &active, 0, 12);
+    // 70 KB: the first 64 KiB commit-log file fills, the rest goes to the second.
+    for _ in 0..70 {
+        store.append(&filler, &[b'f'; 1000], None).unwrap();
+    }
+    fixtures::append_lines(&store, &aligned, 10, 30);
+    fixtures::append_lines(&store, &sealed, 15, 25);
+    fixtures::append_lines(&store, &active, 12, 13);
+    let usage = store.disk_usage();
+    store.close().unwrap();
+    drop(store);
+
+    // Over the ceiling by less than one commit-log file.
+    let config = StoreConfig {
+        max_disk_bytes: Some(usage - 16 * 1024),
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    store.enforce_retention().unwrap();
+    let expected = [("aligned", 10, 30), ("sealed", 20, 25), ("active", 12, 13)];
+    for (name, start, end) in expected {
+        let partition = store.topic(name).unwrap().partition(0).unwrap();
+        assert_eq!(
+            (partition.start_offset(), partition.end_offset()),
+            (start, end),
+            "{name}: start and end"
+        );
+        fixtures::assert_reads(&store, &partition, start, end);
+    }
+    store.close().unwrap();
+}
