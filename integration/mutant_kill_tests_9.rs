@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use commitfs::store::{Store, StoreError};
+use commitfs::store::{Store, StoreConfig, StoreError};
+use fixtures::released::{append_batch, message};
 
 fn open(dir: &Path) -> Arc<Store> {
     Store::open(dir, fixtures::small_store_config()).expect("open store")
@@ -94,5 +95,87 @@ fn a_segment_reader_refuses_a_message_whose_bytes_were_altered() {
     assert_eq!(reader.read_at(0, &mut head).unwrap(), first.len());
     assert_eq!(head, first);
     drop(reader);
+    store.close().unwrap();
+}
+
+/// A partition's last timestamp (the time its directory and active segment show as
+/// modified) is its newest message's: none while it holds none, then the time of the last
+/// append, also after a reopen. Kills `Partition::last_timestamp` -> `Some(1)`.
+#[test]
+fn a_partitions_last_timestamp_is_its_newest_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    assert_eq!(partition.last_timestamp(), None, "no message yet");
+    let before = now_ms();
+    fixtures::append_lines(&store, &partition, 0, 3);
+    let after = now_ms();
+    let last = partition
+        .last_timestamp()
+        .expect("a timestamp once it holds messages");
+    assert!(
+        (before..=after).contains(&last),
+        "last timestamp {last}, not within {before}..={after}"
+    );
+    store.close().unwrap();
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.last_timestamp(), Some(last));
+    store.close().unwrap();
+}
+
+/// Once the disk ceiling took the oldest messages of a segment, so that the partition starts
+/// part way into it, `locate` (what `user.offset.<N>` answers) still gives each message's
+/// byte in its segment as a reader serves it, whose first byte is the first message still
+/// stored: the bytes there are the message, in the cut segment and in the next. Kills `>` ->
+/// `<` in `Partition::locate`'s choice of the shift.
+#[test]
+fn locations_in_a_segment_the_disk_ceiling_cut_into_point_at_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        commit_log_file_bytes: 16 * 1024,
+        segment_messages: 20,
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    append_batch(&store, 0, 10);
+    append_batch(&store, 10, 15);
+    // A 16 KiB log file holds the first two batches: this one starts the next file.
+    append_batch(&store, 15, 18);
+    store.close().unwrap();
+    drop(store);
+
+    let ceiling = StoreConfig {
+        max_disk_bytes: Some(1),
+        ..config.clone()
+    };
+    let store = Store::open(dir.path(), ceiling).unwrap();
+    store.enforce_retention().unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path(), config).unwrap();
+    append_batch(&store, 18, 25);
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let start = partition.start_offset();
+    assert!(
+        start > 0 && start < 20,
+        "the ceiling kept messages from {start}"
+    );
+    for offset in start..25 {
+        let location = store.locate(&partition, offset).unwrap();
+        assert_eq!(location.segment_base, offset / 20 * 20, "offset {offset}");
+        let reader = store
+            .open_segment(&partition, location.segment_base)
+            .unwrap();
+        let mut bytes = vec![0u8; location.len as usize];
+        assert_eq!(
+            reader.read_at(location.position, &mut bytes).unwrap(),
+            bytes.len()
+        );
+        assert_eq!(bytes, message(offset as usize), "offset {offset}");
+    }
     store.close().unwrap();
 }
