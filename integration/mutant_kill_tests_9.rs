@@ -218,3 +218,52 @@ fn a_queue_entry_copied_from_another_topic_at_the_same_offset_is_refused() {
     assert_eq!(store.read_message(&a, 2).unwrap(), b"public\n");
     store.close().unwrap();
 }
+
+/// `offset_for_time` (what `user.time.<T>` answers) finds the first message at or after a
+/// time wherever it lies: five segments appended at five distinct times, and each
+/// segment's first timestamp finds its first message, one millisecond after its last
+/// timestamp the next segment's first. Kills `-` -> `+` in the middle of
+/// `Partition::offset_for_time`'s binary search (`low + (high + low) / 2` overshoots once
+/// `low` has moved: the search then never ends, so with that mutant this test hangs).
+#[test]
+fn a_time_lookup_finds_the_first_message_at_or_after_the_time_in_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    let segments = 5;
+    for segment in 0..segments {
+        // Each segment at a later millisecond than the one before.
+        while partition
+            .last_timestamp()
+            .is_some_and(|last| now_ms() <= last)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        fixtures::append_lines(&store, &partition, segment * 10, segment * 10 + 10);
+    }
+    let infos = partition.segments().unwrap();
+    let times: Vec<(i64, i64)> = infos
+        .iter()
+        .take(segments as usize)
+        .map(|info| (info.first_timestamp.unwrap(), info.last_timestamp.unwrap()))
+        .collect();
+    assert!(
+        times.windows(2).all(|pair| pair[0].1 < pair[1].0),
+        "segments at distinct times: {times:?}"
+    );
+    for (segment, (first, last)) in times.iter().enumerate() {
+        let base = segment as u64 * 10;
+        assert_eq!(
+            store.offset_for_time(&partition, *first).unwrap(),
+            Some(base),
+            "the first timestamp of segment {base}"
+        );
+        let next = Some(base + 10).filter(|&next| next < segments * 10);
+        assert_eq!(
+            store.offset_for_time(&partition, last + 1).unwrap(),
+            next,
+            "just after the last timestamp of segment {base}"
+        );
+    }
+    store.close().unwrap();
+}
