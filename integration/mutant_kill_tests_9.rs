@@ -267,3 +267,27 @@ fn a_time_lookup_finds_the_first_message_at_or_after_the_time_in_every_segment()
     }
     store.close().unwrap();
 }
+
+/// Only the segments from the oldest stored to the active one exist: a segment base past the
+/// active segment is no segment (a lookup of its file name finds nothing), nor is a base
+/// that is not a multiple of the segment size. Kills the first `&&` -> `||` in
+/// `Partition::segment`, which took any aligned base as a segment.
+#[test]
+fn segments_past_the_active_one_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 15);
+    assert_eq!(partition.segment(10).unwrap().unwrap().messages, 5);
+    assert_eq!(
+        partition.segment(20).unwrap(),
+        None,
+        "past the active segment"
+    );
+    assert_eq!(partition.segment(5).unwrap(), None, "not a segment's base");
+    assert!(matches!(
+        store.open_segment(&partition, 20),
+        Err(StoreError::NoSuchSegment { .. })
+    ));
+    store.close().unwrap();
+}
