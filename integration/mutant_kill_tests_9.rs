@@ -291,3 +291,43 @@ fn segments_past_the_active_one_do_not_exist() {
     ));
     store.close().unwrap();
 }
+
+/// A topic deleted while someone holds it says so, and its settings can no longer change
+/// (a `setxattr` on a directory removed meanwhile): the store refuses rather than bringing
+/// the topic back. Kills `Topic::is_deleted` -> `false`.
+#[test]
+fn a_deleted_topic_held_by_a_reader_says_so_and_refuses_new_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    assert!(!topic.is_deleted());
+    store.delete_topic("t").unwrap();
+    assert!(topic.is_deleted());
+    let mut settings = topic.settings();
+    settings.retention_ms = Some(1000);
+    assert!(store.update_topic(&topic, settings).is_err());
+    assert!(store.topic("t").is_none());
+    store.close().unwrap();
+}
+
+/// Keyed messages go to partition `(murmur2(key) & 0x7fffffff) % n` (Kafka's Java client),
+/// keyless ones to each partition in turn. Kills `Topic::choose_partition` -> 0 and -> 1.
+#[test]
+fn keys_choose_kafkas_partition_and_keyless_messages_go_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("t", fixtures::keyed_topic(4)).unwrap();
+    for key in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        let kafka = (commitfs::store::murmur2(key.as_bytes()) & 0x7fff_ffff) % 4;
+        assert_eq!(
+            topic.choose_partition(Some(key.as_bytes())),
+            kafka,
+            "key {key}"
+        );
+    }
+    let keyless: Vec<u32> = (0..8).map(|_| topic.choose_partition(None)).collect();
+    let first = keyless[0];
+    let in_turn: Vec<u32> = (0..8).map(|n| (first + n) % 4).collect();
+    assert_eq!(keyless, in_turn);
+    store.close().unwrap();
+}
