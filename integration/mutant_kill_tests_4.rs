@@ -4,10 +4,11 @@
 mod fixtures;
 
 use fixtures::released::{
-    append_batch, config, message, segment_file, store_with, MESSAGE_BYTES, PER_APPEND,
+    append_batch, config, message, segment_file, small_files_config, store_the_ceiling_cut_into,
+    store_with, MESSAGE_BYTES, PER_APPEND,
 };
 
-use commitfs::store::{Store, StoreConfig};
+use commitfs::store::Store;
 
 /// Kills `&&` -> `||` in `release_materialized_log`'s choice of segments, which took every
 /// segment with a file again: a second release gives back only what a newly sealed segment
@@ -39,26 +40,7 @@ fn a_release_counts_only_the_segments_not_released_before() {
 #[test]
 fn a_segment_the_disk_ceiling_cut_into_reads_once_released() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        commit_log_file_bytes: 16 * 1024,
-        segment_messages: 20,
-        ..fixtures::small_store_config()
-    };
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    append_batch(&store, 0, 10);
-    append_batch(&store, 10, 15);
-    // A 16 KiB log file holds the first two batches: this one starts the next file.
-    append_batch(&store, 15, 18);
-    store.close().unwrap();
-    drop(store);
-
-    let ceiling = StoreConfig {
-        max_disk_bytes: Some(1),
-        ..config.clone()
-    };
-    let store = Store::open(dir.path(), ceiling).unwrap();
-    store.enforce_retention().unwrap();
+    let store = store_the_ceiling_cut_into(dir.path());
     let start = store
         .topic("t")
         .unwrap()
@@ -72,7 +54,7 @@ fn a_segment_the_disk_ceiling_cut_into_reads_once_released() {
     store.close().unwrap();
     drop(store);
 
-    let store = Store::open(dir.path(), config).unwrap();
+    let store = Store::open(dir.path(), small_files_config()).unwrap();
     append_batch(&store, 18, 20);
     append_batch(&store, 20, 25);
     assert_eq!(store.materialize_sealed().unwrap(), 1);

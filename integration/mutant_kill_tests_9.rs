@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use commitfs::store::{Store, StoreConfig, StoreError};
-use fixtures::released::{append_batch, message};
+use commitfs::store::{Store, StoreError};
+use fixtures::released::{append_batch, message, small_files_config, store_the_ceiling_cut_into};
 
 fn open(dir: &Path) -> Arc<Store> {
     Store::open(dir, fixtures::small_store_config()).expect("open store")
@@ -133,30 +133,11 @@ fn a_partitions_last_timestamp_is_its_newest_messages() {
 #[test]
 fn locations_in_a_segment_the_disk_ceiling_cut_into_point_at_their_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        commit_log_file_bytes: 16 * 1024,
-        segment_messages: 20,
-        ..fixtures::small_store_config()
-    };
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    append_batch(&store, 0, 10);
-    append_batch(&store, 10, 15);
-    // A 16 KiB log file holds the first two batches: this one starts the next file.
-    append_batch(&store, 15, 18);
+    let store = store_the_ceiling_cut_into(dir.path());
     store.close().unwrap();
     drop(store);
 
-    let ceiling = StoreConfig {
-        max_disk_bytes: Some(1),
-        ..config.clone()
-    };
-    let store = Store::open(dir.path(), ceiling).unwrap();
-    store.enforce_retention().unwrap();
-    store.close().unwrap();
-    drop(store);
-
-    let store = Store::open(dir.path(), config).unwrap();
+    let store = Store::open(dir.path(), small_files_config()).unwrap();
     append_batch(&store, 18, 25);
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     let start = partition.start_offset();
