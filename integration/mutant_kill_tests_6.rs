@@ -28,19 +28,12 @@ fn log_file(dir: &Path, base: u64) -> PathBuf {
 #[test]
 fn a_damaged_message_is_refused_naming_its_commit_log_file_and_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 3);
-    store.sync().unwrap();
-
-    let path = log_file(dir.path(), 0);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let starts = fixtures::batch_starts(&bytes);
-    assert_eq!(starts.len(), 3, "one batch an append");
-    let payload = fixtures::line(1);
-    let at = starts[1] + find(&bytes[starts[1]..starts[2]], &payload);
-    bytes[at] ^= 0x20;
-    std::fs::write(&path, &bytes).unwrap();
+    let fixtures::AlteredLine {
+        store,
+        partition,
+        log_file,
+        batch_at,
+    } = fixtures::store_with_line_1_altered_in_the_log(dir.path());
 
     match store.read_message(&partition, 1) {
         Err(StoreError::Corrupt {
@@ -48,8 +41,8 @@ fn a_damaged_message_is_refused_naming_its_commit_log_file_and_byte() {
             offset,
             ..
         }) => {
-            assert_eq!(named, path, "the error names the commit-log file");
-            assert_eq!(offset, starts[1] as u64, "and the byte its batch starts at");
+            assert_eq!(named, log_file, "the error names the commit-log file");
+            assert_eq!(offset, batch_at, "and the byte its batch starts at");
         }
         other => panic!("a damaged message read as {other:?}"),
     }
@@ -218,13 +211,4 @@ fn torn_batch() -> Vec<u8> {
     bytes[0..4].copy_from_slice(&200u32.to_le_bytes());
     bytes[4..8].copy_from_slice(&0xC0F5_BA7Cu32.to_le_bytes());
     bytes
-}
-
-/// Where `needle` starts in `haystack`.
-#[track_caller]
-fn find(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("the bytes are there")
 }

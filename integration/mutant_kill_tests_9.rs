@@ -3,7 +3,7 @@
 
 mod fixtures;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,19 +12,6 @@ use fixtures::released::{append_batch, message, small_files_config, store_the_ce
 
 fn open(dir: &Path) -> Arc<Store> {
     Store::open(dir, fixtures::small_store_config()).expect("open store")
-}
-
-/// The commit-log file of the store at `dir` that starts at log offset `base`.
-fn log_file(dir: &Path, base: u64) -> PathBuf {
-    dir.join("commitlog").join(format!("{base:020}"))
-}
-
-/// Where `needle` first occurs in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("the bytes are there")
 }
 
 fn now_ms() -> i64 {
@@ -64,18 +51,12 @@ fn a_topic_keeps_the_time_it_was_created_at() {
 #[test]
 fn a_segment_reader_refuses_a_message_whose_bytes_were_altered() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 3);
-    store.sync().unwrap();
-
-    let path = log_file(dir.path(), 0);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let starts = fixtures::batch_starts(&bytes);
-    assert_eq!(starts.len(), 3, "one batch an append");
-    let at = starts[1] + find(&bytes[starts[1]..starts[2]], &fixtures::line(1));
-    bytes[at] ^= 0x20;
-    std::fs::write(&path, &bytes).unwrap();
+    let fixtures::AlteredLine {
+        store,
+        partition,
+        log_file,
+        batch_at,
+    } = fixtures::store_with_line_1_altered_in_the_log(dir.path());
 
     let reader = store.open_segment(&partition, 0).unwrap();
     let mut segment = vec![0u8; 100];
@@ -85,8 +66,8 @@ fn a_segment_reader_refuses_a_message_whose_bytes_were_altered() {
             offset,
             ..
         }) => {
-            assert_eq!(named, path, "the error names the commit-log file");
-            assert_eq!(offset, starts[1] as u64, "and the byte its batch starts at");
+            assert_eq!(named, log_file, "the error names the commit-log file");
+            assert_eq!(offset, batch_at, "and the byte its batch starts at");
         }
         other => panic!("a segment with an altered message read as {other:?}"),
     }
