@@ -131,6 +131,46 @@ fn a_message_whose_bytes_are_neither_in_the_log_nor_in_an_intact_file_is_an_erro
     assert_eq!(store.read_message(&partition, 33).unwrap(), message(33));
 }
 
+/// `user.offsets.<KEY>` of a key whose messages live in segments' own files compares each
+/// candidate's key bytes, read from the file, without reading and checking its whole batch
+/// (up to 2 MiB per candidate; the log's batches are read the same way): a byte damaged in
+/// another message of the batch leaves the offsets found, while the message's own bytes,
+/// which a lookup serves, are refused.
+#[test]
+fn key_lookups_in_segment_files_compare_key_bytes_and_serve_only_checked_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = released_store(dir.path());
+    let topic = store.topic("t").unwrap();
+    // Message 15's bytes past its key, in the batch of messages 10..20 (segment 10's file).
+    let damaged = segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[5 * MESSAGE_BYTES + 500] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    let mut offsets = Vec::new();
+    let mut served = Vec::new();
+    store
+        .for_each_key_match(&topic, None, &key(12), |m| {
+            offsets.push(m.offset);
+            served.push(m.payload());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(offsets, [12], "the offsets of key k12");
+    let error = served.pop().unwrap().unwrap_err();
+    assert!(
+        error.to_string().contains("CRC32C")
+            && error.to_string().contains("00000000000000000010.log"),
+        "{error}"
+    );
+    // The other segments' files are intact: their keys answer with their messages.
+    assert_eq!(
+        fixtures::key_matches(&store, &topic, "k3"),
+        [(0, 3, String::from_utf8(message(3)).unwrap())]
+    );
+    store.close().unwrap();
+}
+
 #[test]
 fn the_log_keeps_the_bytes_of_a_segment_whose_file_does_not_hold_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -46,23 +46,11 @@ impl Partition {
     pub(super) fn with_stretch<F: Deref<Target = LogFile>, T>(
         &self,
         record: &Record<F>,
-        take: impl FnMut(&[u8]) -> T,
-    ) -> Result<T> {
-        self.with_stretch_checked(record, true, take)
-    }
-
-    /// [`Partition::with_stretch`], where `check_log` false skips the CRC32C of a batch read
-    /// from the log (a key compared, not served); one read from a file is always checked.
-    fn with_stretch_checked<F: Deref<Target = LogFile>, T>(
-        &self,
-        record: &Record<F>,
-        check_log: bool,
         mut take: impl FnMut(&[u8]) -> T,
     ) -> Result<T> {
         let base = self.segment_base(record.header.offset);
         if !self.segment_files.is_marked(base) {
-            let checked = if check_log { verify(record) } else { Ok(()) };
-            let from_log = checked.map(|()| take(record.payload_to_batch_end()));
+            let from_log = verify(record).map(|()| take(record.payload_to_batch_end()));
             // The segment is marked before any block of the log is punched: a segment still
             // unmarked after the copy was read whole from the log.
             fence(Ordering::SeqCst);
@@ -74,9 +62,11 @@ impl Partition {
         Ok(take(&payload[from..]))
     }
 
-    /// The key bytes of `record`'s message (see [`Partition::with_stretch`]; those read from
-    /// the log are compared, not served, so they are not checked against the CRC32C, as
-    /// before segments had files).
+    /// The key bytes of `record`'s message, from the commit log or the segment's own file.
+    /// They are compared, not served, so they are not checked against the batch's CRC32C:
+    /// a key lookup reads a few bytes per candidate, not every candidate's whole batch (up
+    /// to 2 MiB). Damage there can only make a candidate not match; the message a lookup
+    /// then serves is read checked.
     pub(super) fn key_of<F: Deref<Target = LogFile>>(
         &self,
         record: &Record<F>,
@@ -84,9 +74,35 @@ impl Partition {
         let Some(key_len) = record.header.key_len else {
             return Ok(None);
         };
-        self.with_stretch_checked(record, false, |stretch| {
-            stretch.get(..key_len as usize).map(<[u8]>::to_vec)
-        })
+        let key_len = key_len as usize;
+        let base = self.segment_base(record.header.offset);
+        if !self.segment_files.is_marked(base) {
+            let from_log = record
+                .payload_to_batch_end()
+                .get(..key_len)
+                .map(<[u8]>::to_vec);
+            // As in `with_stretch`: a segment marked meanwhile may have been punched
+            // under the read.
+            fence(Ordering::SeqCst);
+            if !self.segment_files.is_marked(base) {
+                return Ok(from_log);
+            }
+        }
+        let shift = self.segment_file_shift(base)?;
+        let at = record
+            .header
+            .segment_position
+            .checked_sub(shift)
+            .ok_or_else(|| {
+                self.file_damage(
+                    base,
+                    shift,
+                    "a message lies before the segment's file starts",
+                )
+            })?;
+        let mut key = vec![0u8; key_len];
+        self.segment_files.read_exact_at(base, at, &mut key)?;
+        Ok(Some(key))
     }
 
     /// The payload of `record`'s message (see [`Partition::with_stretch`]).
