@@ -7,7 +7,7 @@
 mod fixtures;
 
 use commitfs::store::{Store, StoreConfig};
-use fixtures::{key_matches, keyed_messages, keyed_topic, small_store_config};
+use fixtures::{key_matches, keyed_messages, keyed_topic, proc_status_kib, small_store_config};
 
 /// Keys `k0`..`k{keys}`, round after round: message `n` is `k{n % keys}:{n}`.
 fn line(n: usize, keys: usize) -> String {
@@ -64,16 +64,6 @@ fn keys_are_found_across_filled_index_files_and_after_a_clean_reopen() {
     store.close().unwrap();
 }
 
-fn rss_anon_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon in /proc/self/status");
-    kib * 1024
-}
-
 #[test]
 fn a_filled_index_files_slot_table_leaves_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,9 +77,9 @@ fn a_filled_index_files_slot_table_leaves_memory() {
     let store = Store::open(dir.path(), config).unwrap();
     store.create_topic("t", keyed_topic(1)).unwrap();
     append_rounds(&store, 0, 1023, 1_000_000);
-    let before = rss_anon_bytes();
+    let before = proc_status_kib("RssAnon") * 1024;
     append_rounds(&store, 1023, 21 * 1023, 1_000_000);
-    let grown = rss_anon_bytes().saturating_sub(before);
+    let grown = (proc_status_kib("RssAnon") * 1024).saturating_sub(before);
     assert!(
         grown < 12 << 20,
         "anonymous memory grew by {grown} bytes over 20 filled index files"

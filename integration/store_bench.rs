@@ -15,6 +15,8 @@
 //! (no `--bench` argument) everything runs once on tiny sizes (200 partitions where the
 //! benches say 10,000), as a smoke test.
 
+mod fixtures;
+
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
@@ -26,6 +28,7 @@ use commitfs::store::{
     FlushPolicy, Framing, NewMessage, Partition, Store, StoreConfig, Topic, TopicSettings,
 };
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use fixtures::proc_status_kib;
 use tempfile::TempDir;
 
 const MESSAGE_BYTES: usize = 100;
@@ -738,15 +741,6 @@ fn report_percentiles(what: &str, samples: &str, mut latencies: Vec<Duration>) {
 // Memory
 
 /// Fields of `/proc/self/status`, in KiB.
-fn proc_status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn memory_line(when: &str) -> u64 {
     let anon = proc_status_kib("RssAnon");
     println!(
