@@ -126,3 +126,59 @@ fn a_partition_carries_its_topics_id_and_its_index() {
     assert_eq!(found, [(1, 2), (2, 2), (3, 2)]);
     store.close().unwrap();
 }
+
+/// A garbled consume-queue entry spoils only its own message. The segment whose first
+/// message it is is an error naming the queue file and byte (`EIO` through the mount),
+/// never a segment that does not exist; every other message of the partition, also in
+/// the segment whose first message is the partition's first and damaged, is still found.
+/// Kills `+` -> `-` in `Partition::segment`'s "removed meanwhile" guard (which took the
+/// damaged segment 10 for one retention removed) and `>` -> `>=` in `Partition::locate`
+/// (which read the partition's first message to place every message of its segment).
+#[test]
+fn a_garbled_first_entry_of_a_segment_spoils_only_its_own_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 25);
+    store.close().unwrap();
+    drop((partition, store));
+
+    let queue = |base: u64| dir.path().join(format!("queues/1/0/{base:020}"));
+    for base in [0, 10] {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(queue(base))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0xab; 20], 0).unwrap();
+    }
+
+    let store = open(dir.path());
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let names_entry_10 = |error: StoreError| match error {
+        StoreError::Corrupt { path, offset, .. } => {
+            assert_eq!((path, offset), (queue(10), 0));
+        }
+        other => panic!("segment 10 failed with {other}, not as a damaged queue entry"),
+    };
+    names_entry_10(partition.segment(10).unwrap_err());
+    names_entry_10(store.open_segment(&partition, 10).err().unwrap());
+    assert_eq!(partition.segment(20).unwrap().unwrap().messages, 5);
+
+    // `line(n)` is 7 bytes below 10 and 8 from 10 on: message 3 starts at byte 21 of
+    // segment 0, message 13 at byte 24 of segment 10.
+    let location = partition.locate(3).unwrap();
+    assert_eq!(
+        (location.segment_base, location.position, location.len),
+        (0, 21, 7)
+    );
+    let location = partition.locate(13).unwrap();
+    assert_eq!(
+        (location.segment_base, location.position, location.len),
+        (10, 24, 8)
+    );
+    assert_eq!(
+        store.read_message(&partition, 13).unwrap(),
+        fixtures::line(13)
+    );
+    store.close().unwrap();
+}
