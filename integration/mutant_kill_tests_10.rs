@@ -68,22 +68,8 @@ fn a_last_batch_whose_size_runs_past_its_file_refuses_the_open_naming_its_byte()
 #[test]
 fn a_last_queue_entry_copied_from_another_topic_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let a = fixtures::new_partition(&store, "a", fixtures::lines_topic(1));
-    let b = fixtures::new_partition(&store, "b", fixtures::lines_topic(1));
-    for _ in 0..3 {
-        store.append(&a, b"public\n", None).unwrap();
-        store.append(&b, b"secret\n", None).unwrap();
-    }
-    store.close().unwrap();
-    drop((a, b, store));
-
     // Message 2 of `a` (topic id 1) gets the queue entry of message 2 of `b` (topic id 2).
-    let queue = |topic: u32| dir.path().join(format!("queues/{topic}/0/{:020}", 0));
-    let of_b = std::fs::read(queue(2)).unwrap();
-    let mut of_a = std::fs::read(queue(1)).unwrap();
-    of_a[40..60].copy_from_slice(&of_b[40..60]);
-    std::fs::write(queue(1), &of_a).unwrap();
+    fixtures::store_with_a_queue_entry_of_b_copied_into_a(dir.path(), 2);
 
     let error = Store::open(dir.path(), fixtures::small_store_config())
         .err()

@@ -150,23 +150,9 @@ fn locations_in_a_segment_the_disk_ceiling_cut_into_point_at_their_messages() {
 #[test]
 fn a_queue_entry_copied_from_another_topic_at_the_same_offset_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let a = fixtures::new_partition(&store, "a", fixtures::lines_topic(1));
-    let b = fixtures::new_partition(&store, "b", fixtures::lines_topic(1));
-    for _ in 0..3 {
-        store.append(&a, b"public\n", None).unwrap();
-        store.append(&b, b"secret\n", None).unwrap();
-    }
-    store.close().unwrap();
-    drop((a, b, store));
-
     // Message 1 of `a` (not the last: a damaged last message refuses the open) gets the
-    // queue entry of message 1 of `b` (topic id 2), all 20 bytes of it.
-    let queue = |topic: u32| dir.path().join(format!("queues/{topic}/0/{:020}", 0));
-    let of_b = std::fs::read(queue(2)).unwrap();
-    let mut of_a = std::fs::read(queue(1)).unwrap();
-    of_a[20..40].copy_from_slice(&of_b[20..40]);
-    std::fs::write(queue(1), &of_a).unwrap();
+    // queue entry of message 1 of `b` (topic id 2).
+    fixtures::store_with_a_queue_entry_of_b_copied_into_a(dir.path(), 1);
 
     let store = open(dir.path());
     let a = store.topic("a").unwrap().partition(0).unwrap();
