@@ -49,17 +49,27 @@ impl Partition {
         mut take: impl FnMut(&[u8]) -> T,
     ) -> Result<T> {
         let base = self.segment_base(record.header.offset);
-        if !self.segment_files.is_marked(base) {
-            let from_log = verify(record).map(|()| take(record.payload_to_batch_end()));
-            // The segment is marked before any block of the log is punched: a segment still
-            // unmarked after the copy was read whole from the log.
-            fence(Ordering::SeqCst);
-            if !self.segment_files.is_marked(base) {
-                return from_log;
-            }
+        let from_log = self.read_from_log_unless_released(base, || {
+            verify(record).map(|()| take(record.payload_to_batch_end()))
+        });
+        if let Some(from_log) = from_log {
+            return from_log;
         }
         let (payload, from) = self.stretch_from_file(record, base)?;
         Ok(take(&payload[from..]))
+    }
+
+    /// What `read` takes from the commit log, unless segment `base` is marked released
+    /// before or during the read (`None`): its blocks of the log may then be punched.
+    fn read_from_log_unless_released<T>(&self, base: u64, read: impl FnOnce() -> T) -> Option<T> {
+        if self.segment_files.is_marked(base) {
+            return None;
+        }
+        let from_log = read();
+        // The segment is marked before any block of the log is punched: a segment still
+        // unmarked after the read was read whole from the log.
+        fence(Ordering::SeqCst);
+        (!self.segment_files.is_marked(base)).then_some(from_log)
     }
 
     /// The key bytes of `record`'s message, from the commit log or the segment's own file.
@@ -76,17 +86,14 @@ impl Partition {
         };
         let key_len = key_len as usize;
         let base = self.segment_base(record.header.offset);
-        if !self.segment_files.is_marked(base) {
-            let from_log = record
+        let from_log = self.read_from_log_unless_released(base, || {
+            record
                 .payload_to_batch_end()
                 .get(..key_len)
-                .map(<[u8]>::to_vec);
-            // As in `with_stretch`: a segment marked meanwhile may have been punched
-            // under the read.
-            fence(Ordering::SeqCst);
-            if !self.segment_files.is_marked(base) {
-                return Ok(from_log);
-            }
+                .map(<[u8]>::to_vec)
+        });
+        if let Some(from_log) = from_log {
+            return Ok(from_log);
         }
         let shift = self.segment_file_shift(base)?;
         let at = record
