@@ -624,67 +624,81 @@ enum Dispatch {
 }
 
 impl Recovering {
-    /// Takes message `header` of the batch at commit-log offset `batch`. `after_skip`: a
-    /// skip marker lies between this partition's previous batch and this one.
+    /// Takes the messages of `batch` (at commit-log offset `at`) that the partition does not
+    /// have yet. `after_skip`: a skip marker lies between this partition's previous batch and
+    /// this one. A batch's offsets follow each other, so only its first message can leave a
+    /// gap; its entries are written and its keys indexed together.
     fn dispatch(
         &mut self,
-        header: &format::RecordHeader,
-        batch: u64,
-        key: Option<&[u8]>,
+        batch: &format::Batch<'_>,
+        at: u64,
         index: &KeyIndex,
         after_skip: bool,
     ) -> Result<Dispatch> {
-        let offset = header.offset;
+        let header = &batch.header;
+        let (first, end) = (header.first_offset, header.end_offset());
+        // Offsets below this the partition has (`start` until a rebuild finds the first).
+        let have = self.next.unwrap_or(self.start);
+        if end <= have {
+            return Ok(Dispatch::Stored);
+        }
         let mut outcome = Dispatch::Stored;
-        match self.next {
-            None if offset < self.start => return Ok(Dispatch::Stored),
-            None => {
-                if offset > self.start {
+        if first > have {
+            match self.next {
+                None => {
                     if after_skip {
                         outcome = Dispatch::StoredAfterLoss {
                             from: self.start,
-                            to: offset,
+                            to: first,
                         };
                     } else {
                         tracing::warn!(
-                            "topic id {} partition {}: messages {}..{offset} are no longer in the commit log",
+                            "topic id {} partition {}: messages {}..{first} are no longer in the commit log",
                             header.topic_id,
                             header.partition,
                             self.start
                         );
                     }
-                    self.start = offset;
+                    self.start = first;
+                }
+                Some(next) if !after_skip => return Ok(Dispatch::Gap { expected: next }),
+                Some(next) => {
+                    self.put_lost(next, first)?;
+                    outcome = Dispatch::StoredAfterLoss {
+                        from: next,
+                        to: first,
+                    };
                 }
             }
-            Some(next) if offset < next => return Ok(Dispatch::Stored),
-            Some(next) if offset > next && !after_skip => {
-                return Ok(Dispatch::Gap { expected: next })
-            }
-            Some(next) if offset > next => {
-                self.put_lost(next, offset)?;
-                outcome = Dispatch::StoredAfterLoss {
-                    from: next,
-                    to: offset,
-                };
-            }
-            Some(_) => {}
         }
-        let key_hash = key.map_or(0, |k| format::key_hash(header.topic_id, k));
-        let entry = QueueEntry {
-            commit_log_offset: batch + u64::from(header.payload_at),
-            size: header.len,
-            batch,
-        };
-        self.put_entries(offset, offset + 1, &entry)?;
-        if key_hash != 0 {
-            let at = MessageAt {
-                batch,
-                index: header.index,
-            };
-            index.reserve(1, batch)?.insert(key_hash, at);
+        let new = first.max(have);
+        let messages = || batch.messages().skip((new - first) as usize);
+        let entries = messages().map(|message| QueueEntry {
+            commit_log_offset: at + u64::from(message.payload_at),
+            size: message.len,
+            batch: at,
+        });
+        self.put_entries(new, end, entries)?;
+        if header.keyed {
+            let keys: Vec<(u64, MessageAt)> = messages()
+                .filter_map(|message| {
+                    let key = &batch.payload(&message)[..message.key_len? as usize];
+                    let place = MessageAt {
+                        batch: at,
+                        index: message.index,
+                    };
+                    Some((format::key_hash(header.topic_id, key), place))
+                })
+                .collect();
+            if !keys.is_empty() {
+                let mut room = index.reserve(keys.len() as u32, at)?;
+                for (hash, place) in keys {
+                    room.insert(hash, place);
+                }
+            }
         }
-        self.next = Some(offset + 1);
-        self.last_record = Some(batch);
+        self.next = Some(end);
+        self.last_record = Some(at);
         Ok(outcome)
     }
 
@@ -696,20 +710,25 @@ impl Recovering {
             size: 0,
             batch: LOST_MESSAGE,
         };
-        self.put_entries(from, to, &lost)
+        self.put_entries(from, to, std::iter::repeat(lost))
     }
 
-    /// Writes `entry` as the entry of each of the offsets `from..to`, a segment at a time, so
+    /// Writes `entries` as the entries of the offsets `from..to`, a segment at a time, so
     /// that a long lost span pins one queue file at a time, not all of them.
-    fn put_entries(&mut self, from: u64, to: u64, entry: &QueueEntry) -> Result<()> {
+    fn put_entries(
+        &mut self,
+        from: u64,
+        to: u64,
+        mut entries: impl Iterator<Item = QueueEntry>,
+    ) -> Result<()> {
         let mut reserved = ReservedFiles::starting_with(self.active_file.upgrade());
         let mut offset = from;
         while offset < to {
             let segment_end =
                 (self.queue.segment_base(offset) + self.queue.entries_per_file()).min(to);
             self.queue.reserve(&mut reserved, offset, segment_end)?;
-            for offset in offset..segment_end {
-                self.queue.put(&reserved, offset, entry);
+            for (offset, entry) in (offset..segment_end).zip(&mut entries) {
+                self.queue.put(&reserved, offset, &entry);
             }
             offset = segment_end;
         }
@@ -877,19 +896,14 @@ impl Scanner<'_> {
             match scanned {
                 Scanned::Record(batch) => {
                     let at = base + position as u64;
-                    for message in batch.messages() {
-                        let key = message
-                            .key_len
-                            .map(|k| &batch.payload(&message)[..k as usize]);
-                        if let Some(reason) = self.dispatch(&message, at, key)? {
-                            return Ok(FileScan::Invalid {
-                                position,
-                                reason,
-                                valid: true,
-                            });
-                        }
-                        self.records += 1;
+                    if let Some(reason) = self.dispatch(&batch, at)? {
+                        return Ok(FileScan::Invalid {
+                            position,
+                            reason,
+                            valid: true,
+                        });
                     }
+                    self.records += u64::from(batch.header.count);
                     position += batch.header.size as usize;
                     *end = base + position as u64;
                     if let Some(progress) = &mut self.progress {
@@ -916,13 +930,9 @@ impl Scanner<'_> {
         }
     }
 
-    /// Hands a record to its partition; returns why it cannot be taken (a gap), if so.
-    fn dispatch(
-        &mut self,
-        header: &format::RecordHeader,
-        at: u64,
-        key: Option<&[u8]>,
-    ) -> Result<Option<String>> {
+    /// Hands a batch to its partition; returns why it cannot be taken (a gap), if so.
+    fn dispatch(&mut self, batch: &format::Batch<'_>, at: u64) -> Result<Option<String>> {
+        let header = &batch.header;
         let (topic_id, index) = (header.topic_id, header.partition);
         let Some(partition) = self.partitions.get_mut(&(topic_id, index)) else {
             return match self.meta.disowns(topic_id, index) {
@@ -930,7 +940,7 @@ impl Scanner<'_> {
                     "{} byte {}: message {} of {why}",
                     self.path_of(at).display(),
                     at % self.file_bytes,
-                    header.offset
+                    header.first_offset
                 ))),
                 // A deleted topic's record: still valid, nobody reads it.
                 None => Ok(None),
@@ -939,11 +949,11 @@ impl Scanner<'_> {
         let after_skip = self
             .last_skip
             .is_some_and(|skip| partition.last_record.is_none_or(|last| skip > last));
-        match partition.dispatch(header, at, key, self.index, after_skip)? {
+        match partition.dispatch(batch, at, self.index, after_skip)? {
             Dispatch::Stored => Ok(None),
             Dispatch::Gap { expected } => Ok(Some(format!(
                 "message {} of topic id {topic_id} partition {index} where {expected} was expected",
-                header.offset
+                header.first_offset
             ))),
             Dispatch::StoredAfterLoss { from, to } => {
                 tracing::warn!(
