@@ -122,7 +122,8 @@ fn without_store_toml_a_dump_leaves_the_logs_given_back_blocks_unallocated() {
 
 /// Batches that retention removed (below their partition's start) but whose commit-log file
 /// is still there are not shown, and the dump says how many and why. Kills `>` replaced with
-/// `<` in `dump` (`removed_batches > 0`: the note was never given).
+/// `<` in `dump` (`removed_batches > 0`: the note was never given) and `+=` replaced with
+/// `-=` and `*=` where `Walk::file` counts them.
 #[test]
 fn a_dump_says_that_batches_below_a_partitions_start_were_removed_by_retention() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,12 +144,55 @@ fn a_dump_says_that_batches_below_a_partitions_start_were_removed_by_retention()
         start
     };
     assert!(start > 0, "retention moved the start");
+    // One message a batch: the batches left in the log below the start, by their first
+    // offset (README "Commit-log files": bytes 24..32 of a batch).
+    let below_start = std::fs::read_dir(dir.path().join("commitlog"))
+        .unwrap()
+        .map(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            fixtures::batch_starts(&bytes)
+                .into_iter()
+                .filter(|&at| {
+                    u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap()) < start
+                })
+                .count() as u64
+        })
+        .sum::<u64>();
+    assert!(
+        below_start > 0,
+        "the log still holds batches below the start"
+    );
     let (report, text) = dumped(dir.path());
     assert_eq!(offsets(&text), (start..3000).collect::<Vec<_>>());
-    assert!(report.removed_batches > 0, "{report:?}");
+    assert_eq!(report.removed_batches, below_start, "{report:?}");
     let note = format!(
-        "note: {} batches below their partitions' starts are not shown: retention removed them",
-        report.removed_batches
+        "note: {below_start} batches below their partitions' starts are not shown: retention removed them"
     );
     assert!(report.notes.contains(&note), "{:?}", report.notes);
+}
+
+/// A batch whose bytes the log gave back and whose segment file is damaged is reported as
+/// damage, and the walk goes on past it: the messages after it are all shown. Kills `+=`
+/// replaced with `-=` and `*=` where `Walk::file` steps over such a batch.
+#[test]
+fn a_dump_goes_on_past_a_given_back_batch_whose_segment_file_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fixtures::released::store_with(dir.path(), 35);
+    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    assert!(store.release_materialized_log().unwrap() > 0);
+    store.close().unwrap();
+    drop(store);
+    let segment = fixtures::released::segment_file(dir.path(), 10);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[5000] ^= 0x40;
+    std::fs::write(&segment, bytes).unwrap();
+    let (report, text) = dumped(dir.path());
+    assert!(report.damaged, "{report:?}");
+    assert!(
+        report.notes.iter().any(|note| note.starts_with("damage: ")),
+        "{:?}",
+        report.notes
+    );
+    let shown: Vec<u64> = (0..10).chain(20..35).collect();
+    assert_eq!(offsets(&text), shown);
 }
