@@ -17,6 +17,14 @@ fn open(dir: &Path) -> Arc<Store> {
     Store::open(dir, config()).expect("open store")
 }
 
+/// A store (this file's `config`) whose topic "t" holds lines `0..count`, closed.
+fn closed_store_with_lines(dir: &Path, count: u64) {
+    let store = open(dir);
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, count);
+    store.close().unwrap();
+}
+
 /// Every message of a partition, oldest first.
 #[cfg(feature = "failpoints")]
 fn messages(store: &Store, partition: &commitfs::store::Partition) -> Vec<String> {
@@ -94,6 +102,8 @@ fn a_failed_write_in_a_later_log_file_leaves_none_of_its_append_after_a_reopen()
 /// past the previous file's name.
 #[test]
 fn key_index_files_are_named_by_the_log_offset_of_their_first_batch() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     // Three entries a file (entry 0 is the null entry).
     let config = StoreConfig {
@@ -136,6 +146,8 @@ fn key_index_files_are_named_by_the_log_offset_of_their_first_batch() {
 /// obtain files ahead of need, and those stay behind empty.
 #[test]
 fn one_append_over_three_log_files_stores_it_whole_and_leaves_no_empty_file() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
@@ -200,12 +212,10 @@ fn log_end(bytes: &[u8]) -> u64 {
 /// naming that file and the byte in it where the log ends.
 #[test]
 fn a_missing_log_file_holding_the_end_is_refused_naming_it_and_the_byte() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 1500);
-    store.close().unwrap();
-    drop((partition, store));
+    closed_store_with_lines(dir.path(), 1500);
 
     let second = dir
         .path()
@@ -233,14 +243,12 @@ fn a_missing_log_file_holding_the_end_is_refused_naming_it_and_the_byte() {
 /// copy test ends in the first file, where `end + 0` and `end - 0` agree.
 #[test]
 fn opening_a_sparse_copy_fills_the_holes_of_a_later_log_file_being_written() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     use std::os::unix::fs::MetadataExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 1000);
-    store.close().unwrap();
-    drop((partition, store));
+    closed_store_with_lines(dir.path(), 1000);
 
     // The second file as a sparse copy leaves it: its written 4 KiB blocks, then a hole.
     let second = dir
@@ -283,12 +291,10 @@ fn opening_a_sparse_copy_fills_the_holes_of_a_later_log_file_being_written() {
 /// others is refused with an error naming the missing file.
 #[test]
 fn a_log_file_missing_in_the_middle_is_refused_naming_it() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 2000);
-    store.close().unwrap();
-    drop((partition, store));
+    closed_store_with_lines(dir.path(), 2000);
 
     let log = dir.path().join("commitlog");
     assert!(

@@ -11,6 +11,16 @@ use std::path::Path;
 use commitfs::store::{Store, StoreError};
 
 /// A store with `segments` sealed segments of 1,000-byte messages in partition 0 of keyed
+/// Whether each of the partition's segments, oldest first, has a file of its own.
+fn copied_segments(partition: &commitfs::store::Partition) -> Vec<bool> {
+    partition
+        .segments()
+        .unwrap()
+        .iter()
+        .map(|s| s.materialized)
+        .collect()
+}
+
 /// topic `t` (id 1), each copied to its own file, closed.
 fn closed_store_with_copies(dir: &Path, segments: usize) {
     let store = fixtures::released::store_with(dir, segments * 10 + 5);
@@ -24,6 +34,8 @@ fn closed_store_with_copies(dir: &Path, segments: usize) {
 /// `true` in `SegmentFiles::open`.
 #[test]
 fn a_segment_directory_that_cannot_be_listed_refuses_the_open_naming_it() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_copies(dir.path(), 1);
     let partition_dir = dir.path().join("segments/1/0");
@@ -46,6 +58,8 @@ fn a_segment_directory_that_cannot_be_listed_refuses_the_open_naming_it() {
 /// `Ok(())`.
 #[test]
 fn an_open_removes_the_segment_files_of_topics_the_store_no_longer_has() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_copies(dir.path(), 2);
     let segments = dir.path().join("segments");
@@ -69,12 +83,7 @@ fn an_open_removes_the_segment_files_of_topics_the_store_no_longer_has() {
         assert!(fixtures::released::segment_file(dir.path(), base).exists());
     }
     let partition = store.topic("t").unwrap().partition(0).unwrap();
-    let copied: Vec<bool> = partition
-        .segments()
-        .unwrap()
-        .iter()
-        .map(|s| s.materialized)
-        .collect();
+    let copied = copied_segments(&partition);
     assert_eq!(copied, [true, true, false]);
     store.close().unwrap();
 }
@@ -89,6 +98,8 @@ fn an_open_removes_the_segment_files_of_topics_the_store_no_longer_has() {
 /// `sealed && contains` (a reader describes its segment as the partition does).
 #[test]
 fn an_open_drops_segment_files_that_do_not_match_their_segments() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     use fixtures::released::{config, message, segment_file};
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_copies(dir.path(), 2);
@@ -103,12 +114,7 @@ fn an_open_drops_segment_files_that_do_not_match_their_segments() {
     assert!(!active.exists(), "the active segment's file was kept");
     assert!(segment_file(dir.path(), 10).exists());
     let partition = store.topic("t").unwrap().partition(0).unwrap();
-    let copied: Vec<bool> = partition
-        .segments()
-        .unwrap()
-        .iter()
-        .map(|s| s.materialized)
-        .collect();
+    let copied = copied_segments(&partition);
     assert_eq!(copied, [false, true, false]);
     // A segment's reader describes it as the partition does.
     for segment in partition.segments().unwrap() {
@@ -153,6 +159,8 @@ fn an_open_drops_segment_files_that_do_not_match_their_segments() {
 /// theirs and read back. Kills `SegmentFiles::remove_before` -> `Ok(())`.
 #[test]
 fn retention_removes_the_files_and_markers_of_the_segments_it_removes() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     use fixtures::released::{append_batch, config, message, segment_file};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();
@@ -229,12 +237,7 @@ fn a_power_loss_after_a_copy_keeps_the_messages_it_copied() {
     let store = Store::open(&copy, config).unwrap();
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     assert_eq!(partition.end_offset(), 30, "messages were lost");
-    let copied: Vec<bool> = partition
-        .segments()
-        .unwrap()
-        .iter()
-        .map(|s| s.materialized)
-        .collect();
+    let copied = copied_segments(&partition);
     assert_eq!(copied, [true, true, true, false]);
     for i in 0..30 {
         assert_eq!(
@@ -252,6 +255,8 @@ fn a_power_loss_after_a_copy_keeps_the_messages_it_copied() {
 /// of a refused segment and removed nothing.
 #[test]
 fn a_segment_whose_log_is_damaged_leaves_no_copy_behind() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     use fixtures::released::{message, segment_file, store_with};
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), 25);
@@ -291,6 +296,8 @@ fn a_segment_whose_log_is_damaged_leaves_no_copy_behind() {
 /// damaged one.
 #[test]
 fn a_stream_read_past_a_garbled_queue_entry_finds_its_message() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let line = |i: usize| format!("k{}:{:0>1000}\n", i % 5, i).into_bytes();
@@ -337,6 +344,8 @@ fn a_stream_read_past_a_garbled_queue_entry_finds_its_message() {
 /// -> `0` and -> `1`, and `>` -> `>=` in `SegmentReader::info`'s `messages > 0`.
 #[test]
 fn a_reader_of_an_empty_active_segment_describes_it() {
+    // Failpoints are global: every test of this binary takes the scenario lock.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
