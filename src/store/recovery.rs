@@ -672,29 +672,31 @@ impl Recovering {
             }
         }
         let new = first.max(have);
-        let messages = || batch.messages().skip((new - first) as usize);
-        let entries = messages().map(|message| QueueEntry {
-            commit_log_offset: at + u64::from(message.payload_at),
-            size: message.len,
-            batch: at,
-        });
-        self.put_entries(new, end, entries)?;
-        if header.keyed {
-            let keys: Vec<(u64, MessageAt)> = messages()
-                .filter_map(|message| {
-                    let key = &batch.payload(&message)[..message.key_len? as usize];
+        // One pass over the batch's table: each message's entry, and its key for the index.
+        let mut keys: Vec<(u64, MessageAt)> = Vec::new();
+        let entries = batch
+            .messages()
+            .skip((new - first) as usize)
+            .map(|message| {
+                if let Some(key_len) = message.key_len {
+                    let key = &batch.payload(&message)[..key_len as usize];
                     let place = MessageAt {
                         batch: at,
                         index: message.index,
                     };
-                    Some((format::key_hash(header.topic_id, key), place))
-                })
-                .collect();
-            if !keys.is_empty() {
-                let mut room = index.reserve(keys.len() as u32, at)?;
-                for (hash, place) in keys {
-                    room.insert(hash, place);
+                    keys.push((format::key_hash(header.topic_id, key), place));
                 }
+                QueueEntry {
+                    commit_log_offset: at + u64::from(message.payload_at),
+                    size: message.len,
+                    batch: at,
+                }
+            });
+        self.put_entries(new, end, entries)?;
+        if !keys.is_empty() {
+            let mut room = index.reserve(keys.len() as u32, at)?;
+            for (hash, place) in keys {
+                room.insert(hash, place);
             }
         }
         self.next = Some(end);
