@@ -84,18 +84,23 @@ pub(super) fn budget(wanted: usize) -> usize {
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok())
         .unwrap_or(u64::MAX);
+    let budget = budget_within(wanted, descriptors, maps);
+    if budget < wanted {
+        // The default asks for more than most limits allow: not a problem, so not a warning.
+        tracing::info!(
+            "keeping at most {budget} store files open: max_open_files {wanted} is more than ulimit -n {descriptors} and vm.max_map_count {maps} allow beside what else the daemon uses"
+        );
+    }
+    budget
+}
+
+/// `wanted`, or less if `descriptors` and `maps` leave less room beside the others.
+fn budget_within(wanted: usize, descriptors: u64, maps: u64) -> usize {
     let allowed = descriptors
         .saturating_sub(OTHER_DESCRIPTORS.max(descriptors / 8))
         .min(maps.saturating_sub(OTHER_MAPS.max(maps / 8)))
         .max(u64::from(super::MIN_OPEN_FILES));
-    let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
-    if wanted > allowed {
-        // The default asks for more than most limits allow: not a problem, so not a warning.
-        tracing::info!(
-            "keeping at most {allowed} store files open: max_open_files {wanted} is more than ulimit -n {descriptors} and vm.max_map_count {maps} allow beside what else the daemon uses"
-        );
-    }
-    wanted.min(allowed)
+    wanted.min(usize::try_from(allowed).unwrap_or(usize::MAX))
 }
 
 impl OpenFiles {
@@ -204,6 +209,51 @@ mod tests {
                 Arc::new(Plain(MappedFile::create(&path, 4096, 4096).unwrap()))
             })
             .collect()
+    }
+
+    /// The budget leaves the daemon's other descriptors and maps their room: at least
+    /// `OTHER_*`, or an eighth of a large limit. Kills cargo-mutants survivors in `budget`
+    /// (`/` as `%` or `*`, which the slow mounted tests under `ulimit -n 1024` do not tell
+    /// apart: an eighth of 1024 is 128).
+    #[test]
+    fn the_budget_leaves_room_for_the_daemons_other_files() {
+        let maps = 65_530;
+        assert_eq!(budget_within(usize::MAX, 1024, maps), 1024 - 128);
+        assert_eq!(budget_within(usize::MAX, 20_000, maps), 20_000 - 2_500);
+        assert_eq!(
+            budget_within(usize::MAX, 1 << 20, maps),
+            65_530 - 65_530 / 8,
+            "vm.max_map_count binds"
+        );
+        assert_eq!(budget_within(usize::MAX, 1 << 20, 2_000), 2_000 - 1_024);
+        assert_eq!(budget_within(100, 1024, maps), 100, "what was asked for");
+        assert_eq!(
+            budget_within(usize::MAX, 100, maps),
+            crate::store::MIN_OPEN_FILES as usize,
+            "never below the minimum"
+        );
+    }
+
+    /// The budget follows this process's `ulimit -n`: kills `budget` returning 0 or 1 and
+    /// the `getrlimit` result check inverted (the limit then taken as unbounded).
+    #[test]
+    fn the_budget_reads_this_processs_descriptor_limit() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscall with a valid pointer to a local.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let under_the_limit = budget(usize::MAX) as u64;
+        assert!(
+            under_the_limit + OTHER_DESCRIPTORS <= limit.rlim_cur,
+            "{under_the_limit} files against ulimit -n {}",
+            limit.rlim_cur
+        );
+        assert_eq!(budget(20), 20);
     }
 
     #[test]
