@@ -68,6 +68,51 @@ fn recovery_logs_how_far_its_scan_is_in_percent_and_mb_per_second() {
     assert!(*seen.last().unwrap() >= 90, "{seen:?}");
 }
 
+/// A recovery that starts at a checkpoint in the middle of the log counts only what it has
+/// to walk: from near 0 % to 100 %, never past it. Kills `-` as `+` in `ScanProgress::line`
+/// (`at - from`: percentages past 100; `to - from`: a walk that ends at about a third).
+#[test]
+fn recovery_from_a_checkpoint_counts_only_the_rest_of_the_log() {
+    commitfs::store::progress::set_line_interval(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    // Closed cleanly: the checkpoint covers these files.
+    let before = store_of_several_files(dir.path(), false);
+    // Reopened, as many files again, then a crash: recovery walks from the checkpoint.
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let topic = store.topic("t").unwrap();
+    let line = [b'y'; 500];
+    for i in 0..800u32 {
+        let message = NewMessage {
+            payload: &line,
+            key_len: None,
+        };
+        store
+            .append_batch(&topic.partition(i % 2).unwrap(), &[message])
+            .unwrap();
+    }
+    store.halt_without_cleanup();
+    drop(store);
+    let after = std::fs::read_dir(dir.path().join("commitlog"))
+        .unwrap()
+        .count();
+    assert!(
+        after >= 2 * before - 1,
+        "{before} then {after} commit-log files"
+    );
+    let logs = fixtures::logs_of(|| {
+        Store::open(dir.path(), fixtures::small_store_config())
+            .unwrap()
+            .close()
+            .unwrap();
+    });
+    let seen = percentages(&logs, "recovery");
+    assert!(seen.len() >= 3, "{logs}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(seen[0] <= 50, "the walk starts at the checkpoint: {seen:?}");
+    assert!(seen.iter().all(|&p| p <= 100), "{seen:?}");
+    assert!(*seen.last().unwrap() >= 90, "{seen:?}");
+}
+
 #[test]
 fn check_prints_a_plain_line_per_commit_log_file_when_not_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
