@@ -1,5 +1,7 @@
 //! What a `cargo mutants` pass over `src/store/mapped.rs` and `src/store/mod.rs` found
-//! untested (issue 9). Each test says which mutants it kills.
+//! untested (issue 9). Each test says which mutants it kills. Every test holds
+//! `FailScenario` (failpoints are global: a one-shot failpoint is taken by whichever test's
+//! store reaches it first).
 
 mod fixtures;
 
@@ -73,6 +75,7 @@ fn store_of_100_lines(dir: &Path) {
 /// `allocate`'s `!=` as `==` (the creation failed).
 #[test]
 fn a_store_on_a_file_system_without_fallocate_opens_again_and_takes_appends() {
+    let _scenario = fail::FailScenario::setup();
     let disk = Ext2Disk::new();
     let data = disk.data();
     store_of_100_lines(&data);
@@ -116,6 +119,7 @@ fn end_of_batches(bytes: &[u8]) -> usize {
 /// (only `end / at` bytes zeroed).
 #[test]
 fn a_torn_tail_cut_at_open_reads_as_zeroes_in_the_file() {
+    let _scenario = fail::FailScenario::setup();
     let disk = Ext2Disk::new();
     let plain = tempfile::tempdir().unwrap();
     for data in [disk.data(), plain.path().join("data")] {
@@ -278,6 +282,7 @@ fn sample(scrape: &str, series: &str) -> Option<u64> {
 /// run before it).
 #[test]
 fn the_metrics_count_appended_messages_and_bytes_per_topic() {
+    let _scenario = fail::FailScenario::setup();
     use commitfs::store::NewMessage;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
@@ -337,6 +342,7 @@ fn the_metrics_count_appended_messages_and_bytes_per_topic() {
 /// `Store::for_each_key_match`'s `%` as `/` and as `+` (the wrong byte).
 #[test]
 fn a_key_lookup_reaching_a_damaged_batch_names_its_file_and_byte() {
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
     {
@@ -380,6 +386,7 @@ fn a_key_lookup_reaching_a_damaged_batch_names_its_file_and_byte() {
 /// (a change keeping the partitions refused) and as `>` (growing refused).
 #[test]
 fn changes_and_deletions_of_two_topics_each_reach_their_own_topic() {
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
     {
@@ -419,6 +426,7 @@ fn changes_and_deletions_of_two_topics_each_reach_their_own_topic() {
 /// Store` as `()` (the abort marker stayed and the next open recovered).
 #[test]
 fn a_dropped_store_was_closed_cleanly() {
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
     {
@@ -491,6 +499,7 @@ fn chattr(flag: &str, path: &Path) {
 /// taken as success: the deletion was reported, and the topic came back at the next open).
 #[test]
 fn a_topic_whose_file_cannot_be_removed_is_not_deleted() {
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
     let store = Store::open(dir.path(), config.clone()).unwrap();
@@ -518,6 +527,7 @@ fn a_topic_whose_file_cannot_be_removed_is_not_deleted() {
 /// the most accepted).
 #[test]
 fn more_partitions_than_the_most_a_topic_may_have_are_refused() {
+    let _scenario = fail::FailScenario::setup();
     use commitfs::store::{StoreError, MAX_PARTITIONS};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
