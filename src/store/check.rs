@@ -265,7 +265,30 @@ struct LogWalk {
     /// the walk, and by the queue and index entries' checks (the last one kept for the
     /// entries that point into it).
     released: ReleasedFiles,
-    looked_up: RefCell<(ReleasedFiles, Vec<u8>)>,
+    looked_up: RefCell<LookedUp>,
+}
+
+/// What [`LogWalk::with_record_at`] keeps between lookups.
+struct LookedUp {
+    released: ReleasedFiles,
+    /// The bytes of the last released batch rebuilt from its segment's file.
+    restored: Vec<u8>,
+    /// The commit-log offset looked up last and what was found there. Every queue entry of
+    /// a batch points at it, and a batch of short lines holds up to 150,000 messages:
+    /// scanning it again (its CRC32C and whole table) for each entry made a check of such a
+    /// log quadratic.
+    last: Option<(u64, Found)>,
+}
+
+/// What a lookup found, kept without borrowing the bytes it was found in.
+#[derive(Clone, Copy)]
+enum Found {
+    /// A valid batch, in the commit-log file.
+    InFile,
+    /// A valid batch, rebuilt into `restored`.
+    Restored,
+    /// No valid batch: an end-of-file or skip marker, or why the bytes are not a batch.
+    Other(Scanned<'static>),
 }
 
 struct PartitionSeen {
@@ -308,7 +331,11 @@ impl LogWalk {
             end: 0,
             partitions: HashMap::new(),
             released: released_files(dir, layout, checkpoint),
-            looked_up: RefCell::new((released_files(dir, layout, checkpoint), Vec::new())),
+            looked_up: RefCell::new(LookedUp {
+                released: released_files(dir, layout, checkpoint),
+                restored: Vec::new(),
+                last: None,
+            }),
         };
         for base in commitlog::list_files(&log_dir).unwrap_or_default() {
             let path = log_dir.join(format::file_name(base));
@@ -591,18 +618,42 @@ impl LogWalk {
         let whole = unsafe { file.bytes(0, self.file_bytes as usize) };
         let rest = &whole[(offset - base) as usize..];
         let mut looked_up = self.looked_up.borrow_mut();
-        let (released, restored) = &mut *looked_up;
+        let LookedUp {
+            released,
+            restored,
+            last,
+        } = &mut *looked_up;
+        // Looked up just before: valid then, and nothing has written the bytes since.
+        fn again(bytes: &[u8]) -> Scanned<'_> {
+            match format::decode_header(bytes) {
+                Ok(batch) => Scanned::Record(batch),
+                Err(reason) => Scanned::Invalid(reason),
+            }
+        }
+        match *last {
+            Some((at, Found::InFile)) if at == offset => return look(Some(again(rest))),
+            Some((at, Found::Restored)) if at == offset => return look(Some(again(restored))),
+            Some((at, Found::Other(scanned))) if at == offset => return look(Some(scanned)),
+            _ => {}
+        }
         // The header (its CRC32C included) names the batch.
         let header = |bytes: &[u8]| bytes.get(..format::BATCH_HEADER_BYTES).map(<[u8]>::to_vec);
-        if header(rest).is_some() && header(rest) == header(restored) {
-            return look(Some(format::scan_record(restored)));
-        }
-        match released.scan(rest, restored) {
-            Ok(scanned) => look(Some(scanned)),
-            Err(_) => look(Some(Scanned::Invalid(
-                "its segment's file does not hold it",
-            ))),
-        }
+        let scanned = if header(rest).is_some() && header(rest) == header(restored) {
+            format::scan_record(restored)
+        } else {
+            released
+                .scan(rest, restored)
+                .unwrap_or(Scanned::Invalid("its segment's file does not hold it"))
+        };
+        let found = match &scanned {
+            Scanned::Record(batch) if batch.lies_at(rest) => Found::InFile,
+            Scanned::Record(_) => Found::Restored,
+            Scanned::EndOfFile => Found::Other(Scanned::EndOfFile),
+            Scanned::Skip(size) => Found::Other(Scanned::Skip(*size)),
+            Scanned::Invalid(reason) => Found::Other(Scanned::Invalid(reason)),
+        };
+        *last = Some((offset, found));
+        look(Some(scanned))
     }
 }
 

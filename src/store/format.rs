@@ -131,6 +131,11 @@ pub struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
+    /// Whether the batch's bytes are those at the start of `bytes` (not a copy of them).
+    pub fn lies_at(&self, bytes: &[u8]) -> bool {
+        std::ptr::eq(self.bytes.as_ptr(), bytes.as_ptr())
+    }
+
     /// Message `index` of the batch; `None` if the table is inconsistent there. O(1): a
     /// reader reaches a message without walking the ones before it.
     pub fn message(&self, index: u32) -> Option<RecordHeader> {
@@ -256,7 +261,7 @@ pub fn crc_matches(batch: &[u8]) -> bool {
 }
 
 /// What a scan finds at a commit-log position.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum Scanned<'a> {
     Record(Batch<'a>),
     /// The rest of the file is unused.
