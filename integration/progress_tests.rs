@@ -11,12 +11,10 @@ use commitfs::store::{NewMessage, Store};
 
 mod fixtures;
 
-/// A store whose commit log fills several 64 KiB files; left as a crash leaves it when
-/// `crash`, closed cleanly otherwise. Returns how many commit-log files it has.
-fn store_of_several_files(dir: &Path, crash: bool) -> usize {
-    let store = Store::open(dir, fixtures::small_store_config()).unwrap();
-    let topic = store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
-    let line = [b'x'; 500];
+/// 800 messages of 500 bytes `byte`, into topic "t"'s two partitions in turn.
+fn append_800_messages(store: &Store, byte: u8) {
+    let topic = store.topic("t").unwrap();
+    let line = [byte; 500];
     for i in 0..800u32 {
         let partition = topic.partition(i % 2).unwrap();
         store
@@ -29,13 +27,37 @@ fn store_of_several_files(dir: &Path, crash: bool) -> usize {
             )
             .unwrap();
     }
+}
+
+/// A store whose commit log fills several 64 KiB files; left as a crash leaves it when
+/// `crash`, closed cleanly otherwise. Returns how many commit-log files it has.
+fn store_of_several_files(dir: &Path, crash: bool) -> usize {
+    let store = Store::open(dir, fixtures::small_store_config()).unwrap();
+    store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
+    append_800_messages(&store, b'x');
     if crash {
         store.halt_without_cleanup();
     }
     drop(store);
-    let files = std::fs::read_dir(dir.join("commitlog")).unwrap().count();
+    let files = log_files(dir);
     assert!(files >= 5, "{files} commit-log files");
     files
+}
+
+fn log_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("commitlog")).unwrap().count()
+}
+
+/// Opens and closes the store in `dir`: the percentages its recovery logged, and its logs.
+fn recovery_percentages(dir: &Path) -> (Vec<u32>, String) {
+    commitfs::store::progress::set_line_interval(Duration::ZERO);
+    let logs = fixtures::logs_of(|| {
+        Store::open(dir, fixtures::small_store_config())
+            .unwrap()
+            .close()
+            .unwrap();
+    });
+    (percentages(&logs, "recovery"), logs)
 }
 
 /// The percentages of lines like "WHAT: 45% of the commit log (… MiB), 12.3 MB/s".
@@ -53,16 +75,9 @@ fn percentages(text: &str, what: &str) -> Vec<u32> {
 
 #[test]
 fn recovery_logs_how_far_its_scan_is_in_percent_and_mb_per_second() {
-    commitfs::store::progress::set_line_interval(Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     store_of_several_files(dir.path(), true);
-    let logs = fixtures::logs_of(|| {
-        Store::open(dir.path(), fixtures::small_store_config())
-            .unwrap()
-            .close()
-            .unwrap();
-    });
-    let seen = percentages(&logs, "recovery");
+    let (seen, logs) = recovery_percentages(dir.path());
     assert!(seen.len() >= 5, "{logs}");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert!(*seen.last().unwrap() >= 90, "{seen:?}");
@@ -73,39 +88,20 @@ fn recovery_logs_how_far_its_scan_is_in_percent_and_mb_per_second() {
 /// (`at - from`: percentages past 100; `to - from`: a walk that ends at about a third).
 #[test]
 fn recovery_from_a_checkpoint_counts_only_the_rest_of_the_log() {
-    commitfs::store::progress::set_line_interval(Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     // Closed cleanly: the checkpoint covers these files.
     let before = store_of_several_files(dir.path(), false);
     // Reopened, as many files again, then a crash: recovery walks from the checkpoint.
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let topic = store.topic("t").unwrap();
-    let line = [b'y'; 500];
-    for i in 0..800u32 {
-        let message = NewMessage {
-            payload: &line,
-            key_len: None,
-        };
-        store
-            .append_batch(&topic.partition(i % 2).unwrap(), &[message])
-            .unwrap();
-    }
+    append_800_messages(&store, b'y');
     store.halt_without_cleanup();
     drop(store);
-    let after = std::fs::read_dir(dir.path().join("commitlog"))
-        .unwrap()
-        .count();
+    let after = log_files(dir.path());
     assert!(
         after >= 2 * before - 1,
         "{before} then {after} commit-log files"
     );
-    let logs = fixtures::logs_of(|| {
-        Store::open(dir.path(), fixtures::small_store_config())
-            .unwrap()
-            .close()
-            .unwrap();
-    });
-    let seen = percentages(&logs, "recovery");
+    let (seen, logs) = recovery_percentages(dir.path());
     assert!(seen.len() >= 3, "{logs}");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert!(seen[0] <= 50, "the walk starts at the checkpoint: {seen:?}");
