@@ -334,14 +334,9 @@ fn a_check_scans_a_batch_of_150_000_short_lines_once() {
         .map(|n| format!("{n}\n").into_bytes())
         .collect();
     for batch in lines.chunks(150_000) {
-        let messages: Vec<NewMessage<'_>> = batch
-            .iter()
-            .map(|payload| NewMessage {
-                payload,
-                key_len: None,
-            })
-            .collect();
-        store.append_batch(&partition, &messages).unwrap();
+        store
+            .append_batch(&partition, &fixtures::unkeyed_messages(batch))
+            .unwrap();
     }
     store.close().unwrap();
     drop((partition, store));

@@ -9,7 +9,7 @@ mod fixtures;
 
 use std::path::{Path, PathBuf};
 
-use commitfs::store::{NewMessage, Partition, Store, StoreConfig, StoreError};
+use commitfs::store::{Partition, Store, StoreConfig, StoreError};
 use fail::FailScenario;
 
 /// [`fixtures::small_store_config`] with 10,000-message segments: a consume-queue file
@@ -85,14 +85,9 @@ fn append_lines_in_batches(store: &Store, partition: &Partition, from: u64, to: 
     while first < to {
         let last = (first + batch).min(to);
         let lines: Vec<Vec<u8>> = (first..last).map(fixtures::line).collect();
-        let messages: Vec<NewMessage<'_>> = lines
-            .iter()
-            .map(|payload| NewMessage {
-                payload,
-                key_len: None,
-            })
-            .collect();
-        store.append_batch(partition, &messages).unwrap();
+        store
+            .append_batch(partition, &fixtures::unkeyed_messages(&lines))
+            .unwrap();
         first = last;
     }
 }
