@@ -221,8 +221,8 @@ fn keyed_messages(block: &[u8]) -> Vec<NewMessage<'_>> {
 
 /// What the mount does with one write to `<topic>/append` (fs/core/files.rs `append_by_key`):
 /// each message to the partition its key picks (keyless ones in turn), every partition's
-/// messages in one batch, all batches in one `append_to_partitions`.
-fn append_by_key(store: &Store, topic: &Topic, messages: &[NewMessage<'_>]) {
+/// messages in one batch, all batches in one `append_to_partitions_from` the write's buffer.
+fn append_by_key(store: &Store, topic: &Topic, messages: &[NewMessage<'_>], buffer: &[u8]) {
     let mut groups: BTreeMap<u32, Vec<NewMessage<'_>>> = BTreeMap::new();
     for &message in messages {
         let index = topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
@@ -237,7 +237,35 @@ fn append_by_key(store: &Store, topic: &Topic, messages: &[NewMessage<'_>]) {
         .zip(groups.values())
         .map(|(partition, group)| (&**partition, group.as_slice()))
         .collect();
-    store.append_to_partitions(&batches).expect("append");
+    store
+        .append_to_partitions_from(&batches, buffer)
+        .expect("append");
+}
+
+/// Page faults the calling thread took (minor and major) so far.
+fn thread_page_faults() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid rusage to fill; RUSAGE_THREAD exists on Linux.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    usage.ru_minflt + usage.ru_majflt
+}
+
+/// Prints the page faults the appending thread takes per 1,000 messages over `rounds` calls
+/// of `append` (of `WRITE_BATCH` messages each): a figure a busy machine does not blur, and
+/// each fault stalls the writer (to zero, map, or allocate a page).
+fn print_writer_faults(id: &str, rounds: usize, mut append: impl FnMut()) {
+    let before = thread_page_faults();
+    for _ in 0..rounds {
+        append();
+    }
+    let faults = thread_page_faults() - before;
+    println!(
+        "append/{id}: {:.1} page faults per 1,000 messages on the writer's thread",
+        faults as f64 * 1000.0 / (rounds * WRITE_BATCH) as f64
+    );
 }
 
 /// Batches of `WRITE_BATCH` 100-byte messages, `messages/s` in criterion's `elem/s`:
@@ -252,46 +280,69 @@ fn append_benches(c: &mut Criterion, sizes: &Sizes) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .throughput(Throughput::Elements(WRITE_BATCH as u64));
-    let unkeyed = payload_block(WRITE_BATCH);
-    let unkeyed = unkeyed_batch(&unkeyed);
+    let unkeyed_block = payload_block(WRITE_BATCH);
+    let unkeyed = unkeyed_batch(&unkeyed_block);
     // Every window of WRITE_BATCH messages starting below DISTINCT_KEYS.
-    let keyed = keyed_block(DISTINCT_KEYS + WRITE_BATCH);
-    let keyed = keyed_messages(&keyed);
+    let keyed_block = keyed_block(DISTINCT_KEYS + WRITE_BATCH);
+    let keyed = keyed_messages(&keyed_block);
     for partitions in [1, sizes.many_partitions] {
+        // Enough appends for each partition's queue to fill a few pages of entries.
+        let fault_rounds = (800 * partitions as usize).div_ceil(WRITE_BATCH).max(200);
         let mut fixture = None;
-        let id = BenchmarkId::new(format!("partition_unkeyed_{WRITE_BATCH}"), partitions);
+        let name = format!("partition_unkeyed_{WRITE_BATCH}");
+        let id = BenchmarkId::new(&name, partitions);
+        let mut next = 0;
+        let mut append_in_turn = |f: &Fixture| {
+            let outcome = f
+                .store
+                .append_batch_from(&f.partitions[next], &unkeyed, &unkeyed_block)
+                .expect("append batch");
+            next = (next + 1) % f.partitions.len();
+            outcome
+        };
         group.bench_function(id, |b| {
             let f: &Fixture = fixture.get_or_insert_with(|| append_fixture(partitions, None));
-            let mut next = 0;
-            b.iter(|| {
-                let outcome = f
-                    .store
-                    .append_batch(&f.partitions[next], &unkeyed)
-                    .expect("append batch");
-                next = (next + 1) % f.partitions.len();
-                outcome
+            b.iter(|| append_in_turn(f));
+        });
+        if let Some(f) = &fixture {
+            print_writer_faults(&format!("{name}/{partitions}"), fault_rounds, || {
+                append_in_turn(f);
             });
-        });
+        }
         drop(fixture);
 
         let mut fixture = None;
-        let id = BenchmarkId::new(format!("append_unkeyed_{WRITE_BATCH}"), partitions);
+        let name = format!("append_unkeyed_{WRITE_BATCH}");
+        let id = BenchmarkId::new(&name, partitions);
         group.bench_function(id, |b| {
             let f: &Fixture = fixture.get_or_insert_with(|| append_fixture(partitions, None));
-            b.iter(|| append_by_key(&f.store, &f.topic, &unkeyed));
+            b.iter(|| append_by_key(&f.store, &f.topic, &unkeyed, &unkeyed_block));
         });
+        if let Some(f) = &fixture {
+            print_writer_faults(&format!("{name}/{partitions}"), fault_rounds, || {
+                append_by_key(&f.store, &f.topic, &unkeyed, &unkeyed_block)
+            });
+        }
         drop(fixture);
 
         let mut fixture = None;
-        let id = BenchmarkId::new(format!("append_keyed_{WRITE_BATCH}"), partitions);
+        let name = format!("append_keyed_{WRITE_BATCH}");
+        let id = BenchmarkId::new(&name, partitions);
+        let mut start = 0;
+        let mut append_keyed = |f: &Fixture| {
+            let messages = &keyed[start..start + WRITE_BATCH];
+            append_by_key(&f.store, &f.topic, messages, &keyed_block);
+            start = (start + WRITE_BATCH) % DISTINCT_KEYS;
+        };
         group.bench_function(id, |b| {
             let f: &Fixture = fixture.get_or_insert_with(|| append_fixture(partitions, Some(b":")));
-            let mut start = 0;
-            b.iter(|| {
-                append_by_key(&f.store, &f.topic, &keyed[start..start + WRITE_BATCH]);
-                start = (start + WRITE_BATCH) % DISTINCT_KEYS;
-            });
+            b.iter(|| append_keyed(f));
         });
+        if let Some(f) = &fixture {
+            print_writer_faults(&format!("{name}/{partitions}"), fault_rounds, || {
+                append_keyed(f)
+            });
+        }
         drop(fixture);
     }
     group.finish();

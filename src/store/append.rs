@@ -185,6 +185,9 @@ pub(super) struct Staged<'a> {
     /// The file of the entries that wait in memory, when they are written out now.
     pending_file: Option<Arc<QueueFile>>,
     messages: &'a [NewMessage<'a>],
+    /// The buffer the caller read the messages from, if any: runs of them that lie back to
+    /// back in it go to the log from there (see [`Runs`]).
+    buffer: &'a [u8],
     scratch: Scratch<'a>,
     first_offset: u64,
     timestamp: i64,
@@ -208,10 +211,11 @@ impl Partition {
         &'a self,
         to: &AppendTo<'_>,
         messages: &'a [NewMessage<'a>],
+        buffer: &'a [u8],
         scratch: Scratch<'a>,
     ) -> Result<AppendOutcome> {
         check_messages(messages, to.max_message_bytes)?;
-        let mut staged = [self.stage(messages, scratch, now_ms())?];
+        let mut staged = [self.stage(messages, buffer, scratch, now_ms())?];
         commit(to, &mut staged)?;
         Ok(staged[0].outcome())
     }
@@ -222,6 +226,7 @@ impl Partition {
     fn stage<'a>(
         &'a self,
         messages: &'a [NewMessage<'a>],
+        buffer: &'a [u8],
         scratch: Scratch<'a>,
         now: i64,
     ) -> Result<Staged<'a>> {
@@ -256,6 +261,7 @@ impl Partition {
             stream_bytes: state.stream_bytes,
             state,
             messages,
+            buffer,
             scratch,
         };
         staged.hash_keys();
@@ -274,6 +280,47 @@ impl Partition {
     }
 }
 
+/// Messages' bytes in runs: consecutive messages that lie back to back in `buffer` make one
+/// run (the lines of one `write()` to a file of the mount), any other message is a run of
+/// its own.
+struct Runs<'a> {
+    messages: std::slice::Iter<'a, NewMessage<'a>>,
+    buffer: &'a [u8],
+    /// A message read ahead that did not join the run before it.
+    next: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Runs<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let mut run = self
+            .next
+            .take()
+            .or_else(|| self.messages.next().map(|m| m.payload))?;
+        for message in self.messages.by_ref() {
+            match joined(self.buffer, run, message.payload) {
+                Some(longer) => run = longer,
+                None => {
+                    self.next = Some(message.payload);
+                    break;
+                }
+            }
+        }
+        Some(run)
+    }
+}
+
+/// `first` and `second` as one slice of `buffer`, if both lie in it and `second` starts
+/// where `first` ends (compared as addresses: only `buffer` is ever sliced).
+fn joined<'a>(buffer: &'a [u8], first: &[u8], second: &[u8]) -> Option<&'a [u8]> {
+    let base = buffer.as_ptr() as usize;
+    let start = (first.as_ptr() as usize).checked_sub(base)?;
+    let middle = (second.as_ptr() as usize).checked_sub(base)?;
+    let end = middle + second.len();
+    (middle == start + first.len() && end <= buffer.len()).then(|| &buffer[start..end])
+}
+
 /// One batch of a commit: the staged partition, which of its messages, and its header.
 struct PlannedBatch {
     staged: usize,
@@ -281,7 +328,7 @@ struct PlannedBatch {
     header: BatchHeader,
 }
 
-impl Staged<'_> {
+impl<'a> Staged<'a> {
     fn hash_keys(&mut self) {
         let topic_id = self.topic_id;
         for (message, hash) in self.messages.iter().zip(self.scratch.key_hashes.iter_mut()) {
@@ -372,14 +419,19 @@ impl Staged<'_> {
         &mut self,
         batch: &PlannedBatch,
         table: &mut Vec<u8>,
-        appender: &mut Appender<'_>,
+        appender: &mut Appender<'_, 'a>,
         index: &mut IndexRoom<'_>,
     ) -> Result<()> {
         let messages = &self.messages[batch.messages.clone()];
         table.clear();
         let slots = messages.iter().map(|m| (m.payload.len(), m.key_len));
         format::encode_table(table, slots, batch.header.keyed);
-        let at = appender.copy_batch(&batch.header, table, messages.iter().map(|m| m.payload))?;
+        let runs = Runs {
+            messages: messages.iter(),
+            buffer: self.buffer,
+            next: None,
+        };
+        let at = appender.copy_batch(&batch.header, table, runs)?;
         let mut position = at + batch.header.payload_start() as u64;
         let scratch = &mut self.scratch;
         let key_hashes = &scratch.key_hashes[batch.messages.clone()];
@@ -489,6 +541,7 @@ impl Staged<'_> {
 pub(super) fn append_together<'a>(
     to: &AppendTo<'_>,
     batches: &[(&'a Partition, &'a [NewMessage<'a>])],
+    buffer: &'a [u8],
 ) -> Result<Vec<AppendOutcome>> {
     for (_, messages) in batches {
         check_messages(messages, to.max_message_bytes)?;
@@ -518,7 +571,7 @@ pub(super) fn append_together<'a>(
             let (partition, messages) = batches[i];
             let (mine, rest) = scratch.split(messages.len());
             scratch = rest;
-            staged.push(partition.stage(messages, mine, now)?);
+            staged.push(partition.stage(messages, buffer, mine, now)?);
         }
         commit(to, &mut staged)?;
         let mut outcomes = vec![None; batches.len()];

@@ -2,7 +2,8 @@
 //! of their start. Every message of every topic is appended here, so the disk sees a single
 //! sequential write stream however many partitions exist.
 
-use std::ops::Deref;
+use std::io::IoSlice;
+use std::ops::{Deref, Range};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,10 +105,21 @@ struct Writer {
     file: Arc<LogFile>,
     /// Global byte offset of the next batch.
     position: u64,
-    /// Batches copied since the last write to the file, which end at `position`: an append
-    /// writes all its batches with one `pwrite` (writing through the map would make the
-    /// kernel zero every fresh page first).
-    unwritten: Vec<u8>,
+    /// The bytes an [`Appender`] copies (headers, tables, small batches' messages); kept
+    /// between appends so that each does not allocate and fault its buffer in again.
+    copied: Vec<u8>,
+}
+
+/// A message run at least this long is written to the log from the caller's buffer, not
+/// copied first: the copy cost more than an extra `iovec` does.
+const BORROW_MIN_BYTES: usize = 2048;
+
+/// A stretch of the batches an [`Appender`] has not written to the file yet.
+enum Piece<'p> {
+    /// `Writer::copied[range]`.
+    Copied(Range<usize>),
+    /// Message bytes written from where the caller holds them.
+    Borrowed(&'p [u8]),
 }
 
 /// The next file, made ahead of need by a background thread so a roll does not stall.
@@ -188,7 +200,7 @@ impl CommitLog {
             writer: Mutex::new(Writer {
                 file: current,
                 position: end,
-                unwritten: Vec::new(),
+                copied: Vec::new(),
             }),
             written_end: AtomicU64::new(end),
             flushed_end: AtomicU64::new(durable.min(end)),
@@ -258,10 +270,13 @@ impl CommitLog {
     }
 
     /// Exclusive access for appending; holding it is the only serial part of an append.
-    pub fn appender(&self) -> Appender<'_> {
+    /// Message bytes of lifetime `'p` may be written from where they are.
+    pub fn appender<'p>(&self) -> Appender<'_, 'p> {
         Appender {
             log: self,
             writer: self.writer.lock(),
+            pieces: Vec::new(),
+            copied_in_pieces: 0,
         }
     }
 
@@ -523,12 +538,39 @@ fn fits(file_bytes: u64, local: u64, size: u64) -> bool {
 
 /// Holds the append lock. Batches are built and written into the file while it is held, so
 /// the log has no holes: recovery may cut only at the first invalid batch.
-pub struct Appender<'a> {
+pub struct Appender<'a, 'p> {
     log: &'a CommitLog,
     writer: parking_lot::MutexGuard<'a, Writer>,
+    /// The batches copied since the last write to the file, in order, which end at the
+    /// writer's position: they go to the file with one `pwritev` (writing through the map
+    /// would make the kernel zero every fresh page first).
+    pieces: Vec<Piece<'p>>,
+    /// How much of `Writer::copied` the pieces cover.
+    copied_in_pieces: usize,
 }
 
-impl Appender<'_> {
+/// The pieces, given the copied bytes up to `end`: the last piece grows if it is copied
+/// bytes, else a piece of them starts.
+fn add_copied(pieces: &mut Vec<Piece<'_>>, copied_in_pieces: &mut usize, end: usize) {
+    if end == *copied_in_pieces {
+        return;
+    }
+    match pieces.last_mut() {
+        Some(Piece::Copied(range)) => range.end = end,
+        _ => pieces.push(Piece::Copied(*copied_in_pieces..end)),
+    }
+    *copied_in_pieces = end;
+}
+
+/// `crc` extended over `bytes`, or begun with them.
+fn crc_over(crc: Option<u32>, bytes: &[u8]) -> Option<u32> {
+    Some(crc.map_or_else(
+        || crc32c::crc32c(bytes),
+        |c| crc32c::crc32c_append(c, bytes),
+    ))
+}
+
+impl<'p> Appender<'_, 'p> {
     /// The global offset where the next batch goes.
     pub fn position(&self) -> u64 {
         self.writer.position
@@ -556,15 +598,17 @@ impl Appender<'_> {
         Ok(())
     }
 
-    /// Copies one batch (its header's fields, its table, its messages' bytes), seals it
-    /// with its CRC32C, and returns its global offset. [`reserve`](Self::reserve) obtained
-    /// the file it goes to. The bytes reach the file at [`publish`](Self::publish) (or when
-    /// the file is full); an error there leaves the batches unwritten.
-    pub fn copy_batch<'p>(
+    /// Takes one batch (its header's fields, its table, its messages' bytes in `stretches`
+    /// of one or more messages), seals it with its CRC32C, and returns its global offset.
+    /// [`reserve`](Self::reserve) obtained the file it goes to. Stretches of at least
+    /// `BORROW_MIN_BYTES` are written from where they are, the rest is copied. The bytes
+    /// reach the file at [`publish`](Self::publish) (or when the file is full); an error
+    /// there leaves the batches unwritten.
+    pub fn copy_batch(
         &mut self,
         header: &BatchHeader,
         table: &[u8],
-        payloads: impl Iterator<Item = &'p [u8]>,
+        stretches: impl Iterator<Item = &'p [u8]>,
     ) -> Result<u64> {
         let size = u64::from(header.size);
         let local = self.writer.position - self.writer.file.base;
@@ -572,36 +616,59 @@ impl Appender<'_> {
             self.write_out()?;
             self.roll(local);
         }
-        let batch = &mut self.writer.unwritten;
-        let start = batch.len();
-        batch.extend_from_slice(&header.encode());
-        batch.extend_from_slice(table);
-        for payload in payloads {
-            batch.extend_from_slice(payload);
+        let copied = &mut self.writer.copied;
+        let start = copied.len();
+        copied.extend_from_slice(&header.encode());
+        copied.extend_from_slice(table);
+        // The CRC covers the batch from byte 12: runs of copied bytes in one call each.
+        let (mut crc, mut crc_from) = (None, start + 12);
+        let mut borrowed_bytes = 0;
+        for stretch in stretches {
+            if stretch.len() < BORROW_MIN_BYTES {
+                copied.extend_from_slice(stretch);
+                continue;
+            }
+            crc = crc_over(crc_over(crc, &copied[crc_from..]), stretch);
+            crc_from = copied.len();
+            add_copied(&mut self.pieces, &mut self.copied_in_pieces, copied.len());
+            self.pieces.push(Piece::Borrowed(stretch));
+            borrowed_bytes += stretch.len();
         }
+        let crc = crc_over(crc, &copied[crc_from..]).expect("a batch has a header");
+        add_copied(&mut self.pieces, &mut self.copied_in_pieces, copied.len());
+        copied[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(
-            (batch.len() - start) as u64,
+            (copied.len() - start + borrowed_bytes) as u64,
             size,
             "batch size disagrees with its contents"
         );
-        let crc = format::batch_crc(&batch[start..]);
-        batch[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
         let offset = self.writer.position;
         self.writer.position += size;
         Ok(offset)
     }
 
-    /// Writes the batches copied since the last write into the current file.
+    /// Writes the batches taken since the last write into the current file.
     fn write_out(&mut self) -> Result<()> {
         let writer = &mut *self.writer;
-        if writer.unwritten.is_empty() {
+        if self.pieces.is_empty() {
             return Ok(());
         }
-        let at = writer.position - writer.file.base - writer.unwritten.len() as u64;
-        writer.file.data.write_at(at, &writer.unwritten)?;
-        writer.unwritten.clear();
+        let mut slices: Vec<IoSlice<'_>> = self
+            .pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Copied(range) => IoSlice::new(&writer.copied[range.clone()]),
+                Piece::Borrowed(bytes) => IoSlice::new(bytes),
+            })
+            .collect();
+        let bytes: usize = slices.iter().map(|slice| slice.len()).sum();
+        let at = writer.position - writer.file.base - bytes as u64;
+        writer.file.data.write_vectored_at(at, &mut slices)?;
+        self.pieces.clear();
+        self.copied_in_pieces = 0;
+        writer.copied.clear();
         // One append's batches are at most a few MiB; keep no more than that between them.
-        writer.unwritten.shrink_to(4 * format::MAX_BATCH_BYTES);
+        writer.copied.shrink_to(4 * format::MAX_BATCH_BYTES);
         Ok(())
     }
 
@@ -628,7 +695,9 @@ impl Appender<'_> {
     /// just failed, and the store is fenced whatever happens here.
     pub fn discard_unpublished(&mut self) {
         let (from, to) = (self.log.written_end(), self.writer.position);
-        self.writer.unwritten.clear();
+        self.pieces.clear();
+        self.copied_in_pieces = 0;
+        self.writer.copied.clear();
         for file in self.log.files_between(from, to) {
             let start = from.max(file.base) - file.base;
             let end = to.min(file.base + self.log.file_bytes) - file.base;

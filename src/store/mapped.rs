@@ -2,6 +2,7 @@
 //! a full disk is an `ENOSPC` from `fallocate` and never a `SIGBUS` inside the daemon.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -272,30 +273,67 @@ impl MappedFile {
     /// fresh page-cache pages without zeroing them first. The range is allocated and owned
     /// by the caller, as for [`write`](Self::write).
     pub fn write_at(&self, at: u64, data: &[u8]) -> Result<()> {
+        self.write_vectored_at(at, &mut [IoSlice::new(data)])
+    }
+
+    /// Writes `slices`, back to back, at `at` with `pwritev`, as [`write_at`](Self::write_at)
+    /// writes one.
+    pub fn write_vectored_at(&self, at: u64, mut slices: &mut [IoSlice<'_>]) -> Result<()> {
+        let len: u64 = slices.iter().map(|slice| slice.len() as u64).sum();
         assert!(
-            at.checked_add(data.len() as u64)
+            at.checked_add(len)
                 .is_some_and(|end| end <= self.allocated()),
             "write past the allocated blocks"
         );
-        use std::os::unix::fs::FileExt;
         #[cfg(feature = "failpoints")]
         if let Some(arg) = super::faults::fires("mapped::write_at", &self.path) {
             // A `short` write stores half the bytes first, as a disk failing part way may.
             if super::faults::is_short(arg.as_deref()) {
+                use std::os::unix::fs::FileExt;
+                let data: Vec<u8> = slices
+                    .iter()
+                    .flat_map(|slice| slice.iter().copied())
+                    .collect();
                 let _ = self.file.write_all_at(&data[..data.len() / 2], at);
             }
             return Err(injected(&self.path, "writing", arg));
         }
-        self.file.write_all_at(data, at).map_err(|e| {
+        let failed = |error: std::io::Error| {
             StoreError::io(
                 format!(
-                    "writing {} bytes at byte {at} of {}",
-                    data.len(),
+                    "writing {len} bytes at byte {at} of {}",
                     self.path.display()
                 ),
-                e,
+                error,
             )
-        })
+        };
+        let mut position = at;
+        IoSlice::advance_slices(&mut slices, 0);
+        // Each call writes part of them (at most `IOV_MAX` slices, or less on a full disk
+        // or a signal): the next goes on from where it stopped.
+        while !slices.is_empty() {
+            let some = &*slices;
+            #[cfg(feature = "failpoints")]
+            let part;
+            #[cfg(feature = "failpoints")]
+            let some = if fail::eval("mapped::pwritev-part", |_| ()).is_some() {
+                // The kernel may write less than asked: here half of the first slice.
+                part = [IoSlice::new(&some[0][..some[0].len().div_ceil(2)])];
+                &part[..]
+            } else {
+                some
+            };
+            match rustix::io::pwritev(&self.file, some, position) {
+                Ok(0) => return Err(failed(std::io::ErrorKind::WriteZero.into())),
+                Ok(written) => {
+                    position += written as u64;
+                    IoSlice::advance_slices(&mut slices, written);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(failed(errno.into())),
+            }
+        }
+        Ok(())
     }
 
     /// Writes zeroes over `[at, end)` with `pwrite`.

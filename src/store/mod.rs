@@ -472,9 +472,21 @@ impl Store {
         partition: &Partition,
         messages: &[NewMessage<'_>],
     ) -> Result<AppendOutcome> {
+        self.append_batch_from(partition, messages, &[])
+    }
+
+    /// [`append_batch`](Self::append_batch) of messages read from `buffer` (most of them, in
+    /// order, as the lines of one `write()`): runs of them that lie back to back there are
+    /// written to the log from it, without a copy.
+    pub fn append_batch_from(
+        &self,
+        partition: &Partition,
+        messages: &[NewMessage<'_>],
+        buffer: &[u8],
+    ) -> Result<AppendOutcome> {
         let outcome = self.appending(|to| {
             Scratch::with(messages.len(), |scratch| {
-                partition.append(to, messages, scratch)
+                partition.append(to, messages, buffer, scratch)
             })
         })?;
         count_appended(&[(partition, messages)]);
@@ -488,7 +500,17 @@ impl Store {
         &self,
         batches: &[(&Partition, &[NewMessage<'_>])],
     ) -> Result<Vec<AppendOutcome>> {
-        let outcomes = self.appending(|to| append::append_together(to, batches))?;
+        self.append_to_partitions_from(batches, &[])
+    }
+
+    /// [`append_to_partitions`](Self::append_to_partitions) of messages read from `buffer`,
+    /// as [`append_batch_from`](Self::append_batch_from) takes them.
+    pub fn append_to_partitions_from(
+        &self,
+        batches: &[(&Partition, &[NewMessage<'_>])],
+        buffer: &[u8],
+    ) -> Result<Vec<AppendOutcome>> {
+        let outcomes = self.appending(|to| append::append_together(to, batches, buffer))?;
         count_appended(batches);
         Ok(outcomes)
     }

@@ -341,8 +341,11 @@ impl CommitFs {
             .ok_or_else(|| FsError::refused(libc::EBADF, "the file was not opened for writing"))?;
         let settings = file.topic.settings();
         let separator = settings.key_separator.as_deref();
-        let append =
-            |messages: &[NewMessage<'_>]| self.append(&file.topic, &writer.destination, messages);
+        // The lines lie in `data` but for one begun by an earlier write: they go to the log
+        // from there.
+        let append = |messages: &[NewMessage<'_>]| {
+            self.append(&file.topic, &writer.destination, messages, data)
+        };
         let mut partial = writer.partial.lock();
         match settings.framing {
             Framing::Raw => {
@@ -394,17 +397,18 @@ impl CommitFs {
 
     /// Appends `messages` in one batch per partition, all of them or, on error, none: a
     /// message over `max_message_bytes` or a full disk for any partition refuses the whole
-    /// write before anything is stored.
+    /// write before anything is stored. Those read from `buffer` are written from there.
     fn append(
         &self,
         topic: &Topic,
         destination: &Destination,
         messages: &[NewMessage<'_>],
+        buffer: &[u8],
     ) -> FsResult<()> {
         match destination {
             Destination::Partition(partition) => self
                 .store
-                .append_batch(partition, messages)
+                .append_batch_from(partition, messages, buffer)
                 .map(drop)
                 .map_err(|error| {
                     FsError::from(error).context(format_args!(
@@ -413,13 +417,18 @@ impl CommitFs {
                         partition.index()
                     ))
                 }),
-            Destination::ByKey => self.append_by_key(topic, messages),
+            Destination::ByKey => self.append_by_key(topic, messages, buffer),
         }
     }
 
     /// Sends each message to the partition its key picks, every partition's batch in one
     /// append of the store.
-    fn append_by_key(&self, topic: &Topic, messages: &[NewMessage<'_>]) -> FsResult<()> {
+    fn append_by_key(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage<'_>],
+        buffer: &[u8],
+    ) -> FsResult<()> {
         // Refused before any keyless message takes its turn: a write refused as too long
         // leaves the round-robin where it was, as if it never happened.
         let max = self.store.config().max_message_bytes;
@@ -457,7 +466,7 @@ impl CommitFs {
             rest = after;
         }
         self.store
-            .append_to_partitions(&batches)
+            .append_to_partitions_from(&batches, buffer)
             .map(drop)
             .map_err(|error| FsError::from(error).context(topic.name()))
     }
@@ -503,7 +512,7 @@ impl CommitFs {
             .partial
             .lock()
             .close(settings.key_separator.as_deref(), |line| {
-                self.append(&file.topic, &writer.destination, line)
+                self.append(&file.topic, &writer.destination, line, &[])
             })
     }
 
