@@ -562,14 +562,6 @@ fn add_copied(pieces: &mut Vec<Piece<'_>>, copied_in_pieces: &mut usize, end: us
     *copied_in_pieces = end;
 }
 
-/// `crc` extended over `bytes`, or begun with them.
-fn crc_over(crc: Option<u32>, bytes: &[u8]) -> Option<u32> {
-    Some(crc.map_or_else(
-        || crc32c::crc32c(bytes),
-        |c| crc32c::crc32c_append(c, bytes),
-    ))
-}
-
 impl<'p> Appender<'_, 'p> {
     /// The global offset where the next batch goes.
     pub fn position(&self) -> u64 {
@@ -621,20 +613,22 @@ impl<'p> Appender<'_, 'p> {
         copied.extend_from_slice(&header.encode());
         copied.extend_from_slice(table);
         // The CRC covers the batch from byte 12: runs of copied bytes in one call each.
-        let (mut crc, mut crc_from) = (None, start + 12);
+        let mut crc = crc32c::crc32c(&copied[start + 12..]);
+        let mut crc_from = copied.len();
         let mut borrowed_bytes = 0;
         for stretch in stretches {
             if stretch.len() < BORROW_MIN_BYTES {
                 copied.extend_from_slice(stretch);
                 continue;
             }
-            crc = crc_over(crc_over(crc, &copied[crc_from..]), stretch);
+            crc = crc32c::crc32c_append(crc, &copied[crc_from..]);
+            crc = crc32c::crc32c_append(crc, stretch);
             crc_from = copied.len();
             add_copied(&mut self.pieces, &mut self.copied_in_pieces, copied.len());
             self.pieces.push(Piece::Borrowed(stretch));
             borrowed_bytes += stretch.len();
         }
-        let crc = crc_over(crc, &copied[crc_from..]).expect("a batch has a header");
+        let crc = crc32c::crc32c_append(crc, &copied[crc_from..]);
         add_copied(&mut self.pieces, &mut self.copied_in_pieces, copied.len());
         copied[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(

@@ -308,9 +308,10 @@ impl MappedFile {
             )
         };
         let mut position = at;
+        // Empty slices first would make a call write nothing, which reads as a failure.
         IoSlice::advance_slices(&mut slices, 0);
-        // Each call writes part of them (at most `IOV_MAX` slices, or less on a full disk
-        // or a signal): the next goes on from where it stopped.
+        // Each call may write only part (at most `IOV_MAX` slices, or less on a full disk or
+        // a signal): the next goes on from where it stopped.
         while !slices.is_empty() {
             let some = &*slices;
             #[cfg(feature = "failpoints")]
