@@ -5,7 +5,6 @@
 
 mod fixtures;
 
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -17,18 +16,6 @@ use fail::FailScenario;
 /// entries in memory until a checkpoint or the next segment's first append.
 fn config() -> StoreConfig {
     fixtures::small_store_config()
-}
-
-/// Runs `work` on a thread of its own and returns its result; a `work` that has not
-/// finished after a minute (it waits for something that never comes) fails the test.
-fn finishes<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(work());
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{what} never finished"))
 }
 
 /// Retention by time takes a whole full segment whose entries (all but the first) still
@@ -67,13 +54,13 @@ fn entries_waiting_in_memory_go_with_the_file_retention_removes() {
     assert_eq!(partition.start_offset(), 10, "segment 0 expired");
     {
         let store = store.clone();
-        finishes("the checkpoint", move || store.checkpoint()).unwrap();
+        fixtures::finishes("the checkpoint", move || store.checkpoint()).unwrap();
     }
     fixtures::append_lines(&store, &partition, 10, 15);
     fixtures::assert_reads(&store, &partition, 10, 15);
     {
         let store = store.clone();
-        finishes("the close", move || store.close()).unwrap();
+        fixtures::finishes("the close", move || store.close()).unwrap();
     }
     drop((store, partition));
 

@@ -5,23 +5,29 @@
 mod fixtures;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use commitfs::store::{Store, StoreError};
 
-/// Runs `work` on a thread of its own and returns its result; a `work` that has not
-/// finished after a minute (it retries something that never succeeds) fails the test.
-fn finishes<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(work());
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{what} never finished"))
+/// The file, byte and reason of the `Corrupt` error that refuses to open the store in
+/// `dir`; fails the test if the open succeeds (`accepted` says what it took) or fails
+/// otherwise.
+fn refused_as_corrupt(dir: &Path, accepted: &str) -> (PathBuf, u64, String) {
+    match Store::open(dir, fixtures::small_store_config()) {
+        Err(StoreError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => (path, offset, reason),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("{accepted} was accepted"),
+    }
 }
 
+/// The log in `dir` spans three files or more.
+fn assert_several_log_files(dir: &Path) {
+    let bases = log_bases(dir);
+    assert!(bases.len() >= 3, "{bases:?}");
+}
 /// A read of a segment whose own file cannot be read (a directory stands in its place, as
 /// a damaged data directory may have it) fails with an error naming the segment and the
 /// reason, rather than retrying the failed read forever. Kills the match guard
@@ -40,7 +46,7 @@ fn a_read_of_a_segment_file_that_cannot_be_read_fails_naming_the_segment() {
 
     let reader = store.open_segment(&partition, 0).unwrap();
     assert!(reader.materialized_file().is_some(), "served from its file");
-    let read = finishes("the read of the segment", move || {
+    let read = fixtures::finishes("the read of the segment", move || {
         let mut buf = vec![0u8; 4096];
         reader.read_at(0, &mut buf)
     });
@@ -101,11 +107,7 @@ fn log_bases(dir: &Path) -> Vec<u64> {
 fn an_open_refuses_a_commit_log_file_cut_short_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_lines(dir.path(), 2000);
-    assert!(
-        log_bases(dir.path()).len() >= 3,
-        "{:?}",
-        log_bases(dir.path())
-    );
+    assert_several_log_files(dir.path());
     let cut = log_file(dir.path(), 0);
     std::fs::OpenOptions::new()
         .write(true)
@@ -114,19 +116,10 @@ fn an_open_refuses_a_commit_log_file_cut_short_naming_it() {
         .set_len(4096)
         .unwrap();
 
-    match Store::open(dir.path(), fixtures::small_store_config()) {
-        Err(StoreError::Corrupt {
-            path,
-            offset,
-            reason,
-        }) => {
-            assert_eq!(path, cut);
-            assert_eq!(offset, 4096, "the file's length");
-            assert!(reason.contains("is not 65536 bytes long"), "{reason}");
-        }
-        Err(other) => panic!("refused for another reason: {other}"),
-        Ok(_) => panic!("a commit-log file cut short was accepted"),
-    }
+    let (path, offset, reason) = refused_as_corrupt(dir.path(), "a commit-log file cut short");
+    assert_eq!(path, cut);
+    assert_eq!(offset, 4096, "the file's length");
+    assert!(reason.contains("is not 65536 bytes long"), "{reason}");
 }
 
 /// An open refuses a store whose commit-log directory holds a file, between the log's
@@ -137,25 +130,16 @@ fn an_open_refuses_a_commit_log_file_cut_short_naming_it() {
 fn an_open_refuses_a_commit_log_file_whose_name_is_not_a_files_start() {
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_lines(dir.path(), 2000);
-    assert!(
-        log_bases(dir.path()).len() >= 3,
-        "{:?}",
-        log_bases(dir.path())
-    );
+    assert_several_log_files(dir.path());
     let stray = log_file(dir.path(), 100);
     std::fs::write(&stray, vec![0u8; FILE_BYTES as usize]).unwrap();
 
-    match Store::open(dir.path(), fixtures::small_store_config()) {
-        Err(StoreError::Corrupt { path, reason, .. }) => {
-            assert_eq!(path, stray, "{reason}");
-            assert!(
-                reason.contains("name is not a multiple of the file size 65536"),
-                "{reason}"
-            );
-        }
-        Err(other) => panic!("refused for another reason: {other}"),
-        Ok(_) => panic!("a misnamed commit-log file was accepted"),
-    }
+    let (path, _, reason) = refused_as_corrupt(dir.path(), "a misnamed commit-log file");
+    assert_eq!(path, stray, "{reason}");
+    assert!(
+        reason.contains("name is not a multiple of the file size 65536"),
+        "{reason}"
+    );
 }
 
 /// A commit-log file past the log's end that holds no record (the next file, made ahead of
@@ -175,11 +159,7 @@ fn an_empty_commit_log_file_past_the_logs_end_is_removed_and_the_log_rolls_into_
     fixtures::append_lines(&store, &partition, 100, 2000);
     fixtures::assert_reads(&store, &partition, 0, 2000);
     store.close().unwrap();
-    assert!(
-        log_bases(dir.path()).len() >= 3,
-        "{:?}",
-        log_bases(dir.path())
-    );
+    assert_several_log_files(dir.path());
 }
 
 /// A commit-log file past the log's end that holds a valid record is refused, naming the
@@ -193,23 +173,14 @@ fn a_commit_log_file_past_the_logs_end_holding_a_record_refuses_the_open() {
     let past_end = log_file(dir.path(), FILE_BYTES);
     std::fs::copy(log_file(dir.path(), 0), &past_end).unwrap();
 
-    match Store::open(dir.path(), fixtures::small_store_config()) {
-        Err(StoreError::Corrupt {
-            path,
-            offset,
-            reason,
-        }) => {
-            assert_eq!(path, past_end, "{reason}");
-            assert_eq!(offset, 0, "the record's byte");
-            assert!(
-                reason.contains("a valid record lies past the log's end"),
-                "{reason}"
-            );
-            assert!(reason.contains("commitfs check --repair"), "{reason}");
-        }
-        Err(other) => panic!("refused for another reason: {other}"),
-        Ok(_) => panic!("a record past the log's end was accepted"),
-    }
+    let (path, offset, reason) = refused_as_corrupt(dir.path(), "a record past the log's end");
+    assert_eq!(path, past_end, "{reason}");
+    assert_eq!(offset, 0, "the record's byte");
+    assert!(
+        reason.contains("a valid record lies past the log's end"),
+        "{reason}"
+    );
+    assert!(reason.contains("commitfs check --repair"), "{reason}");
     assert!(
         past_end.exists(),
         "the refused open left the file for a repair"

@@ -77,6 +77,24 @@ fn payloads(messages: &[NewMessage<'_>]) -> Vec<Vec<u8>> {
     messages.iter().map(|m| m.payload.to_vec()).collect()
 }
 
+/// Each partition holds `expected[p]`, now and after a crash and its recovery.
+fn assert_stored_before_and_after_a_crash(
+    store: Arc<Store>,
+    dir: &std::path::Path,
+    config: StoreConfig,
+    expected: &[Vec<Vec<u8>>],
+) {
+    let now: Vec<Vec<Vec<u8>>> = partitions(&store)
+        .iter()
+        .map(|p| stored(&store, p))
+        .collect();
+    assert!(now == expected, "a message read back wrong");
+    assert!(
+        stored_after_a_crash(store, dir, config) == expected,
+        "a message read back wrong after recovery"
+    );
+}
+
 #[test]
 fn lines_from_one_buffer_read_back_whole_around_a_held_line_and_a_gap() {
     let _scenario = FailScenario::setup();
@@ -99,12 +117,7 @@ fn lines_from_one_buffer_read_back_whole_around_a_held_line_and_a_gap() {
     store
         .append_batch_from(&partition, &messages, &buffer)
         .unwrap();
-    let expected = payloads(&messages);
-    assert_eq!(stored(&store, &partition), expected);
-    assert_eq!(
-        stored_after_a_crash(store, dir.path(), config()),
-        [expected]
-    );
+    assert_stored_before_and_after_a_crash(store, dir.path(), config(), &[payloads(&messages)]);
 }
 
 #[test]
@@ -132,12 +145,7 @@ fn an_append_of_more_pieces_than_one_pwritev_takes_is_written_whole() {
     store.append_to_partitions_from(&batches, &buffer).unwrap();
 
     let expected: Vec<Vec<Vec<u8>>> = messages.chunks(25).map(payloads).collect();
-    let now: Vec<Vec<Vec<u8>>> = partitions.iter().map(|p| stored(&store, p)).collect();
-    assert!(now == expected, "a message read back wrong");
-    assert!(
-        stored_after_a_crash(store, dir.path(), config) == expected,
-        "a message read back wrong after recovery"
-    );
+    assert_stored_before_and_after_a_crash(store, dir.path(), config, &expected);
 }
 
 #[test]
@@ -162,10 +170,5 @@ fn a_write_the_kernel_cuts_short_goes_on_where_it_stopped() {
     appended.unwrap();
 
     let expected: Vec<Vec<Vec<u8>>> = messages.chunks(30).map(payloads).collect();
-    let now: Vec<Vec<Vec<u8>>> = partitions.iter().map(|p| stored(&store, p)).collect();
-    assert!(now == expected, "a message read back wrong");
-    assert!(
-        stored_after_a_crash(store, dir.path(), config()) == expected,
-        "a message read back wrong after recovery"
-    );
+    assert_stored_before_and_after_a_crash(store, dir.path(), config(), &expected);
 }
