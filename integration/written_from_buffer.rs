@@ -1,9 +1,9 @@
 //! Appends whose messages are written to the commit log from the caller's buffer (the lines
 //! of one `write()` to the mount), not copied first: every message reads back whole, before
 //! and after a recovery that checks each batch's CRC, however the messages lie (a line begun
-//! by an earlier write, gaps between lines, more pieces than one `pwritev` takes, files that
-//! fill up), and when the kernel writes less than asked. Every test holds a `FailScenario`
-//! (failpoints are global).
+//! by an earlier write, gaps between lines, more pieces than one `pwritev` takes), when the
+//! kernel writes less than asked, and when the write fails (nothing of it is stored). Every
+//! test holds a `FailScenario` (failpoints are global).
 
 #![cfg(feature = "failpoints")]
 
@@ -137,11 +137,7 @@ fn an_append_of_more_pieces_than_one_pwritev_takes_is_written_whole() {
     // 1,200 pieces.
     let buffer = lines(0, 25 * partitions.len());
     let messages = unkeyed(&buffer);
-    let batches: Vec<(&Partition, &[NewMessage<'_>])> = partitions
-        .iter()
-        .zip(messages.chunks(25))
-        .map(|(partition, batch)| (&**partition, batch))
-        .collect();
+    let batches = one_batch_each(&partitions, &messages);
     store.append_to_partitions_from(&batches, &buffer).unwrap();
 
     let expected: Vec<Vec<Vec<u8>>> = messages.chunks(25).map(payloads).collect();
@@ -158,11 +154,7 @@ fn a_write_the_kernel_cuts_short_goes_on_where_it_stopped() {
 
     let buffer = lines(0, 90);
     let messages = unkeyed(&buffer);
-    let batches: Vec<(&Partition, &[NewMessage<'_>])> = partitions
-        .iter()
-        .zip(messages.chunks(30))
-        .map(|(partition, batch)| (&**partition, batch))
-        .collect();
+    let batches = one_batch_each(&partitions, &messages);
     // Every `pwritev` writes half of its first piece only.
     fail::cfg("mapped::pwritev-part", "return").unwrap();
     let appended = store.append_to_partitions_from(&batches, &buffer);
@@ -171,4 +163,56 @@ fn a_write_the_kernel_cuts_short_goes_on_where_it_stopped() {
 
     let expected: Vec<Vec<Vec<u8>>> = messages.chunks(30).map(payloads).collect();
     assert_stored_before_and_after_a_crash(store, dir.path(), config(), &expected);
+}
+
+/// A write of the log that fails (an I/O error, or one that stored half of the pieces
+/// first: the first partition's whole batch among them) with runs of lines taken from the
+/// buffer fails the append and fences the store; after a reopen the partitions hold what
+/// came before, none of the failed lines, and the next append takes the next offset.
+#[test]
+fn a_failed_write_of_lines_from_the_buffer_stores_none_of_them() {
+    for failure in ["1*return(eio@commitlog)", "1*return(short@commitlog)"] {
+        let _scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        store.create_topic("t", topic(3)).unwrap();
+        let partitions = partitions(&store);
+        let earlier = lines(0, 30);
+        let earlier_messages = unkeyed(&earlier);
+        let batches = one_batch_each(&partitions, &earlier_messages);
+        store.append_to_partitions_from(&batches, &earlier).unwrap();
+
+        let buffer = lines(30, 90);
+        let messages = unkeyed(&buffer);
+        fail::cfg("mapped::write_at", failure).unwrap();
+        let refused =
+            store.append_to_partitions_from(&one_batch_each(&partitions, &messages), &buffer);
+        fail::remove("mapped::write_at");
+        assert!(refused.is_err(), "{failure}: {refused:?}");
+        let expected: Vec<Vec<Vec<u8>>> = earlier_messages.chunks(10).map(payloads).collect();
+        assert_stored_before_and_after_a_crash(store, dir.path(), config(), &expected);
+
+        let store = Store::open(dir.path(), config()).unwrap();
+        let partitions = self::partitions(&store);
+        let next = store
+            .append_to_partitions_from(&one_batch_each(&partitions, &messages), &buffer)
+            .unwrap();
+        assert!(
+            next.iter().all(|outcome| outcome.first_offset == 10),
+            "{failure}: {next:?}"
+        );
+    }
+}
+
+/// `messages` split evenly over `partitions`, in order.
+fn one_batch_each<'m>(
+    partitions: &'m [Arc<Partition>],
+    messages: &'m [NewMessage<'m>],
+) -> Vec<(&'m Partition, &'m [NewMessage<'m>])> {
+    let each = messages.len() / partitions.len();
+    partitions
+        .iter()
+        .zip(messages.chunks(each))
+        .map(|(partition, batch)| (&**partition, batch))
+        .collect()
 }
