@@ -20,31 +20,10 @@ fn store_with_lines(dir: &Path, settings: TopicSettings) {
     store.close().unwrap();
 }
 
-fn assert_several_log_files(dir: &Path) {
-    let log_files = std::fs::read_dir(dir.join("commitlog")).unwrap().count();
-    assert!(
-        log_files >= 3,
-        "the test needs several commit-log files, has {log_files}"
-    );
-}
-
 fn dumped(dir: &Path) -> (DumpReport, String) {
     let mut out = Vec::new();
     let report = dump(dir, &DumpOptions::default(), &mut out).unwrap();
     (report, String::from_utf8(out).unwrap())
-}
-
-/// The offsets of the dumped lines, in order.
-fn offsets(text: &str) -> Vec<u64> {
-    text.lines()
-        .map(|line| {
-            let field = line
-                .split(' ')
-                .find_map(|field| field.strip_prefix("offset="))
-                .expect("an offset field");
-            field.parse().unwrap()
-        })
-        .collect()
 }
 
 /// A dump walks every commit-log file, not only the first: each of 3,000 messages spread
@@ -54,9 +33,12 @@ fn offsets(text: &str) -> Vec<u64> {
 fn a_dump_prints_the_messages_of_every_commit_log_file() {
     let dir = tempfile::tempdir().unwrap();
     store_with_lines(dir.path(), fixtures::lines_topic(1));
-    assert_several_log_files(dir.path());
+    fixtures::assert_several_log_files(dir.path());
     let (report, text) = dumped(dir.path());
-    assert_eq!(offsets(&text), (0..3000).collect::<Vec<_>>());
+    assert_eq!(
+        fixtures::dumped_offsets(&text),
+        (0..3000).collect::<Vec<_>>()
+    );
     assert_eq!(report.messages, 3000);
     assert!(!report.damaged, "{:?}", report.notes);
     assert!(
@@ -72,10 +54,13 @@ fn a_dump_prints_the_messages_of_every_commit_log_file() {
 fn without_store_toml_a_dump_shows_every_message_by_topic_id() {
     let dir = tempfile::tempdir().unwrap();
     store_with_lines(dir.path(), fixtures::lines_topic(1));
-    assert_several_log_files(dir.path());
+    fixtures::assert_several_log_files(dir.path());
     std::fs::remove_file(dir.path().join("store.toml")).unwrap();
     let (report, text) = dumped(dir.path());
-    assert_eq!(offsets(&text), (0..3000).collect::<Vec<_>>());
+    assert_eq!(
+        fixtures::dumped_offsets(&text),
+        (0..3000).collect::<Vec<_>>()
+    );
     assert!(
         text.lines()
             .all(|line| line.starts_with("topic=#1 partition=0 ")),
@@ -168,7 +153,10 @@ fn a_dump_says_that_batches_below_a_partitions_start_were_removed_by_retention()
         "the log still holds batches below the start"
     );
     let (report, text) = dumped(dir.path());
-    assert_eq!(offsets(&text), (start..3000).collect::<Vec<_>>());
+    assert_eq!(
+        fixtures::dumped_offsets(&text),
+        (start..3000).collect::<Vec<_>>()
+    );
     assert_eq!(report.removed_batches, below_start, "{report:?}");
     let note = format!(
         "note: {below_start} batches below their partitions' starts are not shown: retention removed them"
@@ -195,5 +183,5 @@ fn a_dump_goes_on_past_a_given_back_batch_whose_segment_file_is_damaged() {
         report.notes
     );
     let shown: Vec<u64> = (0..10).chain(20..35).collect();
-    assert_eq!(offsets(&text), shown);
+    assert_eq!(fixtures::dumped_offsets(&text), shown);
 }

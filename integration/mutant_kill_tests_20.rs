@@ -22,12 +22,6 @@ fn refused_as_corrupt(dir: &Path, accepted: &str) -> (PathBuf, u64, String) {
         Ok(_) => panic!("{accepted} was accepted"),
     }
 }
-
-/// The log in `dir` spans three files or more.
-fn assert_several_log_files(dir: &Path) {
-    let bases = log_bases(dir);
-    assert!(bases.len() >= 3, "{bases:?}");
-}
 /// A read of a segment whose own file cannot be read (a directory stands in its place, as
 /// a damaged data directory may have it) fails with an error naming the segment and the
 /// reason, rather than retrying the failed read forever. Kills the match guard
@@ -107,7 +101,7 @@ fn log_bases(dir: &Path) -> Vec<u64> {
 fn an_open_refuses_a_commit_log_file_cut_short_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_lines(dir.path(), 2000);
-    assert_several_log_files(dir.path());
+    fixtures::assert_several_log_files(dir.path());
     let cut = log_file(dir.path(), 0);
     std::fs::OpenOptions::new()
         .write(true)
@@ -130,7 +124,7 @@ fn an_open_refuses_a_commit_log_file_cut_short_naming_it() {
 fn an_open_refuses_a_commit_log_file_whose_name_is_not_a_files_start() {
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_lines(dir.path(), 2000);
-    assert_several_log_files(dir.path());
+    fixtures::assert_several_log_files(dir.path());
     let stray = log_file(dir.path(), 100);
     std::fs::write(&stray, vec![0u8; FILE_BYTES as usize]).unwrap();
 
@@ -159,7 +153,7 @@ fn an_empty_commit_log_file_past_the_logs_end_is_removed_and_the_log_rolls_into_
     fixtures::append_lines(&store, &partition, 100, 2000);
     fixtures::assert_reads(&store, &partition, 0, 2000);
     store.close().unwrap();
-    assert_several_log_files(dir.path());
+    fixtures::assert_several_log_files(dir.path());
 }
 
 /// A commit-log file past the log's end that holds a valid record is refused, naming the

@@ -79,19 +79,6 @@ fn dumped(dir: &Path) -> (DumpReport, String) {
     (report, String::from_utf8(out.bytes).unwrap())
 }
 
-/// The offsets of the dumped lines, in order.
-fn offsets(text: &str) -> Vec<u64> {
-    text.lines()
-        .map(|line| {
-            let field = line
-                .split(' ')
-                .find_map(|field| field.strip_prefix("offset="))
-                .expect("an offset field");
-            field.parse().unwrap()
-        })
-        .collect()
-}
-
 /// Every offset of the 3,000 but `lost`.
 fn all_but(lost: u64) -> Vec<u64> {
     (0..3000).filter(|&offset| offset != lost).collect()
@@ -125,7 +112,7 @@ fn a_dump_steps_over_a_span_that_repair_marked_and_shows_the_rest() {
     );
 
     let (report, text) = dumped(dir.path());
-    assert_eq!(offsets(&text), all_but(lost));
+    assert_eq!(fixtures::dumped_offsets(&text), all_but(lost));
     assert!(!report.damaged, "{:?}", report.notes);
     let note = format!(
         "note: {} bytes {damaged}..{next}: a damaged span an earlier `commitfs check --repair` skipped",
@@ -149,7 +136,7 @@ fn damage_at_the_first_byte_of_the_log_leaves_out_only_that_batch() {
     damage_magic(&first, 0);
 
     let (report, text) = dumped(dir.path());
-    assert_eq!(offsets(&text), all_but(0));
+    assert_eq!(fixtures::dumped_offsets(&text), all_but(0));
     assert!(report.damaged, "{:?}", report.notes);
     let resume = format!(
         "; valid batches resume at {} byte {second}",
@@ -182,7 +169,7 @@ fn damage_to_the_last_batch_of_a_file_goes_on_at_the_next_file() {
     damage_magic(&files[0], last);
 
     let (report, text) = dumped(dir.path());
-    assert_eq!(offsets(&text), all_but(lost));
+    assert_eq!(fixtures::dumped_offsets(&text), all_but(lost));
     assert!(report.damaged, "{:?}", report.notes);
     let resume = format!("; valid batches resume at {} byte 0", files[1].display());
     assert!(
