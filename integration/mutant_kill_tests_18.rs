@@ -483,16 +483,6 @@ fn a_failed_first_append_leaves_zeroes_at_the_start_of_the_log() {
     store.close().unwrap();
 }
 
-/// Runs `chattr FLAG path` (root, on a file system with attributes).
-fn chattr(flag: &str, path: &Path) {
-    let status = Command::new("timeout")
-        .args(["20", "chattr", flag])
-        .arg(path)
-        .status()
-        .expect("run chattr");
-    assert!(status.success(), "chattr {flag} {}", path.display());
-}
-
 /// A topic whose file cannot be removed (made immutable) is not deleted: `delete_topic`
 /// fails, and the topic and its messages are still there, also after a reopen. Kills
 /// `mapped::remove_file`'s match guard `NotFound` as `true` (every failure to remove a file
@@ -507,9 +497,9 @@ fn a_topic_whose_file_cannot_be_removed_is_not_deleted() {
     fixtures::append_lines(&store, &topic.partition(0).unwrap(), 0, 5);
     let topic_file = dir.path().join("topics").join("1.toml");
     assert!(topic_file.exists(), "{}", topic_file.display());
-    chattr("+i", &topic_file);
+    fixtures::chattr("+i", &topic_file);
     let deleted = store.delete_topic("t");
-    chattr("-i", &topic_file);
+    fixtures::chattr("-i", &topic_file);
     assert!(deleted.is_err(), "the deletion was reported: {deleted:?}");
     assert!(store.topic("t").is_some());
     fixtures::assert_reads(&store, &topic.partition(0).unwrap(), 0, 5);

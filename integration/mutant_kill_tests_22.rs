@@ -50,16 +50,6 @@ fn a_key_lookup_under_hash_collisions_finds_only_its_own_topics_messages() {
     store.close().unwrap();
 }
 
-/// Runs `chattr FLAG path` (root, on a file system with attributes).
-fn chattr(flag: &str, path: &Path) {
-    let status = std::process::Command::new("timeout")
-        .args(["20", "chattr", flag])
-        .arg(path)
-        .status()
-        .expect("run chattr");
-    assert!(status.success(), "chattr {flag} {}", path.display());
-}
-
 /// Deleting a topic that never had segments of its own (their directory was never made)
 /// warns of nothing. Kills `Store::delete_topic`'s match guard as `true` and its `!=` as
 /// `==` (line 420: a directory that was not there logged as a failure to remove it).
@@ -90,9 +80,9 @@ fn a_queue_directory_left_behind_by_a_deletion_is_named_in_a_warning() {
     fixtures::append_lines(&store, &partition, 0, 5);
     let queue_dir = dir.path().join("queues").join("1").join("0");
     assert!(queue_dir.is_dir(), "{}", queue_dir.display());
-    chattr("+i", &queue_dir);
+    fixtures::chattr("+i", &queue_dir);
     let logs = fixtures::logs_of(|| store.delete_topic("t").unwrap());
-    chattr("-i", &queue_dir);
+    fixtures::chattr("-i", &queue_dir);
     assert!(store.topic("t").is_none());
     assert!(
         logs.contains("WARN")
