@@ -497,9 +497,9 @@ fn a_topic_whose_file_cannot_be_removed_is_not_deleted() {
     fixtures::append_lines(&store, &topic.partition(0).unwrap(), 0, 5);
     let topic_file = dir.path().join("topics").join("1.toml");
     assert!(topic_file.exists(), "{}", topic_file.display());
-    fixtures::chattr("+i", &topic_file);
+    let immutable = fixtures::Immutable::new(&topic_file);
     let deleted = store.delete_topic("t");
-    fixtures::chattr("-i", &topic_file);
+    drop(immutable);
     assert!(deleted.is_err(), "the deletion was reported: {deleted:?}");
     assert!(store.topic("t").is_some());
     fixtures::assert_reads(&store, &topic.partition(0).unwrap(), 0, 5);

@@ -80,9 +80,9 @@ fn a_queue_directory_left_behind_by_a_deletion_is_named_in_a_warning() {
     fixtures::append_lines(&store, &partition, 0, 5);
     let queue_dir = dir.path().join("queues").join("1").join("0");
     assert!(queue_dir.is_dir(), "{}", queue_dir.display());
-    fixtures::chattr("+i", &queue_dir);
+    let immutable = fixtures::Immutable::new(&queue_dir);
     let logs = fixtures::logs_of(|| store.delete_topic("t").unwrap());
-    fixtures::chattr("-i", &queue_dir);
+    drop(immutable);
     assert!(store.topic("t").is_none());
     assert!(
         logs.contains("WARN")

@@ -70,9 +70,9 @@ fn a_segment_file_retention_cannot_remove_is_named_and_removed_at_the_next_open(
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_copies_under_retention(dir.path());
     let files = dir.path().join("segments/1/0");
-    fixtures::chattr("+i", &files);
+    let immutable = fixtures::Immutable::new(&files);
     let failed = store.enforce_retention();
-    fixtures::chattr("-i", &files);
+    drop(immutable);
     let error = failed.expect_err("retention left a file behind and said nothing");
     let first = segment_file(dir.path(), 0);
     assert!(
