@@ -214,3 +214,46 @@ fn a_queue_file_cut_short_after_a_clean_stop_is_rebuilt_from_the_log() {
     fixtures::assert_reads(&store, &partition, 0, 3);
     store.close().unwrap();
 }
+
+/// A consume-queue file that grew past its first chunk and that the budget of open files
+/// then closed still counts with all its allocated bytes in the store's disk usage: reading
+/// other partitions (which closes it) does not lower the usage. Kills `>` replaced with
+/// `==` and with `<` in `ConsumeQueue::reserve`'s growth check (line 458: the file's
+/// recorded size was not updated by the append that grew it, so once closed it counted its
+/// first 4 KiB).
+#[test]
+fn a_grown_queue_file_closed_by_the_budget_keeps_counting_in_the_disk_usage() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        segment_messages: 1000,
+        // The fewest the store allows: reading a few partitions closes the other files.
+        max_open_files: 16,
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let others = store
+        .create_topic("others", fixtures::lines_topic(40))
+        .unwrap();
+    for index in 0..40 {
+        let partition = others.partition(index).unwrap();
+        fixtures::append_lines(&store, &partition, 0, 1);
+    }
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 1);
+    // One batch of 20,000 bytes of entries: its append grows the queue file from its first
+    // 4 KiB to its whole segment, and no append comes after it.
+    let lines: Vec<Vec<u8>> = (1..1000).map(fixtures::line).collect();
+    store
+        .append_batch(&partition, &fixtures::unkeyed_messages(&lines))
+        .unwrap();
+    drop(partition);
+    let before = store.disk_usage();
+    for index in 0..40 {
+        let partition = others.partition(index).unwrap();
+        fixtures::assert_reads(&store, &partition, 0, 1);
+    }
+    let after = store.disk_usage();
+    assert!(after >= before, "disk usage {before} -> {after}");
+    store.close().unwrap();
+}
