@@ -86,15 +86,6 @@ fn log_blocks(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Messages 0..35 of `fixtures::released`, ten a segment; the three sealed segments copied
-/// to files of their own and their bytes given back by the commit log; closed.
-fn closed_store_with_given_back_log(dir: &Path) {
-    let store = fixtures::released::store_with(dir, 35);
-    assert_eq!(store.materialize_sealed().unwrap(), 3);
-    assert!(store.release_materialized_log().unwrap() > 0);
-    store.close().unwrap();
-}
-
 /// A dump writes nothing, also without `store.toml`: the blocks the commit log gave back
 /// once sealed segments were copied to files of their own stay given back (a dump that
 /// took the files' length as 0 or 1 byte allocated every file whole again, from its start).
@@ -102,7 +93,7 @@ fn closed_store_with_given_back_log(dir: &Path) {
 #[test]
 fn without_store_toml_a_dump_leaves_the_logs_given_back_blocks_unallocated() {
     let dir = tempfile::tempdir().unwrap();
-    closed_store_with_given_back_log(dir.path());
+    fixtures::released::closed_released_store(dir.path());
     std::fs::remove_file(dir.path().join("store.toml")).unwrap();
     let before = log_blocks(dir.path());
     let (report, _) = dumped(dir.path());
@@ -170,7 +161,7 @@ fn a_dump_says_that_batches_below_a_partitions_start_were_removed_by_retention()
 #[test]
 fn a_dump_goes_on_past_a_given_back_batch_whose_segment_file_is_damaged() {
     let dir = tempfile::tempdir().unwrap();
-    closed_store_with_given_back_log(dir.path());
+    fixtures::released::closed_released_store(dir.path());
     let segment = fixtures::released::segment_file(dir.path(), 10);
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[5000] ^= 0x40;

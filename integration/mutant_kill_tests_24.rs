@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use commitfs::store::{Store, TopicSettings};
-use fixtures::released::{append_batch, config, message, segment_file, store_with};
+use fixtures::released::{append_batch, config, message, segment_file};
 
 /// A store whose partition 0 of keyed topic `t` keeps 15,000 bytes (`retention_bytes`) and
 /// holds 35 messages of 1,000 bytes: segments 0, 10 and 20 sealed, each copied to its own
@@ -43,6 +43,16 @@ fn assert_starts_at(store: &Store, start: u64) {
     }
 }
 
+/// Asserts what retention leaves of [`store_with_copies_under_retention`]: the partition
+/// starts at 20, the files of segments 0 and 10 are gone and segment 20's is there.
+fn assert_retention_kept_segment_20(store: &Store, dir: &Path) {
+    assert_starts_at(store, 20);
+    for base in [0, 10] {
+        assert!(!segment_file(dir, base).exists(), "segment {base}");
+    }
+    assert!(segment_file(dir, 20).exists());
+}
+
 /// Retention removes segments whose own file is already gone (taken by hand while the
 /// store ran): nothing is left to remove, and the pass succeeds. Kills `remove`'s match guard
 /// `NotFound` as `false` and its `==` as `!=` (`src/store/materialize.rs` line 259: a missing
@@ -54,9 +64,7 @@ fn retention_removes_segments_whose_file_was_already_taken() {
     let store = store_with_copies_under_retention(dir.path());
     std::fs::remove_file(segment_file(dir.path(), 0)).unwrap();
     store.enforce_retention().unwrap();
-    assert_starts_at(&store, 20);
-    assert!(!segment_file(dir.path(), 10).exists());
-    assert!(segment_file(dir.path(), 20).exists());
+    assert_retention_kept_segment_20(&store, dir.path());
     store.close().unwrap();
 }
 
@@ -85,11 +93,7 @@ fn a_segment_file_retention_cannot_remove_is_named_and_removed_at_the_next_open(
     drop(store);
 
     let store = Store::open(dir.path(), config()).unwrap();
-    assert_starts_at(&store, 20);
-    for base in [0, 10] {
-        assert!(!segment_file(dir.path(), base).exists(), "segment {base}");
-    }
-    assert!(segment_file(dir.path(), 20).exists());
+    assert_retention_kept_segment_20(&store, dir.path());
     store.close().unwrap();
 }
 
@@ -101,11 +105,7 @@ fn a_segment_file_retention_cannot_remove_is_named_and_removed_at_the_next_open(
 fn an_open_refused_over_a_shortened_only_copy_gives_both_lengths() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with(dir.path(), 35);
-    assert_eq!(store.materialize_sealed().unwrap(), 3);
-    assert!(store.release_materialized_log().unwrap() > 0);
-    store.close().unwrap();
-    drop(store);
+    fixtures::released::closed_released_store(dir.path());
     let only_copy = segment_file(dir.path(), 10);
     std::fs::OpenOptions::new()
         .write(true)
@@ -159,12 +159,8 @@ fn retention_during_a_copy_leaves_no_copy_of_the_segments_it_removed() {
     fail::remove("materialize::copy");
     let made = copying.join().unwrap();
     assert_eq!(made, Ok(1));
-    assert_starts_at(&store, 20);
-    for base in [0, 10] {
-        assert!(!segment_file(dir.path(), base).exists(), "segment {base}");
-    }
+    assert_retention_kept_segment_20(&store, dir.path());
     assert!(!partial.exists());
-    assert!(segment_file(dir.path(), 20).exists());
     store.close().unwrap();
 }
 
@@ -209,7 +205,7 @@ fn a_close_abandons_a_copy_under_way_and_leaves_nothing_of_it() {
 fn a_copy_that_fails_to_write_fails_the_pass_naming_its_file() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with(dir.path(), 15);
+    let store = fixtures::released::store_with(dir.path(), 15);
     fail::cfg("materialize::copy", "1*return").unwrap();
     let error = store
         .materialize_sealed()

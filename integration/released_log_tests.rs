@@ -6,12 +6,14 @@
 
 mod fixtures;
 
-use fixtures::released::{config, key, message, segment_file, store_with, MESSAGE_BYTES};
+use fixtures::released::{
+    closed_released_store, config, key, message, released_store, segment_file, store_with,
+    MESSAGE_BYTES,
+};
 
 use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use commitfs::store::{NewMessage, Store, StoreConfig};
 
@@ -320,20 +322,6 @@ fn a_partition_whose_last_message_lies_in_a_released_segment_opens_after_a_clean
         error.to_string().contains("00000000000000000020.log"),
         "{error}"
     );
-}
-
-/// A store of 35 messages whose three sealed segments were copied and released.
-fn released_store(dir: &Path) -> Arc<Store> {
-    let store = store_with(dir, 35);
-    assert_eq!(store.materialize_sealed().unwrap(), 3);
-    assert!(store.release_materialized_log().unwrap() > 0);
-    store
-}
-
-/// [`released_store`] closed cleanly: the data directory as a stop leaves it.
-fn closed_released_store(dir: &Path) {
-    let store = released_store(dir);
-    store.close().unwrap();
 }
 
 /// [`released_store`] halted as by a crash (no checkpoint, no cleanup).
