@@ -129,7 +129,7 @@ fn a_garbled_first_entry_of_a_segment_spoils_only_its_own_message() {
     store.close().unwrap();
     drop((partition, store));
 
-    let queue = |base: u64| dir.path().join(format!("queues/1/0/{base:020}"));
+    let queue = |base: u64| fixtures::queue_file(dir.path(), base);
     for base in [0, 10] {
         let file = std::fs::OpenOptions::new()
             .write(true)

@@ -309,7 +309,7 @@ fn a_stream_read_past_a_garbled_queue_entry_finds_its_message() {
         }
         store.close().unwrap();
     }
-    let queue = dir.path().join("queues/1/0").join(format!("{:020}", 0));
+    let queue = fixtures::queue_file(dir.path(), 0);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&queue)

@@ -7,8 +7,6 @@
 
 mod fixtures;
 
-use std::path::{Path, PathBuf};
-
 use commitfs::store::{Partition, Store, StoreConfig, StoreError};
 use fail::FailScenario;
 
@@ -19,11 +17,6 @@ fn big_segments() -> StoreConfig {
         segment_messages: 10_000,
         ..fixtures::small_store_config()
     }
-}
-
-/// The consume-queue file of partition 0's first segment of topic id 1.
-fn first_queue_file(store_dir: &Path) -> PathBuf {
-    store_dir.join("queues/1/0").join(format!("{:020}", 0))
 }
 
 /// Appends `line(offset)` one message at a time from `from` until an append fails (none
@@ -62,7 +55,7 @@ fn appends_whose_entries_wait_in_memory_stop_at_the_queue_files_allocated_room()
     let (refused, end) = append_until_refused(&store, &partition, 1, 10_000);
     assert!(matches!(refused, StoreError::DiskFull(_)), "{refused:?}");
     assert_eq!(partition.end_offset(), end);
-    let queue_bytes = std::fs::metadata(first_queue_file(dir.path()))
+    let queue_bytes = std::fs::metadata(fixtures::queue_file(dir.path(), 0))
         .unwrap()
         .len();
     assert!(
@@ -106,7 +99,7 @@ fn a_queue_file_mapped_again_after_a_reopen_grows_to_its_whole_segment() {
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
     fixtures::append_lines(&store, &partition, 0, 1);
     store.close().unwrap();
-    let first_bytes = std::fs::metadata(first_queue_file(dir.path()))
+    let first_bytes = std::fs::metadata(fixtures::queue_file(dir.path(), 0))
         .unwrap()
         .len();
     assert!(

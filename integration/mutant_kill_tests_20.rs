@@ -83,16 +83,6 @@ fn log_file(dir: &Path, base: u64) -> PathBuf {
     dir.join("commitlog").join(format!("{base:020}"))
 }
 
-/// The commit-log files' names, lowest first.
-fn log_bases(dir: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(dir.join("commitlog"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    bases.sort_unstable();
-    bases
-}
-
 /// An open refuses a store whose older commit-log file (not the one the log ends in) was
 /// cut short, naming the file and its length, rather than serving the messages it held
 /// from beyond the file's end. Kills `check_file` -> `Ok(())` and `check_length` ->
@@ -144,7 +134,7 @@ fn an_open_refuses_a_commit_log_file_whose_name_is_not_a_files_start() {
 fn an_empty_commit_log_file_past_the_logs_end_is_removed_and_the_log_rolls_into_its_place() {
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_lines(dir.path(), 100);
-    assert_eq!(log_bases(dir.path()), [0]);
+    assert_eq!(fixtures::log_bases(dir.path()), [0]);
     let left_behind = log_file(dir.path(), FILE_BYTES);
     std::fs::write(&left_behind, vec![0u8; FILE_BYTES as usize]).unwrap();
 
@@ -163,7 +153,7 @@ fn an_empty_commit_log_file_past_the_logs_end_is_removed_and_the_log_rolls_into_
 fn a_commit_log_file_past_the_logs_end_holding_a_record_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     closed_store_with_lines(dir.path(), 100);
-    assert_eq!(log_bases(dir.path()), [0]);
+    assert_eq!(fixtures::log_bases(dir.path()), [0]);
     let past_end = log_file(dir.path(), FILE_BYTES);
     std::fs::copy(log_file(dir.path(), 0), &past_end).unwrap();
 

@@ -18,7 +18,7 @@ fn closed_store_of_three_lines(dir: &Path) -> PathBuf {
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
     fixtures::append_lines(&store, &partition, 0, 3);
     store.close().unwrap();
-    dir.join("queues/1/0").join(format!("{:020}", 0))
+    fixtures::queue_file(dir, 0)
 }
 
 /// A change made to a consume-queue file.
@@ -106,24 +106,6 @@ fn an_unreadable_queue_file_at_open_is_an_io_error() {
     }
 }
 
-/// The bases of the store's commit-log files, oldest first.
-fn log_files(dir: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(dir.join("commitlog"))
-        .unwrap()
-        .map(|entry| {
-            entry
-                .unwrap()
-                .file_name()
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    bases.sort_unstable();
-    bases
-}
-
 /// The disk ceiling removes the oldest commit-log file, which holds only the first message
 /// of a partition whose one active segment goes on in the next (and last) file: the partition then
 /// starts at its second message (found by a binary search over its consume queue), and
@@ -153,7 +135,11 @@ fn the_disk_ceiling_starts_a_partition_at_the_first_message_it_keeps() {
         let store = store.clone();
         fixtures::finishes("retention", move || store.enforce_retention()).unwrap();
     }
-    assert_eq!(log_files(dir.path())[0], 64 * 1024, "the first file went");
+    assert_eq!(
+        fixtures::log_bases(dir.path())[0],
+        64 * 1024,
+        "the first file went"
+    );
     assert_eq!((partition.start_offset(), partition.end_offset()), (1, 10));
     fixtures::assert_reads(&store, &partition, 1, 10);
     store.close().unwrap();
@@ -174,7 +160,7 @@ fn a_clean_reopen_keeps_the_queue_file_of_a_partition_that_ends_at_a_segment_end
     fixtures::append_lines(&store, &partition, 0, 10);
     store.close().unwrap();
     drop((store, partition));
-    let queue_file = dir.path().join("queues/1/0").join(format!("{:020}", 0));
+    let queue_file = fixtures::queue_file(dir.path(), 0);
     // Opening a file re-establishes its allocation (which sets its modification time), so
     // only its inode tells a kept file from one made again.
     let inode = std::fs::metadata(&queue_file).unwrap().ino();
