@@ -161,18 +161,9 @@ fn an_open_drops_segment_files_that_do_not_match_their_segments() {
 fn retention_removes_the_files_and_markers_of_the_segments_it_removes() {
     // Failpoints are global: every test of this binary takes the scenario lock.
     let _scenario = fail::FailScenario::setup();
-    use fixtures::released::{append_batch, config, message, segment_file};
+    use fixtures::released::{message, segment_file, store_with_copies_under_retention};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), config()).unwrap();
-    let settings = commitfs::store::TopicSettings {
-        retention_bytes: Some(15_000),
-        ..fixtures::keyed_topic(1)
-    };
-    store.create_topic("t", settings).unwrap();
-    for first in (0..35).step_by(10) {
-        append_batch(&store, first, 35.min(first + 10));
-    }
-    assert_eq!(store.materialize_sealed().unwrap(), 3);
+    let store = store_with_copies_under_retention(dir.path());
     assert!(store.release_materialized_log().unwrap() > 0);
     let marker = |base: u64| segment_file(dir.path(), base).with_extension("log.released");
     for base in [0, 10, 20] {

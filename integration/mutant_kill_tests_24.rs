@@ -5,30 +5,9 @@
 mod fixtures;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use commitfs::store::{Store, TopicSettings};
-use fixtures::released::{append_batch, config, message, segment_file};
-
-/// A store whose partition 0 of keyed topic `t` keeps 15,000 bytes (`retention_bytes`) and
-/// holds 35 messages of 1,000 bytes: segments 0, 10 and 20 sealed, each copied to its own
-/// file, and 30 active. Retention then removes segments 0 and 10.
-fn store_with_copies_under_retention(dir: &Path) -> Arc<Store> {
-    let store = Store::open(dir, config()).unwrap();
-    let settings = TopicSettings {
-        retention_bytes: Some(15_000),
-        ..fixtures::keyed_topic(1)
-    };
-    store.create_topic("t", settings).unwrap();
-    for first in (0..35).step_by(10) {
-        append_batch(&store, first, 35.min(first + 10));
-    }
-    assert_eq!(store.materialize_sealed().unwrap(), 3);
-    for base in [0, 10, 20] {
-        assert!(segment_file(dir, base).exists(), "segment {base}'s file");
-    }
-    store
-}
+use commitfs::store::Store;
+use fixtures::released::{config, message, segment_file, store_with_copies_under_retention};
 
 /// Asserts that partition 0 of topic `t` starts at offset `start` and reads every message
 /// from there to 35.
@@ -135,15 +114,7 @@ fn an_open_refused_over_a_shortened_only_copy_gives_both_lengths() {
 fn retention_during_a_copy_leaves_no_copy_of_the_segments_it_removed() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), config()).unwrap();
-    let settings = TopicSettings {
-        retention_bytes: Some(15_000),
-        ..fixtures::keyed_topic(1)
-    };
-    store.create_topic("t", settings).unwrap();
-    for first in (0..35).step_by(10) {
-        append_batch(&store, first, 35.min(first + 10));
-    }
+    let store = fixtures::released::store_under_retention(dir.path());
     fail::cfg("materialize::copy", "1*pause").unwrap();
     let copying = {
         let store = store.clone();
@@ -182,8 +153,8 @@ fn a_close_abandons_a_copy_under_way_and_leaves_nothing_of_it() {
     };
     let store = Store::open(dir.path(), copying).unwrap();
     store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    append_batch(&store, 0, 10);
-    append_batch(&store, 10, 15);
+    fixtures::released::append_batch(&store, 0, 10);
+    fixtures::released::append_batch(&store, 10, 15);
     let partial = segment_file(dir.path(), 0).with_extension("log.partial");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !partial.exists() {
