@@ -254,7 +254,9 @@ fn findings(report: &CheckReport) -> Vec<String> {
 /// A partition whose start the disk ceiling moved inside a segment passes `commitfs check`,
 /// which checks the consume-queue entry of each message it still has and nothing else.
 /// Kills `-` replaced with `+` in `check_queue` (`src/store/check.rs` line 721: the entries
-/// were looked for in the next segment's file, and the check saw none of them).
+/// were looked for in the next segment's file, and the check saw none of them), and `<`
+/// replaced with `==` and with `>` in `check_index` (line 855: the key-index entries of
+/// messages in the removed log file reported as damage).
 #[test]
 fn check_passes_a_partition_that_starts_inside_a_segment() {
     let _scenario = FailScenario::setup();
@@ -396,4 +398,107 @@ fn check_reports_ten_wrong_queue_entries_one_by_one_and_counts_the_rest() {
         });
         assert_eq!(more, expected.iter().collect::<Vec<_>>(), "{found:?}");
     }
+}
+
+/// A consume-queue entry that names its own batch but the wrong byte of its message, or the
+/// wrong length, is damage `commitfs check` reports at that entry, once each. Kills `&&`
+/// replaced with `||` in `batch_problem` (`src/store/check.rs` line 821: an entry with
+/// either one right passed).
+#[test]
+fn check_reports_an_entry_with_a_wrong_message_position_or_length() {
+    let _scenario = FailScenario::setup();
+    // The entry of offset 1: its message's log offset (bytes 0..8), its length (8..12).
+    for (what, field) in [("position", 20..28), ("length", 28..32)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+        let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+        fixtures::append_lines(&store, &partition, 0, 3);
+        store.close().unwrap();
+        drop((store, partition));
+        let queue_file = fixtures::queue_file(dir.path(), 0);
+        let mut bytes = std::fs::read(&queue_file).unwrap();
+        bytes[field.start] += 1;
+        std::fs::write(&queue_file, &bytes).unwrap();
+
+        let report = check_store(dir.path(), false);
+        let found = findings(&report);
+        let at = format!(
+            "damage: {} byte 20: the entry of offset 1 points at",
+            queue_file.display()
+        );
+        assert_eq!(found.len(), 1, "{what}: {found:?}");
+        assert!(found[0].starts_with(&at), "{what}: {found:?}");
+    }
+}
+
+/// `commitfs check` verifies the key index, every file of it (eight entries a file here):
+/// its summary counts one index entry per keyed message. Kills `check_index` replaced with
+/// `Ok(())` (`src/store/check.rs` line 841: the index was not checked), `>` replaced with
+/// `==`, `<` and `>=` where it picks the files the checkpoint covers (line 847: the last
+/// file, or the ones before it, left out), `==` replaced with `!=` where it takes the
+/// checkpoint's count for the last file (line 853) and `+=` replaced with `-=` and `*=` where
+/// it counts the entries (line 875).
+#[test]
+fn check_counts_an_index_entry_per_keyed_message() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        index_entries: 8,
+        ..fixtures::small_store_config()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    let lines: Vec<String> = (0..12).map(|n| format!("k{n}:{n}\n")).collect();
+    for line in &lines {
+        store
+            .append_batch(&partition, &fixtures::keyed_messages(&[line]))
+            .unwrap();
+    }
+    store.close().unwrap();
+    drop((store, partition));
+    let index_files = std::fs::read_dir(dir.path().join("index")).unwrap().count();
+    assert!(index_files >= 2, "{index_files} index files");
+
+    let report = check_store(dir.path(), false);
+    assert!(report.findings.is_empty(), "{:?}", findings(&report));
+    assert_eq!(
+        (report.queue_entries, report.index_entries),
+        (12, 12),
+        "{}",
+        report.summary()
+    );
+}
+
+/// A key-index entry of the log's very first message (commit-log offset 0) whose key hash
+/// is wrong is damage `commitfs check` reports. Kills `<` replaced with `<=` in
+/// `check_index` (`src/store/check.rs` line 855: a message at the first stored log offset was
+/// taken for one in a removed file, and its entry went unchecked), and the match guard
+/// `removed_by_retention` replaced with `true` (line 861: every entry taken for one of a
+/// message retention removed, and left unchecked).
+#[test]
+fn check_reports_a_wrong_index_entry_of_the_first_message_in_the_log() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&["k0:first\n"]))
+        .unwrap();
+    store.close().unwrap();
+    drop((store, partition));
+    let index_file = dir.path().join(format!("index/{:020}", 0));
+    let mut bytes = std::fs::read(&index_file).unwrap();
+    // Entry 1 (entry 0 is never used) after the 64-byte header and 4-byte slots; its first
+    // 8 bytes are the key's hash.
+    let slots = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let entry = 64 + slots * 4 + 24;
+    bytes[entry] ^= 1;
+    std::fs::write(&index_file, &bytes).unwrap();
+
+    let report = check_store(dir.path(), false);
+    let damage = format!(
+        "damage: {} byte {entry}: entry 1 names message 0 of the batch at commit-log offset 0, which holds no message with its key",
+        index_file.display()
+    );
+    assert_eq!(findings(&report), [damage]);
 }
