@@ -502,3 +502,51 @@ fn check_reports_a_wrong_index_entry_of_the_first_message_in_the_log() {
     );
     assert_eq!(findings(&report), [damage]);
 }
+
+/// A topic file edited by hand to a count of partitions below those that hold messages:
+/// `commitfs check` reports its first record in the log, the queue directory of the
+/// partition past the count and the checkpoint's count of its messages, and nothing about an
+/// empty partition past it. Kills
+/// `check_ownership` replaced with `Ok(())` (`src/store/check.rs` line 949: neither was
+/// reported) and `>` replaced with `==`, `<` and `>=` where it looks at the checkpoint's
+/// marks (line 961: the messages counted went unreported, or the empty partition was
+/// reported).
+#[test]
+fn check_reports_messages_of_a_partition_past_its_topics_count() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let topic = store.create_topic("t", fixtures::lines_topic(3)).unwrap();
+    fixtures::append_lines(&store, &topic.partition(1).unwrap(), 0, 3);
+    store.close().unwrap();
+    drop((store, topic));
+    let topic_file = dir.path().join("topics/1.toml");
+    let text = std::fs::read_to_string(&topic_file).unwrap();
+    assert!(text.contains("partitions = 3"), "{text}");
+    std::fs::write(
+        &topic_file,
+        text.replace("partitions = 3", "partitions = 1"),
+    )
+    .unwrap();
+
+    let report = check_store(dir.path(), false);
+    let why = "partition 1 of topic \"t\" (id 1), which topics/1.toml says has 1 partitions";
+    let damage: Vec<String> = findings(&report)
+        .into_iter()
+        .filter(|finding| finding.starts_with("damage"))
+        .collect();
+    assert_eq!(
+        damage,
+        [
+            format!(
+                "damage: {} byte 0: message 0 of {why}",
+                dir.path().join(format!("commitlog/{:020}", 0)).display()
+            ),
+            format!(
+                "damage: {} holds messages of {why}",
+                dir.path().join("queues/1/1").display()
+            ),
+            format!("damage: the checkpoint counts 3 messages of {why}"),
+        ]
+    );
+}
