@@ -550,3 +550,70 @@ fn check_reports_messages_of_a_partition_past_its_topics_count() {
         ]
     );
 }
+
+/// `commitfs check --repair` of a store that lost `store.toml` and its topic files gives
+/// the rebuilt topic as many partitions as hold messages: partition 0 of 3 here, so one.
+/// Kills `>` replaced with `>=` and with `==` in `partitions_with_data` (`src/store/check.rs`
+/// line 994: the checkpoint's empty partitions were counted as holding messages).
+#[test]
+fn a_repair_after_lost_metadata_gives_a_topic_the_partitions_that_hold_messages() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let topic = store.create_topic("a", fixtures::lines_topic(3)).unwrap();
+    fixtures::append_lines(&store, &topic.partition(0).unwrap(), 0, 3);
+    store.close().unwrap();
+    drop((store, topic));
+    std::fs::remove_file(dir.path().join("store.toml")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
+
+    let options = CheckOptions {
+        repair: true,
+        segment_messages: Some(10),
+        ..CheckOptions::default()
+    };
+    assert!(check(dir.path(), &options).unwrap().damaged());
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let topic = store.topic("topic-1").unwrap();
+    assert_eq!(topic.partitions().len(), 1);
+    fixtures::assert_reads(&store, &topic.partition(0).unwrap(), 0, 3);
+    store.close().unwrap();
+}
+
+/// `commitfs check --repair` of damage in one topic's messages does not bring back a topic
+/// deleted before, whose messages are still in the log. Kills the match guard
+/// `id >= known_below || found.damaged_topics.contains(&id)` replaced with `true` in
+/// `repaired_meta` (`src/store/check.rs` line 1018: the deleted topic came back as
+/// `topic-1`).
+#[test]
+fn a_repair_does_not_bring_back_a_deleted_topic() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let gone = fixtures::new_partition(&store, "gone", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &gone, 0, 3);
+    drop(gone);
+    store.delete_topic("gone").unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 3);
+    store.close().unwrap();
+    drop((store, partition));
+    // Line 1 of `t`, in the fifth batch of the log, altered.
+    let log_file = dir.path().join(format!("commitlog/{:020}", 0));
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    let starts = fixtures::batch_starts(&bytes);
+    assert_eq!(starts.len(), 6, "one batch an append");
+    let line_1 = starts[4]
+        + bytes[starts[4]..starts[5]]
+            .windows(7)
+            .position(|w| w == b"line 1\n")
+            .unwrap();
+    bytes[line_1] ^= 0x20;
+    std::fs::write(&log_file, &bytes).unwrap();
+
+    assert!(check_store(dir.path(), true).damaged());
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let names: Vec<String> = store.topics().iter().map(|t| t.name().to_owned()).collect();
+    assert_eq!(names, ["t"]);
+    store.close().unwrap();
+}
