@@ -649,3 +649,31 @@ fn check_reports_a_zeroed_queue_entry_as_damage_after_an_unclean_stop() {
         findings(&report)
     );
 }
+
+/// `commitfs check --repair` of a store whose `store.toml` is garbage writes a new one and
+/// keeps the damaged file beside it as `store.toml.damaged`. Kills `!` deleted in `repair`
+/// (`src/store/check.rs` line 1104: the damaged file was overwritten, not kept).
+#[test]
+fn a_repair_keeps_a_damaged_store_toml_beside_the_new_one() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "a", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 3);
+    store.close().unwrap();
+    drop((store, partition));
+    std::fs::write(dir.path().join("store.toml"), b"garbage").unwrap();
+
+    let options = CheckOptions {
+        repair: true,
+        segment_messages: Some(10),
+        ..CheckOptions::default()
+    };
+    assert!(check(dir.path(), &options).unwrap().damaged());
+    let kept = std::fs::read(dir.path().join("store.toml.damaged")).unwrap();
+    assert_eq!(kept, b"garbage");
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = store.topic("a").unwrap().partition(0).unwrap();
+    fixtures::assert_reads(&store, &partition, 0, 3);
+    store.close().unwrap();
+}
