@@ -581,10 +581,12 @@ fn a_repair_after_lost_metadata_gives_a_topic_the_partitions_that_hold_messages(
 }
 
 /// `commitfs check --repair` of damage in one topic's messages does not bring back a topic
-/// deleted before, whose messages are still in the log. Kills the match guard
+/// deleted before, whose messages are still in the log, and reports no offset gone past the
+/// end of the damaged topic, which still ends where it did. Kills the match guard
 /// `id >= known_below || found.damaged_topics.contains(&id)` replaced with `true` in
 /// `repaired_meta` (`src/store/check.rs` line 1018: the deleted topic came back as
-/// `topic-1`).
+/// `topic-1`), and `<` replaced with `<=` in `report_losses` (line 1172: "offsets 3..3 are
+/// gone").
 #[test]
 fn a_repair_does_not_bring_back_a_deleted_topic() {
     let _scenario = FailScenario::setup();
@@ -611,7 +613,16 @@ fn a_repair_does_not_bring_back_a_deleted_topic() {
     bytes[line_1] ^= 0x20;
     std::fs::write(&log_file, &bytes).unwrap();
 
-    assert!(check_store(dir.path(), true).damaged());
+    let repaired = findings(&check_store(dir.path(), true));
+    assert!(
+        repaired.iter().any(|f| f.starts_with("damage")),
+        "{repaired:?}"
+    );
+    // Offset 1 is lost in the span; `t` still ends at 3, so no offset is gone past its end.
+    assert!(
+        !repaired.iter().any(|f| f.contains("are gone")),
+        "{repaired:?}"
+    );
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
     let names: Vec<String> = store.topics().iter().map(|t| t.name().to_owned()).collect();
     assert_eq!(names, ["t"]);
