@@ -9,9 +9,10 @@ mod fixtures;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use commitfs::store::check::{check, CheckOptions, CheckReport};
-use commitfs::store::{FlushPolicy, Store, StoreConfig};
+use commitfs::store::{FlushPolicy, Partition, Store, StoreConfig};
 use fail::FailScenario;
 use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
 
@@ -49,6 +50,16 @@ fn wait_for(path: PathBuf) {
 /// topic id 1.
 fn prepared_queue_file(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("queues/1/0/{base:020}.prepared"))
+}
+
+/// A store of one partition past the middle of its first segment, with the file of the next
+/// segment (at offset 10) made ahead of need.
+fn store_with_the_next_queue_file_made(dir: &Path) -> (Arc<Store>, Arc<Partition>) {
+    let store = Store::open(dir, fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 6);
+    wait_for(prepared_queue_file(dir, 10));
+    (store, partition)
 }
 
 /// Retention that moves a partition's start past two whole segments removes their
@@ -93,11 +104,7 @@ fn retention_removes_the_consume_queue_files_of_the_segments_it_takes() {
 fn the_disk_usage_counts_every_consume_queue_file_with_its_length() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    // Past the middle of segment 0: segment 10's file is made ahead of need.
-    fixtures::append_lines(&store, &partition, 0, 6);
-    wait_for(prepared_queue_file(dir.path(), 10));
+    let (store, _partition) = store_with_the_next_queue_file_made(dir.path());
     let queues = dir.path().join("queues/1/0");
     // Waits for the preparation to finish (it holds what the usage reads meanwhile).
     let usage = store.disk_usage();
@@ -189,10 +196,7 @@ fn a_deleted_topics_queue_files_are_closed_with_it() {
 fn a_queue_file_made_ahead_of_need_before_a_stop_serves_the_append_after_the_reopen() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 6);
-    wait_for(prepared_queue_file(dir.path(), 10));
+    let (store, partition) = store_with_the_next_queue_file_made(dir.path());
     store.close().unwrap();
     drop((store, partition));
 
