@@ -113,17 +113,7 @@ fn a_dump_says_that_batches_below_a_partitions_start_were_removed_by_retention()
         ..fixtures::lines_topic(1)
     };
     store_with_lines(dir.path(), settings);
-    let start = {
-        let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-        let start = store
-            .topic("t")
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .start_offset();
-        store.close().unwrap();
-        start
-    };
+    let start = fixtures::start_after_open(dir.path(), fixtures::small_store_config());
     assert!(start > 0, "retention moved the start");
     // One message a batch: the batches left in the log below the start, by their first
     // offset (README "Commit-log files": bytes 24..32 of a batch).
@@ -133,9 +123,7 @@ fn a_dump_says_that_batches_below_a_partitions_start_were_removed_by_retention()
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
             fixtures::batch_starts(&bytes)
                 .into_iter()
-                .filter(|&at| {
-                    u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap()) < start
-                })
+                .filter(|&at| fixtures::batch_first_offset(&bytes, at) < start)
                 .count() as u64
         })
         .sum::<u64>();

@@ -35,11 +35,6 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The first offset of the batch at `at` (README "Commit-log files": bytes 24..32).
-fn first_offset(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap())
-}
-
 /// Flips a bit of the magic of the batch at `at` of `path`: its header no longer decodes.
 fn damage_magic(path: &Path, at: usize) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -97,7 +92,7 @@ fn a_dump_steps_over_a_span_that_repair_marked_and_shows_the_rest() {
     let bytes = std::fs::read(&first).unwrap();
     let starts = fixtures::batch_starts(&bytes);
     let (damaged, next) = (starts[starts.len() / 2], starts[starts.len() / 2 + 1]);
-    let lost = first_offset(&bytes, damaged);
+    let lost = fixtures::batch_first_offset(&bytes, damaged);
     damage_magic(&first, damaged);
     let options = CheckOptions {
         repair: true,
@@ -165,7 +160,7 @@ fn damage_to_the_last_batch_of_a_file_goes_on_at_the_next_file() {
     let files = log_files(dir.path());
     let bytes = std::fs::read(&files[0]).unwrap();
     let last = *fixtures::batch_starts(&bytes).last().unwrap();
-    let lost = first_offset(&bytes, last);
+    let lost = fixtures::batch_first_offset(&bytes, last);
     damage_magic(&files[0], last);
 
     let (report, text) = dumped(dir.path());

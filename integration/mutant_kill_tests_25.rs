@@ -317,19 +317,13 @@ fn check_counts_each_record_of_several_commit_log_files_once() {
     assert!(report.summary().starts_with("3000 records, "));
 }
 
-/// The first offset of the batch at byte `at` of a commit-log file's `bytes` (README
-/// "Commit-log files": bytes 24..32 of a batch).
-fn first_offset(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap())
-}
-
 /// Flips a bit of the magic of the batch at byte `at` of the commit-log file at `path` (its
 /// header no longer decodes); returns that batch's first offset.
 fn damage_the_batch_at(path: &Path, at: usize) -> u64 {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[at + 5] ^= 0x40;
     std::fs::write(path, &bytes).unwrap();
-    first_offset(&bytes, at)
+    fixtures::batch_first_offset(&bytes, at)
 }
 
 /// [`damage_the_batch_at`] the middle batch of the commit-log file at `path`.
@@ -447,7 +441,7 @@ fn store_with_a_batch_out_of_order_just_after_a_damaged_span(dir: &Path) -> (Pat
     let mut bytes = std::fs::read(&path).unwrap();
     let starts = fixtures::batch_starts(&bytes);
     let m = starts.len() / 2;
-    let x = first_offset(&bytes, starts[m]);
+    let x = fixtures::batch_first_offset(&bytes, starts[m]);
     assert!((100..995).contains(&x), "batch {m} holds line {x}");
     let size = starts[m + 1] - starts[m];
     bytes.copy_within(starts[m + 4]..starts[m + 4] + size, starts[m + 2]);

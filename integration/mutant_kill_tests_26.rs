@@ -342,14 +342,7 @@ fn check_notes_entries_in_log_files_the_ceiling_removed_before_a_crash() {
     assert!(!report.damaged(), "{:?}", findings(&report));
 
     // As many as the next mount then skips.
-    let store = Store::open(dir.path(), fixtures::released::small_files_config()).unwrap();
-    let start = store
-        .topic("t")
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .start_offset();
-    store.close().unwrap();
+    let start = fixtures::start_after_open(dir.path(), fixtures::released::small_files_config());
     assert!(start > 0);
     let note = format!(
         "note: topic \"t\" partition 0: {start} entries point into commit-log files already removed; the next mount moves the partition's start past them"
