@@ -685,3 +685,67 @@ fn a_repair_keeps_a_damaged_store_toml_beside_the_new_one() {
     fixtures::assert_reads(&store, &partition, 0, 3);
     store.close().unwrap();
 }
+
+/// `commitfs check --repair` of a store that lost `store.toml` and its topic files brings
+/// back the newest topic although the disk ceiling removed all its messages and no
+/// consume-queue file of it is left: only the checkpoint still counts them. The repair
+/// says those offsets are gone, and the topic's id is never given to a new topic. Kills `>` replaced with `<` in `partitions_with_data`
+/// (`src/store/check.rs` line 994: no checkpoint mark counted, the topic was not rebuilt,
+/// and the next topic created got its id).
+#[test]
+fn a_repair_after_lost_metadata_keeps_a_topic_whose_messages_retention_removed() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures::released::small_files_config();
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let kept = store
+        .create_topic("kept", fixtures::lines_topic(1))
+        .unwrap();
+    let gone = store
+        .create_topic("gone", fixtures::lines_topic(1))
+        .unwrap();
+    assert_eq!(gone.id(), 2);
+    fixtures::append_lines(&store, &gone.partition(0).unwrap(), 0, 20);
+    // One message per batch: 400 batches fill more than one 16 KiB log file.
+    fixtures::append_lines(&store, &kept.partition(0).unwrap(), 0, 400);
+    store.close().unwrap();
+    drop((store, gone, kept));
+    let ceiling = StoreConfig {
+        max_disk_bytes: Some(1),
+        ..config.clone()
+    };
+    let store = Store::open(dir.path(), ceiling).unwrap();
+    store.enforce_retention().unwrap();
+    let gone = store.topic("gone").unwrap().partition(0).unwrap();
+    assert_eq!((gone.start_offset(), gone.end_offset()), (20, 20));
+    store.close().unwrap();
+    drop((store, gone));
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("queues/2/0")).map_or(vec![], |entries| {
+        entries.map(|entry| entry.unwrap().file_name()).collect()
+    });
+    assert!(
+        left.iter()
+            .all(|name| name.to_string_lossy().ends_with(".prepared")),
+        "{left:?}"
+    );
+    std::fs::remove_file(dir.path().join("store.toml")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
+
+    let options = CheckOptions {
+        repair: true,
+        segment_messages: Some(20),
+        ..CheckOptions::default()
+    };
+    let repaired = findings(&check(dir.path(), &options).unwrap());
+    assert!(
+        repaired.iter().any(|f| f.contains(
+            "topic \"topic-2\" (id 2) partition 0: offsets 0..20 are gone (the checkpoint counted them"
+        )),
+        "{repaired:?}"
+    );
+    let store = Store::open(dir.path(), config).unwrap();
+    assert_eq!(store.topic("topic-2").unwrap().partitions().len(), 1);
+    let created = store.create_topic("new", fixtures::lines_topic(1)).unwrap();
+    assert_eq!(created.id(), 3, "a topic id given out again");
+    store.close().unwrap();
+}
