@@ -98,7 +98,10 @@ impl Topic {
     /// [`choose_partition`](Self::choose_partition) among the first `count` partitions (the
     /// length of a [`partition_table`](Self::partition_table)).
     pub fn choose_partition_of(&self, count: u32, key: Option<&[u8]>) -> u32 {
-        let count = count.max(1);
+        if count <= 1 {
+            // One partition: no key to hash, no turn to take.
+            return 0;
+        }
         match key {
             Some(key) => (super::murmur2(key) & 0x7fff_ffff) % count,
             None => self.next_keyless.fetch_add(1, Ordering::Relaxed) % count,
