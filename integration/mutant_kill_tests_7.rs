@@ -121,30 +121,38 @@ fn a_closed_store_that_is_still_held_leaves_the_directory_to_the_next_one() {
 #[test]
 fn a_fenced_store_enforces_no_retention_until_it_is_reopened() {
     let _scenario = FailScenario::setup();
+    // The store is fenced once the panic unwinds, after the panic hook printed its message
+    // (and, under RUST_BACKTRACE, resolved a backtrace: seconds on a busy machine). The
+    // messages must not fall due before that.
+    const RETENTION: Duration = Duration::from_secs(5);
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         retention_check_interval_ms: 10,
         ..fixtures::small_store_config()
     };
     let settings = TopicSettings {
-        retention_ms: Some(1000),
+        retention_ms: Some(RETENTION.as_millis() as u64),
         ..fixtures::keyed_topic(1)
     };
     let store = Store::open(dir.path(), config.clone()).unwrap();
     let partition = fixtures::new_partition(&store, "t", settings);
-    // Two sealed segments; the interrupted append goes to the active one, whose consume-queue
-    // file exists: nothing between the last message and the fence waits for the disk, so
-    // the sealed segments cannot expire before the fence.
+    // Two sealed segments; the interrupted append goes to the active one.
     fixtures::append_lines(&store, &partition, 0, 25);
+    let written = Instant::now();
     fail::cfg("append::after-log-publish", "panic").unwrap();
     let interrupted = catch_unwind(AssertUnwindSafe(|| {
         store.append(&partition, b"interrupted\n", None)
     }));
     fail::remove("append::after-log-publish");
     assert!(interrupted.is_err(), "the failpoint panicked the append");
-    // The sealed segments' messages are past their second now, and the background thread
-    // has looked at them a hundred times.
-    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        written.elapsed() < RETENTION,
+        "the panic took {:?}: the segments fell due before the fence",
+        written.elapsed()
+    );
+    // The sealed segments' messages fall due, and the background thread looks at them a
+    // hundred times more.
+    std::thread::sleep(RETENTION + Duration::from_secs(1) - written.elapsed());
     assert_eq!(partition.start_offset(), 0);
     drop((partition, store));
 
