@@ -91,11 +91,8 @@ fn a_power_loss_keeps_synced_messages_and_a_durable_cut_but_not_the_unsynced_bet
     store.append(&partition, b"after\n", None).unwrap();
     store.sync().unwrap();
     let image = durable_image(&path).unwrap();
-    assert_eq!(
-        image.durable,
-        [0..cut_end],
-        "one range, sorted, disjoint, merged"
-    );
+    assert_eq!(image.durable.len(), 1, "{:?}", image.durable);
+    assert_eq!(image.durable[0], 0..cut_end, "one range, merged");
     let after = std::fs::read(&path).unwrap();
     let end = end_of_batches(&after);
     assert_eq!(image.bytes[..end], after[..end]);
@@ -161,7 +158,8 @@ fn a_file_replaced_whole_is_durable_whole_with_its_name() {
     let bytes = std::fs::read(dir.path().join(CONSUMERS_FILE)).unwrap();
     let image = durable_image(&dir.path().join(CONSUMERS_FILE)).expect("the file is followed");
     assert!(image.linked, "its name is durable");
-    assert_eq!(image.durable, [0..bytes.len() as u64]);
+    assert_eq!(image.durable.len(), 1, "{:?}", image.durable);
+    assert_eq!(image.durable[0], 0..bytes.len() as u64);
     assert_eq!(image.bytes, bytes);
 }
 
