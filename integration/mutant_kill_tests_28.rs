@@ -309,3 +309,36 @@ fn a_second_power_loss_loses_what_was_not_synced_since_the_first() {
     fixtures::assert_reads(&store, &partition, 0, 5);
     store.close().unwrap();
 }
+
+/// A log whose newest commit-log file ends in its end-of-file marker, with no file after it
+/// (the next file's messages gone), dumps every message of that file and ends there. Kills
+/// `Walk::run`'s `<` as `<=` and its `i + 1` as `i * 1` (line 196: the walk went on to a
+/// file past the last one and panicked).
+#[test]
+fn a_dump_ends_at_an_end_of_file_marker_in_the_newest_file() {
+    use commitfs::store::dump::{dump, DumpOptions};
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    // One unkeyed message a batch: 16 of 4,000 bytes and one of 440 fill the first 64 KiB
+    // file up to its 8-byte end-of-file marker.
+    let big: Vec<u8> = [vec![b'a'; 3999], b"\n".to_vec()].concat();
+    let last_in_file: Vec<u8> = [vec![b'b'; 439], b"\n".to_vec()].concat();
+    let mut messages = vec![big; 16];
+    messages.push(last_in_file);
+    messages.extend((0..5).map(fixtures::line));
+    let store = Store::open(dir.path(), config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    for message in &messages {
+        store.append(&partition, message, None).unwrap();
+    }
+    store.sync().unwrap();
+    store.halt_without_cleanup();
+    drop((partition, store));
+    std::fs::remove_file(log_file(dir.path(), 64 * 1024)).unwrap();
+
+    let mut out = Vec::new();
+    let report = dump(dir.path(), &DumpOptions::default(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(fixtures::dumped_offsets(&text), (0..17).collect::<Vec<_>>());
+    assert_eq!(report.messages, 17);
+}
