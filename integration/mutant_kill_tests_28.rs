@@ -27,6 +27,7 @@ fn log_file(dir: &Path, base: u64) -> PathBuf {
 }
 
 /// Where the last batch of the commit-log file `bytes` ends.
+#[cfg(feature = "failpoints")]
 fn end_of_batches(bytes: &[u8]) -> usize {
     let last = *fixtures::batch_starts(bytes).last().expect("a batch");
     last + u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize
