@@ -36,16 +36,6 @@ fn removed_but_open(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits (a minute at most: only a broken preparer thread runs into that) for `path`, a
-/// file made ahead of need, to exist.
-fn wait_for(path: PathBuf) {
-    fixtures::finishes("making a file ahead of need", move || {
-        while !path.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    });
-}
-
 /// The name of the file made ahead of need for the segment at `base` of partition 0 of
 /// topic id 1.
 fn prepared_queue_file(dir: &Path, base: u64) -> PathBuf {
@@ -58,7 +48,7 @@ fn store_with_the_next_queue_file_made(dir: &Path) -> (Arc<Store>, Arc<Partition
     let store = Store::open(dir, fixtures::small_store_config()).unwrap();
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
     fixtures::append_lines(&store, &partition, 0, 6);
-    wait_for(prepared_queue_file(dir, 10));
+    fixtures::made_ahead(&prepared_queue_file(dir, 10));
     (store, partition)
 }
 

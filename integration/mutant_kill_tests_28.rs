@@ -164,20 +164,6 @@ fn a_file_replaced_whole_is_durable_whole_with_its_name() {
     assert_eq!(image.bytes, bytes);
 }
 
-/// Waits (bounded: only a broken preparer runs into the deadline) for `path` to exist.
-#[cfg(feature = "failpoints")]
-fn wait_for(path: &Path) {
-    let start = std::time::Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "{} was never made",
-            path.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 /// A consume-queue file made ahead of need and renamed into place by the first append is
 /// followed under its new name, which a power loss loses until a checkpoint syncs it: a
 /// crash copy before the checkpoint has no such file, one after it has. Kills
@@ -199,7 +185,7 @@ fn a_queue_file_renamed_into_place_survives_a_power_loss_only_after_a_checkpoint
         queues.join(format!("{:020}.prepared", 0)),
         queues.join(format!("{:020}", 0)),
     );
-    wait_for(&prepared);
+    fixtures::made_ahead(&prepared);
     let partition = topic.partition(0).unwrap();
     fixtures::append_lines(&store, &partition, 0, 3);
     assert!(!prepared.exists() && queue_file.exists());
