@@ -10,13 +10,7 @@ use std::path::Path;
 
 use commitfs::store::{Store, StoreError};
 use fail::FailScenario;
-use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
-
-/// What a power loss leaves when every name not synced into its directory is lost.
-const NAMES_LOST: PowerLoss = PowerLoss {
-    fill: Fill::Zeros,
-    unsynced_names_survive: false,
-};
+use fixtures::power_loss::{crash_copy, PowerLoss};
 
 /// Two partitions of 250 keyed messages (three queue files each, with 100-message segments)
 /// and a checkpoint; left open, as a power loss finds it.
@@ -51,7 +45,7 @@ fn assert_holds_every_message(store: &Store) {
 /// lost), stops `store` as the power loss does, and opens the copy: every message is there,
 /// and nothing was rebuilt from the log.
 fn assert_a_power_loss_now_needs_no_rebuild(store: &Store, data: &Path, copy: &Path) {
-    crash_copy(data, copy, NAMES_LOST);
+    crash_copy(data, copy, PowerLoss::NAMES_LOST);
     store.halt_without_cleanup();
     let logs = fixtures::logs_of(|| {
         let store = Store::open(copy, fixtures::recovery_store_config()).unwrap();

@@ -206,10 +206,7 @@ const POWER_LOSSES: [PowerLoss; 8] = {
         Fill::PartlyWrittenBack { phase: 0 },
         Fill::PartlyWrittenBack { phase: 1 },
     ];
-    let mut all = [PowerLoss {
-        fill: Fill::Zeros,
-        unsynced_names_survive: false,
-    }; 8];
+    let mut all = [PowerLoss::NAMES_LOST; 8];
     let mut i = 0;
     while i < 8 {
         all[i] = PowerLoss {
@@ -219,11 +216,6 @@ const POWER_LOSSES: [PowerLoss; 8] = {
         i += 1;
     }
     all
-};
-
-const ZEROS: PowerLoss = PowerLoss {
-    fill: Fill::Zeros,
-    unsynced_names_survive: false,
 };
 
 /// A store opened on a crash copy of a data directory.
@@ -460,7 +452,7 @@ fn a_tail_recovery_cut_stays_cut_after_a_second_power_loss() {
         // recovery cut off must not come back after a second power loss.
         for again in 1..lost.len().min(10) {
             let retry = tempfile::tempdir().unwrap();
-            crash_copy(first.copy.path(), retry.path(), ZEROS);
+            crash_copy(first.copy.path(), retry.path(), PowerLoss::NAMES_LOST);
             let store = Store::open(retry.path(), sync.clone()).unwrap();
             let topic = store.topic("t").unwrap();
             let mut expected = Acknowledged::new();
@@ -485,7 +477,7 @@ fn a_tail_recovery_cut_stays_cut_after_a_second_power_loss() {
             store.halt_without_cleanup();
             let second = reopen_after_power_loss(
                 retry.path(),
-                ZEROS,
+                PowerLoss::NAMES_LOST,
                 sync.clone(),
                 &expected,
                 &expected.counts(),

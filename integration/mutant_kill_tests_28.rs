@@ -173,7 +173,7 @@ fn a_file_replaced_whole_is_durable_whole_with_its_name() {
 #[test]
 fn a_queue_file_renamed_into_place_survives_a_power_loss_only_after_a_checkpoint() {
     use commitfs::store::faults::{durable_image, record_durability};
-    use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
+    use fixtures::power_loss::{crash_copy, PowerLoss};
     let _scenario = fail::FailScenario::setup();
     record_durability();
     let dir = tempfile::tempdir().unwrap();
@@ -192,10 +192,7 @@ fn a_queue_file_renamed_into_place_survives_a_power_loss_only_after_a_checkpoint
     let image = durable_image(&queue_file).expect("the renamed file is followed");
     assert!(!image.linked, "its new name is not durable yet");
     assert!(durable_image(&prepared).is_none());
-    let loss = PowerLoss {
-        fill: Fill::Zeros,
-        unsynced_names_survive: false,
-    };
+    let loss = PowerLoss::NAMES_LOST;
     let before = dir.path().join("before");
     crash_copy(&data, &before, loss);
     assert!(!before
@@ -219,7 +216,7 @@ fn a_queue_file_renamed_into_place_survives_a_power_loss_only_after_a_checkpoint
 #[test]
 fn a_directory_sync_makes_the_names_in_it_durable_and_no_others() {
     use commitfs::store::faults::{durable_image, record_durability};
-    use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
+    use fixtures::power_loss::{crash_copy, PowerLoss};
     let _scenario = fail::FailScenario::setup();
     record_durability();
     let dir = tempfile::tempdir().unwrap();
@@ -245,10 +242,7 @@ fn a_directory_sync_makes_the_names_in_it_durable_and_no_others() {
     assert!(durable_image(&data.join(queue_file(0))).unwrap().linked);
     assert!(!durable_image(&data.join(queue_file(1))).unwrap().linked);
     let copy = dir.path().join("copy");
-    let loss = PowerLoss {
-        fill: Fill::Zeros,
-        unsynced_names_survive: false,
-    };
+    let loss = PowerLoss::NAMES_LOST;
     crash_copy(&data, &copy, loss);
     assert!(copy.join(queue_file(0)).exists());
     assert!(!copy.join(queue_file(1)).exists());
@@ -264,15 +258,12 @@ fn a_directory_sync_makes_the_names_in_it_durable_and_no_others() {
 #[test]
 fn a_second_power_loss_loses_what_was_not_synced_since_the_first() {
     use commitfs::store::faults::{durable_image, record_durability};
-    use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
+    use fixtures::power_loss::{crash_copy, PowerLoss};
     let _scenario = fail::FailScenario::setup();
     record_durability();
     let dir = tempfile::tempdir().unwrap();
     let [data, first, second] = ["data", "first", "second"].map(|name| dir.path().join(name));
-    let loss = PowerLoss {
-        fill: Fill::Zeros,
-        unsynced_names_survive: false,
-    };
+    let loss = PowerLoss::NAMES_LOST;
     let store = Store::open(&data, config()).unwrap();
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
     fixtures::append_lines(&store, &partition, 0, 5);

@@ -60,7 +60,7 @@ fn a_damaged_message_is_refused_naming_its_commit_log_file_and_byte() {
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_torn_tail_in_a_later_log_file_is_zeroed_durably_at_open() {
-    use fixtures::power_loss::{crash_copy, Fill, PowerLoss};
+    use fixtures::power_loss::{crash_copy, PowerLoss};
 
     commitfs::store::faults::record_durability();
     let dir = tempfile::tempdir().unwrap();
@@ -91,11 +91,7 @@ fn a_torn_tail_in_a_later_log_file_is_zeroed_durably_at_open() {
     drop(store);
 
     let copy = tempfile::tempdir().unwrap();
-    let loss = PowerLoss {
-        fill: Fill::Zeros,
-        unsynced_names_survive: false,
-    };
-    crash_copy(dir.path(), copy.path(), loss);
+    crash_copy(dir.path(), copy.path(), PowerLoss::NAMES_LOST);
     let after_loss = std::fs::read(log_file(copy.path(), 64 * 1024)).unwrap();
     assert!(
         after_loss[end..].iter().all(|&b| b == 0),
