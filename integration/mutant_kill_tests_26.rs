@@ -240,6 +240,17 @@ fn check_store(dir: &Path, repair: bool) -> CheckReport {
     check(dir, &options).unwrap()
 }
 
+/// `commitfs check --repair` of a store that lost `store.toml`, told its segments'
+/// length (`--segment-messages`), without progress output.
+fn repair_lost_layout(dir: &Path, segment_messages: u32) -> CheckReport {
+    let options = CheckOptions {
+        repair: true,
+        segment_messages: Some(segment_messages),
+        ..CheckOptions::default()
+    };
+    check(dir, &options).unwrap()
+}
+
 /// The report's findings as text, for messages.
 fn findings(report: &CheckReport) -> Vec<String> {
     report.findings.iter().map(ToString::to_string).collect()
@@ -554,12 +565,7 @@ fn a_repair_after_lost_metadata_gives_a_topic_the_partitions_that_hold_messages(
     std::fs::remove_file(dir.path().join("store.toml")).unwrap();
     std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
 
-    let options = CheckOptions {
-        repair: true,
-        segment_messages: Some(10),
-        ..CheckOptions::default()
-    };
-    assert!(check(dir.path(), &options).unwrap().damaged());
+    assert!(repair_lost_layout(dir.path(), 10).damaged());
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
     let topic = store.topic("topic-1").unwrap();
     assert_eq!(topic.partitions().len(), 1);
@@ -662,12 +668,7 @@ fn a_repair_keeps_a_damaged_store_toml_beside_the_new_one() {
     drop((store, partition));
     std::fs::write(dir.path().join("store.toml"), b"garbage").unwrap();
 
-    let options = CheckOptions {
-        repair: true,
-        segment_messages: Some(10),
-        ..CheckOptions::default()
-    };
-    assert!(check(dir.path(), &options).unwrap().damaged());
+    assert!(repair_lost_layout(dir.path(), 10).damaged());
     let kept = std::fs::read(dir.path().join("store.toml.damaged")).unwrap();
     assert_eq!(kept, b"garbage");
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
@@ -721,12 +722,7 @@ fn a_repair_after_lost_metadata_keeps_a_topic_whose_messages_retention_removed()
     std::fs::remove_file(dir.path().join("store.toml")).unwrap();
     std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
 
-    let options = CheckOptions {
-        repair: true,
-        segment_messages: Some(20),
-        ..CheckOptions::default()
-    };
-    let repaired = findings(&check(dir.path(), &options).unwrap());
+    let repaired = findings(&repair_lost_layout(dir.path(), 20));
     assert!(
         repaired.iter().any(|f| f.contains(
             "topic \"topic-2\" (id 2) partition 0: offsets 0..20 are gone (the checkpoint counted them"
