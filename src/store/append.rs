@@ -148,11 +148,6 @@ impl<'s> Scratch<'s> {
 /// turn, rather than for several at once, was most of the time of such an append.
 const PREFETCH_AHEAD: usize = 8;
 
-/// How many messages ahead a batch's copy starts loading the key-index slot of each: keys
-/// spread over the whole slot table, so each slot is a cache and TLB miss, and in a batch of
-/// many keyed messages waiting for each in turn was a third of the daemon's time.
-const SLOTS_AHEAD: usize = 16;
-
 /// Refuses a batch with a message over `max_message_bytes` or a key longer than its message.
 fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Result<()> {
     for message in messages {
@@ -434,14 +429,7 @@ impl<'a> Staged<'a> {
         let at = appender.copy_batch(&batch.header, table, runs)?;
         let mut position = at + batch.header.payload_start() as u64;
         let scratch = &mut self.scratch;
-        let key_hashes = &scratch.key_hashes[batch.messages.clone()];
-        let prefetch_slot = |index: &IndexRoom<'_>, number: usize| match key_hashes.get(number) {
-            Some(&hash) if hash != 0 => index.prefetch_slot(hash),
-            _ => {}
-        };
-        (0..SLOTS_AHEAD).for_each(|number| prefetch_slot(index, number));
         for (number, slot) in batch.messages.clone().enumerate() {
-            prefetch_slot(index, number + SLOTS_AHEAD);
             scratch.payload_positions[slot] = position;
             scratch.batch_positions[slot] = at;
             position += self.messages[slot].payload.len() as u64;
@@ -451,7 +439,7 @@ impl<'a> Staged<'a> {
                     batch: at,
                     index: number as u32,
                 };
-                index.insert(key_hash, place);
+                index.add(key_hash, place);
             }
         }
         Ok(())
@@ -463,19 +451,6 @@ impl<'a> Staged<'a> {
         prefetch(&self.partition.end);
         if self.defer_entries {
             self.partition.queue.prefetch_pending();
-        }
-    }
-
-    /// Starts loading the index slots of the batch's first keys; its copy loads the rest
-    /// `SLOTS_AHEAD` messages ahead of itself.
-    fn prefetch_slots(&self, batch: &PlannedBatch, index: &IndexRoom<'_>) {
-        for &hash in self.scratch.key_hashes[batch.messages.clone()]
-            .iter()
-            .take(SLOTS_AHEAD)
-        {
-            if hash != 0 {
-                index.prefetch_slot(hash);
-            }
         }
     }
 
@@ -605,10 +580,7 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
         appender.reserve(plan.iter().map(|batch| u64::from(batch.header.size)))?;
         let fence = to.fence.on_unwind();
         let mut table = Vec::new();
-        let copied = plan.iter().enumerate().try_for_each(|(number, batch)| {
-            if let Some(ahead) = plan.get(number + PREFETCH_AHEAD) {
-                staged[ahead.staged].prefetch_slots(ahead, &index);
-            }
+        let copied = plan.iter().try_for_each(|batch| {
             staged[batch.staged].copy(batch, &mut table, &mut appender, &mut index)
         });
         if let Err(error) = copied.and_then(|()| appender.publish()) {
@@ -617,6 +589,7 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
             to.fence.after_failed_write(&error);
             return Err(error);
         }
+        index.hand_over();
         fence
     };
     fail::fail_point!("append::after-log-publish");

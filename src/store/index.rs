@@ -5,10 +5,11 @@
 
 use std::ops::{ControlFlow, Range};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::commitlog::PrepareJob;
 use super::error::{Result, StoreError};
@@ -387,17 +388,25 @@ pub struct IndexMark {
     pub count: u32,
 }
 
-/// Index entries reserved by [`KeyIndex::reserve`], to be inserted in log order.
+/// How many entries ahead an insert starts loading the slot of each: keys spread over the
+/// whole slot table, so each slot is a cache miss, and in a batch of many keyed messages
+/// waiting for each in turn was a third of the time of their inserts.
+const SLOTS_AHEAD: usize = 16;
+
+/// Index entries reserved by [`KeyIndex::reserve`]: an append adds the entries of the
+/// messages it copies into the log, in log order, and hands them over once the log has
+/// published them; the indexing thread then inserts them (see [`KeyIndex::insert_waiting`]).
 pub struct IndexRoom<'a> {
     index: &'a KeyIndex,
-    _writer: Option<MutexGuard<'a, ()>>,
-    /// The file the next entry goes to, and its slot table in memory if it has one.
+    writer: Option<MutexGuard<'a, Waiting>>,
+    /// The file the first entry goes to, and its slot table in memory if it has one.
     current: Option<Arc<IndexFile>>,
     table: Option<Arc<SlotTable>>,
     /// Faults in the bytes the reservation allocated past its entries: with a key per
     /// message, a page fault on the writer's thread every 170 entries was a seventh of the
     /// daemon's time.
     populate: Option<PrepareJob>,
+    entries: Vec<(u64, MessageAt)>,
 }
 
 impl IndexRoom<'_> {
@@ -407,22 +416,73 @@ impl IndexRoom<'_> {
         self.populate.take()
     }
 
-    /// Starts loading the slot of `hash` in the file the next entries go to: keys spread
-    /// over the whole slot table, so each insert's slot is otherwise a cache and TLB miss.
-    pub fn prefetch_slot(&self, hash: u64) {
+    /// Adds the entry (key hash, place) of a message just copied into the log; its room was
+    /// reserved, so its insert cannot fail.
+    pub fn add(&mut self, hash: u64, at: MessageAt) {
+        self.entries.push((hash, at));
+    }
+
+    /// Hands the entries added over to the indexing thread, once the log has published
+    /// their messages. A room dropped without this (an append that failed) inserts nothing.
+    pub fn hand_over(mut self) {
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        writer.rooms.push(HandedRoom {
+            current: self.current.take(),
+            table: self.table.take(),
+            entries: std::mem::take(&mut self.entries),
+        });
+        self.index.has_waiting.store(true, Ordering::Release);
+        self.writer = None;
+        self.index.indexing.wake();
+    }
+}
+
+/// One round of the indexing thread; false once the index is gone.
+fn index_now(insert_waiting: &impl Fn() -> bool) -> bool {
+    // Tests hold the thread back, as a busy machine might, to see that whatever needs the
+    // index complete inserts the waiting entries itself.
+    fail::fail_point!("index::thread-held-back", |_| true);
+    insert_waiting()
+}
+
+/// A reservation's entries, waiting to go into the files.
+struct HandedRoom {
+    current: Option<Arc<IndexFile>>,
+    table: Option<Arc<SlotTable>>,
+    entries: Vec<(u64, MessageAt)>,
+}
+
+impl HandedRoom {
+    /// Inserts the entries in order: into `current` while it has room, then into the files
+    /// after it (a reservation that did not fit made them). Under the writer lock.
+    fn insert_all(&mut self, index: &KeyIndex) {
+        let entries = std::mem::take(&mut self.entries);
+        for &(hash, _) in entries.iter().take(SLOTS_AHEAD) {
+            self.prefetch_slot(hash);
+        }
+        for (number, &(hash, at)) in entries.iter().enumerate() {
+            if let Some(&(ahead, _)) = entries.get(number + SLOTS_AHEAD) {
+                self.prefetch_slot(ahead);
+            }
+            self.insert(index, hash, at);
+        }
+        self.entries = entries;
+    }
+
+    /// Starts loading the slot of `hash` in the file the next entries go to.
+    fn prefetch_slot(&self, hash: u64) {
         if let Some(file) = &self.current {
             prefetch(file.slot(self.table.as_deref(), hash));
         }
     }
 
-    /// Adds the entry (key hash, place) of a message just copied into the log; its room was
-    /// reserved, so this cannot fail.
-    pub fn insert(&mut self, hash: u64, at: MessageAt) {
+    fn insert(&mut self, index: &KeyIndex, hash: u64, at: MessageAt) {
         let full = |file: &IndexFile| file.count() >= file.capacity;
         if self.current.as_deref().is_none_or(full) {
             let after = self.current.as_ref().map(|f| f.base);
-            let later: Vec<u64> = self
-                .index
+            let later: Vec<u64> = index
                 .files
                 .read()
                 .iter()
@@ -431,14 +491,53 @@ impl IndexRoom<'_> {
                 .collect();
             self.current = later
                 .into_iter()
-                .filter_map(|base| self.index.file(base))
+                .filter_map(|base| index.file(base))
                 .find(|f| !full(f));
-            self.table = self.current.as_ref().and_then(|f| self.index.slots_of(f));
+            self.table = self.current.as_ref().and_then(|f| index.slots_of(f));
         }
         self.current
             .as_ref()
             .expect("index room reserved before the records were copied")
             .insert(self.table.as_deref(), hash, at);
+    }
+}
+
+/// What the index's writer lock guards: entries handed over and not inserted yet.
+#[derive(Default)]
+struct Waiting {
+    rooms: Vec<HandedRoom>,
+    /// An emptied room's buffer, for the next reservation.
+    spare: Vec<(u64, MessageAt)>,
+}
+
+/// The thread that inserts handed-over entries, off the appending thread.
+#[derive(Default)]
+struct Indexing {
+    state: Mutex<IndexingState>,
+    condvar: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct IndexingState {
+    work: bool,
+    stop: bool,
+}
+
+impl Indexing {
+    fn wake(&self) {
+        self.state.lock().work = true;
+        self.condvar.notify_one();
+    }
+
+    /// Waits for work; false once stopped.
+    fn wait(&self) -> bool {
+        let mut state = self.state.lock();
+        while !state.work && !state.stop {
+            self.condvar.wait(&mut state);
+        }
+        state.work = false;
+        !state.stop
     }
 }
 
@@ -463,7 +562,12 @@ pub struct KeyIndex {
     /// order, so into the newest files only).
     unflushed_from: AtomicU64,
     open_files: Arc<OpenFiles>,
-    writer: Mutex<()>,
+    /// Held to reserve room and to insert entries: they go in in log order.
+    writer: Mutex<Waiting>,
+    /// Set when entries are handed over, cleared once they are all inserted: a lookup that
+    /// finds it set inserts them first.
+    has_waiting: AtomicBool,
+    indexing: Arc<Indexing>,
     /// Files made (and the directory itself, when new) since the last checkpoint.
     names: UnsyncedNames,
 }
@@ -498,7 +602,9 @@ impl KeyIndex {
             newest: RwLock::new(newest),
             unflushed_from: AtomicU64::new(0),
             open_files,
-            writer: Mutex::new(()),
+            writer: Mutex::new(Waiting::default()),
+            has_waiting: AtomicBool::new(false),
+            indexing: Arc::default(),
             names: UnsyncedNames::new(new_dir),
         })
     }
@@ -571,19 +677,22 @@ impl KeyIndex {
     /// Makes room for `count` more entries, in the current file as far as they fit and in
     /// new files after it (the first named `next_offset`, where the next record goes), so
     /// that inserting them cannot fail: a full disk fails the append before anything is
-    /// written. The room holds the index's writer lock until it is dropped; appends reserve
-    /// and insert under the commit log's append lock, so entries go in in log order.
+    /// written. Entries handed over earlier go in first. The room holds the index's writer
+    /// lock until it is handed over or dropped; appends reserve under the commit log's
+    /// append lock, so entries go in in log order.
     pub fn reserve(&self, count: u32, next_offset: u64) -> Result<IndexRoom<'_>> {
         if count == 0 {
             return Ok(IndexRoom {
                 index: self,
-                _writer: None,
+                writer: None,
                 current: None,
                 table: None,
                 populate: None,
+                entries: Vec::new(),
             });
         }
-        let writer = self.writer.lock();
+        let mut writer = self.writer.lock();
+        self.insert_handed(&mut writer);
         let current = self.newest.read().clone();
         let mut left = count;
         let mut populate = None;
@@ -609,13 +718,58 @@ impl KeyIndex {
         }
         let current = current.or(first_new);
         let table = current.as_ref().and_then(|f| self.slots_of(f));
+        let mut entries = std::mem::take(&mut writer.spare);
+        entries.reserve(count as usize);
         Ok(IndexRoom {
             index: self,
-            _writer: Some(writer),
+            writer: Some(writer),
             current,
             table,
             populate,
+            entries,
         })
+    }
+
+    /// Inserts the entries handed over and not inserted yet (the indexing thread does so
+    /// as they come; whatever needs the index complete does so first).
+    pub fn insert_waiting(&self) {
+        self.insert_handed(&mut self.writer.lock());
+    }
+
+    fn insert_handed(&self, waiting: &mut Waiting) {
+        for mut room in waiting.rooms.drain(..) {
+            room.insert_all(self);
+            room.entries.clear();
+            waiting.spare = room.entries;
+        }
+        self.has_waiting.store(false, Ordering::Release);
+    }
+
+    /// Starts the thread that inserts handed-over entries. `insert_waiting` runs
+    /// [`insert_waiting`](Self::insert_waiting) on this index and says false once the index
+    /// is gone.
+    pub fn start_indexing(&self, insert_waiting: impl Fn() -> bool + Send + 'static) {
+        let indexing = self.indexing.clone();
+        let spawned = std::thread::Builder::new()
+            .name("key-index".into())
+            .spawn(move || while indexing.wait() && index_now(&insert_waiting) {});
+        match spawned {
+            Ok(thread) => *self.indexing.thread.lock() = Some(thread),
+            // Entries then go in at the next reservation or lookup.
+            Err(error) => tracing::error!("cannot start the key index's thread: {error}"),
+        }
+    }
+
+    /// Stops the indexing thread; entries still waiting go in at the next reservation,
+    /// lookup or checkpoint, or are lost with the process (recovery rebuilds them).
+    pub fn stop_indexing(&self) {
+        self.indexing.state.lock().stop = true;
+        self.indexing.condvar.notify_all();
+        let thread = self.indexing.thread.lock().take();
+        // The thread itself may drop the last handle to the store.
+        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+            let _ = thread.join();
+        }
     }
 
     /// A new, empty file after the others. Its name is where the next record goes, or one
@@ -654,6 +808,10 @@ impl KeyIndex {
 
     /// Places of the messages whose entries have this hash, newest first, until `f` breaks.
     pub fn lookup(&self, hash: u64, mut f: impl FnMut(MessageAt) -> ControlFlow<()>) {
+        // Every message whose append returned is found.
+        if self.has_waiting.load(Ordering::Acquire) {
+            self.insert_waiting();
+        }
         for base in self.bases().into_iter().rev() {
             let Some(file) = self.file(base) else {
                 continue;
@@ -671,7 +829,8 @@ impl KeyIndex {
     }
 
     pub fn mark(&self) -> Option<IndexMark> {
-        let _writer = self.writer.lock();
+        let mut writer = self.writer.lock();
+        self.insert_handed(&mut writer);
         self.newest.read().as_ref().map(|f| IndexMark {
             file_base: f.base,
             count: f.count(),
@@ -709,7 +868,8 @@ impl KeyIndex {
     /// Returns the index to where it stood at `mark` (after an unclean stop); `None` means it
     /// was empty.
     pub fn truncate_to(&self, mark: Option<IndexMark>) -> Result<()> {
-        let _writer = self.writer.lock();
+        let mut writer = self.writer.lock();
+        self.insert_handed(&mut writer);
         {
             let mut files = self.files.write();
             while let Some(last) = files.last() {
@@ -732,7 +892,8 @@ impl KeyIndex {
     }
 
     pub fn remove_all(&self) -> Result<()> {
-        let _writer = self.writer.lock();
+        let mut writer = self.writer.lock();
+        self.insert_handed(&mut writer);
         let mut files = self.files.write();
         *self.newest.write() = None;
         while !files.is_empty() {
@@ -744,7 +905,8 @@ impl KeyIndex {
     /// Removes files whose every entry points below `min_offset` (data no longer stored).
     /// The newest file stays, as the one being filled.
     pub fn remove_before(&self, min_offset: u64) -> Result<()> {
-        let _writer = self.writer.lock();
+        let mut writer = self.writer.lock();
+        self.insert_handed(&mut writer);
         loop {
             let bases = self.bases();
             let Some(&oldest) = bases.first().filter(|_| bases.len() > 1) else {
@@ -876,9 +1038,10 @@ mod fuzz {
         let index = KeyIndex::open(dir.path(), SLOTS, CAPACITY, OpenFiles::new(2)).unwrap();
         let mut room = index.reserve(entries.len() as u32, 0).unwrap();
         for (hash, batch) in entries {
-            room.insert(hash, at(batch));
+            room.add(hash, at(batch));
         }
-        drop(room);
+        room.hand_over();
+        index.insert_waiting();
         let path = index.file(index.bases()[0]).unwrap().data.path().to_owned();
         std::fs::read(path).unwrap()
     }
@@ -920,9 +1083,9 @@ mod fuzz {
                 .truncate_to(mark.map(|count| IndexMark { file_base: base, count }))
                 .unwrap();
             if let Ok(mut room) = index.reserve(2, 20_000) {
-                room.insert(hashes[0], at(20_000));
-                room.insert(hashes[0], at(20_100));
-                drop(room);
+                room.add(hashes[0], at(20_000));
+                room.add(hashes[0], at(20_100));
+                room.hand_over();
                 let mut newest = None;
                 index.lookup(hashes[0], |offset| {
                     newest = Some(offset);

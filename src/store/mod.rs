@@ -586,14 +586,8 @@ impl Store {
         // candidate whose record cannot be read might be the answer: that is an error.
         let mut damage = None;
         self.index.lookup(hash, |at| {
-            // Index entries go in before their batches are written and published: a
-            // candidate past the log's published end is not stored yet.
-            let published = self.log.written_end();
-            if at.batch >= published {
-                return ControlFlow::Continue(());
-            }
             let Some(record) = self.log.message_at(at) else {
-                let stored = (self.log.min_offset()..published).contains(&at.batch);
+                let stored = (self.log.min_offset()..self.log.written_end()).contains(&at.batch);
                 if !stored {
                     // Removed with its commit-log file.
                     return ControlFlow::Continue(());
@@ -663,6 +657,7 @@ impl Store {
         fail::fail_point!("store::close");
         self.materializer.stop();
         self.maintenance.stop();
+        self.index.stop_indexing();
         let _quiet = self.quiesce.write();
         self.log.stop();
         drop(_quiet);
@@ -698,6 +693,7 @@ impl Store {
         }
         self.materializer.stop();
         self.maintenance.stop();
+        self.index.stop_indexing();
         let _quiet = self.quiesce.write();
         self.log.stop();
         self.lock.lock().take();

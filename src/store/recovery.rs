@@ -533,6 +533,14 @@ fn assemble(
         return Err(error);
     }
     store.closed.store(false, Ordering::Release);
+    let indexed = Arc::downgrade(&store);
+    store.index.start_indexing(move || {
+        let store = indexed.upgrade();
+        store
+            .as_ref()
+            .inspect(|s| s.index.insert_waiting())
+            .is_some()
+    });
     store.maintenance.start(Arc::downgrade(&store));
     if store.config.materialize_segments {
         store.materializer.start(Arc::downgrade(&store));
@@ -696,8 +704,9 @@ impl Recovering {
         if !keys.is_empty() {
             let mut room = index.reserve(keys.len() as u32, at)?;
             for (hash, place) in keys {
-                room.insert(hash, place);
+                room.add(hash, place);
             }
+            room.hand_over();
         }
         self.next = Some(end);
         self.last_record = Some(at);

@@ -1,0 +1,120 @@
+//! Key-index entries go into the index files on a thread of their own, off the appending
+//! thread (issue 7): an append hands its entries over once the log has published its
+//! messages. These tests hold that thread back (failpoint `index::thread-held-back`), as a
+//! busy machine might, and check what a user relies on: a key is found the moment its append
+//! returns, a checkpoint counts every key before it, and a crash loses no key. Every test
+//! holds `FailScenario` (failpoints are global).
+#![cfg(feature = "failpoints")]
+
+mod fixtures;
+
+use commitfs::store::Store;
+
+/// `count` keyed lines `key<N % keys>:line <N>`, N from `from`.
+fn keyed_lines(from: u64, count: u64, keys: u64) -> Vec<String> {
+    (from..from + count)
+        .map(|n| format!("key{}:line {n}\n", n % keys))
+        .collect()
+}
+
+/// Offsets of the messages with `key` in partition 0 of `topic`, newest first.
+fn offsets_of(store: &Store, topic: &str, key: &str) -> Vec<u64> {
+    let topic = store.topic(topic).unwrap();
+    fixtures::key_matches(store, &topic, key)
+        .into_iter()
+        .map(|(_, offset, _)| offset)
+        .collect()
+}
+
+/// Kills `hand_over`'s call in `append::commit` and its `has_waiting` store (the lookup
+/// would not insert the waiting entries first, and find nothing).
+#[test]
+fn a_key_is_found_the_moment_its_append_returns_while_the_index_thread_is_held_back() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    let lines = keyed_lines(0, 6, 3);
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines))
+        .unwrap();
+    assert_eq!(offsets_of(&store, "t", "key1"), [4, 1]);
+    store.append(&partition, b"key1:again\n", Some(4)).unwrap();
+    assert_eq!(offsets_of(&store, "t", "key1"), [6, 4, 1]);
+    assert_eq!(offsets_of(&store, "t", "key2"), [5, 2]);
+    fail::remove("index::thread-held-back");
+    store.close().unwrap();
+}
+
+/// Kills `KeyIndex::reserve` reserving without inserting the waiting entries first: it
+/// would count the files' room without them, and their inserts would run out of room
+/// (`small_store_config`'s index files hold 1,000 entries; 3,000 keys go in here).
+#[test]
+fn keys_held_back_from_the_index_thread_across_full_index_files_are_all_found() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    for batch in 0..30 {
+        let lines = keyed_lines(batch * 100, 100, 1000);
+        store
+            .append_batch(&partition, &fixtures::keyed_messages(&lines))
+            .unwrap();
+    }
+    for key in [0, 1, 499, 999] {
+        let expected: Vec<u64> = (0..3).rev().map(|round| round * 1000 + key).collect();
+        assert_eq!(offsets_of(&store, "t", &format!("key{key}")), expected);
+    }
+    let index_files = std::fs::read_dir(dir.path().join("index")).unwrap().count();
+    assert!(index_files >= 3, "{index_files} index files");
+    fail::remove("index::thread-held-back");
+    store.close().unwrap();
+}
+
+/// Kills `KeyIndex::mark` marking without inserting the waiting entries first: the
+/// checkpoint would count the keys' messages as written but not their index entries, and
+/// the recovery after a crash, which rebuilds entries only after the checkpoint, would
+/// never find them.
+#[test]
+fn a_checkpoint_while_the_index_thread_is_held_back_counts_every_key() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    let lines = keyed_lines(0, 50, 10);
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines))
+        .unwrap();
+    store.checkpoint().unwrap();
+    store.halt_without_cleanup();
+    drop(store);
+    fail::remove("index::thread-held-back");
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    assert_eq!(offsets_of(&store, "t", "key7"), [47, 37, 27, 17, 7]);
+    store.close().unwrap();
+}
+
+/// Entries still waiting for the index thread when the process dies are lost with it; the
+/// next open rebuilds them from the log. Kills `hand_over`'s call in recovery (the rebuilt
+/// entries would never go in).
+#[test]
+fn keys_waiting_for_the_index_thread_at_a_crash_are_found_after_recovery() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    let lines = keyed_lines(0, 50, 10);
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines))
+        .unwrap();
+    store.halt_without_cleanup();
+    drop(store);
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    assert_eq!(offsets_of(&store, "t", "key3"), [43, 33, 23, 13, 3]);
+    fail::remove("index::thread-held-back");
+    store.close().unwrap();
+}
