@@ -8,6 +8,7 @@
 
 mod fixtures;
 
+use commitfs::store::check::{check, CheckOptions};
 use commitfs::store::Store;
 
 /// `count` keyed lines `key<N % keys>:line <N>`, N from `from`.
@@ -117,4 +118,38 @@ fn keys_waiting_for_the_index_thread_at_a_crash_are_found_after_recovery() {
     assert_eq!(offsets_of(&store, "t", "key3"), [43, 33, 23, 13, 3]);
     fail::remove("index::thread-held-back");
     store.close().unwrap();
+}
+
+/// Keys are hashed four at a time (`format::key_hashes`); lines without a key among them get
+/// no index entry. `commitfs check` counts the entries: one per keyed line of the nine,
+/// none damaged.
+/// Kills `Staged::hash_keys` giving a keyless line in a group of four the hash of an empty
+/// key.
+#[test]
+fn a_batch_mixing_keyed_and_keyless_lines_indexes_only_the_keyed_ones() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    let lines = [
+        "a:1\n",
+        "no key\n",
+        "b:2\n",
+        "c:3\n",
+        "d:4\n",
+        "e:5\n",
+        "also none\n",
+        "f:6\n",
+        "g:7\n",
+    ];
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines))
+        .unwrap();
+    assert_eq!(offsets_of(&store, "t", "d"), [4]);
+    assert_eq!(offsets_of(&store, "t", "g"), [8]);
+    store.close().unwrap();
+    drop(store);
+    let report = check(dir.path(), &CheckOptions::default()).unwrap();
+    assert!(!report.damaged(), "{:?}", report.findings);
+    assert_eq!((report.records, report.index_entries), (9, 7));
 }

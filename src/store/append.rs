@@ -326,10 +326,22 @@ struct PlannedBatch {
 impl<'a> Staged<'a> {
     fn hash_keys(&mut self) {
         let topic_id = self.topic_id;
-        for (message, hash) in self.messages.iter().zip(self.scratch.key_hashes.iter_mut()) {
-            *hash = message
-                .key_len
-                .map_or(0, |k| format::key_hash(topic_id, &message.payload[..k]));
+        let key_of = |message: &NewMessage<'a>| message.key_len.map(|k| &message.payload[..k]);
+        let mut messages = self.messages.chunks_exact(format::KEYS_AT_ONCE);
+        let mut hashes = self
+            .scratch
+            .key_hashes
+            .chunks_exact_mut(format::KEYS_AT_ONCE);
+        for (group, group_hashes) in messages.by_ref().zip(hashes.by_ref()) {
+            let keys = std::array::from_fn(|lane| key_of(&group[lane]).unwrap_or_default());
+            let keyed = format::key_hashes(topic_id, keys);
+            for ((hash, message), keyed) in group_hashes.iter_mut().zip(group).zip(keyed) {
+                *hash = if message.key_len.is_some() { keyed } else { 0 };
+            }
+        }
+        let rest = messages.remainder().iter();
+        for (message, hash) in rest.zip(hashes.into_remainder()) {
+            *hash = key_of(message).map_or(0, |key| format::key_hash(topic_id, key));
         }
     }
 

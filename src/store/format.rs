@@ -355,21 +355,47 @@ impl QueueEntry {
     }
 }
 
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
 /// The 64-bit key hash used by the key index: FNV-1a over the topic id
 /// and the key bytes. Fixed by the on-disk format, so it is written out here rather than
 /// taken from a hasher whose algorithm may change between Rust releases.
 pub fn key_hash(topic_id: u32, key: &[u8]) -> u64 {
     // Tests make every key collide, so that only the key bytes can tell keys apart.
     fail::fail_point!("format::key_hash", |_| 0x5EED);
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET_BASIS;
-    for &byte in topic_id.to_le_bytes().iter().chain(key) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
+    let hash = fnv1a(FNV_OFFSET_BASIS, &topic_id.to_le_bytes());
     // 0 means "no key" to an append.
-    hash.max(1)
+    fnv1a(hash, key).max(1)
+}
+
+/// How many keys [`key_hashes`] hashes side by side.
+pub const KEYS_AT_ONCE: usize = 4;
+
+/// [`key_hash`] of each of `keys`, worked out side by side: FNV-1a waits on a multiply per
+/// byte, so one key at a time the processor idles between them (about 13 ns a key, a tenth of
+/// the appending thread's time for keyed lines into one partition).
+pub fn key_hashes(topic_id: u32, keys: [&[u8]; KEYS_AT_ONCE]) -> [u64; KEYS_AT_ONCE] {
+    fail::fail_point!("format::key_hash", |_| [0x5EED; KEYS_AT_ONCE]);
+    let mut hashes = [fnv1a(FNV_OFFSET_BASIS, &topic_id.to_le_bytes()); KEYS_AT_ONCE];
+    let shortest = keys.iter().map(|key| key.len()).min().unwrap_or(0);
+    for at in 0..shortest {
+        for (hash, key) in hashes.iter_mut().zip(keys) {
+            *hash = (*hash ^ u64::from(key[at])).wrapping_mul(FNV_PRIME);
+        }
+    }
+    for (hash, key) in hashes.iter_mut().zip(keys) {
+        *hash = fnv1a(*hash, &key[shortest..]).max(1);
+    }
+    hashes
 }
 
 /// Commit-log and consume-queue files are named by a 20-digit number, as in Kafka and RocketMQ.
@@ -570,6 +596,20 @@ mod tests {
         file[200..204].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
         assert_eq!(next_valid_record(&file, 101), None);
         assert!(matches!(scan_record(&skip_marker(4)), Scanned::Invalid(_)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config(256))]
+
+        /// Keys hashed side by side get the hashes they get one at a time.
+        #[test]
+        fn keys_hashed_side_by_side_hash_as_one_at_a_time(
+            topic_id in proptest::prelude::any::<u32>(),
+            keys in proptest::array::uniform4(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)),
+        ) {
+            let one_at_a_time = keys.each_ref().map(|key| key_hash(topic_id, key));
+            proptest::prop_assert_eq!(key_hashes(topic_id, keys.each_ref().map(|k| &k[..])), one_at_a_time);
+        }
     }
 
     #[test]
