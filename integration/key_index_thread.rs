@@ -9,7 +9,7 @@
 mod fixtures;
 
 use commitfs::store::check::{check, CheckOptions};
-use commitfs::store::Store;
+use commitfs::store::{Store, TopicSettings};
 
 /// `count` keyed lines `key<N % keys>:line <N>`, N from `from`.
 fn keyed_lines(from: u64, count: u64, keys: u64) -> Vec<String> {
@@ -152,4 +152,59 @@ fn a_batch_mixing_keyed_and_keyless_lines_indexes_only_the_keyed_ones() {
     let report = check(dir.path(), &CheckOptions::default()).unwrap();
     assert!(!report.damaged(), "{:?}", report.findings);
     assert_eq!((report.records, report.index_entries), (9, 7));
+}
+
+/// Retention removes index files whose every entry points at removed data, but not before
+/// the entries still waiting for the thread went in: an append whose entries straddle a
+/// file of old entries and a new file must not lose the half that goes to the old file.
+/// Retention writes a checkpoint (which inserts what waits, `KeyIndex::mark`) before it
+/// removes index files, and `remove_before` inserts what waits too: this fails with both
+/// taken out (each alone is covered by the other).
+#[test]
+fn retention_keeps_an_old_index_file_that_keys_waiting_for_the_thread_go_to() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
+    let settings = TopicSettings {
+        retention_bytes: Some(2000),
+        ..fixtures::keyed_topic(1)
+    };
+    let partition = fixtures::new_partition(&store, "t", settings);
+    // Held back before the first entries are handed over, so that the thread is never
+    // inserting when the last append hands its entries over.
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    // 990 of the first index file's 1,000 entries, then 3,000 keyless lines: the next
+    // commit-log files.
+    for batch in 0..10 {
+        let lines = keyed_lines(batch * 99, 99, 990);
+        store
+            .append_batch(&partition, &fixtures::keyed_messages(&lines))
+            .unwrap();
+    }
+    let filler: Vec<String> = (0..3000).map(|n| format!("filler {n}\n")).collect();
+    for lines in filler.chunks(500) {
+        store
+            .append_batch(&partition, &fixtures::unkeyed_messages(lines))
+            .unwrap();
+    }
+    let new: Vec<String> = (0..20).map(|n| format!("new{n}:kept\n")).collect();
+    let first_new = store
+        .append_batch(&partition, &fixtures::keyed_messages(&new))
+        .unwrap()
+        .first_offset;
+    store.enforce_retention().unwrap();
+    assert!(
+        partition.start_offset() > 990,
+        "retention removed the old keys"
+    );
+    assert!(offsets_of(&store, "t", "key5").is_empty());
+    for n in 0..20 {
+        assert_eq!(
+            offsets_of(&store, "t", &format!("new{n}")),
+            [first_new + n],
+            "new{n}"
+        );
+    }
+    fail::remove("index::thread-held-back");
+    store.close().unwrap();
 }
