@@ -9,13 +9,32 @@
 mod fixtures;
 
 use commitfs::store::check::{check, CheckOptions};
-use commitfs::store::{Store, TopicSettings};
+use std::path::Path;
+use std::sync::Arc;
+
+use commitfs::store::{Partition, Store, TopicSettings};
 
 /// `count` keyed lines `key<N % keys>:line <N>`, N from `from`.
 fn keyed_lines(from: u64, count: u64, keys: u64) -> Vec<String> {
     (from..from + count)
         .map(|n| format!("key{}:line {n}\n", n % keys))
         .collect()
+}
+
+/// A store in `dir` with topic `t` of `settings` (one partition), the key-index thread held
+/// back before any entry is handed over: it never inserts while a test's append hands its
+/// entries over.
+fn held_back(dir: &Path, settings: TopicSettings) -> (Arc<Store>, Arc<Partition>) {
+    let store = Store::open(dir, fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", settings);
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    (store, partition)
+}
+
+fn append_keyed<S: AsRef<[u8]>>(store: &Store, partition: &Partition, lines: &[S]) {
+    store
+        .append_batch(partition, &fixtures::keyed_messages(lines))
+        .unwrap();
 }
 
 /// Offsets of the messages with `key` in partition 0 of `topic`, newest first.
@@ -33,13 +52,9 @@ fn offsets_of(store: &Store, topic: &str, key: &str) -> Vec<u64> {
 fn a_key_is_found_the_moment_its_append_returns_while_the_index_thread_is_held_back() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
-    fail::cfg("index::thread-held-back", "return").unwrap();
+    let (store, partition) = held_back(dir.path(), fixtures::keyed_topic(1));
     let lines = keyed_lines(0, 6, 3);
-    store
-        .append_batch(&partition, &fixtures::keyed_messages(&lines))
-        .unwrap();
+    append_keyed(&store, &partition, &lines);
     assert_eq!(offsets_of(&store, "t", "key1"), [4, 1]);
     store.append(&partition, b"key1:again\n", Some(4)).unwrap();
     assert_eq!(offsets_of(&store, "t", "key1"), [6, 4, 1]);
@@ -55,14 +70,10 @@ fn a_key_is_found_the_moment_its_append_returns_while_the_index_thread_is_held_b
 fn keys_held_back_from_the_index_thread_across_full_index_files_are_all_found() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
-    fail::cfg("index::thread-held-back", "return").unwrap();
+    let (store, partition) = held_back(dir.path(), fixtures::keyed_topic(1));
     for batch in 0..30 {
         let lines = keyed_lines(batch * 100, 100, 1000);
-        store
-            .append_batch(&partition, &fixtures::keyed_messages(&lines))
-            .unwrap();
+        append_keyed(&store, &partition, &lines);
     }
     for key in [0, 1, 499, 999] {
         let expected: Vec<u64> = (0..3).rev().map(|round| round * 1000 + key).collect();
@@ -82,13 +93,9 @@ fn keys_held_back_from_the_index_thread_across_full_index_files_are_all_found() 
 fn a_checkpoint_while_the_index_thread_is_held_back_counts_every_key() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
-    fail::cfg("index::thread-held-back", "return").unwrap();
+    let (store, partition) = held_back(dir.path(), fixtures::keyed_topic(1));
     let lines = keyed_lines(0, 50, 10);
-    store
-        .append_batch(&partition, &fixtures::keyed_messages(&lines))
-        .unwrap();
+    append_keyed(&store, &partition, &lines);
     store.checkpoint().unwrap();
     store.halt_without_cleanup();
     drop(store);
@@ -105,13 +112,9 @@ fn a_checkpoint_while_the_index_thread_is_held_back_counts_every_key() {
 fn keys_waiting_for_the_index_thread_at_a_crash_are_found_after_recovery() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
-    fail::cfg("index::thread-held-back", "return").unwrap();
+    let (store, partition) = held_back(dir.path(), fixtures::keyed_topic(1));
     let lines = keyed_lines(0, 50, 10);
-    store
-        .append_batch(&partition, &fixtures::keyed_messages(&lines))
-        .unwrap();
+    append_keyed(&store, &partition, &lines);
     store.halt_without_cleanup();
     drop(store);
     let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
@@ -142,9 +145,7 @@ fn a_batch_mixing_keyed_and_keyless_lines_indexes_only_the_keyed_ones() {
         "f:6\n",
         "g:7\n",
     ];
-    store
-        .append_batch(&partition, &fixtures::keyed_messages(&lines))
-        .unwrap();
+    append_keyed(&store, &partition, &lines);
     assert_eq!(offsets_of(&store, "t", "d"), [4]);
     assert_eq!(offsets_of(&store, "t", "g"), [8]);
     store.close().unwrap();
@@ -164,22 +165,16 @@ fn a_batch_mixing_keyed_and_keyless_lines_indexes_only_the_keyed_ones() {
 fn retention_keeps_an_old_index_file_that_keys_waiting_for_the_thread_go_to() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
     let settings = TopicSettings {
         retention_bytes: Some(2000),
         ..fixtures::keyed_topic(1)
     };
-    let partition = fixtures::new_partition(&store, "t", settings);
-    // Held back before the first entries are handed over, so that the thread is never
-    // inserting when the last append hands its entries over.
-    fail::cfg("index::thread-held-back", "return").unwrap();
+    let (store, partition) = held_back(dir.path(), settings);
     // 990 of the first index file's 1,000 entries, then 3,000 keyless lines: the next
     // commit-log files.
     for batch in 0..10 {
         let lines = keyed_lines(batch * 99, 99, 990);
-        store
-            .append_batch(&partition, &fixtures::keyed_messages(&lines))
-            .unwrap();
+        append_keyed(&store, &partition, &lines);
     }
     let filler: Vec<String> = (0..3000).map(|n| format!("filler {n}\n")).collect();
     for lines in filler.chunks(500) {

@@ -42,11 +42,7 @@ fn assert_damage_at(error: StoreError, file: &Path, at: usize, offset: u64) {
 #[test]
 fn a_last_batch_whose_size_runs_past_its_file_refuses_the_open_naming_its_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 3);
-    store.close().unwrap();
-    drop((partition, store));
+    fixtures::closed_store_with_lines(dir.path(), 3);
 
     let log = log_file(dir.path());
     let mut bytes = std::fs::read(&log).unwrap();
@@ -123,11 +119,7 @@ fn a_partition_carries_its_topics_id_and_its_index() {
 #[test]
 fn a_garbled_first_entry_of_a_segment_spoils_only_its_own_message() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 25);
-    store.close().unwrap();
-    drop((partition, store));
+    fixtures::closed_store_with_lines(dir.path(), 25);
 
     let queue = |base: u64| fixtures::queue_file(dir.path(), base);
     for base in [0, 10] {

@@ -38,11 +38,7 @@ fn a_topic_debug_print_names_it_and_gives_its_id() {
 #[test]
 fn a_last_queue_entry_that_disagrees_with_its_batch_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    fixtures::append_lines(&store, &partition, 0, 3);
-    store.close().unwrap();
-    drop((partition, store));
+    fixtures::closed_store_with_lines(dir.path(), 3);
 
     let queue = fixtures::queue_file(dir.path(), 0);
     let mut entries = std::fs::read(&queue).unwrap();
