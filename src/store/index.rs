@@ -456,8 +456,9 @@ struct HandedRoom {
 
 impl HandedRoom {
     /// Inserts the entries in order: into `current` while it has room, then into the files
-    /// after it (a reservation that did not fit made them). Under the writer lock.
-    fn insert_all(&mut self, index: &KeyIndex) {
+    /// after it (a reservation that did not fit made them), and gives back their buffer.
+    /// Under the writer lock.
+    fn insert_all(mut self, index: &KeyIndex) -> Vec<(u64, MessageAt)> {
         let entries = std::mem::take(&mut self.entries);
         for &(hash, _) in entries.iter().take(SLOTS_AHEAD) {
             self.prefetch_slot(hash);
@@ -468,7 +469,7 @@ impl HandedRoom {
             }
             self.insert(index, hash, at);
         }
-        self.entries = entries;
+        entries
     }
 
     /// Starts loading the slot of `hash` in the file the next entries go to.
@@ -737,10 +738,10 @@ impl KeyIndex {
     }
 
     fn insert_handed(&self, waiting: &mut Waiting) {
-        for mut room in waiting.rooms.drain(..) {
-            room.insert_all(self);
-            room.entries.clear();
-            waiting.spare = room.entries;
+        for room in waiting.rooms.drain(..) {
+            let mut entries = room.insert_all(self);
+            entries.clear();
+            waiting.spare = entries;
         }
         self.has_waiting.store(false, Ordering::Release);
     }
@@ -765,11 +766,7 @@ impl KeyIndex {
     pub fn stop_indexing(&self) {
         self.indexing.state.lock().stop = true;
         self.indexing.condvar.notify_all();
-        let thread = self.indexing.thread.lock().take();
-        // The thread itself may drop the last handle to the store.
-        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
-            let _ = thread.join();
-        }
+        super::join_background(self.indexing.thread.lock().take());
     }
 
     /// A new, empty file after the others. Its name is where the next record goes, or one

@@ -34,11 +34,7 @@ impl Handle {
     pub fn stop(&self) {
         *self.stop.0.lock() = true;
         self.stop.1.notify_all();
-        let thread = self.thread.lock().take();
-        // The thread itself may drop the last handle to the store.
-        if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
-            let _ = thread.join();
-        }
+        super::join_background(self.thread.lock().take());
     }
 }
 

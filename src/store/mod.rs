@@ -261,6 +261,14 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
+/// Waits for a background thread of the store to end, unless this is that thread: it may
+/// drop the last handle to the store, and so stop itself.
+fn join_background(thread: Option<std::thread::JoinHandle<()>>) {
+    if let Some(thread) = thread.filter(|t| t.thread().id() != std::thread::current().id()) {
+        let _ = thread.join();
+    }
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
