@@ -22,6 +22,7 @@ use super::index::{IndexRoom, KeyIndex};
 use super::mapped::prefetch;
 use super::partition::{Partition, WriteState};
 use super::queue::{QueueFile, ReservedFiles};
+use super::queue_writer::QueueWriter;
 use super::{now_ms, AppendOutcome, NewMessage};
 
 /// Set when an append was interrupted between its first byte copied and its partitions'
@@ -90,6 +91,7 @@ impl Drop for FenceOnUnwind<'_> {
 pub(super) struct AppendTo<'s> {
     pub log: &'s CommitLog,
     pub index: &'s KeyIndex,
+    pub queue_writer: &'s QueueWriter,
     pub fence: &'s Fence,
     pub max_message_bytes: usize,
 }
@@ -467,8 +469,9 @@ impl<'a> Staged<'a> {
     }
 
     /// Writes the consume-queue entries and publishes the partition's new end: readers see
-    /// the messages from here on.
-    fn publish(&mut self) {
+    /// the messages from here on. True when the entries waiting in memory should now go out
+    /// on the queue writer's thread.
+    fn publish(&mut self) -> bool {
         let partition = self.partition;
         let state = &mut *self.state;
         let scratch = &self.scratch;
@@ -482,8 +485,8 @@ impl<'a> Staged<'a> {
                 size: message.payload.len() as u32,
                 batch,
             });
-        if self.defer_entries {
-            partition.queue.defer(self.first_offset, entries);
+        let ask_queue_writer = if self.defer_entries {
+            partition.queue.defer(self.first_offset, entries)
         } else {
             // Older entries go to the file first. They are `pending_file`'s: only the writer
             // adds entries, and a checkpoint only writes them out; were they not, they would
@@ -498,7 +501,8 @@ impl<'a> Staged<'a> {
                 .queue_files
                 .last()
                 .map_or_else(Weak::new, Arc::downgrade);
-        }
+            false
+        };
         let end_offset = self.first_offset + self.messages.len() as u64;
         state.next = end_offset;
         state.segment_bytes = self.segment_bytes;
@@ -511,6 +515,7 @@ impl<'a> Staged<'a> {
             .stream_end
             .store(self.stream_bytes, Ordering::Release);
         partition.end.store(end_offset, Ordering::Release);
+        ask_queue_writer
     }
 
     fn outcome(&self) -> AppendOutcome {
@@ -605,12 +610,19 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
         fence
     };
     fail::fail_point!("append::after-log-publish");
+    let mut write_out = Vec::new();
     for number in 0..staged.len() {
         if let Some(ahead) = staged.get(number + PREFETCH_AHEAD) {
             ahead.prefetch_publish();
         }
-        staged[number].publish();
+        if staged[number].publish() {
+            let partition = staged[number].partition;
+            write_out.push((partition.topic_id, partition.index));
+        }
     }
     drop(fence);
+    if !write_out.is_empty() {
+        to.queue_writer.ask(&write_out);
+    }
     Ok(())
 }

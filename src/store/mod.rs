@@ -21,6 +21,7 @@ mod open_files;
 mod partition;
 pub mod progress;
 mod queue;
+mod queue_writer;
 mod recovery;
 mod released;
 mod reserve;
@@ -292,6 +293,8 @@ pub struct Store {
     /// Set by a panic in the write path: no more writes until the store is reopened.
     fence: Fence,
     maintenance: maintenance::Handle,
+    /// The thread that writes consume-queue entries waiting in memory into their files.
+    queue_writer: Arc<queue_writer::QueueWriter>,
     /// The thread that copies sealed segments to files of their own.
     materializer: materialize::Handle,
     /// One pass of copying sealed segments at a time.
@@ -532,6 +535,7 @@ impl Store {
             append(&AppendTo {
                 log: &self.log,
                 index: &self.index,
+                queue_writer: &self.queue_writer,
                 fence: &self.fence,
                 max_message_bytes: self.config.max_message_bytes,
             })?
@@ -665,6 +669,7 @@ impl Store {
         fail::fail_point!("store::close");
         self.materializer.stop();
         self.maintenance.stop();
+        self.queue_writer.stop();
         self.index.stop_indexing();
         let _quiet = self.quiesce.write();
         self.log.stop();
@@ -701,6 +706,7 @@ impl Store {
         }
         self.materializer.stop();
         self.maintenance.stop();
+        self.queue_writer.stop();
         self.index.stop_indexing();
         let _quiet = self.quiesce.write();
         self.log.stop();

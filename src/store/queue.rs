@@ -108,6 +108,8 @@ const PENDING_ENTRIES: usize = 32;
 struct Pending {
     first: u64,
     len: usize,
+    /// Whether the queue writer was asked to write these out (once per filling).
+    asked: bool,
     entries: [QueueEntry; PENDING_ENTRIES],
 }
 
@@ -241,6 +243,7 @@ impl ConsumeQueue {
             pending: Mutex::new(Pending {
                 first: 0,
                 len: 0,
+                asked: false,
                 entries: [QueueEntry {
                     commit_log_offset: 0,
                     size: 0,
@@ -519,7 +522,9 @@ impl ConsumeQueue {
 
     /// Keeps the entries of `from` on in memory, after those waiting already (as
     /// [`can_defer`](Self::can_defer) allowed; only the partition's writer adds entries).
-    pub fn defer(&self, from: u64, entries: impl Iterator<Item = QueueEntry>) {
+    /// True once half the room is used: the caller asks the queue writer to write them out
+    /// (once per filling), so that the writer seldom finds the room full.
+    pub fn defer(&self, from: u64, entries: impl Iterator<Item = QueueEntry>) -> bool {
         let mut pending = self.pending.lock();
         if pending.len == 0 {
             pending.first = from;
@@ -530,6 +535,9 @@ impl ConsumeQueue {
             pending.entries[at] = entry;
             pending.len += 1;
         }
+        let ask = !pending.asked && pending.len >= PENDING_ENTRIES / 2;
+        pending.asked |= ask;
+        ask
     }
 
     /// The file the entries waiting in memory go to, mapped (again, if the budget of open
@@ -569,8 +577,8 @@ impl ConsumeQueue {
                 let at = (pending.first - base) * QUEUE_ENTRY_BYTES as u64;
                 // SAFETY: the pending lock is held, and readers take these entries from
                 // memory (under the lock) until `pending_from` moves past them below, with
-                // `Release` after this store; only this partition's writer or a checkpoint
-                // holding the lock writes them out, once.
+                // `Release` after this store; whoever writes them out (the partition's
+                // writer, the queue writer, a checkpoint) holds the lock, and empties them.
                 unsafe {
                     file.data
                         .write(at, &bytes[..pending.len * QUEUE_ENTRY_BYTES])
@@ -587,8 +595,25 @@ impl ConsumeQueue {
             _ => return false,
         }
         pending.len = 0;
+        pending.asked = false;
         self.pending_from.store(u64::MAX, Ordering::Release);
         true
+    }
+
+    /// Writes the entries waiting in memory into their file, for the queue writer. Should
+    /// the file not map now (the budget of open files closed it, and opening it again
+    /// fails), they stay in memory, found by readers, for the partition's writer or a
+    /// checkpoint, which report the error.
+    pub fn write_out_waiting(&self) {
+        match self.file_for_pending() {
+            Ok(file) => {
+                self.write_out_pending(file.as_ref());
+            }
+            Err(error) => tracing::warn!(
+                "consume-queue entries of {} stay in memory for now: {error}",
+                self.shared.dir.display()
+            ),
+        }
     }
 
     /// Writes the entries waiting in memory into their file now (before a checkpoint counts

@@ -517,6 +517,7 @@ fn assemble(
         closed: AtomicBool::new(true),
         fence: Default::default(),
         maintenance: maintenance::Handle::default(),
+        queue_writer: Default::default(),
         materializer: Default::default(),
         materializing: Mutex::new(()),
         checkpoint_lock: Mutex::new(()),
@@ -541,6 +542,7 @@ fn assemble(
             .inspect(|s| s.index.insert_waiting())
             .is_some()
     });
+    store.queue_writer.start(Arc::downgrade(&store));
     store.maintenance.start(Arc::downgrade(&store));
     if store.config.materialize_segments {
         store.materializer.start(Arc::downgrade(&store));

@@ -1,0 +1,149 @@
+//! Consume-queue entries that wait in memory go into their files on a thread of their own,
+//! the queue writer, off the appending thread (issue 7): an append asks for it once half of a
+//! partition's room for waiting entries is used. These tests check what a user relies on:
+//! the entries reach the files without waiting for a checkpoint, readers find every message
+//! meanwhile, and with the thread held back (failpoint `queue-writer::held-back`, as a busy
+//! machine might) appends, checkpoints and recovery still keep every message. Every test
+//! holds `FailScenario` (failpoints are global).
+#![cfg(feature = "failpoints")]
+
+mod fixtures;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use commitfs::store::{Store, StoreConfig};
+
+/// Segments long enough that single-message appends leave entries waiting in memory (a
+/// partition's room for them ends with its segment), and no checkpoint on its own.
+fn config() -> StoreConfig {
+    StoreConfig {
+        segment_messages: 1000,
+        ..fixtures::small_store_config()
+    }
+}
+
+/// The sizes of entries `0..count` in the consume-queue file of partition 0's first segment,
+/// as a process reading the file sees them (0 where none was written).
+fn entry_sizes_on_disk(dir: &Path, count: usize) -> Vec<usize> {
+    let bytes = std::fs::read(fixtures::queue_file(dir, 0)).unwrap();
+    (0..count)
+        .map(|n| {
+            let size = &bytes[n * 20 + 8..n * 20 + 12];
+            u32::from_le_bytes(size.try_into().unwrap()) as usize
+        })
+        .collect()
+}
+
+fn line_sizes(from: u64, to: u64) -> Vec<usize> {
+    (from..to).map(|n| fixtures::line(n).len()).collect()
+}
+
+#[test]
+fn waiting_entries_reach_their_file_without_a_checkpoint() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    // Offset 0 goes to the file with its append (the first reserves the file's room); 1..=16
+    // wait in memory, and the sixteenth asks the queue writer for them.
+    fixtures::append_lines(&store, &partition, 0, 17);
+    let path = dir.path().to_owned();
+    fixtures::finishes("writing waiting entries out", move || {
+        while entry_sizes_on_disk(&path, 17) != line_sizes(0, 17) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    fixtures::assert_reads(&store, &partition, 0, 17);
+    store.close().unwrap();
+}
+
+#[test]
+fn with_the_queue_writer_held_back_appends_and_a_close_write_every_entry() {
+    let _scenario = fail::FailScenario::setup();
+    fail::cfg("queue-writer::held-back", "return").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    fixtures::append_lines(&store, &partition, 0, 90);
+    // An append that finds the room full writes the waiting entries out itself: 1..=32 went
+    // when offset 33 came, 34..=65 when 66 came; 67..90 wait in memory.
+    let mut expected = line_sizes(0, 67);
+    expected.resize(90, 0);
+    assert_eq!(entry_sizes_on_disk(dir.path(), 90), expected);
+    fixtures::assert_reads(&store, &partition, 0, 90);
+    store.close().unwrap();
+    drop(store);
+    assert_eq!(entry_sizes_on_disk(dir.path(), 90), line_sizes(0, 90));
+    let store = Store::open(dir.path(), config()).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 90);
+    fixtures::assert_reads(&store, &partition, 0, 90);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_crash_with_the_queue_writer_held_back_loses_no_message() {
+    let _scenario = fail::FailScenario::setup();
+    fail::cfg("queue-writer::held-back", "return").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+        fixtures::append_lines(&store, &partition, 0, 50);
+        store.halt_without_cleanup();
+    }
+    fail::remove("queue-writer::held-back");
+    let store = Store::open(dir.path(), config()).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 50);
+    fixtures::assert_reads(&store, &partition, 0, 50);
+    store.close().unwrap();
+}
+
+#[test]
+fn readers_find_every_message_while_the_queue_writer_writes_entries_out() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", fixtures::lines_topic(40)).unwrap();
+    let line = |partition: u32, offset: u64| format!("p{partition}-m{offset}\n");
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, topic, done) = (store.clone(), topic.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    for partition in topic.partitions() {
+                        let end = partition.end_offset();
+                        for offset in end.saturating_sub(40)..end {
+                            let got = store.read_message(&partition, offset).unwrap();
+                            assert_eq!(got, line(partition.index(), offset).as_bytes());
+                            checked += 1;
+                        }
+                    }
+                }
+                checked
+            })
+        })
+        .collect();
+    for offset in 0..300 {
+        for partition in topic.partitions() {
+            let text = line(partition.index(), offset);
+            store.append(&partition, text.as_bytes(), None).unwrap();
+        }
+    }
+    done.store(true, Ordering::Release);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    for partition in topic.partitions() {
+        for offset in 0..300 {
+            let got = store.read_message(&partition, offset).unwrap();
+            assert_eq!(got, line(partition.index(), offset).as_bytes());
+        }
+    }
+    store.close().unwrap();
+}

@@ -1,0 +1,105 @@
+//! The thread that writes consume-queue entries waiting in memory into their files, off the
+//! appending thread. An append spread over many partitions leaves an entry or two in each
+//! (`ConsumeQueue::defer`); writing a partition's waiting entries out touches a page of its
+//! own file (a TLB miss, cache misses, and a write-protect fault once writeback cleaned the
+//! page), which was the writer's largest single cost at 10,000 partitions. Once half of a
+//! partition's room for waiting entries is used, the append asks this thread to write them
+//! out; readers find them in memory until then, and an append that finds the room full still
+//! writes them out itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Acquire;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::Store;
+
+/// A partition, named by topic id and index: the thread finds it again through the store, so
+/// a request holds no reference that could keep a deleted topic alive.
+pub(super) type PartitionId = (u32, u32);
+
+#[derive(Default)]
+pub(super) struct QueueWriter {
+    state: Mutex<Requests>,
+    condvar: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Requests {
+    partitions: Vec<PartitionId>,
+    stop: bool,
+}
+
+impl QueueWriter {
+    /// Asks for the waiting entries of `partitions` to be written out.
+    pub fn ask(&self, partitions: &[PartitionId]) {
+        let mut state = self.state.lock();
+        let idle = state.partitions.is_empty();
+        state.partitions.extend_from_slice(partitions);
+        drop(state);
+        // A thread with requests in hand takes the new ones after them, unwoken.
+        if idle {
+            self.condvar.notify_one();
+        }
+    }
+
+    pub fn start(self: &Arc<Self>, store: Weak<Store>) {
+        let writer = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || writer.run(&store));
+        match spawned {
+            Ok(thread) => *self.thread.lock() = Some(thread),
+            // Waiting entries then go out when an append finds their room full, or at the
+            // next checkpoint.
+            Err(error) => tracing::error!("cannot start the consume-queue writer thread: {error}"),
+        }
+    }
+
+    /// Stops the thread; entries still waiting go out at the next checkpoint (a clean close
+    /// writes one), or are lost with the process (recovery rebuilds them from the log).
+    pub fn stop(&self) {
+        self.state.lock().stop = true;
+        self.condvar.notify_all();
+        super::join_background(self.thread.lock().take());
+    }
+
+    fn run(&self, store: &Weak<Store>) {
+        let mut asked = Vec::new();
+        while self.wait(&mut asked) {
+            let Some(store) = store.upgrade() else { return };
+            if held_back() {
+                asked.clear();
+                continue;
+            }
+            let topics: HashMap<u32, _> = store.topics().into_iter().map(|t| (t.id, t)).collect();
+            for (topic, index) in asked.drain(..) {
+                let partition = topics.get(&topic).and_then(|t| t.partition(index));
+                // A deleted topic's entries went with its files.
+                if let Some(partition) = partition.filter(|p| !p.topic_deleted.load(Acquire)) {
+                    partition.queue.write_out_waiting();
+                }
+            }
+        }
+    }
+
+    /// Waits for requests and moves them into `asked`; false once stopped.
+    fn wait(&self, asked: &mut Vec<PartitionId>) -> bool {
+        let mut state = self.state.lock();
+        while state.partitions.is_empty() && !state.stop {
+            self.condvar.wait(&mut state);
+        }
+        std::mem::swap(asked, &mut state.partitions);
+        !state.stop
+    }
+}
+
+/// Tests hold the thread back, as a busy machine might, to see that appends and checkpoints
+/// write waiting entries out themselves.
+fn held_back() -> bool {
+    fail::fail_point!("queue-writer::held-back", |_| true);
+    false
+}
