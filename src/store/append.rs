@@ -233,8 +233,9 @@ impl Partition {
         }
         let (first_offset, count) = (state.next, messages.len() as u64);
         // A few entries wait in memory when their room is allocated: the file is not touched.
+        // That room ends with the active file, so they stay in one segment.
         let defer_entries = first_offset + count <= state.queue_room_end
-            && self.queue.can_defer(first_offset, count);
+            && self.queue.can_defer(count, state.entries_waiting);
         let queue_files = if defer_entries {
             ReservedFiles::default()
         } else {
@@ -486,14 +487,16 @@ impl<'a> Staged<'a> {
                 batch,
             });
         let ask_queue_writer = if self.defer_entries {
-            partition.queue.defer(self.first_offset, entries)
+            let deferred = partition.queue.defer(self.first_offset, entries);
+            state.entries_waiting = deferred.waiting;
+            deferred.ask_queue_writer
         } else {
-            // Older entries go to the file first. They are `pending_file`'s: only the writer
-            // adds entries, and a checkpoint only writes them out; were they not, they would
-            // stay in memory, still found, for the next write-out.
+            // Older entries go to the file first: all of them, as they are `pending_file`'s
+            // (only the writer adds entries, and others only write them out).
             partition
                 .queue
                 .write_out_pending(self.pending_file.as_ref());
+            state.entries_waiting = 0;
             for (offset, entry) in (self.first_offset..).zip(entries) {
                 partition.queue.put(&self.queue_files, offset, &entry);
             }

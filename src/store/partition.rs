@@ -176,6 +176,9 @@ pub(super) struct WriteState {
     /// Offsets below this have room allocated in the active consume-queue file: entries
     /// that may wait in memory need no look at the file.
     pub queue_room_end: u64,
+    /// How many entries before `next` waited in memory after this writer's last append (at
+    /// most: the queue writer or a checkpoint may have written them out since).
+    pub entries_waiting: u64,
 }
 
 pub struct Partition {
@@ -278,6 +281,7 @@ impl Partition {
                 last_timestamp: 0,
                 queue_file: Weak::new(),
                 queue_room_end: 0,
+                entries_waiting: 0,
             }),
             end: AtomicU64::new(end),
             start: AtomicU64::new(start.min(end)),
