@@ -1,9 +1,9 @@
 //! Consume-queue entries that wait in memory go into their files on a thread of their own,
-//! the queue writer, off the appending thread (issue 7): an append asks for it once half of a
-//! partition's room for waiting entries is used. These tests check what a user relies on:
-//! the entries reach the files without waiting for a checkpoint, readers find every message
-//! meanwhile, and with the thread held back (failpoint `queue-writer::held-back`, as a busy
-//! machine might) appends, checkpoints and recovery still keep every message. Every test
+//! the queue writer, off the appending thread (issue 7): an append asks for it once three
+//! quarters of a partition's room for waiting entries is used. These tests check what a user
+//! relies on: the entries reach the files without waiting for a checkpoint, readers find every
+//! message meanwhile, and with the thread held back (failpoint `queue-writer::held-back`, as a
+//! busy machine might) appends, checkpoints and recovery still keep every message. Every test
 //! holds `FailScenario` (failpoints are global).
 #![cfg(feature = "failpoints")]
 
@@ -46,16 +46,16 @@ fn waiting_entries_reach_their_file_without_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();
     let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    // Offset 0 goes to the file with its append (the first reserves the file's room); 1..=16
-    // wait in memory, and the sixteenth asks the queue writer for them.
-    fixtures::append_lines(&store, &partition, 0, 17);
+    // Offset 0 goes to the file with its append (the first reserves the file's room); 1..=24
+    // wait in memory, and the twenty-fourth asks the queue writer for them.
+    fixtures::append_lines(&store, &partition, 0, 25);
     let path = dir.path().to_owned();
     fixtures::finishes("writing waiting entries out", move || {
-        while entry_sizes_on_disk(&path, 17) != line_sizes(0, 17) {
+        while entry_sizes_on_disk(&path, 25) != line_sizes(0, 25) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     });
-    fixtures::assert_reads(&store, &partition, 0, 17);
+    fixtures::assert_reads(&store, &partition, 0, 25);
     store.close().unwrap();
 }
 

@@ -102,6 +102,12 @@ impl Slot {
 /// many messages.
 const PENDING_ENTRIES: usize = 32;
 
+/// Once this many entries of a partition wait in memory, its append asks the queue writer to
+/// write them out: late enough that each write-out carries many (each costs the queue writer
+/// a dozen cache misses and a page of the file), early enough that the partition's writer
+/// seldom finds the room full and has to write them out itself.
+const ASK_QUEUE_WRITER_AT: usize = PENDING_ENTRIES * 3 / 4;
+
 /// The newest entries of a partition that are not in their file yet: readers find them
 /// here. They lie in one segment, at consecutive offsets from `first`, and their room in
 /// the file is allocated.
@@ -124,7 +130,7 @@ impl Pending {
 pub struct Deferred {
     /// Entries of the partition waiting in memory now.
     pub waiting: u64,
-    /// Once half the room is used: the caller asks the queue writer to write them out
+    /// Once most of the room is used: the caller asks the queue writer to write them out
     /// (once per filling), so that the partition's writer seldom finds the room full.
     pub ask_queue_writer: bool,
 }
@@ -522,6 +528,13 @@ impl ConsumeQueue {
         super::mapped::prefetch(&self.pending);
     }
 
+    /// Starts loading what [`write_out_waiting`](Self::write_out_waiting) takes first: the
+    /// lock of the waiting entries and that of the map of files.
+    pub fn prefetch_write_out(&self) {
+        super::mapped::prefetch(&self.pending);
+        super::mapped::prefetch(&self.shared.files);
+    }
+
     /// Keeps the entries of `from` on in memory, after those waiting already (as
     /// [`can_defer`](Self::can_defer) allowed; only the partition's writer adds entries).
     pub fn defer(&self, from: u64, entries: impl Iterator<Item = QueueEntry>) -> Deferred {
@@ -535,7 +548,7 @@ impl ConsumeQueue {
             pending.entries[at] = entry;
             pending.len += 1;
         }
-        let ask = !pending.asked && pending.len >= PENDING_ENTRIES / 2;
+        let ask = !pending.asked && pending.len >= ASK_QUEUE_WRITER_AT;
         pending.asked |= ask;
         Deferred {
             waiting: pending.len as u64,

@@ -2,7 +2,7 @@
 //! appending thread. An append spread over many partitions leaves an entry or two in each
 //! (`ConsumeQueue::defer`); writing a partition's waiting entries out touches a page of its
 //! own file (a TLB miss, cache misses, and a write-protect fault once writeback cleaned the
-//! page), which was the writer's largest single cost at 10,000 partitions. Once half of a
+//! page), which was the writer's largest single cost at 10,000 partitions. Once most of a
 //! partition's room for waiting entries is used, the append asks this thread to write them
 //! out; readers find them in memory until then, and an append that finds the room full still
 //! writes them out itself.
@@ -15,6 +15,10 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use super::Store;
+
+/// How many partitions ahead the thread starts loading what it touches next: each write-out
+/// begins with cache misses on the partition's locks, which wait for one another otherwise.
+const PREFETCH_AHEAD: usize = 4;
 
 /// A partition, named by topic id and index: the thread finds it again through the store, so
 /// a request holds no reference that could keep a deleted topic alive.
@@ -76,10 +80,16 @@ impl QueueWriter {
                 continue;
             }
             let topics: HashMap<u32, _> = store.topics().into_iter().map(|t| (t.id, t)).collect();
-            for (topic, index) in asked.drain(..) {
-                let partition = topics.get(&topic).and_then(|t| t.partition(index));
+            let partitions: Vec<_> = asked
+                .drain(..)
+                .filter_map(|(topic, index)| topics.get(&topic)?.partition(index))
+                .collect();
+            for (number, partition) in partitions.iter().enumerate() {
+                if let Some(ahead) = partitions.get(number + PREFETCH_AHEAD) {
+                    ahead.queue.prefetch_write_out();
+                }
                 // A deleted topic's entries went with its files.
-                if let Some(partition) = partition.filter(|p| !p.topic_deleted.load(Acquire)) {
+                if !partition.topic_deleted.load(Acquire) {
                     partition.queue.write_out_waiting();
                 }
             }
