@@ -34,13 +34,19 @@ pub(super) struct QueueWriter {
 #[derive(Default)]
 struct Requests {
     partitions: Vec<PartitionId>,
+    /// From the thread's start until it is told to stop.
+    running: bool,
     stop: bool,
 }
 
 impl QueueWriter {
-    /// Asks for the waiting entries of `partitions` to be written out.
+    /// Asks for the waiting entries of `partitions` to be written out (unless no thread runs
+    /// to do it: requests are not kept for nobody).
     pub fn ask(&self, partitions: &[PartitionId]) {
         let mut state = self.state.lock();
+        if !state.running {
+            return;
+        }
         let idle = state.partitions.is_empty();
         state.partitions.extend_from_slice(partitions);
         drop(state);
@@ -56,7 +62,10 @@ impl QueueWriter {
             .name("queue-writer".into())
             .spawn(move || writer.run(&store));
         match spawned {
-            Ok(thread) => *self.thread.lock() = Some(thread),
+            Ok(thread) => {
+                *self.thread.lock() = Some(thread);
+                self.state.lock().running = true;
+            }
             // Waiting entries then go out when an append finds their room full, or at the
             // next checkpoint.
             Err(error) => tracing::error!("cannot start the consume-queue writer thread: {error}"),
@@ -66,7 +75,10 @@ impl QueueWriter {
     /// Stops the thread; entries still waiting go out at the next checkpoint (a clean close
     /// writes one), or are lost with the process (recovery rebuilds them from the log).
     pub fn stop(&self) {
-        self.state.lock().stop = true;
+        let mut state = self.state.lock();
+        state.stop = true;
+        state.running = false;
+        drop(state);
         self.condvar.notify_all();
         super::join_background(self.thread.lock().take());
     }
@@ -112,4 +124,20 @@ impl QueueWriter {
 fn held_back() -> bool {
     fail::fail_point!("queue-writer::held-back", |_| true);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_kept_only_while_the_thread_runs() {
+        let writer = Arc::new(QueueWriter::default());
+        writer.ask(&[(1, 0)]);
+        assert!(writer.state.lock().partitions.is_empty(), "before start");
+        writer.start(Weak::new());
+        writer.stop();
+        writer.ask(&[(1, 0)]);
+        assert!(writer.state.lock().partitions.is_empty(), "after stop");
+    }
 }
