@@ -233,9 +233,10 @@ impl Partition {
         }
         let (first_offset, count) = (state.next, messages.len() as u64);
         // A few entries wait in memory when their room is allocated: the file is not touched.
-        // That room ends with the active file, so they stay in one segment.
         let defer_entries = first_offset + count <= state.queue_room_end
-            && self.queue.can_defer(count, state.entries_waiting);
+            && self
+                .queue
+                .can_defer(first_offset, count, state.entries_waiting);
         let queue_files = if defer_entries {
             ReservedFiles::default()
         } else {

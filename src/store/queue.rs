@@ -512,14 +512,19 @@ impl ConsumeQueue {
         };
     }
 
-    /// Whether `count` more entries can wait in memory after the `waiting` ones the
-    /// partition's writer left there (fewer may wait now: the queue writer or a checkpoint may
-    /// have written them out, which leaves room). Answered from the writer's own count,
+    /// Whether the entries `[from, from + count)` can wait in memory after the `waiting`
+    /// ones before `from` that the partition's writer left there: all fit, and all lie in one
+    /// segment (a failed append may have reserved room in the next segment while entries of
+    /// this one still wait). Fewer may wait now (the queue writer or a checkpoint may have
+    /// written them out), which only leaves room. Answered from the writer's own count,
     /// without the lock of the waiting entries: at 10,000 partitions that lock's cache line
-    /// was one more miss per message. The caller defers only entries whose room the active
-    /// file has, so they and those waiting lie in one segment.
-    pub fn can_defer(&self, count: u64, waiting: u64) -> bool {
-        count > 0 && waiting + count <= PENDING_ENTRIES as u64
+    /// was one more miss per message.
+    pub fn can_defer(&self, from: u64, count: u64, waiting: u64) -> bool {
+        count > 0
+            && waiting + count <= PENDING_ENTRIES as u64
+            && from.checked_sub(waiting).is_some_and(|first| {
+                self.segment_base(first) == self.segment_base(from + count - 1)
+            })
     }
 
     /// Starts loading the lock of the entries waiting in memory, which the partition's next
