@@ -48,34 +48,3 @@ fn a_read_at_the_end_of_the_stream_answers_end_of_file_past_a_damaged_entry() {
     }
     store.close().unwrap();
 }
-
-/// A read of the partition's `stream` past a message whose consume-queue entry is garbled
-/// gets the bytes there: the search for the message holding the byte asked for does not
-/// walk every message before it. Kills `last_starting_at_or_before`'s `>` as `<` (line 841:
-/// no search, the read walked from the first message stored and failed on the damaged one).
-#[test]
-fn a_stream_read_past_a_damaged_entry_gets_the_bytes_asked_for() {
-    let dir = tempfile::tempdir().unwrap();
-    fixtures::closed_store_with_lines(dir.path(), 10);
-    // Entry 1 (README "On-disk format": 20 bytes each) garbled.
-    let queue = std::fs::OpenOptions::new()
-        .write(true)
-        .open(fixtures::queue_file(dir.path(), 0))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&queue, &[0xab; 20], 20).unwrap();
-
-    let store = open(dir.path());
-    let partition = store.topic("t").unwrap().partition(0).unwrap();
-    assert!(
-        store.read_message(&partition, 1).is_err(),
-        "entry 1 damaged"
-    );
-    // `line(n)` is 7 bytes for n below 10: line 8 starts at byte 56.
-    let mut buf = [0u8; 14];
-    assert_eq!(partition.read_stream(56, &mut buf).unwrap(), 14);
-    assert_eq!(
-        buf.as_slice(),
-        [fixtures::line(8), fixtures::line(9)].concat()
-    );
-    store.close().unwrap();
-}
