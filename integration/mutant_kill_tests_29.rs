@@ -153,8 +153,9 @@ fn key_index_files_that_retention_removes_are_not_held_open() {
 /// first file exactly, the next one of 1,000 fills a second file and starts a third. Every
 /// key is found at its message. Kills `-` replaced with `/` in `KeyIndex::reserve`
 /// (`src/store/index.rs` line 708: the full first file's room counted as `capacity / count`,
-/// one entry, and line 715: the new file's room counted as 1,000 entries; either way the last
-/// key of the second batch had no room reserved, its insert panicked and it was never found).
+/// one entry) and `-` replaced with `/` and with `+` at line 715 (the new file's room counted
+/// as 1,000 or 1,001 entries): either way the last key of the second batch had no room
+/// reserved, its insert panicked and it was never found.
 #[test]
 fn keys_of_batches_that_fill_index_files_to_the_last_entry_are_all_found() {
     let _scenario = fail::FailScenario::setup();
