@@ -155,7 +155,9 @@ fn key_index_files_that_retention_removes_are_not_held_open() {
 /// (`src/store/index.rs` line 708: the full first file's room counted as `capacity / count`,
 /// one entry) and `-` replaced with `/` and with `+` at line 715 (the new file's room counted
 /// as 1,000 or 1,001 entries): either way the last key of the second batch had no room
-/// reserved, its insert panicked and it was never found.
+/// reserved, its insert panicked and it was never found. Also kills `+` replaced with `*` in
+/// `KeyIndex::start_file` (line 777: the third file, made in the same reservation as the
+/// second, was given the second's name, and the second batch's append failed).
 #[test]
 fn keys_of_batches_that_fill_index_files_to_the_last_entry_are_all_found() {
     let _scenario = fail::FailScenario::setup();
