@@ -5,7 +5,6 @@
 //! the budget of open files may close their file meanwhile.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use commitfs::store::{NewMessage, Partition, Store, StoreConfig, Topic};
@@ -87,38 +86,9 @@ fn readers_find_every_message_while_single_message_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(32_768)).unwrap();
     let topic = topic(&store, 8);
-    let done = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (store, topic, done) = (store.clone(), topic.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut checked = 0u64;
-                while !done.load(Ordering::Acquire) {
-                    for partition in topic.partitions() {
-                        let end = partition.end_offset();
-                        for offset in end.saturating_sub(40)..end {
-                            let got = store.read_message(&partition, offset).unwrap();
-                            assert_eq!(
-                                String::from_utf8_lossy(&got),
-                                line(partition.index(), offset)
-                            );
-                            checked += 1;
-                        }
-                        if end > 0 {
-                            let at = store.offset_for_time(&partition, 0).unwrap();
-                            assert_eq!(at, Some(0));
-                        }
-                    }
-                }
-                checked
-            })
-        })
-        .collect();
-    append_round_robin(&store, &topic, 400);
-    done.store(true, Ordering::Release);
-    for reader in readers {
-        assert!(reader.join().unwrap() > 0);
-    }
+    fixtures::readers_check_while(&store, &topic, line, || {
+        append_round_robin(&store, &topic, 400)
+    });
     for partition in topic.partitions() {
         assert_eq!(partition.end_offset(), 400);
         assert_all_readable(&store, &partition);

@@ -26,16 +26,6 @@ fn bytes_of_files(dir: &Path, size: fn(&std::fs::Metadata) -> u64) -> u64 {
         .sum()
 }
 
-/// The files under `dir` that this process holds open although they were removed.
-fn removed_but_open(dir: &Path) -> Vec<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .map(|target| target.to_string_lossy().into_owned())
-        .filter(|target| target.starts_with(dir.to_str().unwrap()) && target.ends_with("(deleted)"))
-        .collect()
-}
-
 /// The name of the file made ahead of need for the segment at `base` of partition 0 of
 /// topic id 1.
 fn prepared_queue_file(dir: &Path, base: u64) -> PathBuf {
@@ -78,7 +68,7 @@ fn retention_removes_the_consume_queue_files_of_the_segments_it_takes() {
     for base in [20, 30] {
         assert!(fixtures::queue_file(dir.path(), base).exists(), "{base}");
     }
-    assert_eq!(removed_but_open(dir.path()), Vec::<String>::new());
+    assert_eq!(fixtures::removed_but_open(dir.path()), Vec::<String>::new());
     store.close().unwrap();
 }
 
@@ -173,7 +163,7 @@ fn a_deleted_topics_queue_files_are_closed_with_it() {
     drop(topic);
     store.delete_topic("t").unwrap();
     assert!(!dir.path().join("queues/1").exists());
-    assert_eq!(removed_but_open(dir.path()), Vec::<String>::new());
+    assert_eq!(fixtures::removed_but_open(dir.path()), Vec::<String>::new());
     store.close().unwrap();
 }
 

@@ -18,16 +18,6 @@ fn mapped(path: &Path) -> bool {
     maps.lines().any(|line| line.ends_with(path))
 }
 
-/// The files under `dir` that this process holds open although they were removed.
-fn removed_but_open(dir: &Path) -> Vec<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .map(|target| target.to_string_lossy().into_owned())
-        .filter(|target| target.starts_with(dir.to_str().unwrap()) && target.ends_with("(deleted)"))
-        .collect()
-}
-
 /// After `commitfs check --repair` marked the damaged last batch of the first commit-log
 /// file as a span to skip (it runs to the file's last byte: nothing valid follows it in that
 /// file), a dump steps over the span, goes on at the next file, shows every other message
@@ -144,7 +134,7 @@ fn key_index_files_that_retention_removes_are_not_held_open() {
     store.enforce_retention().unwrap();
     let left = std::fs::read_dir(&index_dir).unwrap().count();
     assert!(left < index_files, "{index_files} index files, then {left}");
-    assert_eq!(removed_but_open(&index_dir), Vec::<String>::new());
+    assert_eq!(fixtures::removed_but_open(&index_dir), Vec::<String>::new());
     store.close().unwrap();
 }
 

@@ -10,8 +10,6 @@
 mod fixtures;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use commitfs::store::{Store, StoreConfig};
 
@@ -109,36 +107,14 @@ fn readers_find_every_message_while_the_queue_writer_writes_entries_out() {
     let store = Store::open(dir.path(), config()).unwrap();
     let topic = store.create_topic("t", fixtures::lines_topic(40)).unwrap();
     let line = |partition: u32, offset: u64| format!("p{partition}-m{offset}\n");
-    let done = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (store, topic, done) = (store.clone(), topic.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut checked = 0u64;
-                while !done.load(Ordering::Acquire) {
-                    for partition in topic.partitions() {
-                        let end = partition.end_offset();
-                        for offset in end.saturating_sub(40)..end {
-                            let got = store.read_message(&partition, offset).unwrap();
-                            assert_eq!(got, line(partition.index(), offset).as_bytes());
-                            checked += 1;
-                        }
-                    }
-                }
-                checked
-            })
-        })
-        .collect();
-    for offset in 0..300 {
-        for partition in topic.partitions() {
-            let text = line(partition.index(), offset);
-            store.append(&partition, text.as_bytes(), None).unwrap();
+    fixtures::readers_check_while(&store, &topic, line, || {
+        for offset in 0..300 {
+            for partition in topic.partitions() {
+                let text = line(partition.index(), offset);
+                store.append(&partition, text.as_bytes(), None).unwrap();
+            }
         }
-    }
-    done.store(true, Ordering::Release);
-    for reader in readers {
-        assert!(reader.join().unwrap() > 0);
-    }
+    });
     for partition in topic.partitions() {
         for offset in 0..300 {
             let got = store.read_message(&partition, offset).unwrap();
