@@ -57,18 +57,22 @@ impl QueueWriter {
     }
 
     pub fn start(self: &Arc<Self>, store: Weak<Store>) {
+        self.state.lock().running = true;
         let writer = self.clone();
         let spawned = std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || writer.run(&store));
+            .spawn(move || {
+                let _ended = Ended(&writer);
+                writer.run(&store);
+            });
         match spawned {
-            Ok(thread) => {
-                *self.thread.lock() = Some(thread);
-                self.state.lock().running = true;
-            }
+            Ok(thread) => *self.thread.lock() = Some(thread),
             // Waiting entries then go out when an append finds their room full, or at the
             // next checkpoint.
-            Err(error) => tracing::error!("cannot start the consume-queue writer thread: {error}"),
+            Err(error) => {
+                self.state.lock().running = false;
+                tracing::error!("cannot start the consume-queue writer thread: {error}");
+            }
         }
     }
 
@@ -119,6 +123,18 @@ impl QueueWriter {
     }
 }
 
+/// Marks the thread gone however it ends (its store dropped, or a panic), so that requests
+/// no longer pile up for it.
+struct Ended<'a>(&'a QueueWriter);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.running = false;
+        state.partitions = Vec::new();
+    }
+}
+
 /// Tests hold the thread back, as a busy machine might, to see that appends and checkpoints
 /// write waiting entries out themselves.
 fn held_back() -> bool {
@@ -139,5 +155,24 @@ mod tests {
         writer.stop();
         writer.ask(&[(1, 0)]);
         assert!(writer.state.lock().partitions.is_empty(), "after stop");
+    }
+
+    #[test]
+    fn requests_are_not_kept_once_the_thread_ended_on_its_own() {
+        let writer = Arc::new(QueueWriter::default());
+        // Its store is gone: the thread ends at its first request.
+        writer.start(Weak::new());
+        writer.ask(&[(1, 0)]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while writer.state.lock().running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        writer.ask(&[(1, 0)]);
+        assert!(writer.state.lock().partitions.is_empty());
+        writer.stop();
     }
 }
