@@ -10,8 +10,9 @@
 mod fixtures;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use commitfs::store::{Store, StoreConfig};
+use commitfs::store::{Partition, Store, StoreConfig};
 
 /// Segments long enough that single-message appends leave entries waiting in memory (a
 /// partition's room for them ends with its segment), and no checkpoint on its own.
@@ -34,6 +35,22 @@ fn entry_sizes_on_disk(dir: &Path, count: usize) -> Vec<usize> {
         .collect()
 }
 
+/// A store in `dir` with topic `t` of one partition, `lines` framing.
+fn open_with_topic(dir: &Path) -> (Arc<Store>, Arc<Partition>) {
+    let store = Store::open(dir, config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    (store, partition)
+}
+
+/// Opens the store in `dir` again, asserts that `t` holds `line(0)..line(end)`, and closes it.
+fn reopen_and_read_all(dir: &Path, end: u64) {
+    let store = Store::open(dir, config()).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), end);
+    fixtures::assert_reads(&store, &partition, 0, end);
+    store.close().unwrap();
+}
+
 fn line_sizes(from: u64, to: u64) -> Vec<usize> {
     (from..to).map(|n| fixtures::line(n).len()).collect()
 }
@@ -42,8 +59,7 @@ fn line_sizes(from: u64, to: u64) -> Vec<usize> {
 fn waiting_entries_reach_their_file_without_a_checkpoint() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    let (store, partition) = open_with_topic(dir.path());
     // Offset 0 goes to the file with its append (the first reserves the file's room); 1..=24
     // wait in memory, and the twenty-fourth asks the queue writer for them.
     fixtures::append_lines(&store, &partition, 0, 25);
@@ -62,8 +78,7 @@ fn with_the_queue_writer_held_back_appends_and_a_close_write_every_entry() {
     let _scenario = fail::FailScenario::setup();
     fail::cfg("queue-writer::held-back", "return").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+    let (store, partition) = open_with_topic(dir.path());
     fixtures::append_lines(&store, &partition, 0, 90);
     // An append that finds the room full writes the waiting entries out itself: 1..=32 went
     // when offset 33 came, 34..=65 when 66 came; 67..90 wait in memory.
@@ -74,11 +89,7 @@ fn with_the_queue_writer_held_back_appends_and_a_close_write_every_entry() {
     store.close().unwrap();
     drop(store);
     assert_eq!(entry_sizes_on_disk(dir.path(), 90), line_sizes(0, 90));
-    let store = Store::open(dir.path(), config()).unwrap();
-    let partition = store.topic("t").unwrap().partition(0).unwrap();
-    assert_eq!(partition.end_offset(), 90);
-    fixtures::assert_reads(&store, &partition, 0, 90);
-    store.close().unwrap();
+    reopen_and_read_all(dir.path(), 90);
 }
 
 #[test]
@@ -87,17 +98,12 @@ fn a_crash_with_the_queue_writer_held_back_loses_no_message() {
     fail::cfg("queue-writer::held-back", "return").unwrap();
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), config()).unwrap();
-        let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
+        let (store, partition) = open_with_topic(dir.path());
         fixtures::append_lines(&store, &partition, 0, 50);
         store.halt_without_cleanup();
     }
     fail::remove("queue-writer::held-back");
-    let store = Store::open(dir.path(), config()).unwrap();
-    let partition = store.topic("t").unwrap().partition(0).unwrap();
-    assert_eq!(partition.end_offset(), 50);
-    fixtures::assert_reads(&store, &partition, 0, 50);
-    store.close().unwrap();
+    reopen_and_read_all(dir.path(), 50);
 }
 
 #[test]

@@ -536,7 +536,7 @@ impl ConsumeQueue {
     /// Starts loading what [`write_out_waiting`](Self::write_out_waiting) takes first: the
     /// lock of the waiting entries and that of the map of files.
     pub fn prefetch_write_out(&self) {
-        super::mapped::prefetch(&self.pending);
+        self.prefetch_pending();
         super::mapped::prefetch(&self.shared.files);
     }
 

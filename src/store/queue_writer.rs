@@ -34,9 +34,8 @@ pub(super) struct QueueWriter {
 #[derive(Default)]
 struct Requests {
     partitions: Vec<PartitionId>,
-    /// From the thread's start until it is told to stop.
+    /// From the thread's start until it is told to stop or ends.
     running: bool,
-    stop: bool,
 }
 
 impl QueueWriter {
@@ -79,10 +78,7 @@ impl QueueWriter {
     /// Stops the thread; entries still waiting go out at the next checkpoint (a clean close
     /// writes one), or are lost with the process (recovery rebuilds them from the log).
     pub fn stop(&self) {
-        let mut state = self.state.lock();
-        state.stop = true;
-        state.running = false;
-        drop(state);
+        self.state.lock().running = false;
         self.condvar.notify_all();
         super::join_background(self.thread.lock().take());
     }
@@ -115,11 +111,11 @@ impl QueueWriter {
     /// Waits for requests and moves them into `asked`; false once stopped.
     fn wait(&self, asked: &mut Vec<PartitionId>) -> bool {
         let mut state = self.state.lock();
-        while state.partitions.is_empty() && !state.stop {
+        while state.partitions.is_empty() && state.running {
             self.condvar.wait(&mut state);
         }
         std::mem::swap(asked, &mut state.partitions);
-        !state.stop
+        state.running
     }
 }
 
