@@ -166,6 +166,45 @@ fn a_panic_while_appending_gives_eio_and_refuses_writes_until_a_remount() {
     );
 }
 
+/// A panic on a background thread (here the consume-queue writer, which a partition's 25th
+/// single-line append wakes) fences the store as a panic while appending does: writes get
+/// `EIO`, the log says which thread, reads go on, and a remount recovers every line.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_panic_on_a_background_thread_gives_eio_to_writes_until_a_remount() {
+    let Some(mut m) = mount_with(Config::small(), Some("queue-writer::held-back=panic")) else {
+        return;
+    };
+    m.sh_ok("mkdir t");
+    let append_line = |line: &str| {
+        let mut file = OpenOptions::new().append(true).open(m.path("t/0/active"))?;
+        file.write(line.as_bytes())
+    };
+    let mut written = Vec::new();
+    let refused = loop {
+        let line = format!("line {}", written.len());
+        match append_line(&format!("{line}\n")) {
+            Ok(_) => written.push(line),
+            Err(error) => break error,
+        }
+        assert!(written.len() < 100_000, "the store was never fenced");
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::EIO), "{refused}");
+    assert!(written.len() >= 25, "refused after {} lines", written.len());
+    assert_eq!(partition_lines(&m.path("t/0")), written, "reads go on");
+    let log = std::fs::read_to_string(m.data.join("commitfs.log")).unwrap();
+    assert!(
+        log.contains("a panic on a background thread of the store (thread queue-writer)"),
+        "{}",
+        m.log_tail(20)
+    );
+
+    m.remount();
+    m.sh_ok("echo after >> t/0/active");
+    written.push("after".into());
+    assert_eq!(partition_lines(&m.path("t/0")), written);
+}
+
 /// The most bytes one FUSE request always carries: 255 pages.
 const RAW_LIMIT: usize = 1_044_480;
 

@@ -70,19 +70,32 @@ impl Fence {
         );
     }
 
-    /// Fences the store if it is dropped while its thread unwinds from a panic.
-    fn on_unwind(&self) -> FenceOnUnwind<'_> {
-        FenceOnUnwind(self)
+    /// Fences the store if it is dropped while its thread unwinds from a panic; `during`
+    /// says what the thread was doing, for the log line.
+    pub fn on_unwind(&self, during: &'static str) -> FenceOnUnwind<'_> {
+        FenceOnUnwind {
+            fence: self,
+            during,
+        }
     }
 }
 
-struct FenceOnUnwind<'f>(&'f Fence);
+pub(super) struct FenceOnUnwind<'f> {
+    fence: &'f Fence,
+    during: &'static str,
+}
 
 impl Drop for FenceOnUnwind<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.fenced.store(true, Ordering::Release);
-            tracing::error!("{}", StoreError::Fenced);
+            self.fence.fenced.store(true, Ordering::Release);
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("unnamed");
+            tracing::error!(
+                "a panic {} (thread {name}): {}",
+                self.during,
+                StoreError::Fenced
+            );
         }
     }
 }
@@ -599,7 +612,7 @@ fn commit(to: &AppendTo<'_>, staged: &mut [Staged<'_>]) -> Result<()> {
             batch.plan(number, &mut local, file_bytes, &mut plan)?;
         }
         appender.reserve(plan.iter().map(|batch| u64::from(batch.header.size)))?;
-        let fence = to.fence.on_unwind();
+        let fence = to.fence.on_unwind("while appending");
         let mut table = Vec::new();
         let copied = plan.iter().try_for_each(|batch| {
             staged[batch.staged].copy(batch, &mut table, &mut appender, &mut index)

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use super::append::Fence;
 use super::error::{Result, StoreError};
 use super::format::{self, BatchHeader, MessageAt, RecordHeader, BLANK_BYTES, BLANK_MAGIC};
 use super::mapped::MappedFile;
@@ -164,7 +165,8 @@ impl CommitLog {
     /// files past the one holding `end` are deleted if they hold no valid record, and the
     /// bytes after `end` in it are zeroed when `zero_tail` is set. Below `durable` the log
     /// is known to be on disk. A file that holds a valid record past the end, or a missing
-    /// file the end lies in, is refused: never delete or forget what the log holds.
+    /// file the end lies in, is refused: never delete or forget what the log holds. A panic
+    /// on the thread that makes files ahead of need sets `fence`.
     pub fn open(
         dir: &Path,
         file_bytes: u64,
@@ -172,6 +174,7 @@ impl CommitLog {
         durable: u64,
         zero_tail: bool,
         open_files: Arc<OpenFiles>,
+        fence: Arc<Fence>,
     ) -> Result<CommitLog> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
@@ -208,18 +211,19 @@ impl CommitLog {
             preparer,
             preparer_thread: Mutex::new(None),
         };
-        log.start_preparer(write_base + file_bytes)?;
+        log.start_preparer(write_base + file_bytes, fence)?;
         Ok(log)
     }
 
     /// Starts the thread that makes the file at `next` (and those after it) ahead of need.
-    fn start_preparer(&self, next: u64) -> Result<()> {
+    fn start_preparer(&self, next: u64, fence: Arc<Fence>) -> Result<()> {
         let (preparer, dir) = (self.preparer.clone(), self.dir.clone());
         let file_bytes = self.file_bytes;
-        let thread = std::thread::Builder::new()
-            .name("commitlog-prepare".into())
-            .spawn(move || prepare_files(&preparer, &dir, file_bytes))
-            .map_err(|e| StoreError::io("starting the file preparer", e))?;
+        let thread = super::spawn_background("commitlog-prepare", fence, move || {
+            let _ended = PreparerEnded(&preparer);
+            prepare_files(&preparer, &dir, file_bytes);
+        })
+        .map_err(|e| StoreError::io("starting the file preparer", e))?;
         *self.preparer_thread.lock() = Some(thread);
         self.request_next(next);
         Ok(())
@@ -806,6 +810,19 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
 
 /// The preparer thread: the next commit-log file first (an appender may be waiting for it),
 /// then jobs.
+/// Marks the preparer stopped however its thread ends, so that an append waiting for the
+/// next file makes it itself instead of waiting for a thread that is gone (after a panic).
+struct PreparerEnded<'a>(&'a Preparer);
+
+impl Drop for PreparerEnded<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.0.slot.lock();
+        slot.stop = true;
+        slot.jobs.clear();
+        self.0.wake.notify_all();
+    }
+}
+
 fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
     let mut slot = preparer.slot.lock();
     loop {
@@ -819,6 +836,7 @@ fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
                     let _ = std::fs::remove_file(stale.data.path());
                 }
                 let made = parking_lot::MutexGuard::unlocked(&mut slot, || {
+                    fail::fail_point!("commitlog::prepare");
                     create_file(dir, wanted, file_bytes)
                 });
                 match made {

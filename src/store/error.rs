@@ -55,8 +55,9 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("the store is closed")]
     Closed,
-    /// An append was interrupted between copying its records and publishing them (a panic):
-    /// the store takes no more writes until it is reopened and recovers.
+    /// An append was interrupted between copying its records and publishing them, or a
+    /// background thread of the store ended in a panic: the store takes no more writes until
+    /// it is reopened and recovers.
     #[error("the store is read-only after an internal error in the write path; remount")]
     Fenced,
 }

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use super::append::Fence;
 use super::commitlog::PrepareJob;
 use super::error::{Result, StoreError};
 use super::format::{self, le_u32, le_u64, MessageAt};
@@ -748,12 +749,16 @@ impl KeyIndex {
 
     /// Starts the thread that inserts handed-over entries. `insert_waiting` runs
     /// [`insert_waiting`](Self::insert_waiting) on this index and says false once the index
-    /// is gone.
-    pub fn start_indexing(&self, insert_waiting: impl Fn() -> bool + Send + 'static) {
+    /// is gone. A panic there sets `fence`.
+    pub fn start_indexing(
+        &self,
+        fence: Arc<Fence>,
+        insert_waiting: impl Fn() -> bool + Send + 'static,
+    ) {
         let indexing = self.indexing.clone();
-        let spawned = std::thread::Builder::new()
-            .name("key-index".into())
-            .spawn(move || while indexing.wait() && index_now(&insert_waiting) {});
+        let spawned = super::spawn_background("key-index", fence, move || {
+            while indexing.wait() && index_now(&insert_waiting) {}
+        });
         match spawned {
             Ok(thread) => *self.indexing.thread.lock() = Some(thread),
             // Entries then go in at the next reservation or lookup.

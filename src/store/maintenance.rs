@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::append::Fence;
 use super::checkpoint::{Checkpoint, PartitionMark};
 use super::error::Result;
 use super::meta;
@@ -20,11 +21,12 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub fn start(&self, store: Weak<Store>) {
+    /// Starts the thread; a panic on it sets `fence`.
+    pub fn start(&self, store: Weak<Store>, fence: Arc<Fence>) {
         let stop = self.stop.clone();
-        let spawned = std::thread::Builder::new()
-            .name("store-maintenance".into())
-            .spawn(move || run(&store, &stop));
+        let spawned = super::spawn_background("store-maintenance", fence, move || {
+            run(&store, &stop);
+        });
         match spawned {
             Ok(thread) => *self.thread.lock() = Some(thread),
             Err(error) => tracing::error!("cannot start the store's maintenance thread: {error}"),

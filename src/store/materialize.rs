@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::append::Fence;
 use super::error::{Result, StoreError};
 use super::format;
 use super::meta::sync_dir;
@@ -508,11 +509,12 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub fn start(&self, store: Weak<Store>) {
+    /// Starts the thread; a panic on it sets `fence`.
+    pub fn start(&self, store: Weak<Store>, fence: Arc<Fence>) {
         let (stop, stopping) = (self.stop.clone(), self.stopping.clone());
-        let spawned = std::thread::Builder::new()
-            .name("store-materialize".into())
-            .spawn(move || run(&store, &stop, &stopping));
+        let spawned = super::spawn_background("store-materialize", fence, move || {
+            run(&store, &stop, &stopping);
+        });
         match spawned {
             Ok(thread) => *self.thread.lock() = Some(thread),
             Err(error) => tracing::error!("cannot start the segment-copying thread: {error}"),

@@ -262,6 +262,23 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
+/// Starts a background thread of the store. A panic on it fences the store: whatever it
+/// was writing (files made ahead, queue or index entries, a checkpoint, a copied segment's
+/// given-back blocks) may be half done, and a store that went on taking writes over that
+/// could lose or mix what it acknowledged; a remount recovers from what is on disk.
+fn spawn_background(
+    name: &'static str,
+    fence: Arc<Fence>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _fence = fence.on_unwind("on a background thread of the store");
+            body();
+        })
+}
+
 /// Waits for a background thread of the store to end, unless this is that thread: it may
 /// drop the last handle to the store, and so stop itself.
 fn join_background(thread: Option<std::thread::JoinHandle<()>>) {
@@ -290,8 +307,9 @@ pub struct Store {
     /// log, the queues and the index at one consistent point.
     quiesce: RwLock<()>,
     closed: AtomicBool,
-    /// Set by a panic in the write path: no more writes until the store is reopened.
-    fence: Fence,
+    /// Set by a panic in the write path or on a background thread: no more writes until the
+    /// store is reopened. Shared with those threads.
+    fence: Arc<Fence>,
     maintenance: maintenance::Handle,
     /// The thread that writes consume-queue entries waiting in memory into their files.
     queue_writer: Arc<queue_writer::QueueWriter>,

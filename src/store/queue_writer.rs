@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::append::Fence;
 use super::Store;
 
 /// How many partitions ahead the thread starts loading what it touches next: each write-out
@@ -55,15 +56,14 @@ impl QueueWriter {
         }
     }
 
-    pub fn start(self: &Arc<Self>, store: Weak<Store>) {
+    /// Starts the thread; a panic on it sets `fence`.
+    pub fn start(self: &Arc<Self>, store: Weak<Store>, fence: Arc<Fence>) {
         self.state.lock().running = true;
         let writer = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("queue-writer".into())
-            .spawn(move || {
-                let _ended = Ended(&writer);
-                writer.run(&store);
-            });
+        let spawned = super::spawn_background("queue-writer", fence, move || {
+            let _ended = Ended(&writer);
+            writer.run(&store);
+        });
         match spawned {
             Ok(thread) => *self.thread.lock() = Some(thread),
             // Waiting entries then go out when an append finds their room full, or at the
@@ -147,7 +147,7 @@ mod tests {
         let writer = Arc::new(QueueWriter::default());
         writer.ask(&[(1, 0)]);
         assert!(writer.state.lock().partitions.is_empty(), "before start");
-        writer.start(Weak::new());
+        writer.start(Weak::new(), Arc::default());
         writer.stop();
         writer.ask(&[(1, 0)]);
         assert!(writer.state.lock().partitions.is_empty(), "after stop");
@@ -157,7 +157,7 @@ mod tests {
     fn requests_are_not_kept_once_the_thread_ended_on_its_own() {
         let writer = Arc::new(QueueWriter::default());
         // Its store is gone: the thread ends at its first request.
-        writer.start(Weak::new());
+        writer.start(Weak::new(), Arc::default());
         writer.ask(&[(1, 0)]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while writer.state.lock().running {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
+use super::append::Fence;
 use super::checkpoint::Checkpoint;
 use super::commitlog::{self, CommitLog};
 use super::error::{Result, StoreError};
@@ -105,6 +106,7 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let lost = scanner.lost;
     let first_log_file = commitlog::list_files(&log_dir)?.first().copied();
     let offsets = settle_offsets(partitions, &plan, first_log_file.unwrap_or(0))?;
+    let fence = Arc::new(Fence::default());
     let log = Arc::new(CommitLog::open(
         &log_dir,
         layout.commit_log_file_bytes,
@@ -112,11 +114,19 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
         recovered.durable,
         recovered.cut,
         open_files,
+        fence.clone(),
     )?);
     let topics = meta.topics.len();
     // Last before the topics open: a mount refused for damage leaves format 2 as it was.
     meta.migrate(dir)?;
-    let store = assemble(dir, config, layout, log, index, meta, lock, &offsets)?;
+    let parts = Parts {
+        log,
+        index,
+        meta,
+        lock,
+        fence,
+    };
+    let store = assemble(dir, config, layout, parts, &offsets)?;
     tracing::info!(
         "store at {} open: {topics} topics, commit log ends at {}",
         dir.display(),
@@ -490,20 +500,33 @@ fn settle_offsets(
     Ok(recovered)
 }
 
-/// The store, its topics built. Until every topic is built and the recovered state is
-/// recorded in a checkpoint, the store counts as closed: a failure drops it without the
-/// closing checkpoint, which would forget every topic not built yet.
-#[allow(clippy::too_many_arguments)]
-fn assemble(
-    dir: &Path,
-    config: StoreConfig,
-    layout: Layout,
+/// What recovery opened, for [`assemble`] to make a store of.
+struct Parts {
     log: Arc<CommitLog>,
     index: KeyIndex,
     meta: Meta,
     lock: File,
+    /// Shared by the store and its background threads.
+    fence: Arc<Fence>,
+}
+
+/// The store, its topics built. Until every topic is built and the recovered state is
+/// recorded in a checkpoint, the store counts as closed: a failure drops it without the
+/// closing checkpoint, which would forget every topic not built yet.
+fn assemble(
+    dir: &Path,
+    config: StoreConfig,
+    layout: Layout,
+    parts: Parts,
     offsets: &HashMap<(u32, u32), PartitionOffsets>,
 ) -> Result<Arc<Store>> {
+    let Parts {
+        log,
+        index,
+        meta,
+        lock,
+        fence,
+    } = parts;
     let store = Arc::new(Store {
         dir: dir.to_owned(),
         config,
@@ -515,7 +538,7 @@ fn assemble(
         reserve: super::reserve::Reserve::open(dir),
         quiesce: RwLock::new(()),
         closed: AtomicBool::new(true),
-        fence: Default::default(),
+        fence,
         maintenance: maintenance::Handle::default(),
         queue_writer: Default::default(),
         materializer: Default::default(),
@@ -535,17 +558,23 @@ fn assemble(
     }
     store.closed.store(false, Ordering::Release);
     let indexed = Arc::downgrade(&store);
-    store.index.start_indexing(move || {
+    store.index.start_indexing(store.fence.clone(), move || {
         let store = indexed.upgrade();
         store
             .as_ref()
             .inspect(|s| s.index.insert_waiting())
             .is_some()
     });
-    store.queue_writer.start(Arc::downgrade(&store));
-    store.maintenance.start(Arc::downgrade(&store));
+    store
+        .queue_writer
+        .start(Arc::downgrade(&store), store.fence.clone());
+    store
+        .maintenance
+        .start(Arc::downgrade(&store), store.fence.clone());
     if store.config.materialize_segments {
-        store.materializer.start(Arc::downgrade(&store));
+        store
+            .materializer
+            .start(Arc::downgrade(&store), store.fence.clone());
     }
     Ok(store)
 }
