@@ -136,6 +136,71 @@ fn assert_check_passes(dir: &Path) -> String {
     report
 }
 
+/// After a machine restart (the abort marker is older than this boot), damage past the
+/// checkpoint is what a power loss leaves, pages written back in any order: the log is cut
+/// at the first damage, and every later commit-log file, which holds valid records, is kept
+/// aside as `<name>.unsynced`, never deleted (issue 9, item 1).
+#[test]
+fn after_a_machine_restart_damage_cuts_the_log_and_later_files_are_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), &[("a", 1)], 2000);
+    let files = log_files(dir.path());
+    assert!(files.len() >= 4, "{} commit-log files", files.len());
+    // An unclean stop before any checkpoint past the start, in an earlier boot.
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let marker = std::fs::File::create(dir.path().join("abort")).unwrap();
+    marker
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        .unwrap();
+    drop(marker);
+    let second = &files[1];
+    let mut bytes = std::fs::read(second).unwrap();
+    let middle = bytes.len() / 2;
+    let damaged_batch = *fixtures::batch_starts(&bytes)
+        .iter()
+        .rev()
+        .find(|&&s| s <= middle)
+        .unwrap();
+    let cut_at = fixtures::batch_first_offset(&bytes, damaged_batch);
+    for byte in &mut bytes[middle..middle + 4] {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(second, &bytes).unwrap();
+    let later: Vec<(PathBuf, Vec<u8>)> = files[2..]
+        .iter()
+        .map(|path| (path.clone(), std::fs::read(path).unwrap()))
+        .collect();
+
+    let store = open(dir.path());
+    let partition = store.topic("a").unwrap().partition(0).unwrap();
+    assert_eq!(partition.end_offset(), cut_at, "cut at the damaged batch");
+    for offset in 0..cut_at {
+        assert_eq!(
+            store.read_message(&partition, offset).unwrap(),
+            message("a", 0, offset)
+        );
+    }
+    for (path, bytes) in &later {
+        // The name may hold a new file again, made ahead of need: none of the old records.
+        if let Ok(now) = std::fs::read(path) {
+            assert_eq!(
+                fixtures::batch_starts(&now),
+                [0usize; 0],
+                "{}",
+                path.display()
+            );
+        }
+        let aside = path.with_extension("unsynced");
+        assert_eq!(
+            std::fs::read(&aside).ok().as_ref(),
+            Some(bytes),
+            "{} kept aside whole",
+            aside.display()
+        );
+    }
+    store.close().unwrap();
+}
+
 #[test]
 fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_else() {
     let dir = tempfile::tempdir().unwrap();
