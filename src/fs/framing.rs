@@ -18,8 +18,19 @@ fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// The most bytes a `raw` message can have, whatever `max_message_bytes` says: 255 pages of
 /// 4 KiB. The kernel cuts one `write(2)` into FUSE requests of at most 256 pages of the
 /// writer's buffer, so a write that starts inside a page arrives as several requests, which
-/// the daemon cannot tell from several writes; 255 pages always come in one request.
+/// the daemon cannot tell from several writes; 255 pages always come in one request. A
+/// kernel that passes fewer pages per request lowers it: see [`raw_write_limit`].
 pub const MAX_RAW_WRITE_BYTES: usize = 255 * 4096;
+
+/// What one FUSE WRITE request always carries of a `write(2)`, given the most bytes the
+/// kernel puts in one (`max_write`) and the most pages of the writer's buffer one may span
+/// (256 with `FUSE_MAX_PAGES`, 32 before Linux 4.20): a buffer that starts inside a page
+/// fits one page less.
+pub fn raw_write_limit(max_write: usize, max_pages: usize) -> usize {
+    max_write
+        .min(max_pages.saturating_sub(1) * 4096)
+        .min(MAX_RAW_WRITE_BYTES)
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum LineError<E> {
@@ -356,5 +367,16 @@ mod tests {
         assert_eq!(key_len(b":empty key", Some(b":")), Some(0));
         assert_eq!(key_len(b"no separator\n", Some(b":")), None);
         assert_eq!(key_len(b"a:b", None), None);
+    }
+
+    #[test]
+    fn a_raw_write_is_limited_to_what_one_request_always_carries() {
+        // Linux 4.20 on: 256 pages, 1 MiB asked for.
+        assert_eq!(raw_write_limit(1 << 20, 256), 255 * 4096);
+        // Before FUSE_MAX_PAGES: 32 pages, so 31 from a buffer that starts inside a page.
+        assert_eq!(raw_write_limit(1 << 20, 32), 31 * 4096);
+        // A smaller max_write bounds it, whatever the pages.
+        assert_eq!(raw_write_limit(100_000, 256), 100_000);
+        assert_eq!(raw_write_limit(16 << 20, 1024), MAX_RAW_WRITE_BYTES);
     }
 }

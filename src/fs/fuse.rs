@@ -20,7 +20,7 @@ use tracing::Level;
 
 use super::core::{Attr, AttrChanges, CommitFs, DirectoryReplier, Entry, StatFs};
 use super::error::{FsError, FsResult};
-use super::framing::MAX_RAW_WRITE_BYTES;
+use super::framing::{raw_write_limit, MAX_RAW_WRITE_BYTES};
 use super::passthrough::Passthrough;
 use super::xattr::XattrReply;
 
@@ -163,15 +163,26 @@ impl DirectoryReplier for DirectoryReply<'_> {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        if let Err(limit) = config.set_max_write(MAX_WRITE_BYTES) {
-            tracing::warn!("the kernel takes writes of at most {limit} bytes");
-        }
-        if !config.capabilities().contains(InitFlags::FUSE_MAX_PAGES) {
+        let max_write = config.set_max_write(MAX_WRITE_BYTES).map_or_else(
+            |limit| {
+                tracing::warn!("the kernel takes writes of at most {limit} bytes");
+                limit
+            },
+            |_| MAX_WRITE_BYTES,
+        );
+        let max_pages = match config.capabilities().contains(InitFlags::FUSE_MAX_PAGES) {
+            true => 256,
+            false => 32,
+        };
+        let raw_limit = raw_write_limit(max_write as usize, max_pages);
+        if raw_limit < MAX_RAW_WRITE_BYTES {
             tracing::warn!(
-                "this kernel passes at most 32 pages per request: a raw write of more than 31 \
-                 pages (126,976 bytes), and up to {MAX_RAW_WRITE_BYTES}, arrives as several messages"
+                "this kernel passes at most {max_pages} pages and {max_write} bytes per request: \
+                 raw writes over {raw_limit} bytes are refused with EFBIG (they would arrive as \
+                 several messages)"
             );
         }
+        self.fs.limit_raw_writes(raw_limit);
         // O_TRUNC then reaches open(), which refuses it on segments in one step. Never ask
         // for the writeback cache (it would hold "stored" bytes in the kernel and cut
         // messages at page boundaries) nor symlink caching (`active` must be read fresh).

@@ -21,7 +21,7 @@ use fuser::FopenFlags;
 use parking_lot::Mutex;
 
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::framing::{message, LineError, PartialLine, MAX_RAW_WRITE_BYTES};
+use crate::fs::framing::{message, LineError, PartialLine};
 use crate::store::{Framing, NewMessage, Partition, SegmentInfo, SegmentReader, Topic};
 
 use super::{segment_file_name, Attr, CommitFs, Node, Opened};
@@ -349,11 +349,12 @@ impl CommitFs {
         let mut partial = writer.partial.lock();
         match settings.framing {
             Framing::Raw => {
-                if data.len() > MAX_RAW_WRITE_BYTES {
+                let limit = self.raw_write_limit.load(Ordering::Relaxed);
+                if data.len() > limit {
                     return Err(FsError::refused(
                         libc::EFBIG,
                         format!(
-                            "{}: a raw write of {} bytes or more exceeds {MAX_RAW_WRITE_BYTES} bytes, \
+                            "{}: a raw write of {} bytes or more exceeds {limit} bytes, \
                              the most the kernel always passes in one request; nothing of it is stored",
                             file.topic.name(),
                             data.len()

@@ -29,6 +29,7 @@ use crate::store::{Framing, Partition, SegmentInfo, Store, Topic, TopicSettings}
 use self::dirs::DirStream;
 use self::files::{FollowedLink, OpenFile};
 use super::error::{FsError, FsResult};
+use super::framing::MAX_RAW_WRITE_BYTES;
 use super::handles::HandleTable;
 use super::inode::{Inode, SegmentTable, ROOT};
 use super::time::system_time;
@@ -233,6 +234,9 @@ pub struct CommitFs {
     /// init and has not refused a backing file since. Without it, every open is page-cached
     /// or direct as before.
     passthrough: std::sync::atomic::AtomicBool,
+    /// The largest raw write stored as one message: what one FUSE request always carries
+    /// (see `framing::raw_write_limit`), as the kernel said at init.
+    raw_write_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl CommitFs {
@@ -262,6 +266,7 @@ impl CommitFs {
             root_mtime_ms: AtomicI64::new(now_ms()),
             root_owner,
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            raw_write_limit: std::sync::atomic::AtomicUsize::new(MAX_RAW_WRITE_BYTES),
         }
     }
 
@@ -269,6 +274,12 @@ impl CommitFs {
     /// (see `passthrough`): set by the FUSE layer at init and when the kernel refuses one.
     pub fn allow_passthrough(&self, allowed: bool) {
         self.passthrough.store(allowed, Ordering::Relaxed);
+    }
+
+    /// Lowers the largest raw write from `MAX_RAW_WRITE_BYTES`: set by the FUSE layer at
+    /// init, for a kernel that passes less in one request.
+    pub fn limit_raw_writes(&self, bytes: usize) {
+        self.raw_write_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// READ requests served since the mount (root attribute `user.stats.read_requests`).

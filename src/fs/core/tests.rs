@@ -412,6 +412,29 @@ fn settings_change_through_setxattr_and_persist() {
     assert_eq!(f.read("t/1/00000000000000000000.log"), b"one write");
 }
 
+/// On a kernel that passes fewer pages per request (told at init), a raw write over what one
+/// request always carries is refused whole, as the kernel would split it into messages.
+#[test]
+fn a_raw_write_over_the_kernels_request_size_is_refused_with_efbig() {
+    let f = fixture(10, 1);
+    f.mkdir("t", 0).unwrap();
+    f.fs.setxattr(f.ino("t"), OsStr::new("user.framing"), b"raw", 0)
+        .unwrap();
+    // A kernel that takes writes of 3,000 bytes (the fixture's messages stop at 4 KiB).
+    let limit = crate::fs::framing::raw_write_limit(3000, 256);
+    f.fs.limit_raw_writes(limit);
+    let fh =
+        f.fs.open(f.ino("t/0/00000000000000000000.log"), APPEND, 1)
+            .unwrap()
+            .fh;
+    let too_big = vec![b'x'; limit + 1];
+    assert_eq!(errno(f.fs.write(fh, &too_big)), libc::EFBIG);
+    assert_eq!(f.fs.write(fh, &too_big[..limit]).unwrap() as usize, limit);
+    f.fs.release(fh).unwrap();
+    let end = f.xattr("t/0", "user.end_offset").unwrap();
+    assert_eq!(end, b"1", "only the write within the limit is stored");
+}
+
 #[test]
 fn inode_numbers_survive_a_remount() {
     let f = fixture(2, 2);
