@@ -323,14 +323,19 @@ fn an_open_waits_briefly_for_a_lock_that_is_being_released() {
         .unwrap();
     let lock = dir.path().join("lock");
     // Wait until the holder has it (a non-blocking try fails), so the open must wait.
-    while Command::new("flock")
-        .args(["--nonblock", "--exclusive"])
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while Command::new("timeout")
+        .args(["10", "flock", "--nonblock", "--exclusive"])
         .arg(&lock)
         .arg("true")
         .status()
         .unwrap()
         .success()
     {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never took the lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let store = open(dir.path());
