@@ -5,6 +5,8 @@
 
 mod fixtures;
 
+use std::path::{Path, PathBuf};
+
 use commitfs::store::check::{check, CheckOptions};
 use commitfs::store::{Store, StoreConfig, TopicSettings};
 
@@ -150,4 +152,136 @@ fn repair_of_a_lost_store_toml_keeps_the_key_index_sizes() {
         [(0, 7, "k7:message 7\n".to_owned())]
     );
     store.close().unwrap();
+}
+
+/// A closed store whose keyed topic `t` holds `k0:0` … `k4:4`, one batch each: its key-index
+/// file 0 (64 slots, five entries past the null entry 0).
+fn closed_store_with_five_keys(dir: &Path) -> PathBuf {
+    let store = Store::open(dir, fixtures::small_store_config()).unwrap();
+    let partition = fixtures::new_partition(&store, "t", fixtures::keyed_topic(1));
+    for i in 0..5 {
+        let line = format!("k{i}:{i}\n");
+        store.append(&partition, line.as_bytes(), Some(2)).unwrap();
+    }
+    store.close().unwrap();
+    dir.join(format!("index/{:020}", 0))
+}
+
+/// What a test does to a file's bytes, and its name.
+type Edit = (&'static str, fn(&mut Vec<u8>));
+
+/// `file` with `edit` applied to its bytes.
+fn edit_file(file: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(file).unwrap();
+    edit(&mut bytes);
+    std::fs::write(file, &bytes).unwrap();
+}
+
+/// What `commitfs check` (without repair) reports of the store in `dir`.
+fn check_findings(dir: &Path) -> Vec<String> {
+    let report = check(dir, &CheckOptions::default()).unwrap();
+    report.findings.iter().map(ToString::to_string).collect()
+}
+
+/// `commitfs check` reports a key-index file cut inside its 64-byte header, or whose
+/// header's magic number or format version is wrong, as not an index file of this version
+/// (at its byte 0), and never panics. Kills `verify_file`'s `<` as `==` (line 956: a
+/// file cut short read past its end), its first `||` as `&&` (line 957: a wrong magic
+/// number let through) and its second `||` as `&&` (line 958: a wrong version let through).
+#[test]
+fn check_reports_an_index_file_cut_in_its_header_or_of_another_format() {
+    let _scenario = fail::FailScenario::setup();
+    let edits: [Edit; 3] = [
+        ("cut to 10 bytes", |b| b.truncate(10)),
+        ("magic number", |b| b[0] ^= 1),
+        ("version", |b| b[4] ^= 1),
+    ];
+    for (what, edit) in edits {
+        let dir = tempfile::tempdir().unwrap();
+        let index_file = closed_store_with_five_keys(dir.path());
+        edit_file(&index_file, edit);
+        let report = check_findings(dir.path());
+        let damage = format!(
+            "damage: {} byte 0: not an index file of this version",
+            index_file.display()
+        );
+        assert!(report.contains(&damage), "{what}: {report:#?}");
+    }
+}
+
+/// `commitfs check` reports a key-index file that cannot hold the entries the checkpoint
+/// counts in it (six, the null entry 0 and five keys): cut inside its entries, with a header
+/// count of fewer, or with no slots; a file of its header alone is reported so too, not as
+/// a file of another format. Kills `verify_file`'s `<` as `<=` (line 956: the file of a
+/// whole header alone taken for another format), its `&&`s as `||` (lines 967–969: one
+/// of the conditions enough), `>` as `==`, `<`, `>=` (line 966), `<=` as `>` (lines 968,
+/// 969), `+` and `*` as `-`, `*`, `+`, `/` (line 969: the end of the entries misplaced) and
+/// `!` deleted (line 970).
+#[test]
+fn check_reports_an_index_file_too_short_for_the_checkpoints_entries() {
+    let _scenario = fail::FailScenario::setup();
+    // 64 header bytes, 64 slots of 4 bytes, then 24-byte entries.
+    let entries_at = 64 + 64 * 4;
+    let edits: [Edit; 4] = [
+        ("cut to its header", |b| b.truncate(64)),
+        ("cut inside entry 5", |b| {
+            b.truncate(64 + 64 * 4 + 5 * 24 + 10)
+        }),
+        ("count of 3", |b| {
+            b[16..20].copy_from_slice(&3u32.to_le_bytes())
+        }),
+        ("no slots", |b| {
+            b[8..12].copy_from_slice(&0u32.to_le_bytes())
+        }),
+    ];
+    for (what, edit) in edits {
+        let dir = tempfile::tempdir().unwrap();
+        let index_file = closed_store_with_five_keys(dir.path());
+        assert!(std::fs::metadata(&index_file).unwrap().len() > entries_at + 6 * 24);
+        edit_file(&index_file, edit);
+        let report = check_findings(dir.path());
+        let damage = format!(
+            "damage: {} byte 16: 6 entries do not fit in the file",
+            index_file.display()
+        );
+        assert!(report.contains(&damage), "{what}: {report:#?}");
+    }
+    // Whole, the same file passes.
+    let dir = tempfile::tempdir().unwrap();
+    closed_store_with_five_keys(dir.path());
+    let report = check(dir.path(), &CheckOptions::default()).unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.index_entries, 5);
+}
+
+/// `commitfs check` reports a key-index slot that names an entry past the file's count,
+/// and an entry whose chain link points at itself rather than an older entry. Kills
+/// `verify_file`'s `>=` as `<` (line 978: every slot of a whole file reported, and the bad
+/// one not) and (line 986) the link check's `>=` as `<`.
+#[test]
+fn check_reports_an_index_slot_past_the_count_and_a_link_to_no_older_entry() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let index_file = closed_store_with_five_keys(dir.path());
+    let entries_at = 64 + 64 * 4;
+    edit_file(&index_file, |b| {
+        // Slot 3 names entry 9 of 6; entry 2 links to entry 2.
+        b[64 + 3 * 4..64 + 4 * 4].copy_from_slice(&9u32.to_le_bytes());
+        let link = entries_at + 2 * 24 + 20;
+        b[link..link + 4].copy_from_slice(&2u32.to_le_bytes());
+    });
+    let path = index_file.display();
+    assert_eq!(
+        check_findings(dir.path()),
+        [
+            format!(
+                "damage: {path} byte {}: slot 3 names entry 9 of 6",
+                64 + 3 * 4
+            ),
+            format!(
+                "damage: {path} byte {}: entry 2 links to entry 2, not an older one",
+                entries_at + 2 * 24
+            ),
+        ]
+    );
 }
