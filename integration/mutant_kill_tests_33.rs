@@ -212,11 +212,12 @@ fn check_reports_an_index_file_cut_in_its_header_or_of_another_format() {
 /// `commitfs check` reports a key-index file that cannot hold the entries the checkpoint
 /// counts in it (six, the null entry 0 and five keys): cut inside its entries, with a header
 /// count of fewer, or with no slots; a file of its header alone is reported so too, not as
-/// a file of another format. Kills `verify_file`'s `<` as `<=` (line 956: the file of a
-/// whole header alone taken for another format), its `&&`s as `||` (lines 967–969: one
-/// of the conditions enough), `>` as `==`, `<`, `>=` (line 966), `<=` as `>` (lines 968,
-/// 969), `+` and `*` as `-`, `*`, `+`, `/` (line 969: the end of the entries misplaced) and
-/// `!` deleted (line 970).
+/// a file of another format. Whole, the file passes and counts its five entries. Kills
+/// `verify_file`'s `<` as `<=` (line 956: a file of its whole header alone taken for
+/// another format), its `&&`s as `||` (lines 967–969: one condition enough), `slots > 0`
+/// as `>=` (line 966), `count * ENTRY_BYTES` as `count + ENTRY_BYTES` and as
+/// `count / ENTRY_BYTES` (line 969: the entries' end put short of where it is) and
+/// `count - 1` as `count + 1` and `count / 1` (line 1004: the entries checked miscounted).
 #[test]
 fn check_reports_an_index_file_too_short_for_the_checkpoints_entries() {
     let _scenario = fail::FailScenario::setup();
@@ -255,9 +256,10 @@ fn check_reports_an_index_file_too_short_for_the_checkpoints_entries() {
 }
 
 /// `commitfs check` reports a key-index slot that names an entry past the file's count,
-/// and an entry whose chain link points at itself rather than an older entry. Kills
-/// `verify_file`'s `>=` as `<` (line 978: every slot of a whole file reported, and the bad
-/// one not) and (line 986) the link check's `>=` as `<`.
+/// and an entry whose chain link points at itself rather than an older entry. Kills the
+/// link check's `>=` as `<` (line 986: the bad link let through, every good one reported);
+/// the slot check's `>=` as `<` and its position's `+` and `*` as `-`, `*`, `+`, `/` (lines
+/// 975 and 978, caught elsewhere too) fail it as well.
 #[test]
 fn check_reports_an_index_slot_past_the_count_and_a_link_to_no_older_entry() {
     let _scenario = fail::FailScenario::setup();
