@@ -808,8 +808,6 @@ fn create_file(dir: &Path, base: u64, file_bytes: u64) -> Result<LogFile> {
     Ok(LogFile { base, data })
 }
 
-/// The preparer thread: the next commit-log file first (an appender may be waiting for it),
-/// then jobs.
 /// Marks the preparer stopped however its thread ends, so that an append waiting for the
 /// next file makes it itself instead of waiting for a thread that is gone (after a panic).
 struct PreparerEnded<'a>(&'a Preparer);
@@ -823,6 +821,8 @@ impl Drop for PreparerEnded<'_> {
     }
 }
 
+/// The preparer thread: the next commit-log file first (an appender may be waiting for it),
+/// then jobs.
 fn prepare_files(preparer: &Preparer, dir: &Path, file_bytes: u64) {
     let mut slot = preparer.slot.lock();
     loop {
