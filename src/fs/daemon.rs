@@ -4,10 +4,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
+use rustix::process::WaitOptions;
 
 const READY: &[u8] = b"ready";
 /// The exit code when the daemon died without saying why.
@@ -22,13 +23,8 @@ pub enum Forked {
 
 /// Forks. Call it while the process has one thread: a forked child gets only the caller's.
 pub fn fork() -> io::Result<Forked> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just opened both descriptors and nothing else owns them.
-    let (read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (read_end, write_end) = (File::from(read_end), File::from(write_end));
     // SAFETY: the process is single-threaded here, so the child may go on running Rust code.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
@@ -64,15 +60,18 @@ impl Child {
                 return Err((code, reason.to_owned()));
             }
         }
-        let mut status = 0;
-        // SAFETY: `status` is a valid place for waitpid to write.
-        let died = unsafe { libc::waitpid(self.pid, &mut status, 0) } == self.pid;
-        let how = if !died {
-            "exited".to_owned()
-        } else if libc::WIFSIGNALED(status) {
-            format!("was killed by signal {}", libc::WTERMSIG(status))
-        } else {
-            format!("exited with status {}", libc::WEXITSTATUS(status))
+        let pid = rustix::process::Pid::from_raw(self.pid);
+        let waited = pid.map(|pid| rustix::process::waitpid(Some(pid), WaitOptions::empty()));
+        let how = match waited {
+            Some(Ok(Some((died, status)))) if Some(died) == pid => {
+                let status = status.as_raw();
+                if libc::WIFSIGNALED(status) {
+                    format!("was killed by signal {}", libc::WTERMSIG(status))
+                } else {
+                    format!("exited with status {}", libc::WEXITSTATUS(status))
+                }
+            }
+            _ => "exited".to_owned(),
         };
         Err((
             FAILED,
@@ -117,21 +116,12 @@ pub fn detach(log: &Path) -> io::Result<()> {
         .write(true)
         .open("/dev/null")?;
     let log_file = open_log(log)?;
-    for (from, to) in [
-        (&null, libc::STDIN_FILENO),
-        (&null, libc::STDOUT_FILENO),
-        (&log_file, libc::STDERR_FILENO),
-    ] {
-        // SAFETY: both descriptors are open; dup2 replaces `to` atomically.
-        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // SAFETY: setsid has no memory effects; it fails only if already a group leader, which a
-    // freshly forked child is not.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // dup2 replaces each standard descriptor atomically.
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&log_file)?;
+    // setsid fails only if already a group leader, which a freshly forked child is not.
+    rustix::process::setsid()?;
     std::env::set_current_dir("/")
 }
 
@@ -196,10 +186,8 @@ impl RotatingLog {
         old.push(".1");
         std::fs::rename(&self.path, &old)?;
         let fresh = open_log(&self.path)?;
-        // SAFETY: both descriptors are open; dup2 replaces stderr atomically.
-        if unsafe { libc::dup2(fresh.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // dup2 replaces stderr atomically.
+        rustix::stdio::dup2_stderr(&fresh)?;
         Ok(())
     }
 }
@@ -229,20 +217,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RotatingLog {
 /// Allocates `LOG_ROOM` bytes of the log (stderr) from `from` on, without changing its
 /// size; where the room ends then (`u64::MAX` where it cannot be kept at all).
 fn keep_room(from: u64) -> Option<u64> {
-    // SAFETY: plain syscall on stderr, which `detach` made the log file.
-    let allocated = unsafe {
-        libc::fallocate(
-            libc::STDERR_FILENO,
-            libc::FALLOC_FL_KEEP_SIZE,
-            from as libc::off_t,
-            LOG_ROOM as libc::off_t,
-        )
-    };
+    // Stderr is the log file: `detach` made it so.
+    let allocated = rustix::fs::fallocate(
+        io::stderr().as_fd(),
+        rustix::fs::FallocateFlags::KEEP_SIZE,
+        from,
+        LOG_ROOM,
+    );
     match allocated {
-        0 => Some(from + LOG_ROOM),
+        Ok(()) => Some(from + LOG_ROOM),
         // A file system without fallocate: no room can be kept, so stop asking.
-        _ if io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) => Some(u64::MAX),
-        _ => None,
+        Err(errno) if errno.raw_os_error() == libc::EOPNOTSUPP => Some(u64::MAX),
+        Err(_) => None,
     }
 }
 

@@ -11,12 +11,15 @@
 use std::ffi::{CString, OsStr};
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use rustix::mount::{MountFlags, UnmountFlags};
 
 const DEV_FUSE: &str = "/dev/fuse";
 const FUSERMOUNT: &str = "fusermount3";
@@ -105,8 +108,10 @@ fn mount_direct(mountpoint: &Path, options: &KernelOptions) -> io::Result<OwnedF
         .custom_flags(libc::O_CLOEXEC)
         .open(DEV_FUSE)?;
     let root_mode = std::fs::metadata(mountpoint)?.permissions().mode() & libc::S_IFMT;
-    // SAFETY: getuid/getgid cannot fail and touch no memory.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
     let mut data = format!(
         "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},default_permissions",
         device.as_raw_fd()
@@ -114,13 +119,13 @@ fn mount_direct(mountpoint: &Path, options: &KernelOptions) -> io::Result<OwnedF
     if options.allow_other {
         data.push_str(",allow_other");
     }
-    let mut flags = 0;
+    let mut flags = MountFlags::empty();
     for (set, flag) in [
-        (options.read_only, libc::MS_RDONLY),
-        (!options.suid, libc::MS_NOSUID),
-        (!options.dev, libc::MS_NODEV),
-        (options.no_exec, libc::MS_NOEXEC),
-        (!options.atime, libc::MS_NOATIME),
+        (options.read_only, MountFlags::RDONLY),
+        (!options.suid, MountFlags::NOSUID),
+        (!options.dev, MountFlags::NODEV),
+        (options.no_exec, MountFlags::NOEXEC),
+        (!options.atime, MountFlags::NOATIME),
     ] {
         if set {
             flags |= flag;
@@ -130,19 +135,7 @@ fn mount_direct(mountpoint: &Path, options: &KernelOptions) -> io::Result<OwnedF
     let target = c_string(mountpoint.as_os_str())?;
     let fs_type = c_string(OsStr::new(FS_TYPE))?;
     let data = c_string(OsStr::new(&data))?;
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let mounted = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fs_type.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if mounted != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::mount::mount(&source, &target, &fs_type, flags, data.as_c_str())?;
     Ok(device.into())
 }
 
@@ -224,41 +217,31 @@ fn mount_with_fusermount(mountpoint: &Path, options: &KernelOptions) -> io::Resu
 }
 
 fn receive_fd(socket: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
+    // Room for one control message carrying one descriptor; any others sent are closed.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = loop {
+        match rustix::net::recvmsg(
+            socket,
+            &mut [io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => {}
+            received => break received?,
+        }
     };
-    // Room for one cmsghdr carrying one descriptor, aligned as cmsghdr needs.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; every pointer set below points into live locals sized as
-    // stated, and the CMSG macros stay within `control`.
-    unsafe {
-        let mut message = std::mem::zeroed::<libc::msghdr>();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = std::mem::size_of_val(&control);
-        let received = loop {
-            let n = libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC);
-            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        if received < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let header = libc::CMSG_FIRSTHDR(&message);
-        if received == 0
-            || header.is_null()
-            || (*header).cmsg_level != libc::SOL_SOCKET
-            || (*header).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Err(io::Error::other("no descriptor came back"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
-        Ok(OwnedFd::from_raw_fd(fd))
+    let no_descriptor = || io::Error::other("no descriptor came back");
+    if received.bytes == 0 {
+        return Err(no_descriptor());
     }
+    let fd = match control.drain().next() {
+        Some(RecvAncillaryMessage::ScmRights(mut fds)) => fds.next(),
+        _ => None,
+    };
+    fd.ok_or_else(no_descriptor)
 }
 
 /// What /proc/self/mountinfo says about the topmost mount on a path.
@@ -353,12 +336,13 @@ impl KernelMount {
         match self.method {
             Method::Direct => {
                 let path = c_string(self.mountpoint.as_os_str()).map_err(UnmountError::Failed)?;
-                let flags = if lazy { libc::MNT_DETACH } else { 0 };
-                // SAFETY: `path` is a NUL-terminated string that outlives the call.
-                if unsafe { libc::umount2(path.as_ptr(), flags) } != 0 {
-                    return Err(UnmountError::Failed(io::Error::last_os_error()));
-                }
-                Ok(())
+                let flags = if lazy {
+                    UnmountFlags::DETACH
+                } else {
+                    UnmountFlags::empty()
+                };
+                rustix::mount::unmount(&path, flags)
+                    .map_err(|errno| UnmountError::Failed(errno.into()))
             }
             Method::Fusermount => {
                 let mut command = Command::new(FUSERMOUNT);

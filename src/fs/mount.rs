@@ -6,7 +6,6 @@
 //! is already closing, lets that close finish.
 
 use std::io::{self, IsTerminal};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -305,8 +304,7 @@ fn wait_for_store_release(data_dir: &Path) -> Result<(), MountError> {
     let started = Instant::now();
     let mut told = false;
     let mut serving_since = None;
-    // SAFETY: plain syscalls on a descriptor this function owns.
-    while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let holder = lock_holder(&lock);
         let serving = holder.is_some_and(holds_dev_fuse);
         serving_since = serving.then(|| serving_since.unwrap_or_else(Instant::now));
@@ -374,8 +372,7 @@ fn holds_dev_fuse(pid: u32) -> bool {
 
 /// root may always allow others in; anyone else needs `user_allow_other` in fuse.conf.
 fn allow_other_permitted() -> bool {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return true;
     }
     std::fs::read_to_string("/etc/fuse.conf")

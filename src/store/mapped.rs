@@ -1,9 +1,9 @@
 //! A file mapped into memory whose blocks are allocated before any store into the map, so
 //! a full disk is an `ENOSPC` from `fallocate` and never a `SIGBUS` inside the daemon.
 
+use rustix::fs::{FallocateFlags, SeekFrom};
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,7 +80,7 @@ impl MappedFile {
             .map_err(|e| StoreError::io(format!("reading the size of {}", path.display()), e))?
             .len();
         let from = from.min(len);
-        match fallocate(&file, 0, from, len - from) {
+        match fallocate(&file, FallocateFlags::empty(), from, len - from) {
             Ok(()) => {}
             // Nothing to re-establish without fallocate; writing zeroes would destroy data.
             Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
@@ -149,7 +149,7 @@ impl MappedFile {
         }
         fallocate(
             &self.file,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             start,
             end - start,
         )
@@ -168,7 +168,7 @@ impl MappedFile {
         if let Some(arg) = super::faults::fires("mapped::allocate", &self.path) {
             return self.fail_allocation(len, arg);
         }
-        if let Err(error) = fallocate(&self.file, 0, have, len - have) {
+        if let Err(error) = fallocate(&self.file, FallocateFlags::empty(), have, len - have) {
             if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
                 return Err(StoreError::io(
                     format!("allocating {} bytes of {}", len, self.path.display()),
@@ -355,15 +355,12 @@ impl MappedFile {
     /// the whole rest.
     pub fn data_ranges(&self, from: u64) -> Vec<std::ops::Range<u64>> {
         let end = self.allocated().min(self.capacity());
-        let seek = |at: u64, whence: i32| {
-            // SAFETY: plain syscall on an fd we own; nothing here uses the file position.
-            let found = unsafe { libc::lseek(self.file.as_raw_fd(), at as libc::off_t, whence) };
-            u64::try_from(found).map_err(|_| std::io::Error::last_os_error())
-        };
+        // Nothing here uses the file position.
+        let seek = |to: SeekFrom| rustix::fs::seek(&self.file, to).map_err(std::io::Error::from);
         let mut ranges = Vec::new();
         let mut at = from;
         while at < end {
-            let data = match seek(at, libc::SEEK_DATA) {
+            let data = match seek(SeekFrom::Data(at)) {
                 Ok(data) => data,
                 // No data past `at`.
                 Err(error) if error.raw_os_error() == Some(libc::ENXIO) => break,
@@ -375,7 +372,7 @@ impl MappedFile {
             if data >= end {
                 break;
             }
-            let hole = seek(data, libc::SEEK_HOLE).map_or(end, |hole| hole.min(end));
+            let hole = seek(SeekFrom::Hole(data)).map_or(end, |hole| hole.min(end));
             ranges.push(data..hole);
             at = hole;
         }
@@ -466,7 +463,7 @@ impl MappedFile {
         if at >= end {
             return Ok(());
         }
-        if fallocate(&self.file, libc::FALLOC_FL_ZERO_RANGE, at, end - at).is_ok() {
+        if fallocate(&self.file, FallocateFlags::ZERO_RANGE, at, end - at).is_ok() {
             return Ok(());
         }
         self.zero_range(at, end)
@@ -474,24 +471,11 @@ impl MappedFile {
 }
 
 /// `fallocate(2)` of `[from, from + len)`.
-fn fallocate(file: &File, mode: i32, from: u64, len: u64) -> std::io::Result<()> {
+fn fallocate(file: &File, mode: FallocateFlags, from: u64, len: u64) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: plain syscall on an fd we own.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            mode,
-            from as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Ok(rustix::fs::fallocate(file, mode, from, len)?)
 }
 
 /// Hints the CPU to start loading the cache line at `address`.
@@ -528,15 +512,8 @@ impl MappedFile {
     fn fail_allocation(&self, len: u64, arg: Option<String>) -> Result<()> {
         if super::faults::is_short(arg.as_deref()) {
             let have = self.allocated();
-            // SAFETY: plain syscall on an fd we own.
-            unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    0,
-                    have as libc::off_t,
-                    ((len - have) / 2) as libc::off_t,
-                )
-            };
+            let _ =
+                rustix::fs::fallocate(&self.file, FallocateFlags::empty(), have, (len - have) / 2);
         }
         Err(injected(&self.path, "allocating", arg))
     }

@@ -70,16 +70,10 @@ const OTHER_MAPS: u64 = 1024;
 /// `wanted` (`max_open_files`), or less if this process may not have that many descriptors
 /// (`ulimit -n`) or maps (`vm.max_map_count`) besides the others it needs.
 pub(super) fn budget(wanted: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall with a valid pointer to a local.
-    let descriptors = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        u64::MAX
-    };
+    // `None` is unlimited (RLIM_INFINITY).
+    let descriptors = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
     let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok())
@@ -235,23 +229,16 @@ mod tests {
     }
 
     /// The budget follows this process's `ulimit -n`: kills `budget` returning 0 or 1 and
-    /// the `getrlimit` result check inverted (the limit then taken as unbounded).
+    /// the limit read ignored (taken as unbounded).
     #[test]
     fn the_budget_reads_this_processs_descriptor_limit() {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain syscall with a valid pointer to a local.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
         let under_the_limit = budget(usize::MAX) as u64;
         assert!(
-            under_the_limit + OTHER_DESCRIPTORS <= limit.rlim_cur,
-            "{under_the_limit} files against ulimit -n {}",
-            limit.rlim_cur
+            under_the_limit + OTHER_DESCRIPTORS <= limit,
+            "{under_the_limit} files against ulimit -n {limit}"
         );
         assert_eq!(budget(20), 20);
     }

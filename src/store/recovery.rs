@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -1139,19 +1138,18 @@ fn fit_max_message(config: &mut StoreConfig) {
 /// a store with thousands of partitions needs more than the usual soft limit of 1024: take
 /// the hard limit.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with a valid pointer to a local.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let soft = limit.rlim_cur;
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                tracing::debug!("open-file limit raised from {soft} to {}", limit.rlim_max);
-            }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // `None` is unlimited (RLIM_INFINITY, the largest value).
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if soft < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            tracing::debug!("open-file limit raised from {soft} to {hard}");
         }
     }
 }
@@ -1166,8 +1164,7 @@ pub(super) fn lock_store(dir: &Path) -> Result<File> {
     let file = File::create(&path)
         .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
-    // SAFETY: plain syscall on an fd we own.
-    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         if std::time::Instant::now() >= deadline {
             return Err(StoreError::Locked(dir.to_owned()));
         }

@@ -248,8 +248,10 @@ impl CommitFs {
             table.insert(topic);
         }
         let segment_messages = u64::from(store.config().segment_messages.max(1));
-        // SAFETY: getuid and getgid cannot fail and touch no memory.
-        let root_owner = unsafe { (libc::getuid(), libc::getgid()) };
+        let root_owner = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         CommitFs {
             store,
             settings,
@@ -878,16 +880,10 @@ impl CommitFs {
         let path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
             FsError::internal(format!("data directory {} holds a NUL byte", dir.display()))
         })?;
-        // SAFETY: statvfs is plain old data; zeroes are a valid value for it.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is NUL-terminated and `stats` is a valid, writable statvfs.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-            let error = std::io::Error::last_os_error();
-            return Err(FsError::internal(format!(
-                "statvfs {}: {error}",
-                dir.display()
-            )));
-        }
+        let stats = rustix::fs::statvfs(&path).map_err(|errno| {
+            let error = std::io::Error::from(errno);
+            FsError::internal(format!("statvfs {}: {error}", dir.display()))
+        })?;
         Ok(StatFs {
             blocks: stats.f_blocks,
             bfree: stats.f_bfree,
