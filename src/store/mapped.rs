@@ -1,13 +1,13 @@
 //! A file mapped into memory whose blocks are allocated before any store into the map, so
 //! a full disk is an `ENOSPC` from `fallocate` and never a `SIGBUS` inside the daemon.
 
-use rustix::fs::{FallocateFlags, SeekFrom};
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{FallocateFlags, SeekFrom};
 
 use super::error::{Result, StoreError};
 use super::open_files::Recency;
