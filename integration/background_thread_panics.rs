@@ -87,20 +87,8 @@ fn an_append_waiting_for_the_next_log_file_goes_on_when_the_preparer_panics() {
         .expect("the preparer makes the next file");
 
     // One batch larger than a 64 KiB log file: it needs the file the preparer is making.
-    let lines: Vec<Vec<u8>> = (0..40)
-        .map(|n| {
-            let mut line = fixtures::line(n);
-            line.splice(0..0, std::iter::repeat_n(b'x', 3000));
-            line
-        })
-        .collect();
-    let writer = {
-        let (store, partition, lines) = (store.clone(), partition.clone(), lines.clone());
-        std::thread::spawn(move || {
-            let messages = fixtures::unkeyed_messages(&lines);
-            store.append_batch(&partition, &messages).map(|_| ())
-        })
-    };
+    let lines = fixtures::lines_over_a_log_file();
+    let writer = fixtures::append_batch_on_a_thread(&store, &partition, &lines);
     // Most likely waiting for the file by now; if not, it finds the store fenced.
     std::thread::sleep(Duration::from_millis(300));
     let_go.send(()).unwrap();
@@ -116,24 +104,14 @@ fn an_append_waiting_for_the_next_log_file_goes_on_when_the_preparer_panics() {
     let refused = store.append(&partition, b"after the panic\n", None);
     assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     assert_eq!(partition.end_offset(), end);
-    for (offset, line) in lines.iter().enumerate().take(end as usize) {
-        assert_eq!(
-            &store.read_message(&partition, offset as u64).unwrap(),
-            line
-        );
-    }
+    fixtures::assert_messages_are(&store, &partition, &lines[..end as usize]);
     assert!(matches!(store.close(), Err(StoreError::Fenced)));
     drop((partition, store));
 
     let store = Store::open(dir.path(), config).unwrap();
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     assert_eq!(partition.end_offset(), end);
-    for (offset, line) in lines.iter().enumerate().take(end as usize) {
-        assert_eq!(
-            &store.read_message(&partition, offset as u64).unwrap(),
-            line
-        );
-    }
+    fixtures::assert_messages_are(&store, &partition, &lines[..end as usize]);
     store.close().unwrap();
 }
 

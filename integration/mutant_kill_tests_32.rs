@@ -1,60 +1,13 @@
 //! What an in-order `cargo mutants` pass over `src/store/queue.rs` (lines 523–583 of the
 //! planned 523–660: the rest of `can_defer`, `defer`, `file_for_pending`, the start of
-//! `write_out_pending`) found untested, and two mutants of `write_out_pending` further on,
-//! found by reading it (issue 9). Each test says which mutants it kills; each was seen
-//! failing with them applied by hand.
+//! `write_out_pending`) found untested (issue 9). Each test says which mutants it kills;
+//! each was seen failing with them applied by hand.
 //! Every test holds `FailScenario` (failpoints are global).
 #![cfg(feature = "failpoints")]
 
 mod fixtures;
 
-use std::sync::{Arc, Barrier};
-
 use commitfs::store::{NewMessage, Store};
-
-/// Entries that start waiting in memory while a checkpoint writes out a partition that had
-/// none waiting are still found by readers, then and after a clean reopen: the checkpoint
-/// found no file for them (none waited), and writing out with no file must leave them
-/// waiting while their file is there, for the checkpoint's next round. Kills
-/// `ConsumeQueue::write_out_pending`'s `None` guard `!files.contains_key(&base)` as `true`
-/// and with its `!` deleted (line 610: the waiting entries were dropped as if retention had
-/// removed their file, and readers found empty entries in the file instead).
-#[test]
-fn entries_that_start_waiting_during_a_checkpoint_are_found() {
-    let _scenario = fail::FailScenario::setup();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    // Offset 0 goes to the file with its append (which reserves the file's room): none waits.
-    fixtures::append_lines(&store, &partition, 0, 1);
-    let met = Arc::new(Barrier::new(2));
-    {
-        let met = met.clone();
-        fail::cfg_callback("queue::write-out-pending", move || {
-            met.wait();
-            met.wait();
-        })
-        .unwrap();
-    }
-    let checkpoint = {
-        let store = store.clone();
-        std::thread::spawn(move || store.checkpoint())
-    };
-    // The checkpoint found no entry waiting; 1..4 wait in memory now.
-    met.wait();
-    fail::remove("queue::write-out-pending");
-    fixtures::append_lines(&store, &partition, 1, 4);
-    met.wait();
-    checkpoint.join().unwrap().unwrap();
-    fixtures::assert_reads(&store, &partition, 0, 4);
-    store.close().unwrap();
-    drop(store);
-    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
-    let partition = store.topic("t").unwrap().partition(0).unwrap();
-    assert_eq!(partition.end_offset(), 4);
-    fixtures::assert_reads(&store, &partition, 0, 4);
-    store.close().unwrap();
-}
 
 /// An append that failed after reserving room in the next segment's queue file leaves the
 /// entries of this segment waiting in memory; the message appended next, the next

@@ -49,20 +49,8 @@ fn an_append_needing_the_file_being_prepared_waits_for_it() {
         .expect("the preparer makes the next file");
 
     // One batch larger than a 64 KiB log file: it needs the file the preparer is making.
-    let lines: Vec<Vec<u8>> = (0..40)
-        .map(|n| {
-            let mut line = fixtures::line(n);
-            line.splice(0..0, std::iter::repeat_n(b'x', 3000));
-            line
-        })
-        .collect();
-    let writer = {
-        let (store, partition, lines) = (store.clone(), partition.clone(), lines.clone());
-        std::thread::spawn(move || {
-            let messages = fixtures::unkeyed_messages(&lines);
-            store.append_batch(&partition, &messages).map(|_| ())
-        })
-    };
+    let lines = fixtures::lines_over_a_log_file();
+    let writer = fixtures::append_batch_on_a_thread(&store, &partition, &lines);
     // Waiting for the file by now (or not yet at it: it waits all the same).
     std::thread::sleep(Duration::from_millis(300));
     drop(let_go);
@@ -71,23 +59,13 @@ fn an_append_needing_the_file_being_prepared_waits_for_it() {
     });
     fail::remove("meta::sync_dir");
     written.expect("the batch needing the prepared file");
-    for (offset, line) in lines.iter().enumerate() {
-        assert_eq!(
-            &store.read_message(&partition, offset as u64).unwrap(),
-            line
-        );
-    }
+    fixtures::assert_messages_are(&store, &partition, &lines);
     store.close().unwrap();
     drop((partition, store));
 
     let store = Store::open(dir.path(), config).unwrap();
     let partition = store.topic("t").unwrap().partition(0).unwrap();
     assert_eq!(partition.end_offset(), 40);
-    for (offset, line) in lines.iter().enumerate() {
-        assert_eq!(
-            &store.read_message(&partition, offset as u64).unwrap(),
-            line
-        );
-    }
+    fixtures::assert_messages_are(&store, &partition, &lines);
     store.close().unwrap();
 }
