@@ -36,6 +36,16 @@ fn append_until_fenced(store: &Arc<Store>, partition: &Arc<Partition>, from: u64
     })
 }
 
+/// Waits (a minute at most) until `store` refuses a checkpoint as fenced.
+fn wait_until_fenced(store: &Arc<Store>, what: &str) {
+    let polled = store.clone();
+    fixtures::finishes(what, move || {
+        while !matches!(polled.checkpoint(), Err(StoreError::Fenced)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
 /// What a fenced store must show: writes and checkpoints refused, every acknowledged
 /// message (`line(0..end)` of topic `t`) still read, a close that refuses to vouch for the
 /// state (the abort marker stays); and after a reopen the same messages, and writes again.
@@ -101,6 +111,8 @@ fn an_append_waiting_for_the_next_log_file_goes_on_when_the_preparer_panics() {
         Err(StoreError::Fenced) => 0,
         Err(other) => panic!("the big batch: {other}"),
     };
+    // The waiting append may finish a moment before the unwinding thread sets the fence.
+    wait_until_fenced(&store, "the preparer's panic fencing the store");
     let refused = store.append(&partition, b"after the panic\n", None);
     assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     assert_eq!(partition.end_offset(), end);
@@ -211,12 +223,7 @@ fn a_panic_on_the_segment_copier_fences_the_store() {
     fail::cfg("materialize::copy", "panic").unwrap();
     // Two sealed segments of ten; the copier takes them once the log stops growing.
     fixtures::append_lines(&store, &partition, 0, 25);
-    let polled = store.clone();
-    fixtures::finishes("the copier's panic fencing the store", move || {
-        while !matches!(polled.checkpoint(), Err(StoreError::Fenced)) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
+    wait_until_fenced(&store, "the copier's panic fencing the store");
     fail::remove("materialize::copy");
     assert_fenced_then_recovered(store, config, 25);
 }
