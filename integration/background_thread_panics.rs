@@ -90,11 +90,7 @@ fn an_append_waiting_for_the_next_log_file_goes_on_when_the_preparer_panics() {
     fail::cfg_callback("commitlog::prepare", callback).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    let partition = fixtures::new_partition(&store, "t", fixtures::lines_topic(1));
-    reached
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the preparer makes the next file");
+    let (store, partition) = fixtures::open_with_the_preparer_held(dir.path(), &reached);
 
     // One batch larger than a 64 KiB log file: it needs the file the preparer is making.
     let lines = fixtures::lines_over_a_log_file();

@@ -136,6 +136,37 @@ fn assert_check_passes(dir: &Path) -> String {
     report
 }
 
+/// What [`flip_four_bytes_in_the_middle`] did to a commit-log file.
+struct Flipped {
+    /// Where the damaged batch starts.
+    batch: usize,
+    /// Its first offset, as written.
+    first_offset: u64,
+    /// The file's bytes as damaged.
+    bytes: Vec<u8>,
+}
+
+/// Flips four bytes in the middle of commit-log file `path`, inside a batch.
+fn flip_four_bytes_in_the_middle(path: &Path) -> Flipped {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    let batch = *fixtures::batch_starts(&bytes)
+        .iter()
+        .rev()
+        .find(|&&s| s <= middle)
+        .unwrap();
+    let first_offset = fixtures::batch_first_offset(&bytes, batch);
+    for byte in &mut bytes[middle..middle + 4] {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(path, &bytes).unwrap();
+    Flipped {
+        batch,
+        first_offset,
+        bytes,
+    }
+}
+
 /// After a machine restart (the abort marker is older than this boot), damage past the
 /// checkpoint is what a power loss leaves, pages written back in any order: the log is cut
 /// at the first damage, and every later commit-log file, which holds valid records, is kept
@@ -153,19 +184,7 @@ fn after_a_machine_restart_damage_cuts_the_log_and_later_files_are_kept_aside() 
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
         .unwrap();
     drop(marker);
-    let second = &files[1];
-    let mut bytes = std::fs::read(second).unwrap();
-    let middle = bytes.len() / 2;
-    let damaged_batch = *fixtures::batch_starts(&bytes)
-        .iter()
-        .rev()
-        .find(|&&s| s <= middle)
-        .unwrap();
-    let cut_at = fixtures::batch_first_offset(&bytes, damaged_batch);
-    for byte in &mut bytes[middle..middle + 4] {
-        *byte ^= 0xA5;
-    }
-    std::fs::write(second, &bytes).unwrap();
+    let cut_at = flip_four_bytes_in_the_middle(&files[1]).first_offset;
     let later: Vec<(PathBuf, Vec<u8>)> = files[2..]
         .iter()
         .map(|path| (path.clone(), std::fs::read(path).unwrap()))
@@ -208,19 +227,12 @@ fn damage_in_the_middle_of_the_log_refuses_the_open_and_repair_keeps_everything_
     let files = log_files(dir.path());
     assert!(files.len() >= 4, "{} commit-log files", files.len());
     std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
-    // Four bytes flipped in the middle of the second file.
     let second = &files[1];
-    let mut bytes = std::fs::read(second).unwrap();
-    let middle = bytes.len() / 2;
-    let damaged_record = *fixtures::batch_starts(&bytes)
-        .iter()
-        .rev()
-        .find(|&&s| s <= middle)
-        .unwrap();
-    for byte in &mut bytes[middle..middle + 4] {
-        *byte ^= 0xA5;
-    }
-    std::fs::write(second, &bytes).unwrap();
+    let Flipped {
+        batch: damaged_record,
+        bytes,
+        ..
+    } = flip_four_bytes_in_the_middle(second);
 
     let error = Store::open(dir.path(), fixtures::recovery_store_config())
         .err()
