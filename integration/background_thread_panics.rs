@@ -2,8 +2,9 @@
 //! commit-log files ahead of need, the key-index thread, the consume-queue writer, the
 //! maintenance thread and the segment copier may each leave their work half done, so the
 //! store is fenced — every write refused, reads going on — until a reopen recovers from the
-//! disk; and no append waits for a thread that is gone. Each test injects the panic with a
-//! failpoint and holds a `FailScenario` (failpoints are global).
+//! disk; and no append waits for a thread that is gone. The same holds for the key-index
+//! entries that a lookup inserts on a FUSE thread when the key-index thread is behind. Each
+//! test injects the panic with a failpoint and holds a `FailScenario` (failpoints are global).
 
 #![cfg(feature = "failpoints")]
 
@@ -183,6 +184,55 @@ fn a_panic_on_the_key_index_thread_fences_the_store_and_keys_are_still_found() {
     let topic = store.topic("t").unwrap();
     assert_eq!(topic.partition(0).unwrap().end_offset(), end);
     for n in 0..end {
+        let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
+        assert_eq!(found, [(0, n, keyed(n))], "key k{n} after the reopen");
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn a_panic_while_a_lookup_inserts_waiting_key_entries_fences_the_store() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures::small_store_config();
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    // The key-index thread is behind: each append's entries wait until the next append's
+    // reservation inserts them, and the last append's until a lookup does.
+    fail::cfg("index::thread-held-back", "return").unwrap();
+    let keyed = |n: u64| format!("k{n}:value {n}\n");
+    for n in 0..3 {
+        let line = keyed(n);
+        store
+            .append(&partition, line.as_bytes(), line.find(':'))
+            .unwrap();
+    }
+    fail::cfg("index::insert", "panic").unwrap();
+    let lookup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fixtures::key_matches(&store, &topic, "k0")
+    }));
+    fail::remove("index::insert");
+    fail::remove("index::thread-held-back");
+    assert!(
+        lookup.is_err(),
+        "the lookup did not insert k2's waiting entry"
+    );
+    // k2's entry went with the panic: no checkpoint may count it as in the index.
+    let refused = store.append(&partition, b"k9:refused\n", Some(2));
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    assert!(matches!(store.checkpoint(), Err(StoreError::Fenced)));
+    for n in 0..3 {
+        let read = store.read_message(&partition, n).unwrap();
+        assert_eq!(read, keyed(n).as_bytes(), "offset {n}");
+    }
+    assert!(matches!(store.close(), Err(StoreError::Fenced)));
+    drop((partition, topic, store));
+
+    let store = Store::open(dir.path(), config).unwrap();
+    let topic = store.topic("t").unwrap();
+    assert_eq!(topic.partition(0).unwrap().end_offset(), 3);
+    for n in 0..3 {
         let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
         assert_eq!(found, [(0, n, keyed(n))], "key k{n} after the reopen");
     }

@@ -481,6 +481,7 @@ impl HandedRoom {
     }
 
     fn insert(&mut self, index: &KeyIndex, hash: u64, at: MessageAt) {
+        fail::fail_point!("index::insert");
         let full = |file: &IndexFile| file.count() >= file.capacity;
         if self.current.as_deref().is_none_or(full) {
             let after = self.current.as_ref().map(|f| f.base);
@@ -572,6 +573,9 @@ pub struct KeyIndex {
     indexing: Arc<Indexing>,
     /// Files made (and the directory itself, when new) since the last checkpoint.
     names: UnsyncedNames,
+    /// Set should inserting handed-over entries panic, on whichever thread: the entries
+    /// of that round are gone from memory, and a checkpoint must not count them as in.
+    fence: Arc<Fence>,
 }
 
 impl KeyIndex {
@@ -581,6 +585,7 @@ impl KeyIndex {
         slots: u32,
         capacity: u32,
         open_files: Arc<OpenFiles>,
+        fence: Arc<Fence>,
     ) -> Result<KeyIndex> {
         let new_dir = !dir.exists();
         std::fs::create_dir_all(dir)
@@ -608,6 +613,7 @@ impl KeyIndex {
             has_waiting: AtomicBool::new(false),
             indexing: Arc::default(),
             names: UnsyncedNames::new(new_dir),
+            fence,
         })
     }
 
@@ -739,6 +745,7 @@ impl KeyIndex {
     }
 
     fn insert_handed(&self, waiting: &mut Waiting) {
+        let _fence = self.fence.on_unwind("while inserting key-index entries");
         for room in waiting.rooms.drain(..) {
             let mut entries = room.insert_all(self);
             entries.clear();
@@ -749,14 +756,10 @@ impl KeyIndex {
 
     /// Starts the thread that inserts handed-over entries. `insert_waiting` runs
     /// [`insert_waiting`](Self::insert_waiting) on this index and says false once the index
-    /// is gone. A panic there sets `fence`.
-    pub fn start_indexing(
-        &self,
-        fence: Arc<Fence>,
-        insert_waiting: impl Fn() -> bool + Send + 'static,
-    ) {
+    /// is gone. A panic there sets the store's fence.
+    pub fn start_indexing(&self, insert_waiting: impl Fn() -> bool + Send + 'static) {
         let indexing = self.indexing.clone();
-        let spawned = super::spawn_background("key-index", fence, move || {
+        let spawned = super::spawn_background("key-index", self.fence.clone(), move || {
             while indexing.wait() && index_now(&insert_waiting) {}
         });
         match spawned {
@@ -1037,7 +1040,14 @@ mod fuzz {
     /// The bytes of an index file holding `entries` (key hash, batch offset).
     fn index_file(entries: Vec<(u64, u64)>) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
-        let index = KeyIndex::open(dir.path(), SLOTS, CAPACITY, OpenFiles::new(2)).unwrap();
+        let index = KeyIndex::open(
+            dir.path(),
+            SLOTS,
+            CAPACITY,
+            OpenFiles::new(2),
+            Arc::default(),
+        )
+        .unwrap();
         let mut room = index.reserve(entries.len() as u32, 0).unwrap();
         for (hash, batch) in entries {
             room.add(hash, at(batch));
@@ -1067,7 +1077,7 @@ mod fuzz {
         ) {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(format::file_name(base % 10_000)), &bytes).unwrap();
-            let Ok(index) = KeyIndex::open(dir.path(), SLOTS, CAPACITY, OpenFiles::new(2)) else {
+            let Ok(index) = KeyIndex::open(dir.path(), SLOTS, CAPACITY, OpenFiles::new(2), Arc::default()) else {
                 return Ok(());
             };
             let base = base % 10_000;

@@ -69,7 +69,8 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     // Nothing was written so far, so a refusal above leaves the store exactly as it was.
     meta::create_abort_marker(dir)?;
     remove_orphan_queues(dir, &meta)?;
-    let (index, index_damaged) = open_index(dir, &layout, &open_files)?;
+    let fence = Arc::new(Fence::default());
+    let (index, index_damaged) = open_index(dir, &layout, &open_files, &fence)?;
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StoreError::io(format!("creating {}", log_dir.display()), e))?;
@@ -105,7 +106,6 @@ pub(super) fn open_locked(dir: &Path, lock: File, mut config: StoreConfig) -> Re
     let lost = scanner.lost;
     let first_log_file = commitlog::list_files(&log_dir)?.first().copied();
     let offsets = settle_offsets(partitions, &plan, first_log_file.unwrap_or(0))?;
-    let fence = Arc::new(Fence::default());
     let log = Arc::new(CommitLog::open(
         &log_dir,
         layout.commit_log_file_bytes,
@@ -292,6 +292,7 @@ fn open_index(
     dir: &Path,
     layout: &Layout,
     open_files: &Arc<OpenFiles>,
+    fence: &Arc<Fence>,
 ) -> Result<(KeyIndex, bool)> {
     let index_dir = dir.join(INDEX_DIR);
     let open = || {
@@ -300,6 +301,7 @@ fn open_index(
             layout.index_slots,
             layout.index_entries,
             open_files.clone(),
+            fence.clone(),
         )
     };
     match open() {
@@ -557,7 +559,7 @@ fn assemble(
     }
     store.closed.store(false, Ordering::Release);
     let indexed = Arc::downgrade(&store);
-    store.index.start_indexing(store.fence.clone(), move || {
+    store.index.start_indexing(move || {
         let store = indexed.upgrade();
         store
             .as_ref()
