@@ -574,3 +574,71 @@ fn batches_of_released_segments_that_retention_removed_are_not_damage() {
         );
     }
 }
+
+/// What a released segment's marker may hold: any bytes, the right shift moved by a little,
+/// or text that is almost a number.
+#[derive(Clone, Debug)]
+enum MarkerText {
+    Bytes(Vec<u8>),
+    Shifted(i64),
+    Text(String),
+}
+
+fn marker_text() -> impl proptest::strategy::Strategy<Value = MarkerText> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..32).prop_map(MarkerText::Bytes),
+        prop_oneof![-2000i64..2000, Just(i64::MIN), Just(i64::MAX), any::<i64>()]
+            .prop_map(MarkerText::Shifted),
+        "[ \t\n+-]{0,2}[0-9]{0,22}[ \t\n.x]{0,2}".prop_map(MarkerText::Text),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: std::env::var("COMMITFS_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(16),
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// Fuzz target of the one decoder of a released segment's marker (`<base>.log.released`:
+    /// the segment position where the segment's file starts, read by recovery, `check` and
+    /// `dump` to find batches the log gave back): whatever it holds, recovery after a crash
+    /// serves every message as written or refuses naming the marker or the segment's file,
+    /// `commitfs check` and `commitfs dump` find damage exactly when recovery refuses (and
+    /// dump leaves out that segment's messages only), and nothing panics.
+    #[test]
+    fn any_text_in_a_released_segments_marker_reads_back_right_or_is_refused_naming_it(
+        text in marker_text(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        crashed_released_store(dir.path());
+        let file = segment_file(dir.path(), 10);
+        let marker = std::path::PathBuf::from(format!("{}.released", file.display()));
+        let written = std::fs::read_to_string(&marker).unwrap();
+        let shift: i64 = written.trim().parse().unwrap();
+        let bytes = match text {
+            MarkerText::Bytes(bytes) => bytes,
+            MarkerText::Shifted(by) => format!("{}\n", shift.wrapping_add(by)).into_bytes(),
+            MarkerText::Text(text) => text.into_bytes(),
+        };
+        std::fs::write(&marker, &bytes).unwrap();
+        let (damaged, findings) = check(dir.path());
+        let (_, dumped) = dump(dir.path());
+        proptest::prop_assert_eq!(dumped.damaged, damaged, "dump and check disagree: {}", findings);
+        proptest::prop_assert_eq!(dumped.messages, if damaged { 25 } else { 35 });
+        match Store::open(dir.path(), config()) {
+            Ok(store) => {
+                proptest::prop_assert!(!damaged, "check found damage the open did not: {}", findings);
+                assert_every_read_answers(&store, 35);
+                store.close().unwrap();
+            }
+            Err(error) => {
+                let error = error.to_string();
+                let names = |path: &Path| error.contains(&path.display().to_string());
+                proptest::prop_assert!(names(&marker) || names(&file), "{}", error);
+                proptest::prop_assert!(damaged, "the open refused ({}) but check found no damage", error);
+            }
+        }
+    }
+}

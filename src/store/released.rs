@@ -483,18 +483,29 @@ impl ReleasedFiles {
             .or_insert_with(|| {
                 let name = format::file_name(base);
                 let marker = dir.join(format!("{name}{RELEASED_SUFFIX}"));
-                let written = std::fs::read_to_string(&marker).ok()?;
-                let path = dir.join(format!("{name}{FILE_SUFFIX}"));
-                let shift = written.trim().parse::<u64>();
-                let file = match shift {
-                    Ok(_) => File::open(&path).map_err(|e| {
-                        format!("{}: {e}, and it is the only copy of segment {base}'s messages (the commit log gave back their bytes)", path.display())
-                    }),
-                    Err(_) => Err(format!(
-                        "{}: does not say where segment {base}'s file starts",
-                        marker.display()
-                    )),
+                // Any marker that is there marks the segment released, even one that cannot
+                // be read: its batches are then the file's to answer for, not the log's.
+                let written = match std::fs::read(&marker) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                    written => written.map_err(|e| format!("{}: {e}", marker.display())),
                 };
+                let path = dir.join(format!("{name}{FILE_SUFFIX}"));
+                let shift = written.and_then(|bytes| {
+                    std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "{}: does not say where segment {base}'s file starts",
+                                marker.display()
+                            )
+                        })
+                });
+                let file = shift.clone().and_then(|_| {
+                    File::open(&path).map_err(|e| {
+                        format!("{}: {e}, and it is the only copy of segment {base}'s messages (the commit log gave back their bytes)", path.display())
+                    })
+                });
                 Some(ReleasedSegment {
                     shift: shift.unwrap_or(0),
                     path,
