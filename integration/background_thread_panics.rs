@@ -8,11 +8,12 @@
 
 #![cfg(feature = "failpoints")]
 
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use commitfs::store::{Partition, Store, StoreConfig, StoreError};
+use commitfs::store::{Partition, Store, StoreConfig, StoreError, Topic};
 use fail::FailScenario;
 
 mod fixtures;
@@ -67,6 +68,32 @@ fn assert_fenced_then_recovered(store: Arc<Store>, config: StoreConfig, end: u64
     assert_eq!(partition.end_offset(), end);
     fixtures::assert_reads(&store, &partition, 0, end);
     fixtures::append_lines(&store, &partition, end, end + 1);
+    store.close().unwrap();
+}
+
+/// Message `n` of the key tests: key `k<n>`.
+fn keyed(n: u64) -> String {
+    format!("k{n}:value {n}\n")
+}
+
+/// A store in `dir` with a keyed topic `t` of one partition.
+fn open_keyed(dir: &Path, config: &StoreConfig) -> (Arc<Store>, Arc<Topic>, Arc<Partition>) {
+    let store = Store::open(dir, config.clone()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
+    let partition = topic.partition(0).unwrap();
+    (store, topic, partition)
+}
+
+/// Opens the store in `dir` again: `t` ends at `end`, and every key `k0..k<end>` finds its
+/// one message.
+fn assert_keys_found_after_a_reopen(dir: &Path, config: StoreConfig, end: u64) {
+    let store = Store::open(dir, config).unwrap();
+    let topic = store.topic("t").unwrap();
+    assert_eq!(topic.partition(0).unwrap().end_offset(), end);
+    for n in 0..end {
+        let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
+        assert_eq!(found, [(0, n, keyed(n))], "key k{n} after the reopen");
+    }
     store.close().unwrap();
 }
 
@@ -148,12 +175,9 @@ fn a_panic_on_the_key_index_thread_fences_the_store_and_keys_are_still_found() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    let partition = topic.partition(0).unwrap();
+    let (store, topic, partition) = open_keyed(dir.path(), &config);
     fail::cfg("index::thread-held-back", "panic").unwrap();
     // The first keyed append hands its entry to the key-index thread, which panics.
-    let keyed = |n: u64| format!("k{n}:value {n}\n");
     let (writer_store, writer_partition) = (store.clone(), partition.clone());
     let end = fixtures::finishes("appending until the store is fenced", move || {
         let mut next = 0;
@@ -179,15 +203,7 @@ fn a_panic_on_the_key_index_thread_fences_the_store_and_keys_are_still_found() {
     assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     assert!(matches!(store.close(), Err(StoreError::Fenced)));
     drop((partition, topic, store));
-
-    let store = Store::open(dir.path(), config).unwrap();
-    let topic = store.topic("t").unwrap();
-    assert_eq!(topic.partition(0).unwrap().end_offset(), end);
-    for n in 0..end {
-        let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
-        assert_eq!(found, [(0, n, keyed(n))], "key k{n} after the reopen");
-    }
-    store.close().unwrap();
+    assert_keys_found_after_a_reopen(dir.path(), config, end);
 }
 
 #[test]
@@ -195,13 +211,10 @@ fn a_panic_while_a_lookup_inserts_waiting_key_entries_fences_the_store() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures::small_store_config();
-    let store = Store::open(dir.path(), config.clone()).unwrap();
-    let topic = store.create_topic("t", fixtures::keyed_topic(1)).unwrap();
-    let partition = topic.partition(0).unwrap();
+    let (store, topic, partition) = open_keyed(dir.path(), &config);
     // The key-index thread is behind: each append's entries wait until the next append's
     // reservation inserts them, and the last append's until a lookup does.
     fail::cfg("index::thread-held-back", "return").unwrap();
-    let keyed = |n: u64| format!("k{n}:value {n}\n");
     for n in 0..3 {
         let line = keyed(n);
         store
@@ -228,15 +241,7 @@ fn a_panic_while_a_lookup_inserts_waiting_key_entries_fences_the_store() {
     }
     assert!(matches!(store.close(), Err(StoreError::Fenced)));
     drop((partition, topic, store));
-
-    let store = Store::open(dir.path(), config).unwrap();
-    let topic = store.topic("t").unwrap();
-    assert_eq!(topic.partition(0).unwrap().end_offset(), 3);
-    for n in 0..3 {
-        let found = fixtures::key_matches(&store, &topic, &format!("k{n}"));
-        assert_eq!(found, [(0, n, keyed(n))], "key k{n} after the reopen");
-    }
-    store.close().unwrap();
+    assert_keys_found_after_a_reopen(dir.path(), config, 3);
 }
 
 #[test]
