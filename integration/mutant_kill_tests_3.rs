@@ -281,6 +281,87 @@ fn the_queues_of_a_topic_deleted_before_a_crash_are_removed_at_the_next_open() {
     );
 }
 
+/// Kills `remove_dir`'s `NotFound` guard as `true` (which took every failure to remove a
+/// directory for one already gone): a deleted topic's queues that cannot be removed at the
+/// next open refuse it, naming them, and are removed once they can be.
+#[test]
+fn queues_of_a_deleted_topic_that_cannot_be_removed_refuse_the_open_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for name in ["gone", "kept"] {
+        let topic = store.create_topic(name, fixtures::keyed_topic(1)).unwrap();
+        append_lines(&store, &topic.partition(0).unwrap(), 0, 25);
+    }
+    store.close().unwrap();
+    drop(store);
+    let queues = dir.path().join("queues/1");
+    let aside = dir.path().join("queues-of-gone");
+    copy_tree(&queues, &aside);
+    let store = open(dir.path());
+    store.delete_topic("gone").unwrap();
+    store.close().unwrap();
+    drop(store);
+    copy_tree(&aside, &queues);
+
+    let partition_queue = queues.join("0");
+    {
+        let _stuck = fixtures::Immutable::new(&partition_queue);
+        let Err(error) = Store::open(dir.path(), config()) else {
+            panic!("opened although the deleted topic's queues could not be removed");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains(&format!("removing {}", queues.display())),
+            "{error}"
+        );
+    }
+    let store = open(dir.path());
+    assert!(
+        !queues.exists(),
+        "the deleted topic's queues are still there"
+    );
+    assert_reads(
+        &store,
+        &store.topic("kept").unwrap().partition(0).unwrap(),
+        0,
+        25,
+    );
+}
+
+/// Kills `Scanner::path_of`'s arithmetic and `Default`: a record after the checkpoint of a
+/// partition the metadata no longer has refuses the open naming its commit-log file and
+/// byte (the record lies inside the file, after another partition's).
+#[test]
+fn a_record_of_a_partition_the_metadata_lost_is_refused_naming_its_file_and_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("b", fixtures::keyed_topic(3)).unwrap();
+    for index in 0..3 {
+        append_lines(&store, &topic.partition(index).unwrap(), 0, 5);
+    }
+    // A crash: the checkpoint is the empty store's, so the open scans every record.
+    store.halt_without_cleanup();
+    drop((topic, store));
+    edit_meta_file(
+        dir.path(),
+        "topics/1.toml",
+        "partitions = 3",
+        "partitions = 2",
+    );
+    std::fs::remove_dir_all(dir.path().join("queues/1/2")).unwrap();
+
+    let Err(error) = Store::open(dir.path(), config()) else {
+        panic!("opened a log holding records of a partition the metadata does not have");
+    };
+    let error = error.to_string();
+    let log_file = dir.path().join("commitlog").join(format!("{:020}", 0));
+    assert!(
+        error.contains(&format!("{} byte ", log_file.display())),
+        "{error}"
+    );
+    assert!(!error.contains(" byte 0:"), "{error}");
+}
+
 /// Kills deleting `settle_offsets`'s `Plan::Rebuild` arm (which counted the rebuilt
 /// consume-queue entries below the checkpoint's end as already on disk): the entries an
 /// open rebuilds are made durable by the checkpoint it writes, so a power loss right after

@@ -395,6 +395,12 @@ fn recovery_names_a_released_segments_file_that_does_not_hold_its_messages() {
         error.contains(&altered.display().to_string()) && error.contains("CRC32C"),
         "{error}"
     );
+    // And the commit-log file and byte of the batch (the log holds every batch of the test).
+    let log_file = dir.path().join("commitlog").join(format!("{:020}", 0));
+    assert!(
+        error.contains(&format!("{}: byte ", log_file.display())),
+        "{error}"
+    );
 }
 
 #[test]
