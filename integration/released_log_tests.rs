@@ -403,6 +403,23 @@ fn recovery_names_a_released_segments_file_that_does_not_hold_its_messages() {
     );
 }
 
+/// A released segment's marker that cannot be read (a directory in its place) marks the
+/// segment released all the same: recovery refuses naming the marker, rather than taking the
+/// given-back bytes for damage in the log.
+#[test]
+fn recovery_names_a_released_segments_marker_that_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    crashed_released_store(dir.path());
+    let marker = format!("{}.released", segment_file(dir.path(), 10).display());
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::create_dir(&marker).unwrap();
+    let Err(error) = Store::open(dir.path(), config()) else {
+        panic!("opened over a released segment's unreadable marker");
+    };
+    let error = error.to_string();
+    assert!(error.contains(&marker), "{error}");
+}
+
 #[test]
 fn check_passes_on_a_released_store_and_names_a_damaged_segment_file() {
     let dir = tempfile::tempdir().unwrap();
