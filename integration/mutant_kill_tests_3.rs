@@ -242,29 +242,35 @@ fn copy_tree(from: &Path, to: &Path) {
     fixtures::copy_dir(from, to);
 }
 
-/// Kills `remove_orphan_queues -> Ok(())`: the consume queues of a topic whose deletion was
-/// cut short (its metadata gone, its queues still there) are removed at the next open, so
-/// the disk space comes back; the other topic keeps its messages.
-#[test]
-fn the_queues_of_a_topic_deleted_before_a_crash_are_removed_at_the_next_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+/// A store in `dir` with topics "gone" (id 1) and "kept" of 25 messages each, "gone" deleted
+/// as a crash leaves a deletion: its metadata removed, its queue files not yet. Returns
+/// the directory of "gone"'s queues.
+fn queues_left_by_a_deletion(dir: &Path) -> std::path::PathBuf {
+    let store = open(dir);
     for name in ["gone", "kept"] {
         let topic = store.create_topic(name, fixtures::keyed_topic(1)).unwrap();
         append_lines(&store, &topic.partition(0).unwrap(), 0, 25);
     }
     store.close().unwrap();
     drop(store);
-    let queues = dir.path().join("queues/1");
-    let aside = dir.path().join("queues-of-gone");
+    let queues = dir.join("queues/1");
+    let aside = dir.join("queues-of-gone");
     copy_tree(&queues, &aside);
-
-    let store = open(dir.path());
+    let store = open(dir);
     store.delete_topic("gone").unwrap();
     store.close().unwrap();
     drop(store);
-    // The deletion as a crash leaves it: metadata updated, queue files not yet removed.
     copy_tree(&aside, &queues);
+    queues
+}
+
+/// Kills `remove_orphan_queues -> Ok(())`: the consume queues of a topic whose deletion was
+/// cut short (its metadata gone, its queues still there) are removed at the next open, so
+/// the disk space comes back; the other topic keeps its messages.
+#[test]
+fn the_queues_of_a_topic_deleted_before_a_crash_are_removed_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let queues = queues_left_by_a_deletion(dir.path());
     assert!(queues.join("0").read_dir().unwrap().next().is_some());
 
     let store = open(dir.path());
@@ -287,22 +293,7 @@ fn the_queues_of_a_topic_deleted_before_a_crash_are_removed_at_the_next_open() {
 #[test]
 fn queues_of_a_deleted_topic_that_cannot_be_removed_refuse_the_open_naming_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    for name in ["gone", "kept"] {
-        let topic = store.create_topic(name, fixtures::keyed_topic(1)).unwrap();
-        append_lines(&store, &topic.partition(0).unwrap(), 0, 25);
-    }
-    store.close().unwrap();
-    drop(store);
-    let queues = dir.path().join("queues/1");
-    let aside = dir.path().join("queues-of-gone");
-    copy_tree(&queues, &aside);
-    let store = open(dir.path());
-    store.delete_topic("gone").unwrap();
-    store.close().unwrap();
-    drop(store);
-    copy_tree(&aside, &queues);
-
+    let queues = queues_left_by_a_deletion(dir.path());
     let partition_queue = queues.join("0");
     {
         let _stuck = fixtures::Immutable::new(&partition_queue);
