@@ -120,15 +120,10 @@ fn an_append_waiting_for_the_next_log_file_goes_on_when_the_preparer_panics() {
     let config = fixtures::small_store_config();
     let (store, partition) = fixtures::open_with_the_preparer_held(dir.path(), &reached);
 
-    // One batch larger than a 64 KiB log file: it needs the file the preparer is making.
-    let lines = fixtures::lines_over_a_log_file();
-    let writer = fixtures::append_batch_on_a_thread(&store, &partition, &lines);
-    // Most likely waiting for the file by now; if not, it finds the store fenced.
-    std::thread::sleep(Duration::from_millis(300));
-    let_go.send(()).unwrap();
-    let written = fixtures::finishes("the append waiting for the next file", move || {
-        writer.join().unwrap()
-    });
+    // If the append is not waiting for the file yet when the preparer panics, it finds the
+    // store fenced.
+    let (lines, written) =
+        fixtures::append_needing_the_held_file(&store, &partition, || let_go.send(()).unwrap());
     fail::remove("commitlog::prepare");
     let end = match written {
         Ok(()) => 40,

@@ -14,7 +14,6 @@ mod fixtures;
 
 use std::sync::mpsc::channel;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use commitfs::store::Store;
 
@@ -44,15 +43,8 @@ fn an_append_needing_the_file_being_prepared_waits_for_it() {
     let config = fixtures::small_store_config();
     let (store, partition) = fixtures::open_with_the_preparer_held(dir.path(), &reached);
 
-    // One batch larger than a 64 KiB log file: it needs the file the preparer is making.
-    let lines = fixtures::lines_over_a_log_file();
-    let writer = fixtures::append_batch_on_a_thread(&store, &partition, &lines);
-    // Waiting for the file by now (or not yet at it: it waits all the same).
-    std::thread::sleep(Duration::from_millis(300));
-    drop(let_go);
-    let written = fixtures::finishes("the append needing the next file", move || {
-        writer.join().unwrap()
-    });
+    let (lines, written) =
+        fixtures::append_needing_the_held_file(&store, &partition, || drop(let_go));
     fail::remove("meta::sync_dir");
     written.expect("the batch needing the prepared file");
     fixtures::assert_messages_are(&store, &partition, &lines);
