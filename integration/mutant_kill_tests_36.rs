@@ -1,0 +1,58 @@
+//! What an in-order `cargo mutants` pass over `src/store/queue.rs` found untested (issue 9):
+//! a checkpoint syncs the file system only when a name was made since the last one, and the
+//! directories a store finds at open are not new ones. The test says which mutants it kills;
+//! the pass's other survivors change speed only (see the README's "Mutation testing").
+
+#![cfg(feature = "failpoints")]
+
+mod fixtures;
+
+use std::path::Path;
+
+use commitfs::store::{Store, StoreError};
+use fail::FailScenario;
+
+/// A store of one keyed topic of two partitions holding `messages` each, checkpointed and
+/// closed.
+fn closed_store(dir: &Path, messages: u64) {
+    let store = Store::open(dir, fixtures::recovery_store_config()).unwrap();
+    let topic = store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
+    for index in 0..2 {
+        let partition = topic.partition(index).unwrap();
+        let lines: Vec<String> = (0..messages).map(|n| format!("k{n}:{n}\n")).collect();
+        store
+            .append_batch(&partition, &fixtures::keyed_messages(&lines))
+            .unwrap();
+    }
+    store.close().unwrap();
+}
+
+/// A store that closed cleanly opens (whose recovery ends in a checkpoint) and checkpoints
+/// without a sync of the file system (a device flush, 2.6 ms and more here): the queue and
+/// index directories it finds were made durable before it closed. A new queue file's name is
+/// synced again.
+///
+/// Kills: queue.rs 233 and index.rs 590, delete `!` in `ConsumeQueue::open` and
+/// `KeyIndex::open` (every directory found would count as new).
+#[test]
+fn a_store_reopened_with_nothing_new_opens_and_checkpoints_without_a_sync_of_the_file_system() {
+    let _scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    closed_store(dir.path(), 150);
+
+    fail::cfg("meta::sync_file_system", "return(eio)").unwrap();
+    let store = Store::open(dir.path(), fixtures::recovery_store_config()).unwrap();
+    store.checkpoint().unwrap();
+
+    // A message into the next segment makes a queue file: now the checkpoint has to sync.
+    let partition = store.topic("t").unwrap().partition(0).unwrap();
+    let lines: Vec<String> = (150..250).map(|n| format!("k{n}:{n}\n")).collect();
+    store
+        .append_batch(&partition, &fixtures::keyed_messages(&lines))
+        .unwrap();
+    let failed = store.checkpoint();
+    assert!(matches!(failed, Err(StoreError::Io { .. })), "{failed:?}");
+    fail::remove("meta::sync_file_system");
+    store.checkpoint().unwrap();
+    store.close().unwrap();
+}
