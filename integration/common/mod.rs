@@ -760,6 +760,9 @@ impl Background {
     pub fn spawn(command: Bounded) -> Background {
         let (what, limit) = (command.what.clone(), command.limit);
         let mut command = command.command;
+        // Before the spawn: `timeout` counts its limit from its own start, and a clock started
+        // after it could read less than the limit when the command was killed at it.
+        let started = Instant::now();
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -782,7 +785,7 @@ impl Background {
             reaped: false,
             what,
             limit,
-            started: Instant::now(),
+            started,
             stdout,
             reader: Some(reader),
         }
