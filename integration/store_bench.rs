@@ -11,7 +11,8 @@
 //! (the RssAnon check).
 //! Environment: `STORE_BENCH_DIR` (where data goes; default the temp dir), `STORE_BENCH_KEYS`
 //! (default 10,000,000), `STORE_BENCH_MEMORY_GB` (default 10), `STORE_BENCH_MAX_OPEN_FILES`
-//! (default the store's). Under `cargo test --benches`
+//! (default the store's), `STORE_BENCH_PARTITIONS` (the append benches' partition counts,
+//! e.g. `1,10,100,1000,10000`; default 1 and 10,000). Under `cargo test --benches`
 //! (no `--bench` argument) everything runs once on tiny sizes (200 partitions where the
 //! benches say 10,000), as a smoke test.
 
@@ -41,8 +42,11 @@ const ABORT_MARKER: &str = "abort";
 /// How big the fixtures are: full size under `cargo bench`, tiny under `cargo test --benches`.
 struct Sizes {
     full: bool,
-    /// The many-partitions case of the append benches and of `first_append`.
+    /// The many-partitions case of `first_append`.
     many_partitions: u32,
+    /// The partition counts of the append benches: 1 and `many_partitions` unless
+    /// `STORE_BENCH_PARTITIONS` lists others (comma-separated), to see how the cost grows.
+    append_partitions: Vec<u32>,
     keys: u64,
     memory_bytes: u64,
     recovery_bytes: u64,
@@ -53,9 +57,23 @@ impl Sizes {
     fn from_env() -> Sizes {
         let full = std::env::args().any(|a| a == "--bench");
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+        let many_partitions = if full { 10_000 } else { 200 };
+        let append_partitions = std::env::var("STORE_BENCH_PARTITIONS").map_or_else(
+            |_| vec![1, many_partitions],
+            |list| {
+                list.split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .expect("STORE_BENCH_PARTITIONS: a list of counts")
+                    })
+                    .collect()
+            },
+        );
         Sizes {
             full,
-            many_partitions: if full { 10_000 } else { 200 },
+            many_partitions,
+            append_partitions,
             keys: env("STORE_BENCH_KEYS")
                 .map_or(if full { 10_000_000 } else { 20_000 }, |v| v as u64),
             memory_bytes: (env("STORE_BENCH_MEMORY_GB").unwrap_or(if full { 10.0 } else { 0.01 })
@@ -285,7 +303,7 @@ fn append_benches(c: &mut Criterion, sizes: &Sizes) {
     // Every window of WRITE_BATCH messages starting below DISTINCT_KEYS.
     let keyed_block = keyed_block(DISTINCT_KEYS + WRITE_BATCH);
     let keyed = keyed_messages(&keyed_block);
-    for partitions in [1, sizes.many_partitions] {
+    for &partitions in &sizes.append_partitions {
         // Enough appends for each partition's queue to fill a few pages of entries.
         let fault_rounds = (800 * partitions as usize).div_ceil(WRITE_BATCH).max(200);
         let mut fixture = None;
