@@ -7,25 +7,8 @@
 
 mod fixtures;
 
-use std::path::Path;
-
 use commitfs::store::{Store, StoreError};
 use fail::FailScenario;
-
-/// A store of one keyed topic of two partitions holding `messages` each, checkpointed and
-/// closed.
-fn closed_store(dir: &Path, messages: u64) {
-    let store = Store::open(dir, fixtures::recovery_store_config()).unwrap();
-    let topic = store.create_topic("t", fixtures::keyed_topic(2)).unwrap();
-    for index in 0..2 {
-        let partition = topic.partition(index).unwrap();
-        let lines: Vec<String> = (0..messages).map(|n| format!("k{n}:{n}\n")).collect();
-        store
-            .append_batch(&partition, &fixtures::keyed_messages(&lines))
-            .unwrap();
-    }
-    store.close().unwrap();
-}
 
 /// A store that closed cleanly opens (whose recovery ends in a checkpoint) and checkpoints
 /// without a sync of the file system (a device flush, 2.6 ms and more here): the queue and
@@ -38,18 +21,15 @@ fn closed_store(dir: &Path, messages: u64) {
 fn a_store_reopened_with_nothing_new_opens_and_checkpoints_without_a_sync_of_the_file_system() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    closed_store(dir.path(), 150);
+    fixtures::closed_store_with_lines(dir.path(), 15);
 
     fail::cfg("meta::sync_file_system", "return(eio)").unwrap();
-    let store = Store::open(dir.path(), fixtures::recovery_store_config()).unwrap();
+    let store = Store::open(dir.path(), fixtures::small_store_config()).unwrap();
     store.checkpoint().unwrap();
 
-    // A message into the next segment makes a queue file: now the checkpoint has to sync.
+    // Messages into later segments make queue files: now the checkpoint has to sync.
     let partition = store.topic("t").unwrap().partition(0).unwrap();
-    let lines: Vec<String> = (150..250).map(|n| format!("k{n}:{n}\n")).collect();
-    store
-        .append_batch(&partition, &fixtures::keyed_messages(&lines))
-        .unwrap();
+    fixtures::append_lines(&store, &partition, 15, 40);
     let failed = store.checkpoint();
     assert!(matches!(failed, Err(StoreError::Io { .. })), "{failed:?}");
     fail::remove("meta::sync_file_system");
