@@ -129,3 +129,61 @@ fn readers_find_every_message_while_the_queue_writer_writes_entries_out() {
     }
     store.close().unwrap();
 }
+
+/// The queue writer grows a partition's consume-queue file ahead of its writer (issue 7: at
+/// 10,000 partitions the writer's own `fallocate`s, and the page faults of its stores into
+/// the new pages, were a sixth of the appending thread's CPU). Once the entries it wrote out
+/// pass the middle of the file's first 4 KiB, the file holds the next 4 KiB before any
+/// append needs them; with the disk full from then on, single-message appends go on into
+/// that room and are refused as a full disk only where it ends, and nothing acknowledged is
+/// lost.
+#[test]
+fn the_queue_writer_grows_the_file_ahead_and_appends_fill_that_room_on_a_full_disk() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, partition) = open_with_topic(dir.path());
+    // Offset 0 reserves the file's first 4 KiB (204 entries); then 24 at a time, each time
+    // waiting for the queue writer to write them out, so that the appends never find all
+    // 32 places for waiting entries taken and write out (and grow the file) themselves.
+    fixtures::append_lines(&store, &partition, 0, 1);
+    for end in (25..=145).step_by(24) {
+        fixtures::append_lines(&store, &partition, end - 24, end);
+        let dir = dir.path().to_owned();
+        fixtures::finishes("writing waiting entries out", move || {
+            while entry_sizes_on_disk(&dir, end as usize) != line_sizes(0, end) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+    }
+    let queue_bytes = std::fs::metadata(fixtures::queue_file(dir.path(), 0))
+        .unwrap()
+        .len();
+    assert_eq!(
+        queue_bytes, 8192,
+        "145 entries written out into a 4 KiB file"
+    );
+
+    fail::cfg("mapped::allocate", "return(enospc@/queues/)").unwrap();
+    let mut end = 145;
+    let refused = loop {
+        assert!(end < 1000, "no append refused with the disk full");
+        match store.append(&partition, &fixtures::line(end), None) {
+            Ok(_) => end += 1,
+            Err(error) => break error,
+        }
+    };
+    fail::remove("mapped::allocate");
+    assert!(
+        matches!(refused, commitfs::store::StoreError::DiskFull(_)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        end,
+        8192 / 20,
+        "appends stopped short of the room grown ahead"
+    );
+    assert_eq!(partition.end_offset(), end);
+    fixtures::assert_reads(&store, &partition, 0, end);
+    store.close().unwrap();
+    reopen_and_read_all(dir.path(), end);
+}

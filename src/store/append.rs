@@ -240,11 +240,15 @@ impl Partition {
         scratch: Scratch<'a>,
         now: i64,
     ) -> Result<Staged<'a>> {
-        let state = self.writer.lock();
+        let mut state = self.writer.lock();
         if self.topic_deleted.load(Ordering::Acquire) {
             return Err(StoreError::NoSuchTopic(self.topic_name.clone()));
         }
         let (first_offset, count) = (state.next, messages.len() as u64);
+        if first_offset + count > state.queue_room_end {
+            // The queue writer may have grown the file since.
+            state.queue_room_end = state.queue_room_end.max(self.queue.room_ahead());
+        }
         // A few entries wait in memory when their room is allocated: the file is not touched.
         let defer_entries = first_offset + count <= state.queue_room_end
             && self

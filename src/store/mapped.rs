@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
 use rustix::fs::{FallocateFlags, SeekFrom};
 
 use super::error::{Result, StoreError};
@@ -30,6 +31,10 @@ pub struct MappedFile {
     map: MmapRaw,
     /// Bytes at the start of the file whose blocks are allocated (and so may be stored into).
     allocated: AtomicU64,
+    /// Held while the file grows: a consume-queue file grows on its partition's writer and
+    /// ahead of it on the queue writer, and without `fallocate` growing writes zeroes, which
+    /// must never land on bytes another grower allocated and someone wrote since.
+    growing: Mutex<()>,
     /// For the store's budget of open files.
     pub(super) recency: Recency,
 }
@@ -112,6 +117,7 @@ impl MappedFile {
             file,
             map,
             allocated: AtomicU64::new(allocated),
+            growing: Mutex::new(()),
             recency: Recency::default(),
         })
     }
@@ -156,10 +162,14 @@ impl MappedFile {
         .map_err(|e| StoreError::io(format!("punching a hole in {}", self.path.display()), e))
     }
 
-    /// Makes sure the first `len` bytes (at most the capacity) have blocks on disk.
-    /// Callers that grow a file are serialised by the file's owner.
+    /// Makes sure the first `len` bytes (at most the capacity) have blocks on disk. Callers
+    /// on several threads take turns.
     pub fn allocate(&self, len: u64) -> Result<()> {
         let len = len.min(self.capacity());
+        if len <= self.allocated() {
+            return Ok(());
+        }
+        let _growing = self.growing.lock();
         let have = self.allocated();
         if len <= have {
             return Ok(());
