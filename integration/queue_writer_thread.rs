@@ -134,9 +134,9 @@ fn readers_find_every_message_while_the_queue_writer_writes_entries_out() {
 /// 10,000 partitions the writer's own `fallocate`s, and the page faults of its stores into
 /// the new pages, were a sixth of the appending thread's CPU). Once the entries it wrote out
 /// pass the middle of the file's first 4 KiB, the file holds the next 4 KiB before any
-/// append needs them; with the disk full from then on, single-message appends go on into
-/// that room and are refused as a full disk only where it ends, and nothing acknowledged is
-/// lost.
+/// append needs them, and appends leave their entries in memory there as well; with the disk
+/// full from then on, single-message appends go on into that room and are refused as a full
+/// disk only where it ends, and nothing acknowledged is lost.
 #[test]
 fn the_queue_writer_grows_the_file_ahead_and_appends_fill_that_room_on_a_full_disk() {
     let _scenario = fail::FailScenario::setup();
@@ -146,7 +146,7 @@ fn the_queue_writer_grows_the_file_ahead_and_appends_fill_that_room_on_a_full_di
     // waiting for the queue writer to write them out, so that the appends never find all
     // 32 places for waiting entries taken and write out (and grow the file) themselves.
     fixtures::append_lines(&store, &partition, 0, 1);
-    for end in (25..=145).step_by(24) {
+    for end in (25..=193).step_by(24) {
         fixtures::append_lines(&store, &partition, end - 24, end);
         let dir = dir.path().to_owned();
         fixtures::finishes("writing waiting entries out", move || {
@@ -160,11 +160,23 @@ fn the_queue_writer_grows_the_file_ahead_and_appends_fill_that_room_on_a_full_di
         .len();
     assert_eq!(
         queue_bytes, 8192,
-        "145 entries written out into a 4 KiB file"
+        "193 entries written out into a 4 KiB file"
     );
 
+    // The appends past the room the writer reserved itself (204) use the room grown ahead:
+    // their entries go on waiting in memory, and the file is not touched on their thread.
+    fail::cfg("queue-writer::held-back", "return").unwrap();
+    fixtures::append_lines(&store, &partition, 193, 210);
+    assert_eq!(
+        entry_sizes_on_disk(dir.path(), 210)[193..],
+        [0; 17],
+        "an append wrote entries into the file itself"
+    );
+    fixtures::assert_reads(&store, &partition, 0, 210);
+    fail::remove("queue-writer::held-back");
+
     fail::cfg("mapped::allocate", "return(enospc@/queues/)").unwrap();
-    let mut end = 145;
+    let mut end = 210;
     let refused = loop {
         assert!(end < 1000, "no append refused with the disk full");
         match store.append(&partition, &fixtures::line(end), None) {
