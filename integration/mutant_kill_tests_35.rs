@@ -146,6 +146,9 @@ fn small_files_config() -> StoreConfig {
 /// there: lookups answer only messages of the key, and `commitfs check` reports the slots.
 #[test]
 fn a_slot_naming_the_entry_past_its_files_last_makes_no_lookup_read_past_the_file() {
+    // Failpoints are global: without this, the other test's full index disk reaches this
+    // one's appends when the two run at once.
+    let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let config = small_files_config();
     let store = Store::open(dir.path(), config.clone()).unwrap();
