@@ -552,7 +552,8 @@ fn by_partition<'m>(
 ) -> (Vec<NewMessage<'m>>, Vec<(u32, usize)>) {
     let mut runs = Vec::new();
     if partitions <= 4 * messages.len() {
-        // starts[p + 1] counts partition p's messages, then becomes where its run starts.
+        // First starts[p + 1] counts partition p's messages; then starts[p] is where its
+        // run starts, and moves along it as the run is filled.
         let mut starts = vec![0usize; partitions + 1];
         for &partition in routes {
             starts[partition as usize + 1] += 1;
