@@ -590,6 +590,8 @@ mod tests {
     use super::*;
 
     proptest! {
+        #![proptest_config(crate::fuzzing::config(256))]
+
         /// Both ways of grouping (few partitions next to the messages, and many) give each
         /// partition's messages in their own order, partitions in order, and the runs that
         /// cut them apart: the same as a stable sort by partition.
