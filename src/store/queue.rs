@@ -3,6 +3,7 @@
 //! chunks, so a partition with few messages costs a few KiB of disk, not a whole file.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -475,17 +476,10 @@ impl ConsumeQueue {
                 file.data.allocate(next_allocation(had, needed))?;
             }
             // Once less than half of the next growth is left, that growth too.
-            let have = file.data.allocated();
-            file.data
-                .allocate_ahead(needed, next_allocation(have, have + 1) - have);
-            if file.data.allocated() > had {
-                if let Some(slot) = self.shared.files.read().get(&base) {
-                    slot.len.fetch_max(file.data.allocated(), Ordering::Relaxed);
-                }
-                let ahead = needed.max(had)..file.data.allocated();
-                if ahead.end - ahead.start >= MIN_POPULATE_BYTES {
-                    reserved.populate = Some(populate_later(file, ahead));
-                }
+            let grown = self.allocate_ahead_of(file, needed, had);
+            let ahead = needed.max(grown.start)..grown.end;
+            if ahead.end - ahead.start >= MIN_POPULATE_BYTES {
+                reserved.populate = Some(populate_later(file, ahead));
             }
             room_end = base + file.allocated_entries().min(self.entries_per_file);
             offset = file_end;
@@ -659,28 +653,31 @@ impl ConsumeQueue {
         }
     }
 
+    /// Allocates `file`'s next growth once less than half of it is left past `used` bytes,
+    /// and records the file's size where it is kept while the file is closed. Returns the
+    /// bytes allocated since it had `had` (none when it did not grow), to be faulted in.
+    fn allocate_ahead_of(&self, file: &QueueFile, used: u64, had: u64) -> Range<u64> {
+        let have = file.data.allocated();
+        file.data
+            .allocate_ahead(used, next_allocation(have, have + 1) - have);
+        let grown_to = file.data.allocated();
+        if grown_to > had {
+            if let Some(slot) = self.shared.files.read().get(&file.base) {
+                slot.len.fetch_max(grown_to, Ordering::Relaxed);
+            }
+        }
+        had..grown_to
+    }
+
     /// Once less than half of the file's next growth is left past `written_end`, allocates
     /// that growth and, from `MIN_POPULATE_BYTES` on, faults it in, on the caller's thread;
     /// then publishes the room. Best effort: on a full disk the partition's writer reserves
     /// the room itself and its append fails.
     fn grow_ahead(&self, file: &Arc<QueueFile>, written_end: u64) {
         let used = written_end.saturating_sub(file.base) * QUEUE_ENTRY_BYTES as u64;
-        let had = file.data.allocated();
-        file.data
-            .allocate_ahead(used, next_allocation(had, had + 1) - had);
-        let have = file.data.allocated();
-        if have > had {
-            if let Some(slot) = self.shared.files.read().get(&file.base) {
-                slot.len.fetch_max(have, Ordering::Relaxed);
-            }
-            if have - had >= MIN_POPULATE_BYTES {
-                if let Err(error) = file.data.populate_for_writing(had, have) {
-                    tracing::debug!(
-                        "faulting in {} ahead of its writer failed: {error}",
-                        file.data.path().display()
-                    );
-                }
-            }
+        let grown = self.allocate_ahead_of(file, used, file.data.allocated());
+        if grown.end - grown.start >= MIN_POPULATE_BYTES {
+            populate_later(file, grown)();
         }
         let room = file.base + file.allocated_entries().min(self.entries_per_file);
         self.room_ahead.fetch_max(room, Ordering::Release);
