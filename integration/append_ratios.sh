@@ -32,8 +32,14 @@ fi
 WORK=$(mktemp -d /var/tmp/commitfs-ratios.XXXXXX)
 DATA=$WORK/data MNT=$WORK/mnt
 mkdir -p "$MNT"
-cleanup() {
+unmount() {
     if mountpoint -q "$MNT"; then timeout 60 umount "$MNT" || umount -l "$MNT"; fi
+    # The daemon closes its store after umount returns: wait for it before the data
+    # directory is removed or made again.
+    for _ in $(seq 600); do pgrep -f -- "mount --config $WORK/config.toml" >/dev/null || break; sleep 0.1; done
+}
+cleanup() {
+    unmount
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -59,11 +65,10 @@ seconds() { # FILE: one cat of the lines appended to FILE, in seconds
 }
 
 one_round() { # BIN ROUND: prints "BIN unkeyed keyed keyed_many" (seconds)
-    local bin=$1 round=$2 pid topic
+    local bin=$1 round=$2 topic
     rm -rf "$DATA"
     mkdir -p "$DATA"
     timeout "$LIMIT" "$bin" mount --config "$WORK/config.toml" "$DATA" "$MNT"
-    pid=$(pgrep -n -f -- "mount --config $WORK/config.toml")
     mkdir "$MNT/unkeyed" "$MNT/keyed" "$MNT/many"
     setfattr -n user.key_separator -v : "$MNT/keyed"
     setfattr -n user.key_separator -v : "$MNT/many"
@@ -79,9 +84,7 @@ one_round() { # BIN ROUND: prints "BIN unkeyed keyed keyed_many" (seconds)
         took[$topic]=$(seconds "$MNT/$topic/append")
     done
     echo "$bin ${took[unkeyed]} ${took[keyed]} ${took[many]}"
-    timeout 60 umount "$MNT"
-    # The next round's data directory is made only once this daemon has let go of it.
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    unmount
 }
 
 read -r -a bins <<<"$BINS"
