@@ -55,6 +55,17 @@ fn line_sizes(from: u64, to: u64) -> Vec<usize> {
     (from..to).map(|n| fixtures::line(n).len()).collect()
 }
 
+/// Waits (a minute at most) until the queue file in `dir` holds the entries of
+/// `line(0)..line(end)`: the queue writer wrote them out.
+fn wait_for_entries_on_disk(dir: &Path, end: u64) {
+    let dir = dir.to_owned();
+    fixtures::finishes("writing waiting entries out", move || {
+        while entry_sizes_on_disk(&dir, end as usize) != line_sizes(0, end) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+}
+
 #[test]
 fn waiting_entries_reach_their_file_without_a_checkpoint() {
     let _scenario = fail::FailScenario::setup();
@@ -63,12 +74,7 @@ fn waiting_entries_reach_their_file_without_a_checkpoint() {
     // Offset 0 goes to the file with its append (the first reserves the file's room); 1..=24
     // wait in memory, and the twenty-fourth asks the queue writer for them.
     fixtures::append_lines(&store, &partition, 0, 25);
-    let path = dir.path().to_owned();
-    fixtures::finishes("writing waiting entries out", move || {
-        while entry_sizes_on_disk(&path, 25) != line_sizes(0, 25) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    });
+    wait_for_entries_on_disk(dir.path(), 25);
     fixtures::assert_reads(&store, &partition, 0, 25);
     store.close().unwrap();
 }
@@ -148,12 +154,7 @@ fn the_queue_writer_grows_the_file_ahead_and_appends_fill_that_room_on_a_full_di
     fixtures::append_lines(&store, &partition, 0, 1);
     for end in (25..=193).step_by(24) {
         fixtures::append_lines(&store, &partition, end - 24, end);
-        let dir = dir.path().to_owned();
-        fixtures::finishes("writing waiting entries out", move || {
-            while entry_sizes_on_disk(&dir, end as usize) != line_sizes(0, end) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        });
+        wait_for_entries_on_disk(dir.path(), end);
     }
     let queue_bytes = std::fs::metadata(fixtures::queue_file(dir.path(), 0))
         .unwrap()
