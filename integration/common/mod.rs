@@ -171,6 +171,13 @@ impl Config {
         .set("max_message_bytes", "262144")
     }
 
+    /// The built-in defaults, as a user's first mount has them.
+    pub fn built_in() -> Self {
+        Config {
+            entries: BTreeMap::new(),
+        }
+    }
+
     /// Sets one key to a TOML value (strings need their quotes: `.set("flush", "\"sync\"")`).
     pub fn set(mut self, key: &str, toml_value: &str) -> Self {
         self.entries.insert(key.to_owned(), toml_value.to_owned());
