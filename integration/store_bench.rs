@@ -18,7 +18,6 @@
 
 mod fixtures;
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -237,26 +236,11 @@ fn keyed_messages(block: &[u8]) -> Vec<NewMessage<'_>> {
         .collect()
 }
 
-/// What the mount does with one write to `<topic>/append` (fs/core/files.rs `append_by_key`):
-/// each message to the partition its key picks (keyless ones in turn), every partition's
-/// messages in one batch, all batches in one `append_to_partitions_from` the write's buffer.
+/// What the mount does with one write to `<topic>/append`: each message to the partition its
+/// key picks (keyless ones in turn), all of them in one append from the write's buffer.
 fn append_by_key(store: &Store, topic: &Topic, messages: &[NewMessage<'_>], buffer: &[u8]) {
-    let mut groups: BTreeMap<u32, Vec<NewMessage<'_>>> = BTreeMap::new();
-    for &message in messages {
-        let index = topic.choose_partition(message.key_len.map(|len| &message.payload[..len]));
-        groups.entry(index).or_default().push(message);
-    }
-    let partitions: Vec<Arc<Partition>> = groups
-        .keys()
-        .map(|&index| topic.partition(index).expect("partition"))
-        .collect();
-    let batches: Vec<(&Partition, &[NewMessage<'_>])> = partitions
-        .iter()
-        .zip(groups.values())
-        .map(|(partition, group)| (&**partition, group.as_slice()))
-        .collect();
     store
-        .append_to_partitions_from(&batches, buffer)
+        .append_by_key(topic, messages, buffer)
         .expect("append");
 }
 

@@ -1,11 +1,14 @@
 //! The write path in-process (issue 9, items 4 and 12): key-index entries are never lost,
 //! however appends interleave and however often index files fill up, and an append to several
-//! partitions is stored whole or not at all.
+//! partitions is stored whole or not at all; an append by key sends each message where a
+//! Kafka producer would.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use commitfs::store::{Partition, Store, StoreConfig, StoreError, Topic, TopicSettings};
+use commitfs::store::{
+    murmur2, NewMessage, Partition, Store, StoreConfig, StoreError, Topic, TopicSettings,
+};
 
 mod fixtures;
 
@@ -186,4 +189,59 @@ fn an_oversize_message_for_one_partition_refuses_the_whole_append_to_several() {
         "{twice:?}"
     );
     assert_eq!(p[1].end_offset(), 0);
+}
+
+#[test]
+fn an_append_by_key_sends_keyed_messages_where_their_key_hashes_and_keyless_ones_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", settings(3)).unwrap();
+    // One write's lines: keyed ones over 7 keys, every third line without a key.
+    let lines: Vec<String> = (0..90)
+        .map(|n| match n % 3 {
+            0 => format!("no key {n}\n"),
+            _ => format!("k{}:line {n}\n", n % 7),
+        })
+        .collect();
+    let buffer = lines.concat();
+    let mut messages = Vec::new();
+    let mut at = 0;
+    for line in &lines {
+        let payload = &buffer.as_bytes()[at..at + line.len()];
+        let key_len = payload.iter().position(|&b| b == b':');
+        messages.push(NewMessage { payload, key_len });
+        at += line.len();
+    }
+
+    let outcomes = store
+        .append_by_key(&topic, &messages, buffer.as_bytes())
+        .unwrap();
+
+    // Kafka's rule for keys; keyless lines take the partitions in turn, from the first.
+    let mut expected: Vec<Vec<&str>> = vec![Vec::new(); 3];
+    let mut keyless = 0;
+    for line in &lines {
+        let partition = match line.split_once(':') {
+            Some((key, _)) => (murmur2(key.as_bytes()) & 0x7fff_ffff) % 3,
+            None => {
+                keyless += 1;
+                (keyless - 1) % 3
+            }
+        };
+        expected[partition as usize].push(line);
+    }
+    let reached = expected.iter().filter(|lines| !lines.is_empty()).count();
+    assert_eq!(outcomes.len(), reached, "one outcome per partition reached");
+    for (partition, lines) in topic.partitions().iter().zip(&expected) {
+        assert_eq!(partition.end_offset(), lines.len() as u64);
+        for (offset, line) in lines.iter().enumerate() {
+            let stored = store.read_message(partition, offset as u64).unwrap();
+            assert_eq!(stored, line.as_bytes(), "offset {offset}");
+        }
+    }
+    assert_eq!(
+        fixtures::key_matches(&store, &topic, "k3").len(),
+        lines.iter().filter(|l| l.starts_with("k3:")).count(),
+        "every keyed line is found by its key"
+    );
 }

@@ -26,6 +26,7 @@ mod recovery;
 mod released;
 mod reserve;
 mod retention;
+mod routing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -542,6 +543,21 @@ impl Store {
         let outcomes = self.appending(|to| append::append_together(to, batches, buffer))?;
         count_appended(batches);
         Ok(outcomes)
+    }
+
+    /// Sends each message to the partition of `topic` its key picks (keyless ones in turn)
+    /// and appends every partition's messages as one append, taking them from `buffer` as
+    /// [`append_batch_from`](Self::append_batch_from) does (one `write()` to the topic's
+    /// `append` file): all of them or, on error, none. Outcomes come in partition order.
+    pub fn append_by_key(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage<'_>],
+        buffer: &[u8],
+    ) -> Result<Vec<AppendOutcome>> {
+        let table = topic.partition_table();
+        let routed = routing::route(topic, &table, messages);
+        self.append_to_partitions_from(&routed.batches(), buffer)
     }
 
     /// Runs an append with what it needs of the store, then (with `flush = "sync"`) waits

@@ -423,7 +423,7 @@ impl CommitFs {
     }
 
     /// Sends each message to the partition its key picks, every partition's batch in one
-    /// append of the store.
+    /// append of the store; a message over `max_message_bytes` refuses the whole write.
     fn append_by_key(
         &self,
         topic: &Topic,
@@ -443,26 +443,8 @@ impl CommitFs {
                 ),
             ));
         }
-        // Messages in partition order (and in their own order within one), so each
-        // partition's batch is a run of one vector: no allocation per partition.
-        let table = topic.partition_table();
-        let routes: Vec<u32> = messages
-            .iter()
-            .map(|message| {
-                let key = message.key_len.map(|len| &message.payload[..len]);
-                topic.choose_partition_of(table.len() as u32, key)
-            })
-            .collect();
-        let (ordered, runs) = by_partition(messages, &routes, table.len());
-        let mut batches: Vec<(&Partition, &[NewMessage<'_>])> = Vec::with_capacity(runs.len());
-        let mut rest = ordered.as_slice();
-        for (partition, len) in runs {
-            let (batch, after) = rest.split_at(len);
-            batches.push((&table[partition as usize], batch));
-            rest = after;
-        }
         self.store
-            .append_to_partitions_from(&batches, buffer)
+            .append_by_key(topic, messages, buffer)
             .map(drop)
             .map_err(|error| FsError::from(error).context(topic.name()))
     }
@@ -536,89 +518,5 @@ impl CommitFs {
                 .map(|info| self.segment_attr(ino, &open.topic, &info, None, 0))
                 .map_err(FsError::from),
         )
-    }
-}
-
-/// `messages` grouped by the partition `routes` names for each (`routes[i]` for
-/// `messages[i]`, each below `partitions`), each partition's in their own order, and the
-/// runs, (partition, how many), in partition order. Counted out when the partitions are few
-/// next to the messages (a `write()` to `append` brings thousands of lines, and sorting them
-/// was 3-4 % of the FUSE threads' time into 10,000 partitions); sorted otherwise, so that a
-/// few lines into a topic of very many partitions do not pass over every partition.
-fn by_partition<'m>(
-    messages: &[NewMessage<'m>],
-    routes: &[u32],
-    partitions: usize,
-) -> (Vec<NewMessage<'m>>, Vec<(u32, usize)>) {
-    let mut runs = Vec::new();
-    if partitions <= 4 * messages.len() {
-        // First starts[p + 1] counts partition p's messages; then starts[p] is where its
-        // run starts, and moves along it as the run is filled.
-        let mut starts = vec![0usize; partitions + 1];
-        for &partition in routes {
-            starts[partition as usize + 1] += 1;
-        }
-        for partition in 0..partitions {
-            let len = starts[partition + 1];
-            if len > 0 {
-                runs.push((partition as u32, len));
-            }
-            starts[partition + 1] += starts[partition];
-        }
-        let mut order = vec![0u32; messages.len()];
-        for (at, &partition) in (0u32..).zip(routes) {
-            let next = &mut starts[partition as usize];
-            order[*next] = at;
-            *next += 1;
-        }
-        let ordered = order.iter().map(|&at| messages[at as usize]).collect();
-        return (ordered, runs);
-    }
-    let mut order: Vec<(u32, u32)> = routes.iter().copied().zip(0u32..).collect();
-    order.sort_unstable();
-    for run in order.chunk_by(|a, b| a.0 == b.0) {
-        runs.push((run[0].0, run.len()));
-    }
-    let ordered = order.iter().map(|&(_, at)| messages[at as usize]).collect();
-    (ordered, runs)
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    proptest! {
-        #![proptest_config(crate::fuzzing::config(256))]
-
-        /// Both ways of grouping (few partitions next to the messages, and many) give each
-        /// partition's messages in their own order, partitions in order, and the runs that
-        /// cut them apart: the same as a stable sort by partition.
-        #[test]
-        fn messages_are_grouped_by_partition_in_their_own_order(
-            routes in prop::collection::vec(0u32..40, 0..200),
-            partitions in 40usize..2000,
-        ) {
-            let payloads: Vec<Vec<u8>> =
-                (0..routes.len()).map(|n| n.to_string().into_bytes()).collect();
-            let messages: Vec<NewMessage<'_>> = payloads
-                .iter()
-                .map(|payload| NewMessage { payload, key_len: None })
-                .collect();
-            let (ordered, runs) = by_partition(&messages, &routes, partitions);
-
-            let mut expected: Vec<(u32, usize)> = routes.iter().copied().zip(0..).collect();
-            expected.sort_by_key(|&(partition, _)| partition);
-            let expected_payloads: Vec<&[u8]> =
-                expected.iter().map(|&(_, at)| payloads[at].as_slice()).collect();
-            let payloads: Vec<&[u8]> = ordered.iter().map(|message| message.payload).collect();
-            prop_assert_eq!(payloads, expected_payloads);
-            let mut expected_runs: Vec<(u32, usize)> = Vec::new();
-            for run in expected.chunk_by(|a, b| a.0 == b.0) {
-                expected_runs.push((run[0].0, run.len()));
-            }
-            prop_assert_eq!(runs, expected_runs);
-        }
     }
 }
