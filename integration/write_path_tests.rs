@@ -245,3 +245,26 @@ fn an_append_by_key_sends_keyed_messages_where_their_key_hashes_and_keyless_ones
         "every keyed line is found by its key"
     );
 }
+
+#[test]
+fn an_append_by_key_refused_as_too_long_leaves_the_keyless_turn_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.create_topic("t", settings(3)).unwrap();
+    let keyless = |lines: &[String]| {
+        let messages = fixtures::unkeyed_messages(lines);
+        store.append_by_key(&topic, &messages, &[])
+    };
+    keyless(&["first\n".into()]).unwrap();
+    let refused = keyless(&["fits\n".into(), format!("{}\n", "x".repeat(5000))]);
+    assert!(
+        matches!(refused, Err(StoreError::MessageTooLarge { .. })),
+        "{refused:?}"
+    );
+    keyless(&["second\n".into()]).unwrap();
+
+    let ends: Vec<u64> = topic.partitions().iter().map(|p| p.end_offset()).collect();
+    assert_eq!(ends, [1, 1, 0], "the refused write took no turn");
+    let second = store.read_message(&topic.partitions()[1], 0).unwrap();
+    assert_eq!(second, b"second\n");
+}

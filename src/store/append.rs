@@ -164,7 +164,7 @@ impl<'s> Scratch<'s> {
 const PREFETCH_AHEAD: usize = 8;
 
 /// Refuses a batch with a message over `max_message_bytes` or a key longer than its message.
-fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Result<()> {
+pub(super) fn check_messages(messages: &[NewMessage<'_>], max_message_bytes: usize) -> Result<()> {
     for message in messages {
         if message.payload.len() > max_message_bytes {
             return Err(StoreError::MessageTooLarge {

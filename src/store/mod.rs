@@ -548,15 +548,16 @@ impl Store {
     /// Sends each message to the partition of `topic` its key picks (keyless ones in turn)
     /// and appends every partition's messages as one append, taking them from `buffer` as
     /// [`append_batch_from`](Self::append_batch_from) does (one `write()` to the topic's
-    /// `append` file): all of them or, on error, none (keyless messages have taken their
-    /// turns by then: the mount refuses an oversize line before calling this, so that a
-    /// refused write leaves the turn where it was). Outcomes come in partition order.
+    /// `append` file): all of them or, on error, none. Outcomes come in partition order.
     pub fn append_by_key(
         &self,
         topic: &Topic,
         messages: &[NewMessage<'_>],
         buffer: &[u8],
     ) -> Result<Vec<AppendOutcome>> {
+        // Refused before any keyless message takes its turn: a write refused as too long
+        // leaves the round-robin where it was, as if it never happened.
+        append::check_messages(messages, self.config.max_message_bytes)?;
         let table = topic.partition_table();
         let routed = routing::route(topic, &table, messages);
         self.append_to_partitions_from(&routed.batches(), buffer)

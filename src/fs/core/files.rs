@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::framing::{message, LineError, PartialLine};
-use crate::store::{Framing, NewMessage, Partition, SegmentInfo, SegmentReader, Topic};
+use crate::store::{Framing, NewMessage, Partition, SegmentInfo, SegmentReader, StoreError, Topic};
 
 use super::{segment_file_name, Attr, CommitFs, Node, Opened};
 
@@ -430,23 +430,19 @@ impl CommitFs {
         messages: &[NewMessage<'_>],
         buffer: &[u8],
     ) -> FsResult<()> {
-        // Refused before any keyless message takes its turn: a write refused as too long
-        // leaves the round-robin where it was, as if it never happened.
-        let max = self.store.config().max_message_bytes;
-        if let Some(oversize) = messages.iter().find(|message| message.payload.len() > max) {
-            return Err(FsError::refused(
-                libc::EFBIG,
-                format!(
-                    "{}: a message of {} bytes exceeds max_message_bytes ({max}); nothing of this write was stored",
-                    topic.name(),
-                    oversize.payload.len()
-                ),
-            ));
-        }
         self.store
             .append_by_key(topic, messages, buffer)
             .map(drop)
-            .map_err(|error| FsError::from(error).context(topic.name()))
+            .map_err(|error| match error {
+                StoreError::MessageTooLarge { size, max } => FsError::refused(
+                    libc::EFBIG,
+                    format!(
+                        "{}: a message of {size} bytes exceeds max_message_bytes ({max}); nothing of this write was stored",
+                        topic.name(),
+                    ),
+                ),
+                error => FsError::from(error).context(topic.name()),
+            })
     }
 
     /// FLUSH comes with every close() of every copy of the descriptor; only the opening
